@@ -1,0 +1,1 @@
+"""The `banger` CLI: one module per command group; talks only to the daemon."""

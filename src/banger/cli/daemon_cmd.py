@@ -1,0 +1,69 @@
+"""`banger daemon start|stop|status`."""
+
+from __future__ import annotations
+
+import time
+
+import click
+
+from banger.cli.output import print_json
+from banger.paths import Paths
+
+
+@click.group()
+def daemon() -> None:
+    """Manage the background daemon (bangerd)."""
+
+
+@daemon.command()
+def start() -> None:
+    """Start the daemon in the background (no-op when it runs)."""
+    from banger.cli.connect import ping, start_daemon
+
+    paths = Paths.from_env()
+    info = ping(paths)
+    if info is not None:
+        click.echo(f"bangerd already running (pid {info['pid']})")
+        return
+    info = start_daemon(paths)
+    click.echo(f"bangerd started (pid {info['pid']}, socket {paths.socket})")
+
+
+@daemon.command()
+@click.option("--timeout", default=30.0, show_default=True, help="seconds to wait for exit")
+def stop(timeout: float) -> None:
+    """Stop the daemon gracefully. Running VMs keep running."""
+    from banger.rpc.client import Client, DaemonUnreachable
+
+    paths = Paths.from_env()
+    try:
+        with Client(paths.socket) as c:
+            info = c.call("shutdown", timeout=timeout)
+    except DaemonUnreachable:
+        click.echo("bangerd is not running")
+        return
+    deadline = time.monotonic() + timeout
+    while paths.socket.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    click.echo(f"bangerd stopped (pid {info['pid']})")
+
+
+@daemon.command()
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+def status(as_json: bool) -> None:
+    """Show whether the daemon runs: pid, socket, log path, version, uptime."""
+    from banger.cli.connect import ping
+
+    paths = Paths.from_env()
+    info = ping(paths)
+    if as_json:
+        print_json({"running": info is not None, **(info or {"socket": str(paths.socket)})})
+        return
+    if info is None:
+        click.echo(f"bangerd is not running (socket {paths.socket})")
+        raise SystemExit(3)
+    click.echo(f"bangerd {info['version']} running")
+    click.echo(f"  pid     {info['pid']}")
+    click.echo(f"  socket  {info['socket']}")
+    click.echo(f"  log     {info['log']}")
+    click.echo(f"  uptime  {info['uptime_seconds']}s")

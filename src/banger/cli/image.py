@@ -1,0 +1,10 @@
+"""`banger image` commands."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.group()
+def image() -> None:
+    """Manage images."""

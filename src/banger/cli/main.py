@@ -1,0 +1,70 @@
+"""Entry point of `banger`. Subcommand modules load lazily (see cli/lazy.py)."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from banger import __version__
+from banger.cli.lazy import LazyGroup
+
+COMMANDS = {
+    "daemon": "banger.cli.daemon_cmd:daemon",
+    "doctor": "banger.cli.doctor_cmd:doctor",
+    "image": "banger.cli.image:image",
+    "kernel": "banger.cli.kernel:kernel",
+    "vm": "banger.cli.vm:vm",
+    "completion": "banger.cli.completion:completion",
+}
+
+
+@click.group(cls=LazyGroup, lazy=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", "-V", prog_name="banger", message="%(prog)s %(version)s")
+def cli() -> None:
+    """One-command development sandboxes on microVMs."""
+
+
+class ExitCode(Exception):
+    """Leave with this status without printing anything (e.g. a guest command's exit status)."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+def main(argv: list[str] | None = None) -> int:
+    from banger.rpc.errors import RPCError
+
+    try:
+        cli.main(args=argv, prog_name="banger", standalone_mode=False)
+    except ExitCode as e:
+        return e.code
+    except RPCError as e:
+        from banger.cli.output import print_error
+
+        print_error(e.message, e.op_id)
+        return 1
+    except click.exceptions.Abort:
+        print("aborted", file=sys.stderr)
+        return 130
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # config errors and the like: one clear line, no traceback
+        from banger.cli.output import print_error
+        from banger.config import ConfigError
+
+        if isinstance(e, ConfigError | OSError | ValueError):
+            print_error(str(e))
+            return 1
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""Terminal output: colour only on a TTY and never with NO_COLOR; tables; JSON; errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+
+def use_color(stream: TextIO) -> bool:
+    return "NO_COLOR" not in os.environ and stream.isatty()
+
+
+def style(text: str, code: str, stream: TextIO = sys.stdout) -> str:
+    """ANSI SGR `code` (e.g. "1;32") when colour is allowed on `stream`."""
+    return f"\x1b[{code}m{text}\x1b[0m" if use_color(stream) else text
+
+
+def dim(text: str, stream: TextIO = sys.stderr) -> str:
+    return style(text, "2", stream)
+
+
+def print_error(message: str, op_id: str = "") -> None:
+    suffix = f" {dim('(' + op_id + ')')}" if op_id else ""
+    print(f"{style('banger:', '1;31', sys.stderr)} {message}{suffix}", file=sys.stderr)
+
+
+def print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, sort_keys=True))
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """Aligned columns, two spaces apart; header bold on a TTY. Plain text when piped."""
+    cells = [[str(c) for c in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    for n, row in enumerate(cells):
+        line = "  ".join(c.ljust(widths[i]) for i, c in enumerate(row)).rstrip()
+        print(style(line, "1") if n == 0 else line)

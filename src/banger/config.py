@@ -1,0 +1,95 @@
+"""banger's TOML configuration: one validated model, defaults documented in docs/config.md."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class ConfigError(Exception):
+    """The config file is unreadable or invalid; the message names the file and the key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class VMDefaults(_Strict):
+    vcpu: int | None = Field(default=None, ge=1, le=64)
+    memory_mib: int | None = Field(default=None, ge=128, le=1024 * 1024)
+    disk_size: str | None = None
+
+    @field_validator("disk_size")
+    @classmethod
+    def _size(cls, v: str | None) -> str | None:
+        if v is not None:
+            from banger.units import parse_size
+
+            parse_size(v)
+        return v
+
+
+class Config(_Strict):
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Which VMM runs guests: firecracker only where its binary exists and KVM really runs guests.
+    vmm: Literal["auto", "qemu", "firecracker"] = "auto"
+    # QEMU accelerator: `auto` only picks KVM after proving a guest can run under it.
+    accel: Literal["auto", "kvm", "tcg"] = "auto"
+    qemu_bin: str = "qemu-system-x86_64"
+    firecracker_bin: str = "firecracker"
+    jailer_bin: str = "jailer"
+    jailer_enabled: bool = False
+    default_image: str = "debian-bookworm"
+    default_kernel: str = "debian-6.1"
+    debian_mirror: str = "http://deb.debian.org/debian"
+    insecure_registries: list[str] = Field(default_factory=list)
+    kernel_catalog: str | None = None
+    ssh_key_path: str | None = None
+    network: Literal["auto", "user", "bridge"] = "auto"
+    bridge_name: str = "br-banger"
+    bridge_ip: str = "172.16.0.1"
+    cidr: int = Field(default=24, ge=8, le=30)
+    dns_port: int = Field(default=42069, ge=1, le=65535)
+    default_dns: str = "1.1.1.1"
+    vm_defaults: VMDefaults = Field(default_factory=VMDefaults)
+
+
+def _format_error(path: Path, err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            parts.append(f"unknown key '{key}' (see docs/config.md for the keys banger knows)")
+        else:
+            parts.append(f"key '{key}': {e['msg']}")
+    return f"{path}: " + "; ".join(parts)
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate `path`; a missing file means all defaults."""
+    data: dict[str, object] = {}
+    if path.exists():
+        try:
+            with path.open("rb") as f:
+                data = tomllib.load(f)
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: not valid TOML: {e}") from e
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read: {e.strerror}") from e
+    env_level = os.environ.get("BANGER_LOG_LEVEL", "").strip().lower()
+    if env_level:
+        if env_level not in LOG_LEVELS:
+            raise ConfigError(
+                f"BANGER_LOG_LEVEL={env_level!r} is not one of {', '.join(LOG_LEVELS)}"
+            )
+        data["log_level"] = env_level
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_error(path, e)) from None

@@ -1,0 +1,1 @@
+"""bangerd: composition root, dispatch table, operations registry, reconcile."""

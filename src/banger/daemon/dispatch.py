@@ -1,0 +1,81 @@
+"""The RPC method table (one dict, method → handler) and the dispatch wrapper around it.
+
+`RPC_HANDLERS` is the single source of truth for the methods banger speaks; tests pin it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from banger.daemon import handlers_system
+from banger.daemon.context import RequestContext
+from banger.daemon.logs import current_op_id
+from banger.daemon.params import to_json
+from banger.rpc import envelope
+from banger.rpc.errors import RPCError, UnknownMethod
+
+if TYPE_CHECKING:
+    from banger.daemon.app import Daemon
+
+log = logging.getLogger("banger.dispatch")
+
+Handler = Callable[["Daemon", RequestContext, dict[str, Any]], Awaitable[Any]]
+
+RPC_HANDLERS: dict[str, Handler] = {
+    "ping": handlers_system.ping,
+    "shutdown": handlers_system.shutdown,
+}
+
+# Methods whose work must finish even when the client goes away: cancelling them half way would
+# leave state a user has to clean up by hand. Every other method is cancelled on disconnect.
+UNCANCELLABLE: frozenset[str] = frozenset({"shutdown"})
+
+ProgressSink = Callable[[dict[str, Any]], None]
+
+
+async def dispatch(
+    daemon: Daemon | None,
+    raw: object,
+    *,
+    handlers: Mapping[str, Handler] | None = None,
+    progress_sink: ProgressSink | None = None,
+) -> dict[str, Any]:
+    """Run one decoded request and return its response envelope. Never raises (but cancellation)."""
+    table = RPC_HANDLERS if handlers is None else handlers
+    op_id = envelope.new_op_id()
+    method = "?"
+    token = current_op_id.set(op_id)
+    try:
+        req = envelope.parse_request(raw)
+        if req.op_id:
+            op_id = req.op_id
+            current_op_id.set(op_id)
+        method = req.method
+        handler = table.get(method)
+        if handler is None:
+            raise UnknownMethod(f"unknown method {method!r}; `banger --help` lists what exists")
+        emit: ProgressSink = (lambda _f: None) if not (req.progress and progress_sink) else (
+            lambda fields: progress_sink({"progress": fields, "op_id": op_id})  # type: ignore[misc]
+        )
+        ctx = RequestContext(op_id=op_id, method=method, emit=emit)
+        log.debug("request", extra={"method": method})
+        result = await handler(daemon, ctx, req.params)  # type: ignore[arg-type]
+        return envelope.ok(to_json(result))
+    except RPCError as e:
+        # Service errors carry no op id of their own; stamp this request's on the way out.
+        if not e.op_id:
+            e.op_id = op_id
+        log.info("request failed", extra={"method": method, "code": e.code, "error": e.message})
+        return envelope.error(e.code, e.message, e.op_id)
+    except asyncio.CancelledError:
+        log.info("request cancelled", extra={"method": method})
+        raise
+    except Exception as e:  # anything untyped is an operation failure with a useful message
+        log.exception("request crashed", extra={"method": method})
+        message = str(e) or type(e).__name__
+        return envelope.error("operation_failed", f"{method}: {message}", op_id)
+    finally:
+        current_op_id.reset(token)

@@ -1,0 +1,35 @@
+"""Daemon-level methods: ping and shutdown."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+from banger import __version__
+from banger.daemon.context import RequestContext
+from banger.daemon.params import Params, parse_params
+
+if TYPE_CHECKING:
+    from banger.daemon.app import Daemon
+
+
+class _NoParams(Params):
+    pass
+
+
+async def ping(d: Daemon, ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    parse_params(_NoParams, params)
+    return {
+        "version": __version__,
+        "pid": os.getpid(),
+        "uptime_seconds": round(time.monotonic() - d.started_monotonic, 3),
+        "socket": str(d.paths.socket),
+        "log": str(d.paths.daemon_log),
+    }
+
+
+async def shutdown(d: Daemon, ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    parse_params(_NoParams, params)
+    d.request_shutdown()
+    return {"stopping": True, "pid": os.getpid()}

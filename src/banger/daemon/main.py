@@ -1,0 +1,37 @@
+"""`bangerd`: run the daemon in the foreground (the CLI starts it in the background)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from banger import __version__
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bangerd", description="banger daemon")
+    parser.add_argument("--version", action="version", version=f"bangerd {__version__}")
+    parser.add_argument("--log-stderr", action="store_true", help="also log JSON lines to stderr")
+    args = parser.parse_args(argv)
+
+    from banger.config import ConfigError, load_config
+    from banger.daemon.app import Daemon
+    from banger.daemon.logs import setup_logging
+    from banger.paths import Paths
+
+    paths = Paths.from_env()
+    try:
+        config = load_config(paths.config_file)
+    except ConfigError as e:
+        print(f"bangerd: {e}", file=sys.stderr)
+        return 2
+    paths.ensure()
+    setup_logging(paths.daemon_log, config.log_level, also_stderr=args.log_stderr)
+    daemon = Daemon(paths, config)
+    asyncio.run(daemon.run())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

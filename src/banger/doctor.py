@@ -1,0 +1,123 @@
+"""Host checks behind `banger doctor`: PASS / WARN / FAIL, each with a hint. Nothing here hangs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from banger.config import Config
+from banger.paths import Paths
+from banger.vmm.accel import kvm_verdict, resolve_accel
+
+Status = Literal["PASS", "WARN", "FAIL"]
+MIN_FREE_BYTES = 5 << 30
+SETUP_HINT = "run scripts/setup-host.sh (as root) or apt-get install {pkg}"
+
+
+@dataclass(frozen=True)
+class Check:
+    status: Status
+    name: str
+    detail: str
+    hint: str = ""
+
+
+def _tool(name: str, binary: str, pkg: str, *, required: bool, why: str) -> Check:
+    path = shutil.which(binary) or next(
+        (p for d in ("/usr/sbin", "/sbin") if os.access(p := f"{d}/{binary}", os.X_OK)), None
+    )
+    if path:
+        return Check("PASS", name, f"{binary} at {path}")
+    return Check(
+        "FAIL" if required else "WARN",
+        name,
+        f"{binary} not found ({why})",
+        SETUP_HINT.format(pkg=pkg),
+    )
+
+
+def _version_line(argv: list[str]) -> str:
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=5, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return (out.stdout or out.stderr).strip().splitlines()[0] if (out.stdout or out.stderr) else ""
+
+
+def run_checks(paths: Paths, config: Config) -> list[Check]:
+    checks: list[Check] = []
+    qemu = shutil.which(config.qemu_bin)
+    if qemu:
+        checks.append(Check("PASS", "qemu", _version_line([qemu, "--version"]) or qemu))
+    else:
+        checks.append(
+            Check("FAIL", "qemu", f"{config.qemu_bin} not found: no VM can boot",
+                  SETUP_HINT.format(pkg="qemu-system-x86 qemu-utils"))
+        )
+    checks.append(_tool("qemu-img", "qemu-img", "qemu-utils", required=True,
+                        why="per-VM copy-on-write root disks"))
+
+    verdict = kvm_verdict()
+    accel = resolve_accel(config.accel, verdict)
+    if verdict.usable:
+        checks.append(Check("PASS", "kvm", f"{verdict.reason}; QEMU uses {accel}"))
+    else:
+        checks.append(
+            Check("WARN", "kvm", f"{verdict.reason}; QEMU uses {accel} (software emulation, slower)",
+                  "guests still work; boots take a few seconds under TCG")
+        )
+    if config.accel == "kvm" and not verdict.usable:
+        checks.append(Check("FAIL", "accel", "config says accel = \"kvm\" but KVM cannot run guests",
+                            'set accel = "auto" or "tcg" in config.toml'))
+
+    fc = shutil.which(config.firecracker_bin)
+    if fc:
+        checks.append(Check("PASS", "firecracker", _version_line([fc, "--version"]) or fc))
+    else:
+        checks.append(Check("WARN", "firecracker", "not found: the QEMU driver is used",
+                            "install firecracker (not packaged in Debian 12) on a KVM host"))
+    vmm = "firecracker" if (config.vmm == "firecracker" or (config.vmm == "auto" and fc and verdict.usable)) else "qemu"
+    checks.append(Check("PASS", "vmm", f"VMs run on {vmm} (config vmm = {config.vmm!r})"))
+
+    checks.append(_tool("mkfs.ext4", "mkfs.ext4", "e2fsprogs", required=True, why="builds root disks"))
+    checks.append(_tool("debugfs", "debugfs", "e2fsprogs", required=True, why="fixes ownership in images"))
+    checks.append(_tool("ssh", "ssh", "openssh-client", required=True, why="`banger vm ssh`"))
+    checks.append(_tool("ssh-keygen", "ssh-keygen", "openssh-client", required=True, why="VM keys"))
+    checks.append(_tool("busybox", "busybox", "busybox-static", required=True, why="guest payload"))
+    checks.append(_tool("git", "git", "git", required=False, why="workspace round-trip"))
+    checks.append(_tool("ip", "ip", "iproute2", required=False, why="bridged networking"))
+    checks.append(_tool("nft", "nft", "nftables", required=False, why="NAT for bridged VMs"))
+    checks.append(_tool("mmdebstrap", "mmdebstrap", "mmdebstrap", required=False,
+                        why="builds the offline default image"))
+
+    checks.append(_writable(paths.state_dir, "state dir"))
+    checks.append(_free_space(paths.state_dir))
+    return checks
+
+
+def _existing_parent(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _writable(path: Path, name: str) -> Check:
+    target = _existing_parent(path)
+    if os.access(target, os.W_OK):
+        return Check("PASS", name, f"{path} is writable")
+    return Check("FAIL", name, f"{path} is not writable", f"fix permissions on {target}")
+
+
+def _free_space(path: Path) -> Check:
+    from banger.units import format_bytes
+
+    st = os.statvfs(_existing_parent(path))
+    free = st.f_bavail * st.f_frsize
+    detail = f"{format_bytes(free)} free under {path}"
+    if free < MIN_FREE_BYTES:
+        return Check("WARN", "free disk", detail, "images and VM disks need a few GiB")
+    return Check("PASS", "free disk", detail)

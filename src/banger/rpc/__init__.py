@@ -1,0 +1,3 @@
+"""The versioned JSON-lines RPC between `banger` and `bangerd` (see docs/rpc.md)."""
+
+PROTOCOL_VERSION = 1

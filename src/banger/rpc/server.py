@@ -1,0 +1,153 @@
+"""Unix-socket JSON-lines server: one request per line, answers in order, progress lines between.
+
+A connection that sends a line longer than MAX_LINE gets one `bad_request` answer and is closed;
+garbage never takes the server down. When the client disconnects while a request runs, the request
+is cancelled unless the dispatcher says its method must finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from banger.rpc import envelope
+
+log = logging.getLogger("banger.rpc")
+
+MAX_LINE = 4 * 1024 * 1024
+
+Dispatcher = Callable[[object, Callable[[dict[str, Any]], None]], Awaitable[dict[str, Any]]]
+CancelPolicy = Callable[[object], bool]
+
+
+def _encode(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
+
+
+class RPCServer:
+    def __init__(
+        self, socket_path: Path, dispatcher: Dispatcher, *, may_cancel: CancelPolicy
+    ) -> None:
+        self.socket_path = socket_path
+        self._dispatcher = dispatcher
+        self._may_cancel = may_cancel
+        self._server: asyncio.AbstractServer | None = None
+        self.inflight: set[asyncio.Task[Any]] = set()
+        self._connections: set[asyncio.Task[Any]] = set()
+
+    async def start(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.socket_path)
+        old = os.umask(0o177)  # the socket is born 0600: no window where others could connect
+        try:
+            self._server = await asyncio.start_unix_server(
+                self._on_client, path=str(self.socket_path), limit=MAX_LINE
+            )
+        finally:
+            os.umask(old)
+        os.chmod(self.socket_path, 0o600)
+
+    async def close(self, grace: float) -> None:
+        """Stop accepting, let in-flight requests finish for `grace` seconds, then cancel them."""
+        if self._server is not None:
+            self._server.close()
+        if self.inflight:
+            _, pending = await asyncio.wait(set(self.inflight), timeout=grace)
+            for t in pending:
+                t.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=5)
+        for c in set(self._connections):
+            c.cancel()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.socket_path)
+
+    async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        lines: asyncio.Queue[bytes | None] = asyncio.Queue()
+        disconnected = asyncio.Event()
+
+        async def read_lines() -> None:
+            try:
+                while True:
+                    try:
+                        line = await reader.readuntil(b"\n")
+                    except asyncio.IncompleteReadError as e:
+                        if e.partial.strip():
+                            await lines.put(e.partial)
+                        break
+                    except asyncio.LimitOverrunError:
+                        await lines.put(b"\x00overlong")
+                        break
+                    await lines.put(line)
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                disconnected.set()
+                await lines.put(None)
+
+        reader_task = asyncio.create_task(read_lines())
+        try:
+            while True:
+                line = await lines.get()
+                if line is None:
+                    break
+                if line == b"\x00overlong":
+                    msg = f"request line longer than {MAX_LINE} bytes; connection closed"
+                    writer.write(_encode(envelope.error("bad_request", msg, envelope.new_op_id())))
+                    await writer.drain()
+                    break
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except (ValueError, RecursionError) as e:
+                    response = envelope.error(
+                        "bad_request", f"request is not valid JSON: {e}", envelope.new_op_id()
+                    )
+                    writer.write(_encode(response))
+                    await writer.drain()
+                    continue
+                response = await self._run_one(obj, writer, disconnected)
+                if response is None:
+                    break
+                writer.write(_encode(response))
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            reader_task.cancel()
+            with contextlib.suppress(Exception):
+                writer.close()
+            self._connections.discard(task)
+
+    async def _run_one(
+        self, obj: object, writer: asyncio.StreamWriter, disconnected: asyncio.Event
+    ) -> dict[str, Any] | None:
+        def emit(progress: dict[str, Any]) -> None:
+            if not writer.is_closing():
+                writer.write(_encode(progress))
+
+        work = asyncio.create_task(self._dispatcher(obj, emit))
+        self.inflight.add(work)
+        work.add_done_callback(self.inflight.discard)
+        gone = asyncio.create_task(disconnected.wait())
+        try:
+            done, _ = await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+            if work not in done:
+                if self._may_cancel(obj):
+                    work.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await work
+                return None
+            return work.result()
+        finally:
+            gone.cancel()

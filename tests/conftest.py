@@ -1,0 +1,115 @@
+"""Shared fixtures: an isolated XDG environment and a real `bangerd` running in it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from banger.paths import Paths
+from banger.rpc.client import Client
+
+
+@dataclass
+class BangerEnv:
+    root: Path
+    env: dict[str, str]
+
+    @property
+    def paths(self) -> Paths:
+        saved = {k: os.environ.get(k) for k in self.env}
+        os.environ.update(self.env)
+        try:
+            return Paths.from_env()
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+    def write_config(self, text: str) -> None:
+        cfg = self.paths.config_file
+        cfg.parent.mkdir(parents=True, exist_ok=True)
+        cfg.write_text(text)
+
+    def banger(
+        self, *args: str, input: str | None = None, timeout: float = 600, check: bool = False
+    ) -> subprocess.CompletedProcess[str]:
+        """Run the real CLI in this environment."""
+        proc = subprocess.run(
+            [sys.executable, "-m", "banger.cli.main", *args],
+            env=self.env,
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(
+                f"banger {' '.join(args)} exited {proc.returncode}\n"
+                f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+            )
+        return proc
+
+    def client(self) -> Client:
+        c = Client(self.paths.socket)
+        c.connect()
+        return c
+
+
+@pytest.fixture
+def banger_env() -> Iterator[BangerEnv]:
+    # Short root under /tmp: sockets live below it and sun_path is limited to 108 bytes.
+    root = Path(tempfile.mkdtemp(prefix="bg-", dir="/tmp"))
+    env = dict(os.environ)
+    env.update(
+        {
+            "XDG_CONFIG_HOME": str(root / "cfg"),
+            "XDG_STATE_HOME": str(root / "st"),
+            "XDG_CACHE_HOME": str(root / "cache"),
+            "XDG_RUNTIME_DIR": str(root / "run"),
+            "NO_COLOR": "1",
+        }
+    )
+    env.pop("BANGER_LOG_LEVEL", None)
+    (root / "run").mkdir(mode=0o700)
+    be = BangerEnv(root=root, env=env)
+    yield be
+    _stop_daemon(be)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def _stop_daemon(be: BangerEnv) -> None:
+    pid_file = be.paths.pid_file
+    if not pid_file.exists():
+        return
+    try:
+        with be.client() as c:
+            c.call("shutdown", timeout=30)
+    except Exception:
+        pass
+    deadline = time.monotonic() + 30
+    while pid_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if pid_file.exists():
+        try:
+            os.kill(int(pid_file.read_text()), 9)
+        except (ValueError, ProcessLookupError):
+            pass
+
+
+@pytest.fixture
+def daemon(banger_env: BangerEnv) -> Iterator[BangerEnv]:
+    """A real bangerd in the isolated environment (started the way the CLI starts it)."""
+    banger_env.banger("daemon", "start", check=True, timeout=30)
+    yield banger_env
