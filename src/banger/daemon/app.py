@@ -8,7 +8,8 @@ import logging
 import os
 import signal
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from banger import __version__
 from banger.config import Config
@@ -22,6 +23,18 @@ log = logging.getLogger("banger.daemon")
 SHUTDOWN_GRACE_SECONDS = 10.0
 
 
+class Service(Protocol):
+    async def start(self) -> None:
+        """Reconcile with what is on disk (called once, after the store is open)."""
+        ...
+
+    async def stop(self) -> None: ...
+
+
+# (kind, id) -> names of things that still use it, e.g. ("image", id) -> ["vm devbox"].
+ReferenceCheck = Callable[[str, str], list[str]]
+
+
 class Daemon:
     def __init__(self, paths: Paths, config: Config) -> None:
         self.paths = paths
@@ -30,6 +43,14 @@ class Daemon:
         self.store = Store(paths.db_file)
         self._stopping = asyncio.Event()
         self.server = RPCServer(paths.socket, self._dispatch, may_cancel=self._may_cancel)
+        # Services register here in __init__; they start in order and stop in reverse order.
+        self.services: list[Service] = []
+        # Deleting an image or kernel asks these first and refuses with `conflict` if any answer.
+        self.reference_checks: list[ReferenceCheck] = []
+        # --- area services (each issue adds its own below) ---
+
+    def references(self, kind: str, ident: str) -> list[str]:
+        return [name for check in self.reference_checks for name in check(kind, ident)]
 
     async def _dispatch(self, obj: object, emit: Any) -> dict[str, Any]:
         return await dispatch_mod.dispatch(self, obj, progress_sink=emit)
@@ -45,8 +66,15 @@ class Daemon:
     async def start_services(self) -> None:
         """Open the store and let each service reconcile with what is on disk."""
         self.store.open()
+        for service in self.services:
+            await service.start()
 
     async def stop_services(self) -> None:
+        for service in reversed(self.services):
+            try:
+                await service.stop()
+            except Exception:
+                log.exception("service stop failed", extra={"service": type(service).__name__})
         self.store.close()
 
     async def run(self) -> None:
