@@ -1,0 +1,1 @@
+"""Kernels: the local store, the catalog, verified pulls and imports of distro kernels."""
