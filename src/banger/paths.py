@@ -1,13 +1,16 @@
-"""Where banger keeps its files (XDG in user mode; system mode comes with the system install).
+"""Where banger keeps its files: XDG in user mode, /etc /var /run in system mode.
 
-Every path derives from the XDG variables at the moment `Paths.from_env()` is called, so tests
-isolate themselves by pointing XDG_* at a temp dir.
+Every user-mode path derives from the XDG variables at the moment `Paths.from_env()` is called, so
+tests isolate themselves by pointing XDG_* at a temp dir. System mode (`banger system install`) is
+detected from `<root>/etc/banger/install.toml`; `<root>` is `/` unless BANGER_SYSTEM_ROOT names a
+test prefix. `Paths.detect()` picks the mode the CLI and daemon should use.
 """
 
 from __future__ import annotations
 
 import os
 import stat
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,12 +33,116 @@ def _runtime_base() -> Path:
     return Path(f"/tmp/banger-runtime-{os.getuid()}")
 
 
+# A prefix standing in for `/` in system mode (tests and `system install --prefix`).
+SYSTEM_ROOT_ENV = "BANGER_SYSTEM_ROOT"
+# `BANGER_MODE=user` forces user mode on a host that has a system install (development).
+MODE_ENV = "BANGER_MODE"
+
+
+def system_root() -> Path:
+    value = os.environ.get(SYSTEM_ROOT_ENV, "")
+    return Path(value) if value and os.path.isabs(value) else Path("/")
+
+
+def install_file(root: Path | None = None) -> Path:
+    return (root or system_root()) / "etc/banger/install.toml"
+
+
+@dataclass(frozen=True)
+class InstallInfo:
+    """What `banger system install` recorded in install.toml."""
+
+    owner_user: str
+    owner_uid: int
+    owner_gid: int
+    owner_home: str
+    installed_at: str
+    version: str
+    root: Path
+
+    @property
+    def paths(self) -> Paths:
+        return Paths.system(self.root)
+
+
+class InstallError(Exception):
+    """install.toml exists but cannot be used; the message names the file and the fix."""
+
+
+def read_install(root: Path | None = None) -> InstallInfo | None:
+    """The system install recorded under `root` (default: system_root()), or None."""
+    root = root or system_root()
+    path = install_file(root)
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise InstallError(f"{path}: cannot read: {e}; re-run `sudo banger system install`") from e
+    try:
+        info = InstallInfo(
+            owner_user=str(data["owner_user"]),
+            owner_uid=int(data["owner_uid"]),
+            owner_gid=int(data["owner_gid"]),
+            owner_home=str(data.get("owner_home", "")),
+            installed_at=str(data.get("installed_at", "")),
+            version=str(data.get("version", "")),
+            root=root,
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise InstallError(
+            f"{path}: missing or invalid key {e}; re-run `sudo banger system install`"
+        ) from None
+    if info.owner_uid <= 0:
+        raise InstallError(f"{path}: owner_uid must be an unprivileged uid, not {info.owner_uid}")
+    return info
+
+
 @dataclass(frozen=True)
 class Paths:
     config_dir: Path
     state_dir: Path
     cache_dir: Path
     runtime_dir: Path
+    # Set in system mode: the root the system layout lives under ("/" on a real install).
+    system_root: Path | None = None
+
+    @classmethod
+    def system(cls, root: Path | None = None) -> Paths:
+        """The system-mode layout: /etc/banger, /var/lib/banger, /var/cache/banger, /run/banger."""
+        root = root or system_root()
+        return cls(
+            config_dir=root / "etc/banger",
+            state_dir=root / "var/lib/banger",
+            cache_dir=root / "var/cache/banger",
+            runtime_dir=root / "run/banger",
+            system_root=root,
+        )
+
+    @classmethod
+    def detect(cls) -> Paths:
+        """System paths when banger is installed system-wide (and not forced to user mode)."""
+        if os.environ.get(MODE_ENV, "") != "user" and install_file().exists():
+            return cls.system()
+        return cls.from_env()
+
+    @property
+    def is_system(self) -> bool:
+        return self.system_root is not None
+
+    @property
+    def helper_runtime_dir(self) -> Path:
+        """The root helper's socket directory (root-owned, 0711); system mode only."""
+        return (self.system_root or Path("/")) / "run/banger-root"
+
+    @property
+    def helper_socket(self) -> Path:
+        return self.helper_runtime_dir / "bangerd-root.sock"
+
+    @property
+    def install_file(self) -> Path:
+        return install_file(self.system_root)
 
     @classmethod
     def from_env(cls) -> Paths:
