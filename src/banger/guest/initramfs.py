@@ -63,7 +63,8 @@ if [ -f /lib/modules/order ]; then
         [ -n "$ko" ] || continue
         insmod "/lib/modules/$ko" 2>/tmp/insmod.err || {
             # Already loaded (built in) is fine; anything else is worth a line on the console.
-            grep -q "File exists" /tmp/insmod.err || echo "banger-initramfs: warning: insmod $ko: $(cat /tmp/insmod.err)"
+            grep -q "File exists" /tmp/insmod.err ||
+                echo "banger-initramfs: warning: insmod $ko: $(cat /tmp/insmod.err)"
         }
     done </lib/modules/order
 fi
@@ -158,7 +159,12 @@ class _Newc:
         self.ino = 1
 
     def _entry(
-        self, name: str, mode: int, data: bytes = b"", nlink: int = 1, rdev: tuple[int, int] = (0, 0)
+        self,
+        name: str,
+        mode: int,
+        data: bytes = b"",
+        nlink: int = 1,
+        rdev: tuple[int, int] = (0, 0),
     ) -> None:
         encoded = name.encode() + b"\0"
         header = "070701" + "".join(
