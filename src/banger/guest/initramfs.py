@@ -22,6 +22,7 @@ import stat
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 # Appended module signatures are useless here (nothing enforces them) and cost boot time.
 _SIG_MAGIC = b"~Module signature appended~\n"
@@ -214,7 +215,7 @@ def _has_interpreter(elf: bytes) -> bool:
     """True for a dynamically linked ELF64 (it has a PT_INTERP program header)."""
     if len(elf) < 64 or elf[4] != 2:
         return False
-    order = "little" if elf[5] == 1 else "big"
+    order: Literal["little", "big"] = "little" if elf[5] == 1 else "big"
     phoff = int.from_bytes(elf[0x20:0x28], order)
     phentsize = int.from_bytes(elf[0x36:0x38], order)
     phnum = int.from_bytes(elf[0x38:0x3A], order)
