@@ -27,4 +27,22 @@ MIGRATIONS: list[Migration] = [
         ) STRICT;
         """,
     ),
+    Migration(
+        5,
+        "network",
+        """
+        -- One row per VM that has used host networking: its guest address (kept until the VM is
+        -- deleted, so a VM keeps its IP across restarts) and whether it wants NAT.
+        CREATE TABLE vm_network (
+            vm_id        TEXT PRIMARY KEY,
+            ip           TEXT UNIQUE,
+            nat          INTEGER NOT NULL DEFAULT 0,
+            allocated_at TEXT NOT NULL
+        ) STRICT;
+        CREATE TABLE network_meta (
+            key   TEXT PRIMARY KEY,
+            value TEXT NOT NULL
+        ) STRICT;
+        """,
+    ),
 ]
