@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -102,10 +103,8 @@ def _stop_daemon(be: BangerEnv) -> None:
     while pid_file.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     if pid_file.exists():
-        try:
+        with contextlib.suppress(ValueError, ProcessLookupError):
             os.kill(int(pid_file.read_text()), 9)
-        except (ValueError, ProcessLookupError):
-            pass
 
 
 @pytest.fixture

@@ -55,11 +55,22 @@ def run_checks(paths: Paths, config: Config) -> list[Check]:
         checks.append(Check("PASS", "qemu", _version_line([qemu, "--version"]) or qemu))
     else:
         checks.append(
-            Check("FAIL", "qemu", f"{config.qemu_bin} not found: no VM can boot",
-                  SETUP_HINT.format(pkg="qemu-system-x86 qemu-utils"))
+            Check(
+                "FAIL",
+                "qemu",
+                f"{config.qemu_bin} not found: no VM can boot",
+                SETUP_HINT.format(pkg="qemu-system-x86 qemu-utils"),
+            )
         )
-    checks.append(_tool("qemu-img", "qemu-img", "qemu-utils", required=True,
-                        why="per-VM copy-on-write root disks"))
+    checks.append(
+        _tool(
+            "qemu-img",
+            "qemu-img",
+            "qemu-utils",
+            required=True,
+            why="per-VM copy-on-write root disks",
+        )
+    )
 
     verdict = kvm_verdict()
     accel = resolve_accel(config.accel, verdict)
@@ -67,32 +78,63 @@ def run_checks(paths: Paths, config: Config) -> list[Check]:
         checks.append(Check("PASS", "kvm", f"{verdict.reason}; QEMU uses {accel}"))
     else:
         checks.append(
-            Check("WARN", "kvm", f"{verdict.reason}; QEMU uses {accel} (software emulation, slower)",
-                  "guests still work; boots take a few seconds under TCG")
+            Check(
+                "WARN",
+                "kvm",
+                f"{verdict.reason}; QEMU uses {accel} (software emulation, slower)",
+                "guests still work; boots take a few seconds under TCG",
+            )
         )
     if config.accel == "kvm" and not verdict.usable:
-        checks.append(Check("FAIL", "accel", "config says accel = \"kvm\" but KVM cannot run guests",
-                            'set accel = "auto" or "tcg" in config.toml'))
+        checks.append(
+            Check(
+                "FAIL",
+                "accel",
+                'config says accel = "kvm" but KVM cannot run guests',
+                'set accel = "auto" or "tcg" in config.toml',
+            )
+        )
 
     fc = shutil.which(config.firecracker_bin)
     if fc:
         checks.append(Check("PASS", "firecracker", _version_line([fc, "--version"]) or fc))
     else:
-        checks.append(Check("WARN", "firecracker", "not found: the QEMU driver is used",
-                            "install firecracker (not packaged in Debian 12) on a KVM host"))
-    vmm = "firecracker" if (config.vmm == "firecracker" or (config.vmm == "auto" and fc and verdict.usable)) else "qemu"
+        checks.append(
+            Check(
+                "WARN",
+                "firecracker",
+                "not found: the QEMU driver is used",
+                "install firecracker (not packaged in Debian 12) on a KVM host",
+            )
+        )
+    vmm = (
+        "firecracker"
+        if (config.vmm == "firecracker" or (config.vmm == "auto" and fc and verdict.usable))
+        else "qemu"
+    )
     checks.append(Check("PASS", "vmm", f"VMs run on {vmm} (config vmm = {config.vmm!r})"))
 
-    checks.append(_tool("mkfs.ext4", "mkfs.ext4", "e2fsprogs", required=True, why="builds root disks"))
-    checks.append(_tool("debugfs", "debugfs", "e2fsprogs", required=True, why="fixes ownership in images"))
+    checks.append(
+        _tool("mkfs.ext4", "mkfs.ext4", "e2fsprogs", required=True, why="builds root disks")
+    )
+    checks.append(
+        _tool("debugfs", "debugfs", "e2fsprogs", required=True, why="fixes ownership in images")
+    )
     checks.append(_tool("ssh", "ssh", "openssh-client", required=True, why="`banger vm ssh`"))
     checks.append(_tool("ssh-keygen", "ssh-keygen", "openssh-client", required=True, why="VM keys"))
     checks.append(_tool("busybox", "busybox", "busybox-static", required=True, why="guest payload"))
     checks.append(_tool("git", "git", "git", required=False, why="workspace round-trip"))
     checks.append(_tool("ip", "ip", "iproute2", required=False, why="bridged networking"))
     checks.append(_tool("nft", "nft", "nftables", required=False, why="NAT for bridged VMs"))
-    checks.append(_tool("mmdebstrap", "mmdebstrap", "mmdebstrap", required=False,
-                        why="builds the offline default image"))
+    checks.append(
+        _tool(
+            "mmdebstrap",
+            "mmdebstrap",
+            "mmdebstrap",
+            required=False,
+            why="builds the offline default image",
+        )
+    )
 
     checks.append(_writable(paths.state_dir, "state dir"))
     checks.append(_free_space(paths.state_dir))

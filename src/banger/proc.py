@@ -1,4 +1,4 @@
-"""Run host tools without a shell. Failures become OperationFailed naming the tool and its stderr."""
+"""Run host tools without a shell; failures become OperationFailed naming the tool and stderr."""
 
 from __future__ import annotations
 
@@ -27,7 +27,9 @@ class Result:
         return self.stderr.decode(errors="replace")
 
 
-def _fail(argv: Sequence[str], code: int | None, stderr: bytes, what: str | None) -> OperationFailed:
+def _fail(
+    argv: Sequence[str], code: int | None, stderr: bytes, what: str | None
+) -> OperationFailed:
     tail = stderr.decode(errors="replace").strip().splitlines()[-3:]
     label = what or argv[0]
     status = "timed out" if code is None else f"exited {code}"
@@ -55,7 +57,7 @@ async def run(
     )
     try:
         stdout, stderr = await asyncio.wait_for(proc.communicate(input), timeout)
-    except (asyncio.TimeoutError, asyncio.CancelledError) as e:
+    except (TimeoutError, asyncio.CancelledError) as e:
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
         await proc.wait()

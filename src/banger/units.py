@@ -12,7 +12,9 @@ def parse_size(text: str) -> int:
     """Bytes in `text` (`8G`, `512M`, `1024`, `2GiB`); binary multiples, like dd and qemu-img."""
     m = _SIZE_RE.match(text)
     if not m:
-        raise ValueError(f"size {text!r} is not understood; use a number with K, M, G or T (e.g. 8G)")
+        raise ValueError(
+            f"size {text!r} is not understood; use a number with K, M, G or T (e.g. 8G)"
+        )
     value = float(m.group(1)) * _MULT[m.group(2).lower()]
     if value <= 0:
         raise ValueError(f"size {text!r} must be greater than zero")

@@ -20,7 +20,9 @@ COMMANDS = {
 
 
 @click.group(cls=LazyGroup, lazy=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, "--version", "-V", prog_name="banger", message="%(prog)s %(version)s")
+@click.version_option(
+    __version__, "--version", "-V", prog_name="banger", message="%(prog)s %(version)s"
+)
 def cli() -> None:
     """One-command development sandboxes on microVMs."""
 

@@ -57,9 +57,12 @@ async def dispatch(
         handler = table.get(method)
         if handler is None:
             raise UnknownMethod(f"unknown method {method!r}; `banger --help` lists what exists")
-        emit: ProgressSink = (lambda _f: None) if not (req.progress and progress_sink) else (
-            lambda fields: progress_sink({"progress": fields, "op_id": op_id})  # type: ignore[misc]
-        )
+        sink = progress_sink if req.progress else None
+
+        def emit(fields: dict[str, Any]) -> None:
+            if sink is not None:
+                sink({"progress": fields, "op_id": op_id})
+
         ctx = RequestContext(op_id=op_id, method=method, emit=emit)
         log.debug("request", extra={"method": method})
         result = await handler(daemon, ctx, req.params)  # type: ignore[arg-type]

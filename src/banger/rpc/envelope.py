@@ -1,6 +1,6 @@
 """Request/response envelopes of the wire contract.
 
-Request:  {"version": 1, "method": "vm.create", "params": {...}, "op_id"?: "op-…", "progress"?: bool}
+Request:  {"version": 1, "method": "vm.create", "params": {...}, "op_id"?: …, "progress"?: bool}
 Success:  {"ok": true, "result": ...}
 Failure:  {"ok": false, "error": {"code": ..., "message": ..., "op_id": "op-…"}}
 Progress: {"progress": {...}, "op_id": "op-…"}  (only when the request asked for it; zero or more

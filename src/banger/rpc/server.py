@@ -12,7 +12,7 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +21,14 @@ from banger.rpc import envelope
 log = logging.getLogger("banger.rpc")
 
 MAX_LINE = 4 * 1024 * 1024
+# How much of one overlong line is skipped before the connection is given up on.
+MAX_DISCARD = 64 * 1024 * 1024
+_OVERLONG = b"\x00overlong"
+_CLOSE = b"\x00close"
 
-Dispatcher = Callable[[object, Callable[[dict[str, Any]], None]], Awaitable[dict[str, Any]]]
+Dispatcher = Callable[
+    [object, Callable[[dict[str, Any]], None]], Coroutine[Any, Any, dict[str, Any]]
+]
 CancelPolicy = Callable[[object], bool]
 
 
@@ -40,6 +46,7 @@ class RPCServer:
         self._server: asyncio.AbstractServer | None = None
         self.inflight: set[asyncio.Task[Any]] = set()
         self._connections: set[asyncio.Task[Any]] = set()
+        self._busy: set[asyncio.Task[Any]] = set()  # connections between request and answer
 
     async def start(self) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -47,7 +54,7 @@ class RPCServer:
         old = os.umask(0o177)  # the socket is born 0600: no window where others could connect
         try:
             self._server = await asyncio.start_unix_server(
-                self._on_client, path=str(self.socket_path), limit=MAX_LINE
+                self._on_client, path=str(self.socket_path)
             )
         finally:
             os.umask(old)
@@ -63,6 +70,11 @@ class RPCServer:
                 t.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=5)
+        # Give connections whose request just finished the moment they need to send its answer.
+        for _ in range(100):
+            if not self._busy:
+                break
+            await asyncio.sleep(0.01)
         for c in set(self._connections):
             c.cancel()
         with contextlib.suppress(FileNotFoundError):
@@ -76,18 +88,34 @@ class RPCServer:
         disconnected = asyncio.Event()
 
         async def read_lines() -> None:
+            # Own line splitting, so an overlong line can be skipped up to its newline and the
+            # connection resynchronised (StreamReader.readuntil cannot discard part of a line).
+            buf = bytearray()
+            skipped = 0  # > 0 while discarding an overlong line
             try:
                 while True:
-                    try:
-                        line = await reader.readuntil(b"\n")
-                    except asyncio.IncompleteReadError as e:
-                        if e.partial.strip():
-                            await lines.put(e.partial)
+                    chunk = await reader.read(65536)
+                    if not chunk:
+                        if buf.strip() and not skipped:
+                            await lines.put(bytes(buf))
                         break
-                    except asyncio.LimitOverrunError:
-                        await lines.put(b"\x00overlong")
-                        break
-                    await lines.put(line)
+                    while chunk:
+                        i = chunk.find(b"\n")
+                        part, chunk = (chunk, b"") if i < 0 else (chunk[: i + 1], chunk[i + 1 :])
+                        if skipped or len(buf) + len(part) > MAX_LINE:
+                            skipped += len(part) + len(buf)
+                            buf.clear()
+                            if skipped > MAX_DISCARD:
+                                await lines.put(_CLOSE)
+                                return
+                            if i >= 0:
+                                await lines.put(_OVERLONG)
+                                skipped = 0
+                            continue
+                        buf += part
+                        if i >= 0:
+                            await lines.put(bytes(buf))
+                            buf.clear()
             except (ConnectionError, OSError):
                 pass
             finally:
@@ -100,27 +128,35 @@ class RPCServer:
                 line = await lines.get()
                 if line is None:
                     break
-                if line == b"\x00overlong":
-                    msg = f"request line longer than {MAX_LINE} bytes; connection closed"
+                if line is _OVERLONG or line is _CLOSE:
+                    msg = f"request line longer than {MAX_LINE} bytes"
+                    if line is _CLOSE:
+                        msg += "; connection closed"
                     writer.write(_encode(envelope.error("bad_request", msg, envelope.new_op_id())))
                     await writer.drain()
-                    break
+                    if line is _CLOSE:
+                        break
+                    continue
                 if not line.strip():
                     continue
                 try:
                     obj = json.loads(line)
                 except (ValueError, RecursionError) as e:
-                    response = envelope.error(
+                    bad = envelope.error(
                         "bad_request", f"request is not valid JSON: {e}", envelope.new_op_id()
                     )
-                    writer.write(_encode(response))
+                    writer.write(_encode(bad))
                     await writer.drain()
                     continue
-                response = await self._run_one(obj, writer, disconnected)
-                if response is None:
-                    break
-                writer.write(_encode(response))
-                await writer.drain()
+                self._busy.add(task)
+                try:
+                    response = await self._run_one(obj, writer, disconnected)
+                    if response is None:
+                        break
+                    writer.write(_encode(response))
+                    await writer.drain()
+                finally:
+                    self._busy.discard(task)
         except (ConnectionError, OSError):
             pass
         finally:
@@ -136,7 +172,7 @@ class RPCServer:
             if not writer.is_closing():
                 writer.write(_encode(progress))
 
-        work = asyncio.create_task(self._dispatcher(obj, emit))
+        work: asyncio.Task[dict[str, Any]] = asyncio.create_task(self._dispatcher(obj, emit))
         self.inflight.add(work)
         work.add_done_callback(self.inflight.discard)
         gone = asyncio.create_task(disconnected.wait())

@@ -18,7 +18,9 @@ class KVMVerdict:
     reason: str
 
 
-def kvm_verdict(sys_module: Path = Path("/sys/module"), dev_kvm: Path = Path("/dev/kvm")) -> KVMVerdict:
+def kvm_verdict(
+    sys_module: Path = Path("/sys/module"), dev_kvm: Path = Path("/dev/kvm")
+) -> KVMVerdict:
     if not dev_kvm.exists():
         return KVMVerdict(False, "/dev/kvm is absent (no hardware virtualisation exposed)")
     if not os.access(dev_kvm, os.R_OK | os.W_OK):
