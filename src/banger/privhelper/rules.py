@@ -1,0 +1,328 @@
+"""Validators for every argument the root helper accepts.
+
+Each rule takes the raw JSON value and returns the typed value or raises `BadRequest` naming the
+argument, what was wrong and what is allowed. The helper runs as root on behalf of an unprivileged
+owner: anything a rule lets through is something the owner may make root do, so the rules are
+deliberately narrow (banger's own interface names, private IPv4 ranges, paths below banger's own
+directories reached without symlinks, processes that are VMMs banger launched).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+import re
+import signal
+import stat
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from banger.network import privops, tap
+from banger.rpc.errors import BadRequest, NotFound
+
+IFNAMSIZ = 15  # usable bytes of a Linux interface name
+
+# The name patterns are the network module's own (one truth): "br-banger[-x]", "tap-bg-<8 hex>".
+BRIDGE_RE = privops.BRIDGE_RE
+TAP_RE = tap.TAP_RE
+
+# Guest networks must sit inside private space: never a public range, never loopback/link-local.
+PRIVATE_NETS = (
+    ipaddress.IPv4Network("10.0.0.0/8"),
+    ipaddress.IPv4Network("172.16.0.0/12"),
+    ipaddress.IPv4Network("192.168.0.0/16"),
+    ipaddress.IPv4Network("100.64.0.0/10"),
+)
+MIN_PREFIX = 8
+MAX_PREFIX = 30
+
+SIGNALS = {
+    "TERM": signal.SIGTERM,
+    "KILL": signal.SIGKILL,
+    "INT": signal.SIGINT,
+    "HUP": signal.SIGHUP,
+    "QUIT": signal.SIGQUIT,
+    "USR1": signal.SIGUSR1,
+    "USR2": signal.SIGUSR2,
+    "ABRT": signal.SIGABRT,
+}
+
+
+def _str(name: str, value: Any, max_len: int = 4096) -> str:
+    if not isinstance(value, str) or not value:
+        raise BadRequest(f"argument {name!r} must be a non-empty string")
+    if len(value) > max_len or "\x00" in value:
+        raise BadRequest(f"argument {name!r} is too long or contains NUL")
+    return value
+
+
+def _ifname(name: str, value: Any, pattern: re.Pattern[str], what: str) -> str:
+    v = _str(name, value, 64)
+    if len(v) > IFNAMSIZ or not pattern.fullmatch(v):
+        raise BadRequest(
+            f"argument {name!r}: {v!r} is not a {what} name banger manages "
+            f"(must match {pattern.pattern}, at most {IFNAMSIZ} characters)"
+        )
+    return v
+
+
+def bridge_name(value: Any, name: str = "bridge") -> str:
+    return _ifname(name, value, BRIDGE_RE, "bridge")
+
+
+def tap_name(value: Any, name: str = "tap") -> str:
+    return _ifname(name, value, TAP_RE, "TAP")
+
+
+def _in_private(net: ipaddress.IPv4Network) -> bool:
+    return any(net.subnet_of(p) for p in PRIVATE_NETS)
+
+
+def _private_ranges() -> str:
+    return ", ".join(str(p) for p in PRIVATE_NETS)
+
+
+def bridge_address(value: Any, name: str = "address") -> ipaddress.IPv4Interface:
+    """An IPv4 host address with its prefix ("172.16.0.1/24") inside private space."""
+    v = _str(name, value, 64)
+    try:
+        iface = ipaddress.IPv4Interface(v)
+    except ValueError:
+        raise BadRequest(
+            f"argument {name!r}: {v!r} is not an IPv4 address/prefix like 172.16.0.1/24"
+        ) from None
+    net = iface.network
+    if not MIN_PREFIX <= net.prefixlen <= MAX_PREFIX:
+        raise BadRequest(
+            f"argument {name!r}: prefix /{net.prefixlen} is out of range "
+            f"(/{MIN_PREFIX}../{MAX_PREFIX})"
+        )
+    if not _in_private(net):
+        raise BadRequest(
+            f"argument {name!r}: {net} is not inside a private range ({_private_ranges()})"
+        )
+    if iface.ip in (net.network_address, net.broadcast_address):
+        raise BadRequest(f"argument {name!r}: {iface.ip} is the network or broadcast address")
+    return iface
+
+
+def guest_address(value: Any, name: str = "guest_ip") -> ipaddress.IPv4Address:
+    v = _str(name, value, 64)
+    try:
+        ip = ipaddress.IPv4Address(v)
+    except ValueError:
+        raise BadRequest(f"argument {name!r}: {v!r} is not an IPv4 address") from None
+    if not _in_private(ipaddress.IPv4Network(f"{ip}/32")):
+        raise BadRequest(
+            f"argument {name!r}: {ip} is not inside a private range ({_private_ranges()})"
+        )
+    return ip
+
+
+def require_in_subnet(
+    ip: ipaddress.IPv4Address, subnet: ipaddress.IPv4Network | None, bridge: str
+) -> None:
+    """NAT is only for guests on banger's bridge, as the kernel currently configures it."""
+    if subnet is None:
+        raise BadRequest(f"bridge {bridge} has no IPv4 address; ensure the bridge first")
+    if ip not in subnet or ip in (subnet.network_address, subnet.broadcast_address):
+        raise BadRequest(f"argument 'guest_ip': {ip} is not a host of {bridge}'s subnet {subnet}")
+
+
+def no_overlap(
+    iface: ipaddress.IPv4Interface, bridge: str, existing: Iterable[tuple[str, str]]
+) -> None:
+    """Refuse a bridge subnet that overlaps an address another interface already uses.
+
+    Otherwise the owner could point banger's bridge at the host's LAN and capture its traffic.
+    """
+    for dev, cidr in existing:
+        if dev == bridge:
+            continue
+        other = ipaddress.IPv4Interface(cidr).network
+        if other.overlaps(iface.network):
+            raise BadRequest(
+                f"argument 'address': {iface.network} overlaps {other} on {dev}; "
+                "choose a free private range (config keys bridge_ip and cidr)"
+            )
+
+
+def signal_name(value: Any, name: str = "signal") -> signal.Signals:
+    v = _str(name, value, 16).upper().removeprefix("SIG")
+    if v not in SIGNALS:
+        raise BadRequest(f"argument {name!r}: signal {value!r} is not one of {', '.join(SIGNALS)}")
+    return SIGNALS[v]
+
+
+def pid_value(value: Any, name: str = "pid") -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 < value < 2**22:
+        raise BadRequest(f"argument {name!r} must be a process id (an integer above 1)")
+    return value
+
+
+def sysctl_value(value: Any, name: str = "value") -> int:
+    if value not in (0, 1) or isinstance(value, bool):
+        raise BadRequest(f"argument {name!r} must be 0 or 1")
+    return int(value)
+
+
+# --- paths ----------------------------------------------------------------------------------
+
+
+def _components(name: str, path: str) -> list[str]:
+    if not path.startswith("/"):
+        raise BadRequest(f"argument {name!r}: {path!r} is not an absolute path")
+    parts = path.split("/")[1:]
+    for p in parts:
+        if p in ("", ".", ".."):
+            raise BadRequest(
+                f"argument {name!r}: {path!r} has an empty, '.' or '..' component; "
+                "give the plain absolute path"
+            )
+    return parts
+
+
+def _under(parts: Sequence[str], root: Path) -> list[str] | None:
+    rparts = [p for p in str(root).split("/") if p]
+    if len(parts) > len(rparts) and list(parts[: len(rparts)]) == rparts:
+        return list(parts[len(rparts) :])
+    return None
+
+
+@dataclass
+class OpenedPath:
+    """An O_PATH descriptor of a validated path (close it) and what it is."""
+
+    fd: int
+    path: str
+    st: os.stat_result
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+
+    def __enter__(self) -> OpenedPath:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_under(value: Any, roots: Sequence[Path], name: str = "path") -> OpenedPath:
+    """Open `value` with O_PATH, one component at a time with O_NOFOLLOW, below one of `roots`.
+
+    No component may be a symlink (including the last), none may be `..`, and the result is an
+    fd of the object actually reached, so later operations cannot be redirected by a rename.
+    """
+    path = _str(name, value)
+    parts = _components(name, path)
+    for root in roots:
+        rest = _under(parts, root)
+        if rest is not None:
+            break
+    else:
+        raise BadRequest(
+            f"argument {name!r}: {path} is outside banger's directories "
+            f"({', '.join(str(r) for r in roots)})"
+        )
+    flags = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(root, flags | os.O_DIRECTORY)
+    except OSError as e:
+        raise NotFound(
+            f"argument {name!r}: banger directory {root} is missing: {e.strerror}"
+        ) from None
+    try:
+        for i, comp in enumerate(rest):
+            last = i == len(rest) - 1
+            try:
+                nfd = os.open(comp, flags | (0 if last else os.O_DIRECTORY), dir_fd=fd)
+            except FileNotFoundError:
+                raise NotFound(f"argument {name!r}: {path} does not exist") from None
+            except OSError as e:
+                # ELOOP/ENOTDIR: a symlink (or a file) where a directory was expected.
+                raise BadRequest(
+                    f"argument {name!r}: {path}: component {comp!r} is a symlink or not a "
+                    f"directory ({e.strerror}); banger never follows symlinks here"
+                ) from None
+            os.close(fd)
+            fd = nfd
+        st = os.fstat(fd)
+        if stat.S_ISLNK(st.st_mode):
+            raise BadRequest(f"argument {name!r}: {path} is a symlink; banger never follows them")
+        return OpenedPath(fd, path, st)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def socket_path(value: Any, roots: Sequence[Path], name: str = "path") -> OpenedPath:
+    opened = open_under(value, roots, name)
+    if not stat.S_ISSOCK(opened.st.st_mode):
+        opened.close()
+        raise BadRequest(f"argument {name!r}: {opened.path} is not a Unix socket")
+    return opened
+
+
+# --- processes ------------------------------------------------------------------------------
+
+
+def _cmdline_paths(args: Sequence[str]) -> Iterable[str]:
+    """Every absolute path in a VMM argv (`path=/x`, `unix:/x,server`, `--api-sock /x`)."""
+    for arg in args:
+        for token in re.split(r"[,=]", arg):
+            token = token.removeprefix("unix:")
+            if token.startswith("/"):
+                yield token
+
+
+def check_vmm_process(
+    pid: int, vmm_executables: Iterable[str], runtime_roots: Sequence[Path]
+) -> int:
+    """Return a pidfd for `pid` after proving it is a VMM banger launched; refuse otherwise.
+
+    A VMM banger launched runs one of the configured VMM binaries and names a socket below
+    banger's runtime (or state) directory on its command line. The pidfd is taken first and
+    re-checked after reading /proc, so a pid recycled in between is never signalled.
+    """
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        raise NotFound(f"process {pid} does not exist") from None
+    try:
+        try:
+            exe = os.readlink(f"/proc/{pid}/exe")
+            raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            raise NotFound(f"process {pid} does not exist (or is a kernel thread)") from None
+        allowed = set(vmm_executables)
+        if exe not in allowed:
+            raise BadRequest(
+                f"process {pid} runs {exe}, not a VMM banger launches "
+                f"({', '.join(sorted(allowed)) or 'none configured'}); refusing to signal it"
+            )
+        args = [a for a in raw.decode(errors="replace").split("\x00") if a]
+        owned = False
+        for p in _cmdline_paths(args):
+            parts = [c for c in p.split("/") if c]
+            if ".." in parts:
+                continue
+            if any(_under(parts, r) is not None for r in runtime_roots):
+                owned = True
+                break
+        if not owned:
+            raise BadRequest(
+                f"process {pid} ({exe}) has no socket under banger's runtime directory: "
+                "not a VM banger launched; refusing to signal it"
+            )
+        try:
+            signal.pidfd_send_signal(pidfd, 0)
+        except ProcessLookupError:
+            raise NotFound(f"process {pid} exited while it was being checked") from None
+        return pidfd
+    except BaseException:
+        os.close(pidfd)
+        raise

@@ -1,0 +1,431 @@
+"""`bangerd-root`: the root helper of a system install.
+
+It listens on `<root>/run/banger-root/bangerd-root.sock` (directory root-owned 0711, socket owned
+by the install owner, 0600), checks every caller with SO_PEERCRED (root or the owner uid from
+install.toml), reads ONE JSON request per connection (the daemon's envelope: version, method,
+params, op_id), runs it only if the method is in `OPS` and every argument passes `rules`, answers
+with one JSON line and closes. Each call is logged as a JSON line with the caller's op id.
+
+The operations themselves are `banger.network.privops.LocalPrivOps` (the same code the daemon runs
+in-process in user mode), plus signalling VMM processes and fixing socket ownership.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ipaddress
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import stat
+import struct
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from banger import __version__
+from banger.network.nat import NatRule
+from banger.network.privops import LocalPrivOps
+from banger.paths import InstallError, InstallInfo, Paths, read_install, system_root
+from banger.privhelper import rules
+from banger.rpc import envelope
+from banger.rpc.errors import BadRequest, OperationFailed, RPCError, UnknownMethod
+
+log = logging.getLogger("banger.privhelper")
+
+MAX_REQUEST = 256 * 1024
+READ_TIMEOUT = 10.0
+OP_TIMEOUT = 60.0
+MAX_NAT_RULES = 4096
+SOCKET_NAME = "bangerd-root.sock"
+
+
+class Unauthorized(RPCError):
+    code = "unauthorized"
+
+
+@dataclass(frozen=True)
+class Caller:
+    pid: int
+    uid: int
+    gid: int
+
+
+def peer_credentials(sock: socket.socket) -> Caller:
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, gid = struct.unpack("3i", raw)
+    return Caller(pid, uid, gid)
+
+
+def _params(params: dict[str, Any], allowed: set[str]) -> None:
+    unknown = sorted(set(params) - allowed)
+    if unknown:
+        raise BadRequest(
+            f"unknown argument(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}"
+        )
+    missing = sorted(allowed - set(params))
+    if missing:
+        raise BadRequest(f"missing argument(s) {', '.join(missing)}")
+
+
+def _resolve_binary(name: str) -> str | None:
+    found = shutil.which(name, path="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+    return os.path.realpath(found) if found else None
+
+
+class Helper:
+    """The operation table and the state it checks against (install owner, banger's dirs)."""
+
+    def __init__(self, info: InstallInfo, ops: LocalPrivOps | None = None) -> None:
+        self.info = info
+        self.paths: Paths = info.paths
+        self.ops = ops or LocalPrivOps()
+        # Paths may only name things below banger's own directories (resolved once: trusted).
+        self.path_roots = [
+            Path(os.path.realpath(p)) for p in (self.paths.runtime_dir, self.paths.state_dir)
+        ]
+        self._lock = asyncio.Lock()
+        self.table: dict[str, Callable[[dict[str, Any]], Awaitable[Any]]] = {
+            "priv.ping": self.ping,
+            "priv.ensure_bridge": self.ensure_bridge,
+            "priv.delete_bridge": self.delete_bridge,
+            "priv.ensure_tap": self.ensure_tap,
+            "priv.delete_tap": self.delete_tap,
+            "priv.list_taps": self.list_taps,
+            "priv.sync_nat": self.sync_nat,
+            "priv.remove_nat_table": self.remove_nat_table,
+            "priv.list_nat": self.list_nat,
+            "priv.get_ip_forward": self.get_ip_forward,
+            "priv.set_ip_forward": self.set_ip_forward,
+            "priv.signal_process": self.signal_process,
+            "priv.ensure_socket_access": self.ensure_socket_access,
+        }
+
+    def vmm_executables(self) -> list[str]:
+        """Real paths of the VMM binaries the system config names (defaults when unreadable)."""
+        from banger.config import Config, ConfigError, load_config
+
+        try:
+            config = load_config(self.paths.config_file)
+        except ConfigError:
+            config = Config()
+        found = [_resolve_binary(b) for b in (config.qemu_bin, config.firecracker_bin)]
+        return [f for f in found if f]
+
+    # --- operations (each validates all of its arguments first) -----------------------------
+
+    async def ping(self, params: dict[str, Any]) -> dict[str, Any]:
+        _params(params, set())
+        return {"version": __version__, "pid": os.getpid(), "owner": self.info.owner_user}
+
+    async def _host_addresses(self) -> list[tuple[str, str]]:
+        r = await self.ops.run(["ip", "-j", "-4", "addr", "show"])
+        out = []
+        for link in json.loads(r.out or "[]"):
+            for a in link.get("addr_info", []):
+                if a.get("family") == "inet":
+                    out.append((str(link.get("ifname")), f"{a['local']}/{a['prefixlen']}"))
+        return out
+
+    async def _bridge_subnet(self, bridge: str) -> ipaddress.IPv4Network | None:
+        for dev, cidr in await self._host_addresses():
+            if dev == bridge:
+                return ipaddress.IPv4Interface(cidr).network
+        return None
+
+    async def ensure_bridge(self, params: dict[str, Any]) -> None:
+        _params(params, {"name", "address", "prefix"})
+        name = rules.bridge_name(params["name"], "name")
+        prefix = params["prefix"]
+        if not isinstance(prefix, int) or isinstance(prefix, bool):
+            raise BadRequest("argument 'prefix' must be an integer")
+        iface = rules.bridge_address(f"{rules._str('address', params['address'], 64)}/{prefix}")
+        rules.no_overlap(iface, name, await self._host_addresses())
+        await self.ops.ensure_bridge(name, str(iface.ip), prefix)
+
+    async def delete_bridge(self, params: dict[str, Any]) -> None:
+        _params(params, {"name"})
+        await self.ops.delete_bridge(rules.bridge_name(params["name"], "name"))
+
+    async def ensure_tap(self, params: dict[str, Any]) -> None:
+        _params(params, {"name", "bridge", "owner_uid"})
+        name = rules.tap_name(params["name"], "name")
+        bridge = rules.bridge_name(params["bridge"])
+        # The TAP is handed to the owner (so the owner's VMM can open it), never to anyone else.
+        if params["owner_uid"] != self.info.owner_uid:
+            raise BadRequest(
+                f"argument 'owner_uid': TAPs can only be owned by the install owner "
+                f"{self.info.owner_user} (uid {self.info.owner_uid}), not {params['owner_uid']!r}"
+            )
+        await self.ops.ensure_tap(name, bridge, self.info.owner_uid)
+
+    async def delete_tap(self, params: dict[str, Any]) -> None:
+        _params(params, {"name"})
+        await self.ops.delete_tap(rules.tap_name(params["name"], "name"))
+
+    async def list_taps(self, params: dict[str, Any]) -> list[str]:
+        _params(params, set())
+        return await self.ops.list_taps()
+
+    async def sync_nat(self, params: dict[str, Any]) -> None:
+        _params(params, {"bridge", "rules"})
+        bridge = rules.bridge_name(params["bridge"])
+        raw = params["rules"]
+        if not isinstance(raw, list) or len(raw) > MAX_NAT_RULES:
+            raise BadRequest(f"argument 'rules' must be a list of at most {MAX_NAT_RULES} rules")
+        subnet = await self._bridge_subnet(bridge)
+        checked = []
+        for i, r in enumerate(raw):
+            if not isinstance(r, dict) or set(r) != {"ip", "tap"}:
+                raise BadRequest(f"argument 'rules[{i}]' must be an object with 'ip' and 'tap'")
+            ip = rules.guest_address(r["ip"], f"rules[{i}].ip")
+            rules.require_in_subnet(ip, subnet, bridge)
+            checked.append(NatRule(ip=str(ip), tap=rules.tap_name(r["tap"], f"rules[{i}].tap")))
+        await self.ops.sync_nat(bridge, checked)
+
+    async def remove_nat_table(self, params: dict[str, Any]) -> None:
+        _params(params, set())
+        await self.ops.remove_nat_table()
+
+    async def list_nat(self, params: dict[str, Any]) -> list[dict[str, str]]:
+        _params(params, set())
+        return [{"ip": r.ip, "tap": r.tap} for r in await self.ops.list_nat()]
+
+    async def get_ip_forward(self, params: dict[str, Any]) -> bool:
+        _params(params, set())
+        return await self.ops.get_ip_forward()
+
+    async def set_ip_forward(self, params: dict[str, Any]) -> None:
+        _params(params, {"enabled"})
+        if not isinstance(params["enabled"], bool):
+            raise BadRequest("argument 'enabled' must be true or false")
+        await self.ops.set_ip_forward(params["enabled"])
+
+    async def signal_process(self, params: dict[str, Any]) -> None:
+        _params(params, {"pid", "signal"})
+        pid = rules.pid_value(params["pid"])
+        signum = rules.signal_name(params["signal"])
+        pidfd = rules.check_vmm_process(pid, self.vmm_executables(), self.path_roots)
+        try:
+            signal.pidfd_send_signal(pidfd, signum)
+        except ProcessLookupError:
+            pass  # it exited on its own: the goal is reached
+        finally:
+            os.close(pidfd)
+
+    async def ensure_socket_access(self, params: dict[str, Any]) -> None:
+        _params(params, {"path"})
+        with rules.socket_path(params["path"], self.path_roots) as opened:
+            # Through the O_PATH fd's magic link: the inode validated above, not a new lookup.
+            target = f"/proc/self/fd/{opened.fd}"
+            os.chown(target, self.info.owner_uid, self.info.owner_gid)
+            os.chmod(target, 0o600)
+
+    # --- one connection = one request ---------------------------------------------------------
+
+    async def handle(self, caller: Caller, obj: object) -> dict[str, Any]:
+        op_id = ""
+        method = "?"
+        started = time.monotonic()
+        try:
+            if isinstance(obj, dict):
+                op_id = obj.get("op_id") or ""
+                if not isinstance(op_id, str) or not envelope.OP_ID_RE.match(op_id):
+                    op_id = ""
+            op_id = op_id or envelope.new_op_id()
+            if caller.uid not in (0, self.info.owner_uid):
+                raise Unauthorized(
+                    f"uid {caller.uid} may not use the root helper: only root and the banger "
+                    f"owner {self.info.owner_user} (uid {self.info.owner_uid}) may"
+                )
+            req = envelope.parse_request(obj)
+            method = req.method
+            op = self.table.get(method)
+            if op is None:
+                raise UnknownMethod(
+                    f"{method!r} is not a root helper operation; it accepts only: "
+                    + ", ".join(sorted(self.table))
+                )
+            async with self._lock:
+                result = await asyncio.wait_for(op(req.params), OP_TIMEOUT)
+        except Exception as e:
+            err = e if isinstance(e, RPCError) else OperationFailed(str(e) or type(e).__name__)
+            if isinstance(e, TimeoutError):
+                err = OperationFailed(f"{method} timed out after {OP_TIMEOUT:.0f}s")
+            log.warning(
+                "helper rpc failed",
+                extra={
+                    "op_id": op_id,
+                    "method": method,
+                    "caller_uid": caller.uid,
+                    "caller_pid": caller.pid,
+                    "code": err.code,
+                    "error": err.message,
+                    "params": _loggable(obj),
+                    "duration_ms": round((time.monotonic() - started) * 1000, 1),
+                },
+            )
+            return envelope.error(err.code, err.message, op_id)
+        log.info(
+            "helper rpc completed",
+            extra={
+                "op_id": op_id,
+                "method": method,
+                "caller_uid": caller.uid,
+                "caller_pid": caller.pid,
+                "params": _loggable(obj),
+                "duration_ms": round((time.monotonic() - started) * 1000, 1),
+            },
+        )
+        return envelope.ok(result)
+
+
+def _loggable(obj: object) -> Any:
+    params = obj.get("params") if isinstance(obj, dict) else None
+    text = json.dumps(params, default=str)
+    return params if len(text) <= 2048 else text[:2048] + "…"
+
+
+class HelperServer:
+    def __init__(self, helper: Helper) -> None:
+        self.helper = helper
+        self.socket_dir = helper.paths.helper_runtime_dir
+        self.socket_path = helper.paths.helper_socket
+        self._server: asyncio.AbstractServer | None = None
+
+    def _prepare_dir(self) -> None:
+        """root-owned 0711: anyone may traverse to the socket, nobody may list or plant files."""
+        self.socket_dir.mkdir(mode=0o711, parents=True, exist_ok=True)
+        st = os.lstat(self.socket_dir)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != 0:
+            raise RuntimeError(f"{self.socket_dir} must be a root-owned directory; remove it")
+        os.chmod(self.socket_dir, 0o711)
+
+    async def start(self) -> None:
+        self._prepare_dir()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.socket_path)
+        old = os.umask(0o177)  # born 0600 root: nobody can connect before the chown below
+        try:
+            self._server = await asyncio.start_unix_server(
+                self._on_client, path=str(self.socket_path), limit=MAX_REQUEST
+            )
+        finally:
+            os.umask(old)
+        os.chown(self.socket_path, self.helper.info.owner_uid, 0)
+        os.chmod(self.socket_path, 0o600)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.socket_path)
+
+    async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            caller = peer_credentials(writer.get_extra_info("socket"))
+            obj: object
+            try:
+                line = await asyncio.wait_for(reader.readuntil(b"\n"), READ_TIMEOUT)
+                obj = json.loads(line)
+            except (ValueError, RecursionError) as e:
+                obj = {"_invalid": f"request is not valid JSON: {e}"}
+            except asyncio.LimitOverrunError:
+                obj = {"_invalid": f"request longer than {MAX_REQUEST} bytes"}
+            except (asyncio.IncompleteReadError, TimeoutError):
+                return
+            if isinstance(obj, dict) and "_invalid" in obj:
+                reason = str(obj["_invalid"])
+                if caller.uid not in (0, self.helper.info.owner_uid):
+                    reason = f"uid {caller.uid} may not use the root helper"
+                response = envelope.error("bad_request", reason, envelope.new_op_id())
+                log.warning("helper rpc failed", extra={"caller_uid": caller.uid, "error": reason})
+            else:
+                response = await self.helper.handle(caller, obj)
+            writer.write(json.dumps(response, separators=(",", ":")).encode() + b"\n")
+            await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            with contextlib.suppress(Exception):
+                writer.close()
+
+
+def setup_logging(log_file: Path | None) -> None:
+    from banger.daemon.logs import JSONFormatter
+
+    root = logging.getLogger("banger")
+    root.handlers.clear()
+    root.setLevel(logging.INFO)
+    root.propagate = False
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file is not None:
+        handlers.append(logging.FileHandler(log_file))
+    for h in handlers:
+        h.setFormatter(JSONFormatter())
+        root.addHandler(h)
+
+
+async def serve(helper: Helper) -> None:
+    server = HelperServer(helper)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info(
+        "helper ready",
+        extra={
+            "version": __version__,
+            "pid": os.getpid(),
+            "socket": str(server.socket_path),
+            "owner_uid": helper.info.owner_uid,
+        },
+    )
+    await stop.wait()
+    await server.close()
+    log.info("helper stopped")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="bangerd-root", description="banger's root helper (system install only)"
+    )
+    parser.add_argument("--version", action="version", version=f"bangerd-root {__version__}")
+    parser.add_argument("--log-file", type=Path, help="also append JSON log lines to this file")
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        print(
+            "bangerd-root: must run as root (it is started by bangerd-root.service)",
+            file=sys.stderr,
+        )
+        return 2
+    root = system_root()
+    try:
+        info = read_install(root)
+    except InstallError as e:
+        print(f"bangerd-root: {e}", file=sys.stderr)
+        return 2
+    if info is None:
+        print(
+            f"bangerd-root: {root / 'etc/banger/install.toml'} is missing; "
+            "run `sudo banger system install --owner USER` first",
+            file=sys.stderr,
+        )
+        return 2
+    setup_logging(args.log_file)
+    asyncio.run(serve(Helper(info)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
