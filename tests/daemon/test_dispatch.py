@@ -13,6 +13,12 @@ from banger.rpc.errors import OperationFailed
 EXPECTED = [
     "ping",
     "shutdown",
+    "kernel.catalog",
+    "kernel.delete",
+    "kernel.import",
+    "kernel.list",
+    "kernel.pull",
+    "kernel.show",
 ]
 
 # The seed's TestRPCHandlersMatchDocumentedMethods list: where the table must end up.

@@ -48,6 +48,10 @@ class Daemon:
         # Deleting an image or kernel asks these first and refuses with `conflict` if any answer.
         self.reference_checks: list[ReferenceCheck] = []
         # --- area services (each issue adds its own below) ---
+        from banger.kernels.service import KernelService
+
+        self.kernels = KernelService(self)
+        self.services.append(self.kernels)
 
     def references(self, kind: str, ident: str) -> list[str]:
         return [name for check in self.reference_checks for name in check(kind, ident)]

@@ -10,7 +10,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from banger.daemon import handlers_system
+from banger.daemon import handlers_kernels, handlers_system
 from banger.daemon.context import RequestContext
 from banger.daemon.logs import current_op_id
 from banger.daemon.params import to_json
@@ -27,6 +27,12 @@ Handler = Callable[["Daemon", RequestContext, dict[str, Any]], Awaitable[Any]]
 RPC_HANDLERS: dict[str, Handler] = {
     "ping": handlers_system.ping,
     "shutdown": handlers_system.shutdown,
+    "kernel.catalog": handlers_kernels.kernel_catalog,
+    "kernel.list": handlers_kernels.kernel_list,
+    "kernel.show": handlers_kernels.kernel_show,
+    "kernel.pull": handlers_kernels.kernel_pull,
+    "kernel.import": handlers_kernels.kernel_import,
+    "kernel.delete": handlers_kernels.kernel_delete,
 }
 
 # Methods whose work must finish even when the client goes away: cancelling them half way would

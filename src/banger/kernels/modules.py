@@ -7,9 +7,7 @@ computed here: every module after the modules it depends on.
 
 from __future__ import annotations
 
-import lzma
-import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 # Measured set (HOST-NOTES): block + ext4 root, virtio-net, virtio-console control channel,
@@ -37,7 +35,6 @@ GUEST_MODULES: tuple[str, ...] = (
 )
 
 _KO_SUFFIXES = (".ko", ".ko.xz", ".ko.zst", ".ko.gz")
-SIGNATURE_MAGIC = b"~Module signature appended~\n"
 
 
 class ModuleError(Exception):
@@ -79,7 +76,9 @@ def resolve_modules(modules_root: Path, names: Sequence[str]) -> list[Path]:
     """.ko paths for `names` and everything they need, each after its dependencies.
 
     Built-in modules (listed in modules.builtin) and modules the kernel does not have at all are
-    skipped: a kernel with virtio built in simply needs fewer files.
+    skipped: a kernel with virtio built in simply needs fewer files. Compressed modules
+    (.ko.xz/.zst/.gz) are returned as they are; `guest.initramfs` decompresses them and strips
+    their appended signatures.
     """
     dep_file = modules_root / "modules.dep"
     try:
@@ -109,60 +108,3 @@ def resolve_modules(modules_root: Path, names: Sequence[str]) -> list[Path]:
     for raw in names:
         visit(module_name(raw), ())
     return [modules_root / table[name][0] for name in order]
-
-
-def strip_signature(data: bytes) -> bytes:
-    """Drop an appended module signature (struct module_signature + magic) if there is one.
-
-    Signed modules are verified at load time; unsigned copies load the same on a kernel that does
-    not enforce signatures and skip that work (measurably faster boots under TCG).
-    """
-    if not data.endswith(SIGNATURE_MAGIC):
-        return data
-    # struct module_signature is 12 bytes; its last field is the big-endian signature length.
-    info_end = len(data) - len(SIGNATURE_MAGIC)
-    info_start = info_end - 12
-    if info_start < 0:
-        return data
-    sig_len = int.from_bytes(data[info_end - 4 : info_end], "big")
-    body_end = info_start - sig_len
-    if body_end <= 0:
-        return data
-    return data[:body_end]
-
-
-def _read_module(path: Path) -> bytes:
-    name = path.name
-    if name.endswith(".ko.xz"):
-        return lzma.decompress(path.read_bytes())
-    if name.endswith(".ko.gz"):
-        import gzip
-
-        return gzip.decompress(path.read_bytes())
-    if name.endswith(".ko.zst"):
-        import zstandard
-
-        with path.open("rb") as f:
-            out: bytes = zstandard.ZstdDecompressor().stream_reader(f).read()
-            return out
-    return path.read_bytes()
-
-
-def prepare_modules(paths: Iterable[Path], dest: Path, *, strip: bool = True) -> list[Path]:
-    """Copy modules into `dest` as plain `.ko` files (decompressed, signatures stripped).
-
-    busybox `insmod` loads only uncompressed modules; the returned list keeps the input order.
-    """
-    dest.mkdir(parents=True, exist_ok=True)
-    out: list[Path] = []
-    for src in paths:
-        target = dest / (src.name.split(".ko")[0] + ".ko")
-        if target.exists():
-            raise ModuleError(f"two modules named {target.name}: {src}")
-        if strip or not src.name.endswith(".ko"):
-            data = _read_module(src)
-            target.write_bytes(strip_signature(data) if strip else data)
-        else:
-            shutil.copyfile(src, target)
-        out.append(target)
-    return out
