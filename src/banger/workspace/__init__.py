@@ -1,0 +1,1 @@
+"""Ship a host git checkout into a guest and bring the guest's changes back as a patch."""
