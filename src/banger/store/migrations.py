@@ -28,6 +28,29 @@ MIGRATIONS: list[Migration] = [
         """,
     ),
     Migration(
+        2,
+        "images",
+        """
+        -- One row per image: pulled/built/promoted ones are managed (files under images/<id>),
+        -- registered ones point at the user's files.
+        CREATE TABLE images (
+            id          TEXT PRIMARY KEY,
+            name        TEXT NOT NULL UNIQUE,
+            rootfs      TEXT NOT NULL,
+            size_bytes  INTEGER NOT NULL,
+            digest      TEXT,
+            source      TEXT NOT NULL,
+            managed     INTEGER NOT NULL,
+            created_at  TEXT NOT NULL,
+            config      TEXT NOT NULL,
+            kernel_ref  TEXT,
+            kernel      TEXT,
+            initrd      TEXT,
+            modules_dir TEXT
+        ) STRICT;
+        """,
+    ),
+    Migration(
         5,
         "network",
         """
@@ -42,6 +65,26 @@ MIGRATIONS: list[Migration] = [
         CREATE TABLE network_meta (
             key   TEXT PRIMARY KEY,
             value TEXT NOT NULL
+        ) STRICT;
+        """,
+    ),
+    Migration(
+        6,
+        "workspace",
+        """
+        -- Workspaces prepared in a VM: where they came from on the host, where they live in the
+        -- guest, and the commit the guest checkout started from (export's default base).
+        CREATE TABLE vm_workspaces (
+            vm_id        TEXT NOT NULL,
+            guest_path   TEXT NOT NULL,
+            host_path    TEXT NOT NULL,
+            repo_name    TEXT NOT NULL,
+            head_commit  TEXT,
+            base_commit  TEXT,
+            mode         TEXT NOT NULL,
+            options_json TEXT NOT NULL,
+            prepared_at  TEXT NOT NULL,
+            PRIMARY KEY (vm_id, guest_path)
         ) STRICT;
         """,
     ),
