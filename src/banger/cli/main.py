@@ -16,6 +16,7 @@ COMMANDS = {
     "kernel": "banger.cli.kernel:kernel",
     "vm": "banger.cli.vm:vm",
     "completion": "banger.cli.completion:completion",
+    "system": "banger.cli.system:system",
     "ssh-config": "banger.cli.ssh_config:ssh_config",
 }
 
