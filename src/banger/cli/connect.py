@@ -53,14 +53,39 @@ def start_daemon(paths: Paths) -> dict[str, object]:
     )
 
 
+def resolve_paths() -> Paths:
+    """The paths to use: the system install's when there is one, and then only for its owner."""
+    from banger.paths import InstallError, read_install
+
+    paths = Paths.detect()
+    if paths.is_system:
+        try:
+            info = read_install(paths.system_root)
+        except InstallError as e:
+            raise OperationFailed(str(e)) from None
+        if info is not None and os.getuid() != info.owner_uid:
+            raise OperationFailed(
+                f"banger is installed system-wide for {info.owner_user} (uid {info.owner_uid}); "
+                f"only that user can use it: run `sudo -u {info.owner_user} banger ...` or log in "
+                f"as {info.owner_user}"
+            )
+    return paths
+
+
 def client() -> Client:
-    """A connected client, starting the daemon first when needed."""
-    paths = Paths.from_env()
+    """A connected client, starting the daemon first when needed (user mode only)."""
+    paths = resolve_paths()
     c = Client(paths.socket)
     try:
         c.connect()
         return c
     except DaemonUnreachable:
+        if paths.is_system:
+            # systemd owns the daemon in system mode; the CLI never starts a second one.
+            raise OperationFailed(
+                f"the banger service is not reachable at {paths.socket}; "
+                "run `sudo banger system restart` (see `banger system status`)"
+            ) from None
         start_daemon(paths)
     c.connect()
     return c

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 
 from banger import __version__
@@ -13,6 +14,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bangerd", description="banger daemon")
     parser.add_argument("--version", action="version", version=f"bangerd {__version__}")
     parser.add_argument("--log-stderr", action="store_true", help="also log JSON lines to stderr")
+    parser.add_argument(
+        "--system",
+        action="store_true",
+        help="system mode (bangerd.service): /etc, /var/lib, /run paths, run as the install owner",
+    )
     args = parser.parse_args(argv)
 
     from banger.config import ConfigError, load_config
@@ -21,6 +27,26 @@ def main(argv: list[str] | None = None) -> int:
     from banger.paths import Paths
 
     paths = Paths.from_env()
+    if args.system:
+        from banger.paths import InstallError, read_install
+
+        try:
+            info = read_install()
+        except InstallError as e:
+            print(f"bangerd: {e}", file=sys.stderr)
+            return 2
+        if info is None:
+            print("bangerd: --system needs `sudo banger system install` first", file=sys.stderr)
+            return 2
+        # The owner daemon never runs as root: privileged work goes through bangerd-root.
+        if os.geteuid() != info.owner_uid:
+            print(
+                f"bangerd: in system mode bangerd runs as {info.owner_user} (uid "
+                f"{info.owner_uid}), not uid {os.geteuid()}; use `banger system restart`",
+                file=sys.stderr,
+            )
+            return 2
+        paths = info.paths
     try:
         config = load_config(paths.config_file)
     except ConfigError as e:
