@@ -1,0 +1,662 @@
+"""The Firecracker driver: one `firecracker --api-sock` process per VM, configured over REST.
+
+Launch order (Firecracker's documented one): wait for the API socket to answer `GET /`, then
+logger, metrics, machine-config, boot-source, drives, network-interfaces, vsock, read the
+configuration back (`GET /vm/config`: the API applies requests asynchronously), InstanceStart.
+Every body is validated against the shipped Swagger spec before it is sent (`fc_api`).
+
+What differs from QEMU: the kernel must be an uncompressed ELF vmlinux, disks are raw files
+(`rawdisk.clone_raw`), networking is TAP only, the control channel is hybrid vsock (connect to
+the UDS, send `CONNECT <port>\\n`, read `OK <n>\\n`), and a graceful stop is Ctrl-Alt-Del: with
+`reboot=k` the guest's reboot resets through the emulated i8042 and the process exits.
+Optionally the process runs under the `jailer` (chroot, uid/gid, cgroups); API paths are then
+relative to the chroot, into which the kernel, initrd and disks are hard-linked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from banger.vmm.base import DiskSpec, DriverError, VMHandle, VMSpec
+from banger.vmm.fc_api import FirecrackerAPIError, FirecrackerClient
+
+log = logging.getLogger("banger.vmm.firecracker")
+
+NAME = "firecracker"
+# Oldest release with ACPI device discovery (1.8.0): distro kernels such as Debian's find their
+# virtio-mmio devices only through ACPI (no CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES). Every call banger
+# makes is in the 1.16.1 contract it was built against; 2.0 may break the API.
+SUPPORTED_MIN = (1, 8, 0)
+SUPPORTED_BELOW = (2, 0, 0)
+SUPPORTED_RANGE = ">= 1.8.0, < 2.0.0"
+
+GUEST_CID = 3
+# Guest vsock port the guest payload's control agent listens on (host → guest CONNECT).
+CONTROL_VSOCK_PORT = 1024
+CONTROL_PROTOCOL = "firecracker-vsock"
+
+API_SOCKET = "fc.sock"
+VSOCK_SOCKET = "v.sock"
+API_READY_TIMEOUT = 10.0
+STOP_SIGTERM_WAIT = 2.0
+
+# Firecracker's own default boot args (docs/kernel-policy.md) minus `8250.nr_uarts=0` (banger wants
+# the serial console in the VM log) and `nomodule` (distro kernels load virtio drivers as modules
+# from banger's initramfs). `reboot=k` is what makes Ctrl-Alt-Del end the process; `pci=off`
+# because banger does not pass --enable-pci (virtio-mmio devices, found through ACPI).
+FC_BOOT_ARGS = (
+    "console=ttyS0",
+    "reboot=k",
+    "panic=1",
+    "pci=off",
+    "i8042.noaux",
+    "i8042.nomux",
+    "i8042.dumbkbd",
+    "swiotlb=noforce",
+    "banger.vmm=firecracker",
+)
+_FORCED_KEYS = {"reboot", "panic"}
+_ID_RE = re.compile(r"[^A-Za-z0-9-]")
+_IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+_MAC_RE = re.compile(r"^([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}$")
+_VERSION_RE = re.compile(r"v?(\d+)\.(\d+)\.(\d+)")
+
+
+def parse_version(text: str) -> tuple[int, int, int] | None:
+    m = _VERSION_RE.search(text)
+    return (int(m[1]), int(m[2]), int(m[3])) if m else None
+
+
+def version_supported(version: tuple[int, int, int]) -> bool:
+    return SUPPORTED_MIN <= version < SUPPORTED_BELOW
+
+
+def binary_version(binary: str, timeout: float = 5.0) -> str | None:
+    """`firecracker --version` as `1.16.1`, or None when it cannot be run or read."""
+    try:
+        out = subprocess.run(
+            [binary, "--version"], capture_output=True, text=True, timeout=timeout, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    v = parse_version(out.stdout + out.stderr)
+    return ".".join(map(str, v)) if v else None
+
+
+def firecracker_kernel(kernel_name: str, vmlinux: Path | None) -> Path:
+    """The image Firecracker boots for a kernel record: its ELF vmlinux, or a clear error."""
+    if vmlinux is None:
+        raise DriverError(
+            f"kernel {kernel_name!r} has no uncompressed ELF vmlinux, and Firecracker boots "
+            "nothing else on x86_64: re-import it (banger kernel import extracts one from a "
+            'bzImage) or run this VM with vmm = "qemu"'
+        )
+    return vmlinux
+
+
+def boot_args(cmdline: str) -> str:
+    """The service's command line with Firecracker's required arguments added.
+
+    `reboot=k` and `panic=1` always win (graceful stop and crash exit depend on them); the other
+    defaults are only added when the command line does not set the same key.
+    """
+    words = [w for w in cmdline.split() if w.split("=", 1)[0] not in _FORCED_KEYS]
+    keys = {w.split("=", 1)[0] for w in words}
+    extra = [
+        a
+        for a in FC_BOOT_ARGS
+        if a.split("=", 1)[0] in _FORCED_KEYS or a.split("=", 1)[0] not in keys
+    ]
+    return " ".join(extra + words)
+
+
+def instance_id(vm_id: str) -> str:
+    """Firecracker/jailer ids: 1-64 characters, letters, digits and hyphens."""
+    ident = _ID_RE.sub("-", vm_id).strip("-")[:64]
+    if not ident:
+        raise DriverError(f"VM id {vm_id!r} has no usable characters for a Firecracker id")
+    return ident
+
+
+def is_elf(path: Path) -> bool:
+    try:
+        with path.open("rb") as f:
+            return f.read(4) == b"\x7fELF"
+    except OSError:
+        return False
+
+
+@dataclass(frozen=True)
+class JailerSettings:
+    """Production mode: run Firecracker under the jailer (root only)."""
+
+    binary: str = "jailer"
+    uid: int | None = None
+    gid: int | None = None
+    chroot_base: Path = Path("/srv/jailer")
+    cgroup_version: int = 2
+    cgroups: tuple[str, ...] = ()
+    parent_cgroup: str | None = None
+    netns: str | None = None
+
+
+@dataclass
+class _Layout:
+    """Where the files of one launch are, as the host sees them and as Firecracker names them."""
+
+    host_api: Path
+    host_vsock: Path
+    fc_api: str
+    fc_vsock: str
+    chroot: Path | None = None  # the jail's root directory
+    jail_dir: Path | None = None  # <base>/<exec name>/<id>: removed after exit
+    names: dict[Path, str] = field(default_factory=dict)
+
+
+class FirecrackerDriver:
+    name = NAME
+
+    def __init__(
+        self,
+        firecracker_bin: str = "firecracker",
+        *,
+        jailer: JailerSettings | None = None,
+        api_timeout: float = API_READY_TIMEOUT,
+    ) -> None:
+        self.firecracker_bin = firecracker_bin
+        self.jailer = jailer
+        self.api_timeout = api_timeout
+        self._children: dict[int, subprocess.Popen[bytes]] = {}
+
+    @classmethod
+    def from_config(cls, config: Any) -> FirecrackerDriver:
+        jailer = None
+        if getattr(config, "jailer_enabled", False):
+            jailer = JailerSettings(
+                binary=config.jailer_bin,
+                uid=getattr(config, "jailer_uid", None),
+                gid=getattr(config, "jailer_gid", None),
+                chroot_base=Path(getattr(config, "jailer_chroot_base", "/srv/jailer")),
+                cgroup_version=int(getattr(config, "jailer_cgroup_version", 2)),
+                cgroups=tuple(getattr(config, "jailer_cgroups", ())),
+                parent_cgroup=getattr(config, "jailer_parent_cgroup", None),
+                netns=getattr(config, "jailer_netns", None),
+            )
+        return cls(config.firecracker_bin, jailer=jailer)
+
+    # ---- launch -------------------------------------------------------------------------------
+
+    def _check_spec(self, spec: VMSpec) -> list[tuple[str, DiskSpec]]:
+        """Refuse what Firecracker cannot run, naming the problem and the way out."""
+        net = spec.network
+        if net.kind == "user":
+            raise DriverError(
+                f"VM {spec.name!r} asks for user-mode networking, which Firecracker does not have "
+                '(TAP only): use bridged networking (network = "bridge") or vmm = "qemu"'
+            )
+        if net.kind == "tap":
+            if not _IFNAME_RE.match(net.tap_device):
+                raise DriverError(
+                    f"VM {spec.name!r}: TAP device name {net.tap_device!r} is not a valid "
+                    "interface name (1-15 letters, digits, '.', '-', '_')"
+                )
+            if net.mac and not _MAC_RE.match(net.mac):
+                raise DriverError(
+                    f"VM {spec.name!r}: guest MAC {net.mac!r} is not aa:bb:cc:dd:ee:ff"
+                )
+        kernel_name = str(spec.extra.get("kernel_name", spec.kernel))
+        if not spec.kernel.is_file():
+            raise DriverError(f"kernel {kernel_name!r}: {spec.kernel} does not exist")
+        if not is_elf(spec.kernel):
+            raise DriverError(
+                f"kernel {kernel_name!r}: {spec.kernel} is not an uncompressed ELF vmlinux, the "
+                "only format Firecracker boots on x86_64: re-import the kernel so banger extracts "
+                'its vmlinux, or run this VM with vmm = "qemu"'
+            )
+        if spec.initrd is not None and not spec.initrd.is_file():
+            raise DriverError(f"initrd {spec.initrd} does not exist")
+        if not 1 <= spec.vcpus <= 32:
+            raise DriverError(f"VM {spec.name!r}: Firecracker runs 1-32 vCPUs, not {spec.vcpus}")
+        if spec.memory_mib < 128:
+            raise DriverError(f"VM {spec.name!r}: give it at least 128 MiB, not {spec.memory_mib}")
+        disks: list[tuple[str, DiskSpec]] = [("rootfs", spec.root_disk)]
+        if spec.work_disk is not None:
+            disks.append(("work", spec.work_disk))
+        # Extra disks (banger's seed disk first) follow root and work: /dev/vda, vdb, vdc, …
+        for i, disk in enumerate(_extra_disks(spec), start=1):
+            disks.append((f"extra{i}", disk))
+        for drive_id, disk in disks:
+            if disk.format != "raw":
+                raise DriverError(
+                    f"VM {spec.name!r}: the {drive_id} disk {disk.path} is {disk.format}; "
+                    "Firecracker takes raw disk files only (banger makes a reflink or sparse copy)"
+                )
+            if not disk.path.is_file():
+                raise DriverError(
+                    f"VM {spec.name!r}: the {drive_id} disk {disk.path} does not exist"
+                )
+        return disks
+
+    def _layout(self, spec: VMSpec, ident: str, files: Sequence[Path]) -> _Layout:
+        if self.jailer is None:
+            spec.runtime_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            lay = _Layout(
+                host_api=spec.runtime_dir / API_SOCKET,
+                host_vsock=spec.runtime_dir / VSOCK_SOCKET,
+                fc_api=str(spec.runtime_dir / API_SOCKET),
+                fc_vsock=str(spec.runtime_dir / VSOCK_SOCKET),
+            )
+            lay.names = {p: str(p) for p in files}
+            return lay
+        j = self.jailer
+        if os.geteuid() != 0:
+            raise DriverError("jailer_enabled = true needs banger to run as root (the jailer does)")
+        if j.uid is None or j.gid is None:
+            raise DriverError(
+                "jailer_enabled = true needs jailer_uid and jailer_gid in config.toml"
+            )
+        jail_dir = j.chroot_base / Path(self.firecracker_bin).name / ident
+        root = jail_dir / "root"
+        if jail_dir.exists():
+            shutil.rmtree(jail_dir)
+        root.mkdir(parents=True)
+        lay = _Layout(
+            host_api=root / API_SOCKET,
+            host_vsock=root / VSOCK_SOCKET,
+            # Relative paths: after the jailer's pivot_root the working directory is the jail root.
+            fc_api=API_SOCKET,
+            fc_vsock=VSOCK_SOCKET,
+            chroot=root,
+            jail_dir=jail_dir,
+        )
+        return lay
+
+    def _jail_file(self, lay: _Layout, src: Path, name: str, *, writable: bool) -> str:
+        """Hard-link (or copy, across filesystems) `src` into the jail; return its jail name."""
+        assert lay.chroot is not None and self.jailer is not None
+        dst = lay.chroot / name
+        try:
+            os.link(src, dst)
+        except OSError as e:
+            if e.errno not in (errno.EXDEV, errno.EPERM):
+                raise
+            log.warning("copying %s into the jail (not on the jail's filesystem)", src)
+            shutil.copy2(src, dst)
+        if writable:
+            assert self.jailer.uid is not None and self.jailer.gid is not None
+            os.chown(dst, self.jailer.uid, self.jailer.gid)
+        lay.names[src] = name
+        return name
+
+    def _argv(self, ident: str, lay: _Layout) -> list[str]:
+        fc = shutil.which(self.firecracker_bin) or self.firecracker_bin
+        fc_args = ["--api-sock", lay.fc_api, "--id", ident]
+        if self.jailer is None:
+            return [fc, *fc_args]
+        j = self.jailer
+        jailer = shutil.which(j.binary) or j.binary
+        argv = [
+            jailer,
+            "--id", ident,
+            "--exec-file", os.path.realpath(fc),
+            "--uid", str(j.uid),
+            "--gid", str(j.gid),
+            "--chroot-base-dir", str(j.chroot_base),
+            "--cgroup-version", str(j.cgroup_version),
+        ]  # fmt: skip
+        for cg in j.cgroups:
+            argv += ["--cgroup", cg]
+        if j.parent_cgroup:
+            argv += ["--parent-cgroup", j.parent_cgroup]
+        if j.netns:
+            argv += ["--netns", j.netns]
+        return [*argv, "--", *fc_args]
+
+    async def launch(self, spec: VMSpec) -> VMHandle:
+        disks = self._check_spec(spec)
+        ident = instance_id(spec.vm_id)
+        files = [spec.kernel, *([spec.initrd] if spec.initrd else []), *(d.path for _, d in disks)]
+        lay = self._layout(spec, ident, files)
+        log_dir = spec.console_log.parent
+        log_dir.mkdir(parents=True, exist_ok=True)
+        fc_log = log_dir / "firecracker.log"
+        fc_metrics = log_dir / "firecracker.metrics"
+        for stale in (lay.host_api, lay.host_vsock):
+            with contextlib.suppress(FileNotFoundError):
+                stale.unlink()
+        names: dict[str, str]
+        if lay.chroot is not None:
+            names = {
+                "kernel": self._jail_file(lay, spec.kernel, "vmlinux", writable=False),
+                "log": "firecracker.log",
+                "metrics": "firecracker.metrics",
+            }
+            if spec.initrd:
+                names["initrd"] = self._jail_file(lay, spec.initrd, "initrd", writable=False)
+            for drive_id, disk in disks:
+                names[drive_id] = self._jail_file(
+                    lay, disk.path, f"{drive_id}.img", writable=not disk.read_only
+                )
+            for n in ("firecracker.log", "firecracker.metrics"):
+                (lay.chroot / n).touch()
+                assert self.jailer is not None and self.jailer.uid is not None
+                os.chown(lay.chroot / n, self.jailer.uid, self.jailer.gid or 0)
+        else:
+            fc_log.touch()
+            fc_metrics.write_bytes(b"")  # one launch's metrics; the file otherwise only grows
+            names = {"kernel": str(spec.kernel), "log": str(fc_log), "metrics": str(fc_metrics)}
+            if spec.initrd:
+                names["initrd"] = str(spec.initrd)
+            for drive_id, disk in disks:
+                names[drive_id] = str(disk.path)
+
+        argv = self._argv(ident, lay)
+        log.info("starting firecracker for %s: %s", spec.name, argv)
+        # The serial console is Firecracker's stdout: it goes straight into the VM's log, and
+        # keeps going there after a daemon restart (the process holds the fd).
+        with spec.console_log.open("ab") as console:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=console,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # outlives the daemon and its signals
+                close_fds=True,
+            )
+        self._children[proc.pid] = proc
+        handle = VMHandle(
+            driver=NAME,
+            pid=proc.pid,
+            api_socket=str(lay.host_api),
+            control_socket=str(lay.host_vsock),
+            started_at=time.time(),
+            details={
+                "instance_id": ident,
+                "create_time": _create_time(proc.pid),
+                "console_log": str(spec.console_log),
+                "firecracker_log": str(lay.chroot / "firecracker.log" if lay.chroot else fc_log),
+                "control_protocol": CONTROL_PROTOCOL,
+                "control_port": int(spec.extra.get("control_vsock_port", CONTROL_VSOCK_PORT)),
+                "guest_cid": GUEST_CID,
+                "jailed": lay.chroot is not None,
+                "jail_dir": str(lay.jail_dir) if lay.jail_dir else None,
+            },
+        )
+        if spec.network.kind == "tap":
+            handle.ssh_host = str(spec.extra.get("guest_ip", ""))
+        try:
+            info = await self._wait_api(handle, spec.console_log)
+            handle.details["vmm_version"] = info.get("vmm_version", "")
+            version = parse_version(str(info.get("vmm_version", "")))
+            if version and not version_supported(version):
+                log.warning(
+                    "firecracker %s is outside the supported range %s",
+                    info.get("vmm_version"),
+                    SUPPORTED_RANGE,
+                )
+            args = boot_args(spec.cmdline)
+            handle.details["boot_args"] = args
+            async with FirecrackerClient(lay.host_api) as api:
+                await self._configure(api, spec, disks, names, args, lay)
+                await api.action("InstanceStart")
+        except BaseException as e:
+            await self._kill(handle)
+            self.cleanup(handle)
+            if isinstance(e, FirecrackerAPIError):
+                raise DriverError(
+                    f"firecracker refused to start VM {spec.name!r}: {e} "
+                    f"(console: {spec.console_log}, VMM log: {handle.details['firecracker_log']})"
+                ) from None
+            raise
+        return handle
+
+    async def _configure(
+        self,
+        api: FirecrackerClient,
+        spec: VMSpec,
+        disks: list[tuple[str, DiskSpec]],
+        names: dict[str, str],
+        args: str,
+        lay: _Layout,
+    ) -> None:
+        await api.put(
+            "/logger",
+            {
+                "log_path": names["log"],
+                "level": "Info",
+                "show_level": True,
+                "show_log_origin": False,
+            },
+        )
+        await api.put("/metrics", {"metrics_path": names["metrics"]})
+        await api.put(
+            "/machine-config",
+            {"vcpu_count": spec.vcpus, "mem_size_mib": spec.memory_mib, "smt": False},
+        )
+        boot: dict[str, Any] = {"kernel_image_path": names["kernel"], "boot_args": args}
+        if "initrd" in names:
+            boot["initrd_path"] = names["initrd"]
+        await api.put("/boot-source", boot)
+        for drive_id, disk in disks:
+            await api.put(
+                f"/drives/{drive_id}",
+                {
+                    "drive_id": drive_id,
+                    "path_on_host": names[drive_id],
+                    "is_root_device": drive_id == "rootfs",
+                    "is_read_only": disk.read_only,
+                },
+            )
+        if spec.network.kind == "tap":
+            iface: dict[str, Any] = {"iface_id": "eth0", "host_dev_name": spec.network.tap_device}
+            if spec.network.mac:
+                iface["guest_mac"] = spec.network.mac
+            await api.put("/network-interfaces/eth0", iface)
+        await api.put("/vsock", {"guest_cid": GUEST_CID, "uds_path": lay.fc_vsock})
+        # The API applies requests asynchronously: read the configuration back before starting.
+        cfg = await api.vm_config()
+        got_kernel = (cfg.get("boot-source") or {}).get("kernel_image_path")
+        got_drives = sorted(d.get("drive_id", "") for d in cfg.get("drives") or [])
+        if got_kernel != names["kernel"] or got_drives != sorted(d for d, _ in disks):
+            raise DriverError(
+                f"firecracker did not record VM {spec.name!r}'s configuration "
+                f"(kernel {got_kernel!r}, drives {got_drives}); see {names['log']}"
+            )
+
+    async def _wait_api(self, handle: VMHandle, console: Path) -> dict[str, Any]:
+        deadline = time.monotonic() + self.api_timeout
+        last = ""
+        while time.monotonic() < deadline:
+            if not self.is_alive(handle):
+                raise DriverError(
+                    f"firecracker exited before its API came up: {_tail(console)} "
+                    f"(console: {console})"
+                )
+            if Path(handle.api_socket).exists():
+                try:
+                    async with FirecrackerClient(handle.api_socket, timeout=1.0) as api:
+                        return await api.describe()
+                except FirecrackerAPIError as e:
+                    last = e.fault
+            await asyncio.sleep(0.01)
+        raise DriverError(
+            f"firecracker's API socket {handle.api_socket} did not answer within "
+            f"{self.api_timeout:.0f}s ({last or 'no socket'}); console: {console}"
+        )
+
+    # ---- runtime ------------------------------------------------------------------------------
+
+    def _client(self, handle: VMHandle, timeout: float = 5.0) -> FirecrackerClient:
+        return FirecrackerClient(handle.api_socket, timeout=timeout)
+
+    async def attach(self, handle: VMHandle) -> bool:
+        if not self.is_alive(handle):
+            return False
+        try:
+            async with self._client(handle, timeout=2.0) as api:
+                info = await api.describe()
+            handle.details["state"] = info.get("state", "")
+        except FirecrackerAPIError as e:
+            # Still running (the guest is alive), but only signals will reach it.
+            log.warning("firecracker pid %d runs but its API does not answer: %s", handle.pid, e)
+        return True
+
+    def is_alive(self, handle: VMHandle) -> bool:
+        child = self._children.get(handle.pid)
+        if child is not None:
+            if child.poll() is None:
+                return True
+            del self._children[handle.pid]
+            return False
+        import psutil
+
+        try:
+            p = psutil.Process(handle.pid)
+            if p.status() == psutil.STATUS_ZOMBIE:
+                return False
+            created = handle.details.get("create_time")
+            # A recycled pid belongs to a process started at another time.
+            return created is None or abs(p.create_time() - float(created)) < 0.05
+        except psutil.NoSuchProcess:
+            return False
+
+    async def state(self, handle: VMHandle) -> str:
+        """`Not started`, `Running` or `Paused`, as Firecracker reports it."""
+        async with self._client(handle) as api:
+            return str((await api.describe())["state"])
+
+    async def pause(self, handle: VMHandle) -> None:
+        async with self._client(handle) as api:
+            await api.set_state("Paused")
+
+    async def resume(self, handle: VMHandle) -> None:
+        async with self._client(handle) as api:
+            await api.set_state("Resumed")
+
+    async def inspect(self, handle: VMHandle) -> dict[str, Any]:
+        """Firecracker's full view of the VM (`GET /vm/config`)."""
+        async with self._client(handle) as api:
+            return await api.vm_config()
+
+    async def request_shutdown(self, handle: VMHandle) -> None:
+        """Ctrl-Alt-Del: the guest reboots, `reboot=k` resets it, and Firecracker exits."""
+        async with self._client(handle) as api:
+            if (await api.describe()).get("state") == "Paused":
+                await api.set_state("Resumed")  # a paused guest cannot act on the keypress
+            await api.action("SendCtrlAltDel")
+
+    async def wait_exit(self, handle: VMHandle, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while self.is_alive(handle):
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.02)
+        self.cleanup(handle)
+        return True
+
+    async def stop(self, handle: VMHandle, timeout: float = 10.0) -> str:
+        """Graceful stop with a deadline, then force: returns "graceful" or "forced"."""
+        if self.is_alive(handle):
+            try:
+                await self.request_shutdown(handle)
+            except FirecrackerAPIError as e:
+                log.warning("Ctrl-Alt-Del to pid %d failed (%s); forcing", handle.pid, e)
+            else:
+                if await self.wait_exit(handle, timeout):
+                    return "graceful"
+        await self.force_stop(handle)
+        return "forced"
+
+    async def force_stop(self, handle: VMHandle) -> None:
+        await self._kill(handle)
+        self.cleanup(handle)
+
+    async def _kill(self, handle: VMHandle) -> None:
+        for sig, wait in ((signal.SIGTERM, STOP_SIGTERM_WAIT), (signal.SIGKILL, 5.0)):
+            if not self.is_alive(handle):
+                return
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(handle.pid, sig)
+            deadline = time.monotonic() + wait
+            while self.is_alive(handle) and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+        if self.is_alive(handle):
+            raise DriverError(f"firecracker pid {handle.pid} survived SIGKILL")
+
+    def send_signal(self, handle: VMHandle, signum: int) -> None:
+        if self.is_alive(handle):
+            os.kill(handle.pid, signum)
+
+    def cleanup(self, handle: VMHandle) -> None:
+        """Remove what a stopped VM leaves behind: sockets and the jail (not the disks)."""
+        if self.is_alive(handle):
+            return
+        for p in (handle.api_socket, handle.control_socket):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(p)
+        jail = handle.details.get("jail_dir")
+        if jail:
+            shutil.rmtree(jail, ignore_errors=True)
+
+
+async def open_control(
+    handle: VMHandle, port: int | None = None, timeout: float = 5.0
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Open a host → guest stream on the VM's hybrid vsock: `CONNECT <port>` → `OK <n>`.
+
+    Firecracker closes the connection without an answer when nothing listens on the guest port.
+    """
+    port = port if port is not None else int(handle.details.get("control_port", CONTROL_VSOCK_PORT))
+    reader, writer = await asyncio.wait_for(
+        asyncio.open_unix_connection(handle.control_socket), timeout
+    )
+    try:
+        writer.write(f"CONNECT {port}\n".encode())
+        await writer.drain()
+        line = await asyncio.wait_for(reader.readline(), timeout)
+    except BaseException:
+        writer.close()
+        raise
+    if not line.startswith(b"OK "):
+        writer.close()
+        raise DriverError(
+            f"vsock CONNECT {port} on {handle.control_socket} got "
+            f"{line.decode(errors='replace').strip() or 'no answer'}: nothing listens on that "
+            "guest port (yet)"
+        )
+    return reader, writer
+
+
+def _extra_disks(spec: VMSpec) -> tuple[DiskSpec, ...]:
+    disks: tuple[DiskSpec, ...] = tuple(getattr(spec, "extra_disks", ()))
+    return disks
+
+
+def _create_time(pid: int) -> float | None:
+    import psutil
+
+    try:
+        return float(psutil.Process(pid).create_time())
+    except psutil.NoSuchProcess:
+        return None
+
+
+def _tail(path: Path, lines: int = 3) -> str:
+    try:
+        text = path.read_bytes()[-4096:].decode(errors="replace")
+    except OSError:
+        return "(no console output)"
+    return " | ".join(text.strip().splitlines()[-lines:]) or "(no console output)"
