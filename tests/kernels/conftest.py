@@ -136,7 +136,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, host_kernel_dir: Path) -> I
     for comp in ("zst", "gz"):
         name = f"debian-{comp}"
         out = root / f"{name}-x86_64.tar.{comp}"
-        sha, size = publish.make_tarball(host_kernel_dir, out, compression=comp)  # type: ignore[arg-type]
+        sha, size = publish.make_tarball(host_kernel_dir, out, compression=comp)
         entry = publish.catalog_entry(host_kernel_dir, out.name, sha, size, f"host kernel, {comp}")
         entry["name"] = name
         entries[name] = entry

@@ -52,6 +52,11 @@ class Daemon:
 
         self.kernels = KernelService(self)
         self.services.append(self.kernels)
+        from banger.network.service import NetworkService
+
+        # Before the VM service: it reconciles running VMs into the network at its start.
+        self.network = NetworkService(self)
+        self.services.append(self.network)
 
     def references(self, kind: str, ident: str) -> list[str]:
         return [name for check in self.reference_checks for name in check(kind, ident)]
