@@ -49,6 +49,8 @@ class VMSpec:
     # Directory for this VM's sockets (QMP / API, control channel); short path (sun_path ≤ 108).
     runtime_dir: Path
     extra: dict[str, Any] = field(default_factory=dict)
+    # More disks after root and work (e.g. banger's per-VM seed disk), attached in this order.
+    extra_disks: tuple[DiskSpec, ...] = ()
 
 
 @dataclass

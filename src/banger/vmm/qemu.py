@@ -1,0 +1,340 @@
+"""The QEMU driver: a `microvm` machine with virtio-mmio disks/NIC, serial console to a file,
+QMP on a Unix socket and a virtio-serial control port.
+
+QEMU runs with `-daemonize`, so the VM process is not a child of the daemon: a daemon restart
+re-attaches through the persisted pid and sockets and never kills it. The driver owns the argv;
+the service hands it a `VMSpec`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from banger.vmm.accel import resolve_accel
+from banger.vmm.base import DiskSpec, DriverError, VMHandle, VMSpec
+
+CONTROL_PORT_NAME = "banger.ctl"
+QMP_TIMEOUT_SECONDS = 5.0
+LAUNCH_TIMEOUT_SECONDS = 30.0
+
+
+def host_tsc_khz() -> int | None:
+    """The host CPU's nominal kHz, used to pin the guest TSC (TCG guests may fail calibration)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("cpu MHz"):
+            with contextlib.suppress(ValueError):
+                return int(float(line.split(":", 1)[1]) * 1000)
+    return None
+
+
+def _drive(index: int, disk: DiskSpec) -> list[str]:
+    opts = f"id=d{index},file={_escape(str(disk.path))},format={disk.format},if=none"
+    opts += ",cache=writeback,discard=unmap"
+    if disk.read_only:
+        opts += ",readonly=on"
+    return ["-drive", opts, "-device", f"virtio-blk-device,drive=d{index}"]
+
+
+def _escape(value: str) -> str:
+    # QEMU option values use ',' as separator; a literal comma is written as ',,'.
+    return value.replace(",", ",,")
+
+
+class QemuDriver:
+    name = "qemu"
+
+    def __init__(self, qemu_bin: str = "qemu-system-x86_64", accel: str = "auto") -> None:
+        self.qemu_bin = qemu_bin
+        self.accel_setting = accel
+
+    # --- argv -------------------------------------------------------------------------------
+
+    def build_argv(self, spec: VMSpec, accel: str | None = None) -> list[str]:
+        accel = accel or resolve_accel(self.accel_setting)
+        run = spec.runtime_dir
+        cmdline = spec.cmdline
+        if accel == "tcg":
+            khz = host_tsc_khz()
+            if khz and "tsc_early_khz=" not in cmdline:
+                # Without this a loaded host can make the guest hang in TSC calibration.
+                cmdline += f" tsc_early_khz={khz} tsc=reliable"
+        argv = [
+            self.qemu_bin,
+            "-name", f"banger-{spec.name},process=banger-{spec.vm_id}",
+            "-M", "microvm,acpi=on",
+            "-accel", accel,
+            "-cpu", "max" if accel == "tcg" else "host",
+            "-m", str(spec.memory_mib),
+            "-smp", str(spec.vcpus),
+            "-nodefaults", "-no-user-config", "-no-reboot", "-display", "none",
+            "-kernel", str(spec.kernel),
+            "-append", cmdline,
+            "-chardev", f"file,id=con,path={_escape(str(spec.console_log))},append=on",
+            "-serial", "chardev:con",
+            "-qmp", f"unix:{run / 'qmp.sock'},server=on,wait=off",
+            "-device", "virtio-serial-device",
+            "-chardev", f"socket,id=ctl,path={run / 'ctl.sock'},server=on,wait=off",
+            "-device", f"virtserialport,chardev=ctl,name={CONTROL_PORT_NAME}",
+            "-pidfile", str(run / "qemu.pid"),
+            "-daemonize",
+        ]  # fmt: skip
+        if spec.initrd is not None:
+            argv += ["-initrd", str(spec.initrd)]
+        disks: list[DiskSpec] = [spec.root_disk]
+        if spec.work_disk is not None:
+            disks.append(spec.work_disk)
+        disks.extend(spec.extra_disks)
+        for i, disk in enumerate(disks):
+            argv += _drive(i, disk)
+        argv += self._net_args(spec)
+        return argv
+
+    def _net_args(self, spec: VMSpec) -> list[str]:
+        net = spec.network
+        mac = f",mac={net.mac}" if net.mac else ""
+        if net.kind == "user":
+            fwds = [(net.ssh_host_port, 22), *net.forwards]
+            hostfwd = "".join(f",hostfwd=tcp:127.0.0.1:{h}-:{g}" for h, g in fwds)
+            return [
+                "-netdev", f"user,id=n0{hostfwd}",
+                "-device", f"virtio-net-device,netdev=n0{mac}",
+            ]  # fmt: skip
+        if net.kind == "tap":
+            return [
+                "-netdev", f"tap,id=n0,ifname={net.tap_device},script=no,downscript=no",
+                "-device", f"virtio-net-device,netdev=n0{mac}",
+            ]  # fmt: skip
+        return []
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    async def launch(self, spec: VMSpec) -> VMHandle:
+        spec.runtime_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for stale in ("qmp.sock", "ctl.sock", "qemu.pid"):
+            with contextlib.suppress(FileNotFoundError):
+                (spec.runtime_dir / stale).unlink()
+        accel = resolve_accel(self.accel_setting)
+        argv = self.build_argv(spec, accel)
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
+        )
+        try:
+            _out, err = await asyncio.wait_for(proc.communicate(), LAUNCH_TIMEOUT_SECONDS)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+            raise DriverError(f"qemu did not start within {LAUNCH_TIMEOUT_SECONDS:.0f}s") from None
+        except asyncio.CancelledError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+            # -daemonize may already have forked the VM: do not leave it running.
+            pid = _read_pid(spec.runtime_dir / "qemu.pid")
+            if pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            raise
+        if proc.returncode != 0:
+            tail = " | ".join(err.decode(errors="replace").strip().splitlines()[-3:])
+            raise DriverError(f"qemu exited {proc.returncode}: {tail or '(no output)'}")
+        pid = _read_pid(spec.runtime_dir / "qemu.pid")
+        if not pid:
+            raise DriverError("qemu started but wrote no pid file")
+        handle = VMHandle(
+            driver=self.name,
+            pid=pid,
+            api_socket=str(spec.runtime_dir / "qmp.sock"),
+            control_socket=str(spec.runtime_dir / "ctl.sock"),
+            ssh_host="127.0.0.1",
+            ssh_port=22,
+            started_at=time.time(),
+            details={"accel": accel, "vm_id": spec.vm_id, "network": spec.network.kind},
+        )
+        if spec.network.kind == "user":
+            port = spec.network.ssh_host_port or await self._forwarded_port(handle)
+            handle.ssh_port = port
+        elif spec.network.kind == "tap":
+            handle.ssh_host = str(spec.extra.get("guest_ip", ""))
+        return handle
+
+    async def _forwarded_port(self, handle: VMHandle) -> int:
+        """The host port QEMU picked for `hostfwd=…:0-:22` (from `info usernet`)."""
+        out = await self.hmp(handle, "info usernet")
+        port = parse_usernet_ssh_port(out)
+        if port is None:
+            raise DriverError(f"cannot find the SSH port forward in `info usernet`: {out!r}")
+        return port
+
+    async def attach(self, handle: VMHandle) -> bool:
+        return self.is_alive(handle)
+
+    def is_alive(self, handle: VMHandle) -> bool:
+        return _pid_is_our_qemu(handle.pid, str(handle.details.get("vm_id", "")))
+
+    async def request_shutdown(self, handle: VMHandle) -> None:
+        """Ask the guest to power off: the control channel first, the ACPI button as well."""
+        with contextlib.suppress(OSError, asyncio.TimeoutError):
+            await send_control(handle.control_socket, "stop")
+        with contextlib.suppress(Exception):
+            await self.qmp(handle, "system_powerdown")
+
+    async def force_stop(self, handle: VMHandle) -> None:
+        if not self.is_alive(handle):
+            return
+        with contextlib.suppress(Exception):
+            await self.qmp(handle, "quit")
+        if await self.wait_exit(handle, 2.0):
+            return
+        self.send_signal(handle, signal.SIGKILL)
+        await self.wait_exit(handle, 5.0)
+
+    async def wait_exit(self, handle: VMHandle, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while self.is_alive(handle):
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.05)
+        return True
+
+    def send_signal(self, handle: VMHandle, signum: int) -> None:
+        if self.is_alive(handle):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(handle.pid, signum)
+
+    # --- QMP ---------------------------------------------------------------------------------
+
+    async def qmp(self, handle: VMHandle, cmd: str, args: dict[str, Any] | None = None) -> Any:
+        from qemu.qmp import QMPClient
+
+        client = QMPClient(f"banger-{handle.pid}")
+        try:
+            await asyncio.wait_for(client.connect(handle.api_socket), QMP_TIMEOUT_SECONDS)
+            return await asyncio.wait_for(client.execute(cmd, args), QMP_TIMEOUT_SECONDS)
+        except TimeoutError:
+            raise DriverError(f"QMP {cmd} timed out on {handle.api_socket}") from None
+        finally:
+            with contextlib.suppress(Exception):
+                await client.disconnect()
+
+    async def hmp(self, handle: VMHandle, command: str) -> str:
+        out = await self.qmp(handle, "human-monitor-command", {"command-line": command})
+        return str(out)
+
+
+def parse_usernet_ssh_port(text: str) -> int | None:
+    """From `info usernet`: the host port of the TCP forward to guest port 22."""
+    for line in text.splitlines():
+        if "HOST_FORWARD" not in line:
+            continue
+        fields = line.split()
+        # TCP[HOST_FORWARD] FD SRC_ADDR SRC_PORT DST_ADDR DST_PORT RECVQ SENDQ
+        try:
+            idx = next(i for i, f in enumerate(fields) if "HOST_FORWARD" in f)
+            src_port, dst_port = int(fields[idx + 3]), int(fields[idx + 5])
+        except (StopIteration, IndexError, ValueError):
+            continue
+        if dst_port == 22:
+            return src_port
+    return None
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _pid_is_our_qemu(pid: int, vm_id: str) -> bool:
+    """The pid is alive, not a zombie, and is the QEMU of this VM (guards against pid reuse)."""
+    if pid <= 0:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    state = stat.rsplit(")", 1)[-1].split()[0] if ")" in stat else "?"
+    if state in ("Z", "X"):
+        return False
+    return not vm_id or f"process=banger-{vm_id}".encode() in cmdline
+
+
+# --- control channel (host side) --------------------------------------------------------------
+
+
+async def send_control(path: str, line: str, timeout: float = 2.0) -> None:
+    """Write one command line to the guest's control port."""
+    _reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(path), timeout)
+    try:
+        writer.write(line.encode() + b"\n")
+        await asyncio.wait_for(writer.drain(), timeout)
+        # Give the guest a moment to read it before the connection goes away.
+        await asyncio.sleep(0.05)
+    finally:
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
+
+
+_READY_RE = re.compile(r"^(READY|ERROR)\b ?(.*)$")
+
+
+async def wait_control_ready(path: str, timeout: float, alive: Any = None) -> str:
+    """Wait for the guest's READY (returns its detail) or ERROR (raises) on the control port.
+
+    `alive` is an optional callable: when it returns False the VM died and we stop waiting.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise DriverError(f"the guest did not report READY within {timeout:.0f}s")
+        if alive is not None and not alive():
+            raise DriverError("the VM process exited before the guest reported READY")
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_unix_connection(path), min(remaining, 2.0)
+            )
+        except (TimeoutError, OSError):
+            await asyncio.sleep(0.05)
+            continue
+        try:
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise DriverError(f"the guest did not report READY within {timeout:.0f}s")
+                if alive is not None and not alive():
+                    raise DriverError("the VM process exited before the guest reported READY")
+                try:
+                    raw = await asyncio.wait_for(reader.readline(), min(remaining, 0.5))
+                except TimeoutError:
+                    continue
+                if not raw:
+                    break  # QEMU dropped the connection: reconnect
+                m = _READY_RE.match(raw.decode(errors="replace").strip())
+                if not m:
+                    continue
+                if m.group(1) == "ERROR":
+                    raise DriverError(f"guest: {m.group(2) or 'unknown error'}")
+                return m.group(2)
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
