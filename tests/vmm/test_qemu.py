@@ -20,7 +20,9 @@ TEST_INIT = r"""#!/bin/busybox sh
 B=/bin/busybox
 $B mount -t proc proc /proc; $B mount -t sysfs sysfs /sys
 $B mkdir -p /dev/virtio-ports
-for p in /sys/class/virtio-ports/*; do $B ln -sf "../${p##*/}" "/dev/virtio-ports/$($B cat $p/name)"; done
+for p in /sys/class/virtio-ports/*; do
+  $B ln -sf "../${p##*/}" "/dev/virtio-ports/$($B cat $p/name)"
+done
 $B ip link set lo up; $B ip link set eth0 up; $B ip addr add 10.0.2.15/24 dev eth0
 (while :; do echo "SSH-2.0-fake" | $B nc -l -p 22; done) &
 echo "TEST-GUEST-UP"
