@@ -19,6 +19,8 @@ EXPECTED = [
     "kernel.list",
     "kernel.pull",
     "kernel.show",
+    "vm.workspace.export",
+    "vm.workspace.prepare",
 ]
 
 # The seed's TestRPCHandlersMatchDocumentedMethods list: where the table must end up.

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from banger.daemon import handlers_kernels, handlers_system
 from banger.daemon.context import RequestContext
+from banger.daemon.handlers_workspace import workspace_export, workspace_prepare
 from banger.daemon.logs import current_op_id
 from banger.daemon.params import to_json
 from banger.rpc import envelope
@@ -33,6 +34,8 @@ RPC_HANDLERS: dict[str, Handler] = {
     "kernel.pull": handlers_kernels.kernel_pull,
     "kernel.import": handlers_kernels.kernel_import,
     "kernel.delete": handlers_kernels.kernel_delete,
+    "vm.workspace.prepare": workspace_prepare,
+    "vm.workspace.export": workspace_export,
 }
 
 # Methods whose work must finish even when the client goes away: cancelling them half way would
