@@ -8,6 +8,7 @@ import lzma
 import shutil
 import struct
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -98,7 +99,7 @@ def _lz4_legacy(data: bytes) -> bytes:
     return subprocess.run(["lz4", "-l", "-c"], input=data, capture_output=True, check=True).stdout
 
 
-COMPRESSORS = {
+COMPRESSORS: dict[str, Callable[[bytes], bytes]] = {
     "gzip": lambda b: gzip.compress(b, mtime=0),
     "xz": lambda b: lzma.compress(b, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32),
     "bzip2": bz2.compress,
