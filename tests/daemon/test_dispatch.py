@@ -19,6 +19,13 @@ EXPECTED = [
     "kernel.list",
     "kernel.pull",
     "kernel.show",
+    "image.cache.prune",
+    "image.delete",
+    "image.list",
+    "image.promote",
+    "image.pull",
+    "image.register",
+    "image.show",
     "vm.workspace.export",
     "vm.workspace.prepare",
 ]

@@ -1,10 +1,244 @@
-"""`banger image` commands."""
+"""`banger image pull|list|show|delete|register|promote|cache prune`."""
 
 from __future__ import annotations
 
+import os
+import sys
+from typing import Any
+
 import click
+
+from banger.cli.output import print_json, print_table
+from banger.units import format_bytes
+
+
+def _call(method: str, params: dict[str, Any], **kw: Any) -> Any:
+    from banger.cli.connect import client
+
+    with client() as c:
+        return c.call(method, params, **kw)
+
+
+def _abs(path: str | None) -> str | None:
+    return os.path.abspath(path) if path else None
 
 
 @click.group()
 def image() -> None:
-    """Manage images."""
+    """Manage images: pull OCI images into ext4 root disks, register your own."""
+
+
+class _PullProgress:
+    """Per-layer rich progress bars (bytes, speed) fed by the daemon's progress lines."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TransferSpeedColumn,
+        )
+
+        self.console = Console(stderr=True)
+        self.enabled = self.console.is_terminal
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            console=self.console,
+            transient=False,
+        )
+        self.tasks: dict[str, Any] = {}
+        self.status: Any = None
+
+    def __enter__(self) -> _PullProgress:
+        if self.enabled:
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled:
+            self.progress.stop()
+
+    def _line(self, text: str) -> None:
+        if self.enabled:
+            self.progress.console.print(text)
+        else:
+            print(text, file=sys.stderr)
+
+    def __call__(self, ev: dict[str, Any]) -> None:
+        stage = ev.get("stage")
+        if stage == "resolve":
+            self._line(f"resolving {ev.get('ref')}")
+        elif stage == "layers":
+            layers = ev.get("layers") or []
+            self._line(f"{len(layers)} layer(s)")
+            for layer in layers:
+                digest = str(layer["digest"])
+                if self.enabled:
+                    self.tasks[digest] = self.progress.add_task(
+                        digest.removeprefix("sha256:")[:12], total=layer["size"]
+                    )
+        elif stage == "download":
+            task = self.tasks.get(str(ev.get("digest")))
+            if task is not None:
+                self.progress.update(task, completed=ev.get("current", 0), total=ev.get("total"))
+        elif stage == "apply":
+            digest = str(ev.get("digest", "")).removeprefix("sha256:")[:12]
+            self._line(f"applying layer {int(ev['current']) + 1}/{ev['total']} {digest}")
+        elif stage == "mkfs":
+            self._line(f"writing ext4 ({format_bytes(int(ev['size_bytes']))}, sparse)")
+        elif stage in ("build", "copy"):
+            self._line(str(ev.get("message") or ev.get("what") or stage))
+
+
+@image.command("pull")
+@click.argument("ref")
+@click.option("--name", help="image name (default: derived from the ref, e.g. debian-bookworm)")
+@click.option("--size", help="ext4 size, e.g. 4G (default: content x 1.5, at least 1 GiB)")
+@click.option("--json", "as_json", is_flag=True, help="print the image record as JSON")
+def pull_cmd(ref: str, name: str | None, size: str | None, as_json: bool) -> None:
+    """Pull an OCI image (or build the built-in `debian-bookworm`) into an ext4 root disk."""
+    params: dict[str, Any] = {"ref": ref}
+    if name:
+        params["name"] = name
+    if size:
+        params["size"] = size
+    with _PullProgress() as progress:
+        rec = _call("image.pull", params, on_progress=progress)
+    if as_json:
+        print_json(rec)
+        return
+    click.echo(
+        f"pulled {rec['name']} ({rec['id']}) digest {rec.get('digest') or '-'} "
+        f"size {format_bytes(rec['size_bytes'])}"
+    )
+
+
+def _image_rows(images: list[dict[str, Any]]) -> list[list[Any]]:
+    return [
+        [
+            i["name"],
+            i["id"],
+            format_bytes(i["size_bytes"]),
+            "yes" if i["managed"] else "no",
+            (i.get("digest") or "-").removeprefix("sha256:")[:12],
+            i["source"],
+            i["created_at"],
+        ]
+        for i in images
+    ]
+
+
+@image.command("list")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+def list_cmd(as_json: bool) -> None:
+    """Images banger knows."""
+    images = _call("image.list", {})
+    if as_json:
+        print_json(images)
+        return
+    if not images:
+        click.echo("no images yet: `banger image pull debian-bookworm` builds the default one")
+        return
+    print_table(
+        ["NAME", "ID", "SIZE", "MANAGED", "DIGEST", "SOURCE", "CREATED"], _image_rows(images)
+    )
+
+
+@image.command("show")
+@click.argument("ref")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+def show_cmd(ref: str, as_json: bool) -> None:
+    """One image: by name, id or unique id prefix."""
+    i = _call("image.show", {"ref": ref})
+    if as_json:
+        print_json(i)
+        return
+    cfg = i.get("config") or {}
+    rows: list[list[Any]] = [
+        ["name", i["name"]],
+        ["id", i["id"]],
+        ["rootfs", i["rootfs"]],
+        ["size", f"{format_bytes(i['size_bytes'])} ({i['size_bytes']} bytes)"],
+        ["managed", "yes" if i["managed"] else "no"],
+        ["digest", i.get("digest") or "-"],
+        ["source", i["source"]],
+        ["created", i["created_at"]],
+        ["kernel ref", i.get("kernel_ref") or "-"],
+    ]
+    for key in ("kernel", "initrd", "modules_dir"):
+        if i.get(key):
+            rows.append([key.replace("_", " "), i[key]])
+    rows += [
+        ["entrypoint", " ".join(cfg.get("entrypoint") or []) or "-"],
+        ["cmd", " ".join(cfg.get("cmd") or []) or "-"],
+        ["workdir", cfg.get("working_dir") or "-"],
+        ["user", cfg.get("user") or "-"],
+        ["env", "; ".join(cfg.get("env") or []) or "-"],
+    ]
+    width = max(len(r[0]) for r in rows)
+    for key, value in rows:
+        click.echo(f"{key.ljust(width)}  {value}")
+
+
+@image.command("delete")
+@click.argument("ref")
+def delete_cmd(ref: str) -> None:
+    """Delete an image (refused while a VM uses it). Registered images keep their files."""
+    rec = _call("image.delete", {"ref": ref})
+    click.echo(f"deleted {rec['name']} ({rec['id']})")
+
+
+@image.command("register")
+@click.option("--name", required=True, help="image name")
+@click.option("--rootfs", required=True, type=click.Path(), help="an ext4 root filesystem image")
+@click.option("--kernel-ref", help="a kernel banger knows (`banger kernel list`)")
+@click.option("--kernel", type=click.Path(), help="kernel file to boot this image with")
+@click.option("--initrd", type=click.Path(), help="initramfs for --kernel")
+@click.option("--modules", type=click.Path(), help="modules directory for --kernel")
+def register_cmd(
+    name: str,
+    rootfs: str,
+    kernel_ref: str | None,
+    kernel: str | None,
+    initrd: str | None,
+    modules: str | None,
+) -> None:
+    """Record an image made elsewhere (banger does not own or copy its files)."""
+    params: dict[str, Any] = {"name": name, "rootfs": _abs(rootfs)}
+    for key, value in (
+        ("kernel_ref", kernel_ref),
+        ("kernel", _abs(kernel)),
+        ("initrd", _abs(initrd)),
+        ("modules", _abs(modules)),
+    ):
+        if value:
+            params[key] = value
+    rec = _call("image.register", params)
+    click.echo(f"registered {rec['name']} ({rec['id']}) -> {rec['rootfs']}")
+
+
+@image.command("promote")
+@click.argument("ref")
+def promote_cmd(ref: str) -> None:
+    """Copy a registered image into banger's own storage (sparse-aware)."""
+    rec = _call("image.promote", {"ref": ref})
+    click.echo(f"promoted {rec['name']} ({rec['id']}) -> {rec['rootfs']}")
+
+
+@image.group("cache")
+def cache_group() -> None:
+    """The OCI blob cache."""
+
+
+@cache_group.command("prune")
+@click.option("--dry-run", is_flag=True, help="only report what would be freed")
+def prune_cmd(dry_run: bool) -> None:
+    """Delete every cached blob (images already pulled are not affected)."""
+    r = _call("image.cache.prune", {"dry_run": dry_run})
+    verb = "would free" if r["dry_run"] else "freed"
+    click.echo(f"{verb} {format_bytes(r['bytes'])} across {r['blobs']} blob(s) in {r['dir']}")

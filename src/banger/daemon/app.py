@@ -57,6 +57,10 @@ class Daemon:
         # Before the VM service: it reconciles running VMs into the network at its start.
         self.network = NetworkService(self)
         self.services.append(self.network)
+        from banger.images.service import ImageService
+
+        self.images = ImageService(self)
+        self.services.append(self.images)
 
     def references(self, kind: str, ident: str) -> list[str]:
         return [name for check in self.reference_checks for name in check(kind, ident)]

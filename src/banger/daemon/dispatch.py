@@ -10,7 +10,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from banger.daemon import handlers_kernels, handlers_system
+from banger.daemon import handlers_images, handlers_kernels, handlers_system
 from banger.daemon.context import RequestContext
 from banger.daemon.handlers_workspace import workspace_export, workspace_prepare
 from banger.daemon.logs import current_op_id
@@ -34,6 +34,13 @@ RPC_HANDLERS: dict[str, Handler] = {
     "kernel.pull": handlers_kernels.kernel_pull,
     "kernel.import": handlers_kernels.kernel_import,
     "kernel.delete": handlers_kernels.kernel_delete,
+    "image.pull": handlers_images.image_pull,
+    "image.list": handlers_images.image_list,
+    "image.show": handlers_images.image_show,
+    "image.delete": handlers_images.image_delete,
+    "image.register": handlers_images.image_register,
+    "image.promote": handlers_images.image_promote,
+    "image.cache.prune": handlers_images.image_cache_prune,
     "vm.workspace.prepare": workspace_prepare,
     "vm.workspace.export": workspace_export,
 }

@@ -1,0 +1,97 @@
+"""RPC handlers for `image.*`: thin wrappers that parse params and call `d.images`."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from pydantic import field_validator
+
+from banger.daemon.context import RequestContext
+from banger.daemon.params import Params, parse_params
+from banger.images.model import ImageRecord
+from banger.units import parse_size
+
+if TYPE_CHECKING:
+    from banger.daemon.app import Daemon
+
+
+class PullParams(Params):
+    ref: str
+    name: str | None = None
+    # Bytes, or a size string like "4G".
+    size: int | str | None = None
+
+    @field_validator("size")
+    @classmethod
+    def _size(cls, v: int | str | None) -> int | str | None:
+        if isinstance(v, str):
+            return parse_size(v)
+        if isinstance(v, int) and v <= 0:
+            raise ValueError("size must be greater than zero")
+        return v
+
+
+class RefParams(Params):
+    ref: str
+
+
+class NoParams(Params):
+    pass
+
+
+class RegisterParams(Params):
+    name: str
+    rootfs: str
+    kernel_ref: str | None = None
+    kernel: str | None = None
+    initrd: str | None = None
+    modules: str | None = None
+
+
+class PruneParams(Params):
+    dry_run: bool = False
+
+
+async def image_pull(d: Daemon, ctx: RequestContext, params: dict[str, Any]) -> ImageRecord:
+    p = parse_params(PullParams, params)
+    size = p.size if isinstance(p.size, int) else None
+    return await d.images.pull(p.ref, p.name, size, ctx)
+
+
+async def image_list(d: Daemon, ctx: RequestContext, params: dict[str, Any]) -> list[ImageRecord]:
+    parse_params(NoParams, params)
+    return await d.images.list_images()
+
+
+async def image_show(d: Daemon, ctx: RequestContext, params: dict[str, Any]) -> ImageRecord:
+    p = parse_params(RefParams, params)
+    return await d.images.resolve(p.ref)
+
+
+async def image_delete(d: Daemon, ctx: RequestContext, params: dict[str, Any]) -> ImageRecord:
+    p = parse_params(RefParams, params)
+    return await d.images.delete(p.ref)
+
+
+async def image_register(d: Daemon, ctx: RequestContext, params: dict[str, Any]) -> ImageRecord:
+    p = parse_params(RegisterParams, params)
+    return await d.images.register(
+        name=p.name,
+        rootfs=p.rootfs,
+        kernel_ref=p.kernel_ref,
+        kernel=p.kernel,
+        initrd=p.initrd,
+        modules=p.modules,
+    )
+
+
+async def image_promote(d: Daemon, ctx: RequestContext, params: dict[str, Any]) -> ImageRecord:
+    p = parse_params(RefParams, params)
+    return await d.images.promote(p.ref, ctx)
+
+
+async def image_cache_prune(
+    d: Daemon, ctx: RequestContext, params: dict[str, Any]
+) -> dict[str, Any]:
+    p = parse_params(PruneParams, params)
+    return await d.images.prune(p.dry_run)

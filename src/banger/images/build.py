@@ -1,0 +1,67 @@
+"""The CPU- and file-heavy half of a pull, run as a child process of the daemon.
+
+`python -m banger.images.build SPEC.json` applies the layers into a tree and builds the ext4 from
+it. When the daemon is not root it runs this under `fakeroot`, so the chowns and mknods of the
+applier and the ownership `mkfs.ext4 -d` copies live in one fakeroot session. Progress and the
+result go to stdout as JSON lines; a failure is one `{"event": "error", ...}` line and exit 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from banger.images.ext4 import SizeTooSmall, choose_size, make_ext4, tree_usage
+from banger.images.layers import HostileLayer, Layer, LayerError, apply_layers
+from banger.rpc.errors import OperationFailed
+
+
+def _emit(**fields: Any) -> None:
+    sys.stdout.write(json.dumps(fields) + "\n")
+    sys.stdout.flush()
+
+
+def run(spec: dict[str, Any]) -> dict[str, Any]:
+    layers = [
+        Layer(Path(x["path"]), x["name"], x.get("compression", "auto")) for x in spec["layers"]
+    ]
+    tree = Path(spec["tree"])
+    out = Path(spec["out"])
+
+    def on_layer(i: int, layer: Layer) -> None:
+        _emit(event="layer", index=i, total=len(layers), name=layer.name)
+
+    stats = apply_layers(tree, layers, on_layer)
+    usage = tree_usage(tree)
+    size = choose_size(usage, spec.get("size_bytes"))
+    _emit(event="mkfs", size_bytes=size, content_bytes=usage.bytes)
+    make_ext4(tree, out, size, usage, label=spec.get("label", "rootfs"))
+    return {
+        "size_bytes": size,
+        "content_bytes": usage.bytes,
+        "members": stats.members,
+        "xattr_failures": stats.xattr_failures[:20],
+    }
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: python -m banger.images.build SPEC.json", file=sys.stderr)
+        return 64
+    spec = json.loads(Path(argv[0]).read_text())
+    try:
+        result = run(spec)
+    except HostileLayer as e:
+        _emit(event="error", kind="hostile", message=str(e))
+        return 2
+    except (LayerError, SizeTooSmall, OperationFailed, OSError) as e:
+        _emit(event="error", kind="failed", message=str(e))
+        return 2
+    _emit(event="done", **result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,615 @@
+"""ImageService (`d.images`): pull, build, register, promote, list, delete, cache prune."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import sqlite3
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from banger.daemon.context import RequestContext
+from banger.images import debian
+from banger.images.cache import BlobCache, DigestMismatch
+from banger.images.model import ImageConfig, ImageRecord
+from banger.images.reference import ReferenceError, parse_reference
+from banger.images.registry import (
+    LAYER_TYPES,
+    OCI_MANIFEST,
+    AuthRequired,
+    Descriptor,
+    ManifestNotFound,
+    RegistryClient,
+    RegistryError,
+)
+from banger.proc import run
+from banger.rpc.errors import AlreadyExists, BadRequest, Conflict, NotFound, OperationFailed
+
+if TYPE_CHECKING:
+    from banger.daemon.app import Daemon
+
+log = logging.getLogger("banger.images")
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+ROOTFS_NAME = "rootfs.ext4"
+DOWNLOAD_CONCURRENCY = 4
+PROGRESS_INTERVAL = 0.1
+BUILD_TIMEOUT = 1800
+EXT4_MAGIC_OFFSET = 1080
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+OCI_LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
+
+
+def validate_name(name: str) -> str:
+    if not NAME_RE.match(name):
+        raise BadRequest(
+            f"image name {name!r} is invalid: use 1-63 lowercase letters, digits, '.', '_' or '-',"
+            " starting with a letter or digit"
+        )
+    return name
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _new_id() -> str:
+    return secrets.token_hex(8)
+
+
+def parse_image_config(raw: bytes) -> ImageConfig:
+    try:
+        doc = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise OperationFailed(f"image config is not valid JSON: {e}") from e
+    cfg = (doc.get("config") if isinstance(doc, dict) else None) or {}
+
+    def strs(key: str) -> list[str]:
+        value = cfg.get(key)
+        return [str(x) for x in value] if isinstance(value, list) else []
+
+    return ImageConfig(
+        env=strs("Env"),
+        entrypoint=strs("Entrypoint"),
+        cmd=strs("Cmd"),
+        working_dir=str(cfg.get("WorkingDir") or ""),
+        user=str(cfg.get("User") or ""),
+    )
+
+
+def is_ext4(path: Path) -> bool:
+    try:
+        with path.open("rb") as f:
+            f.seek(EXT4_MAGIC_OFFSET)
+            return f.read(2) == b"\x53\xef"
+    except OSError:
+        return False
+
+
+class ImageService:
+    def __init__(self, d: Daemon) -> None:
+        self.d = d
+        self.cache = BlobCache(d.paths.oci_cache_dir)
+        self._names_in_flight: set[str] = set()
+        self._cache_users = 0
+        self._build_lock = asyncio.Lock()
+
+    # --- lifecycle ---
+
+    async def start(self) -> None:
+        """Drop staging left by an interrupted pull and image dirs no record points at."""
+        paths = self.d.paths
+        paths.staging_dir.mkdir(parents=True, exist_ok=True)
+        for entry in paths.staging_dir.glob("image-*"):
+            await asyncio.to_thread(shutil.rmtree, entry, True)
+        known = {r["id"] for r in self.d.store.query("SELECT id FROM images")}
+        if paths.images_dir.is_dir():
+            for entry in paths.images_dir.iterdir():
+                if entry.is_dir() and entry.name not in known:
+                    log.info("removing orphaned image dir", extra={"path": str(entry)})
+                    await asyncio.to_thread(shutil.rmtree, entry, True)
+
+    async def stop(self) -> None:
+        return None
+
+    # --- records ---
+
+    @staticmethod
+    def _record(row: sqlite3.Row) -> ImageRecord:
+        return ImageRecord(
+            id=row["id"],
+            name=row["name"],
+            rootfs=Path(row["rootfs"]),
+            size_bytes=row["size_bytes"],
+            digest=row["digest"],
+            source=row["source"],
+            managed=bool(row["managed"]),
+            created_at=row["created_at"],
+            config=ImageConfig.model_validate_json(row["config"]),
+            kernel_ref=row["kernel_ref"],
+            kernel=Path(row["kernel"]) if row["kernel"] else None,
+            initrd=Path(row["initrd"]) if row["initrd"] else None,
+            modules_dir=Path(row["modules_dir"]) if row["modules_dir"] else None,
+        )
+
+    def _insert(self, rec: ImageRecord) -> None:
+        with self.d.store.tx() as conn:
+            conn.execute(
+                "INSERT INTO images (id, name, rootfs, size_bytes, digest, source, managed,"
+                " created_at, config, kernel_ref, kernel, initrd, modules_dir)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    rec.id,
+                    rec.name,
+                    str(rec.rootfs),
+                    rec.size_bytes,
+                    rec.digest,
+                    rec.source,
+                    int(rec.managed),
+                    rec.created_at,
+                    rec.config.model_dump_json(),
+                    rec.kernel_ref,
+                    str(rec.kernel) if rec.kernel else None,
+                    str(rec.initrd) if rec.initrd else None,
+                    str(rec.modules_dir) if rec.modules_dir else None,
+                ),
+            )
+
+    async def list_images(self) -> list[ImageRecord]:
+        rows = self.d.store.query("SELECT * FROM images ORDER BY name")
+        return [self._record(r) for r in rows]
+
+    async def resolve(self, ref: str) -> ImageRecord:
+        """Exact name, then exact id, then a unique id prefix; NotFound otherwise."""
+        store = self.d.store
+        row = store.query_one("SELECT * FROM images WHERE name = ?", (ref,))
+        if row is None:
+            row = store.query_one("SELECT * FROM images WHERE id = ?", (ref,))
+        if row is None and re.fullmatch(r"[0-9a-f]{1,16}", ref):
+            rows = store.query("SELECT * FROM images WHERE id LIKE ? || '%'", (ref,))
+            if len(rows) > 1:
+                raise NotFound(
+                    f"image id prefix {ref!r} is ambiguous ({len(rows)} images match); "
+                    "give more characters or the name"
+                )
+            row = rows[0] if rows else None
+        if row is None:
+            raise NotFound(f"image {ref!r} not found; `banger image list` shows what exists")
+        return self._record(row)
+
+    async def ensure(self, name: str, ctx: RequestContext) -> ImageRecord:
+        """Resolve `name`; build the built-in offline image when it is the one missing."""
+        try:
+            return await self.resolve(name)
+        except NotFound:
+            if name != debian.BUILTIN_NAME:
+                raise NotFound(
+                    f"image {name!r} not found; pull it with `banger image pull <oci-ref> "
+                    f"--name {name}` or use the built-in {debian.BUILTIN_NAME!r}"
+                ) from None
+        async with self._build_lock:
+            with contextlib.suppress(NotFound):
+                return await self.resolve(name)
+            return await self._build_debian(name, None, ctx)
+
+    # --- pull ---
+
+    @contextlib.contextmanager
+    def _reserve(self, name: str) -> Iterator[None]:
+        if name in self._names_in_flight:
+            raise AlreadyExists(f"image {name!r} is being created right now; wait for it")
+        if self.d.store.query_one("SELECT id FROM images WHERE name = ?", (name,)):
+            raise AlreadyExists(
+                f"image {name!r} already exists; delete it (`banger image delete {name}`) "
+                "or choose another --name"
+            )
+        self._names_in_flight.add(name)
+        self._cache_users += 1
+        try:
+            yield
+        finally:
+            self._names_in_flight.discard(name)
+            self._cache_users -= 1
+
+    async def pull(
+        self, ref_text: str, name: str | None, size_bytes: int | None, ctx: RequestContext
+    ) -> ImageRecord:
+        if ref_text == debian.BUILTIN_NAME:
+            target = validate_name(name or debian.BUILTIN_NAME)
+            async with self._build_lock:
+                return await self._build_debian(target, size_bytes, ctx)
+        try:
+            ref = parse_reference(ref_text)
+        except ReferenceError as e:
+            raise BadRequest(str(e)) from None
+        target = validate_name(name or ref.default_name())
+        with self._reserve(target):
+            ctx.progress(stage="resolve", ref=str(ref))
+            try:
+                async with RegistryClient(ref, self.d.config.insecure_registries) as client:
+                    self.cache.ensure()
+                    image = await client.resolve(self.cache)
+                    blobs = [image.config, *image.layers]
+                    ctx.progress(
+                        stage="layers",
+                        layers=[{"digest": b.digest, "size": b.size} for b in image.layers],
+                    )
+                    await self._download_all(client, blobs, ctx)
+            except ManifestNotFound as e:
+                raise NotFound(str(e)) from None
+            except (AuthRequired, RegistryError, DigestMismatch) as e:
+                raise OperationFailed(str(e)) from None
+            self.cache.tag(str(ref), image.manifest_digest, image.manifest_media_type,
+                           image.manifest_size)  # fmt: skip
+            config = parse_image_config(self.cache.read_bytes(image.config.digest))
+            return await self._materialize(
+                name=target,
+                layers=image.layers,
+                config=config,
+                digest=image.manifest_digest,
+                source=str(ref),
+                size_bytes=size_bytes,
+                ctx=ctx,
+            )
+
+    async def _download_all(
+        self, client: RegistryClient, blobs: list[Descriptor], ctx: RequestContext
+    ) -> None:
+        sem = asyncio.Semaphore(DOWNLOAD_CONCURRENCY)
+
+        async def one(desc: Descriptor) -> None:
+            last = 0.0
+
+            def on_progress(done: int, total: int) -> None:
+                nonlocal last
+                now = time.monotonic()
+                if done >= total or now - last >= PROGRESS_INTERVAL:
+                    last = now
+                    ctx.progress(stage="download", digest=desc.digest, current=done, total=total)
+
+            async with sem:
+                await client.fetch_blob(desc, self.cache, on_progress)
+
+        tasks = [asyncio.create_task(one(b)) for b in blobs]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _materialize(
+        self,
+        *,
+        name: str,
+        layers: list[Descriptor],
+        config: ImageConfig,
+        digest: str | None,
+        source: str,
+        size_bytes: int | None,
+        ctx: RequestContext,
+    ) -> ImageRecord:
+        """Layers in the cache → ext4 in staging → renamed into images/<id> → record."""
+        image_id = _new_id()
+        paths = self.d.paths
+        stage = paths.staging_dir / f"image-{image_id}"
+        out_dir = stage / "out"
+        final_dir = paths.images_dir / image_id
+        try:
+            out_dir.mkdir(parents=True)
+            spec = {
+                "layers": [
+                    {
+                        "path": str(self.cache.path(x.digest)),
+                        "name": x.digest,
+                        "compression": LAYER_TYPES.get(x.media_type, "auto"),
+                    }
+                    for x in layers
+                ],
+                "tree": str(stage / "tree"),
+                "out": str(out_dir / ROOTFS_NAME),
+                "size_bytes": size_bytes,
+                "label": "rootfs",
+            }
+            (stage / "spec.json").write_text(json.dumps(spec))
+            result = await self._run_build(stage / "spec.json", len(layers), ctx)
+            await asyncio.to_thread(shutil.rmtree, stage / "tree", True)
+            paths.images_dir.mkdir(parents=True, exist_ok=True)
+            os.rename(out_dir, final_dir)
+            rec = ImageRecord(
+                id=image_id,
+                name=name,
+                rootfs=final_dir / ROOTFS_NAME,
+                size_bytes=int(result["size_bytes"]),
+                digest=digest,
+                source=source,
+                managed=True,
+                created_at=_now(),
+                config=config,
+            )
+            try:
+                self._insert(rec)
+            except sqlite3.IntegrityError:
+                raise AlreadyExists(f"image {name!r} already exists") from None
+            ctx.progress(stage="done", name=name, id=image_id)
+            return rec
+        except BaseException:
+            await asyncio.to_thread(shutil.rmtree, final_dir, True)
+            raise
+        finally:
+            await asyncio.to_thread(shutil.rmtree, stage, True)
+
+    async def _run_build(self, spec: Path, n_layers: int, ctx: RequestContext) -> dict[str, Any]:
+        argv = [sys.executable, "-m", "banger.images.build", str(spec)]
+        if os.geteuid() != 0:
+            # One fakeroot session for chown/mknod in the applier and for mkfs.ext4 -d.
+            fakeroot = shutil.which("fakeroot")
+            if fakeroot is None:
+                raise OperationFailed(
+                    "building an image as a non-root user needs fakeroot; install it "
+                    "(apt-get install fakeroot) or run the daemon as root"
+                )
+            argv = [fakeroot, "--", *argv]
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
+        )
+        result: dict[str, Any] | None = None
+        error: dict[str, Any] | None = None
+        try:
+            assert proc.stdout is not None and proc.stderr is not None
+
+            async def read_events() -> None:
+                nonlocal result, error
+                assert proc.stdout is not None
+                async for line in proc.stdout:
+                    try:
+                        ev = json.loads(line)
+                    except json.JSONDecodeError:
+                        continue
+                    kind = ev.get("event")
+                    if kind == "layer":
+                        ctx.progress(
+                            stage="apply", current=ev["index"], total=n_layers, digest=ev["name"]
+                        )
+                    elif kind == "mkfs":
+                        ctx.progress(stage="mkfs", size_bytes=ev["size_bytes"])
+                    elif kind == "done":
+                        result = ev
+                    elif kind == "error":
+                        error = ev
+
+            stderr_task = asyncio.create_task(proc.stderr.read())
+            await asyncio.wait_for(read_events(), BUILD_TIMEOUT)
+            await proc.wait()
+            stderr = await stderr_task
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, 9)
+            await proc.wait()
+            raise
+        if error is not None:
+            raise OperationFailed(str(error.get("message")))
+        if proc.returncode != 0 or result is None:
+            tail = " | ".join(stderr.decode(errors="replace").strip().splitlines()[-3:])
+            raise OperationFailed(f"image build exited {proc.returncode}: {tail or '(no output)'}")
+        return result
+
+    # --- the built-in offline image ---
+
+    async def _build_debian(
+        self, name: str, size_bytes: int | None, ctx: RequestContext
+    ) -> ImageRecord:
+        recipe = debian.Recipe(mirror=self.d.config.debian_mirror)
+        with self._reserve(validate_name(name)):
+            self.cache.ensure()
+            manifest_digest = self.cache.lookup(recipe.cache_ref)
+            if manifest_digest is None:
+                manifest_digest = await self._debootstrap(recipe, ctx)
+            else:
+                ctx.progress(stage="build", message=f"reusing cached {recipe.cache_ref}")
+            manifest = json.loads(self.cache.read_bytes(manifest_digest))
+            layers = [
+                Descriptor(x["mediaType"], x["digest"], int(x["size"])) for x in manifest["layers"]
+            ]
+            config = parse_image_config(self.cache.read_bytes(manifest["config"]["digest"]))
+            return await self._materialize(
+                name=name,
+                layers=layers,
+                config=config,
+                digest=manifest_digest,
+                source=f"mmdebstrap:{recipe.suite}@{recipe.mirror}",
+                size_bytes=size_bytes,
+                ctx=ctx,
+            )
+
+    async def _debootstrap(self, recipe: debian.Recipe, ctx: RequestContext) -> str:
+        """Build the rootfs tar and store it in the cache as a one-layer OCI image."""
+        work = self.d.paths.staging_dir / f"image-debian-{secrets.token_hex(4)}"
+        work.mkdir(parents=True)
+        try:
+            tar = work / "rootfs.tar"
+            ctx.progress(stage="build", message=f"mmdebstrap {recipe.suite} from {recipe.mirror}")
+            await debian.build_tarball(
+                recipe, tar, lambda line: ctx.progress(stage="build", message=line)
+            )
+            size = tar.stat().st_size
+            layer_digest = await asyncio.to_thread(self.cache.put_file, tar)
+            config_blob = json.dumps(
+                {
+                    "architecture": "amd64",
+                    "os": "linux",
+                    "config": {"Env": debian.ENV, "Cmd": ["/bin/bash"], "WorkingDir": "/root"},
+                    "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
+                },
+                sort_keys=True,
+            ).encode()
+            config_digest = self.cache.put_bytes(config_blob)
+            manifest = json.dumps(
+                {
+                    "schemaVersion": 2,
+                    "mediaType": OCI_MANIFEST,
+                    "config": {
+                        "mediaType": OCI_CONFIG,
+                        "digest": config_digest,
+                        "size": len(config_blob),
+                    },
+                    "layers": [{"mediaType": OCI_LAYER_TAR, "digest": layer_digest, "size": size}],
+                },
+                sort_keys=True,
+            ).encode()
+            manifest_digest = self.cache.put_bytes(manifest)
+            self.cache.tag(recipe.cache_ref, manifest_digest, OCI_MANIFEST, len(manifest))
+            return manifest_digest
+        finally:
+            await asyncio.to_thread(shutil.rmtree, work, True)
+
+    # --- delete / register / promote ---
+
+    async def delete(self, ref: str) -> ImageRecord:
+        rec = await self.resolve(ref)
+        users = self.d.references("image", rec.id)
+        if users:
+            raise Conflict(
+                f"image {rec.name!r} is in use by {', '.join(users)}; delete those first"
+            )
+        with self.d.store.tx() as conn:
+            conn.execute("DELETE FROM images WHERE id = ?", (rec.id,))
+        if rec.managed:
+            image_dir = self.d.paths.images_dir / rec.id
+            if image_dir.exists():
+                aside = self.d.paths.staging_dir / f"image-deleting-{rec.id}"
+                os.rename(image_dir, aside)
+                await asyncio.to_thread(shutil.rmtree, aside, True)
+        return rec
+
+    async def register(
+        self,
+        *,
+        name: str,
+        rootfs: str,
+        kernel_ref: str | None,
+        kernel: str | None,
+        initrd: str | None,
+        modules: str | None,
+    ) -> ImageRecord:
+        validate_name(name)
+        if kernel_ref and (kernel or initrd or modules):
+            raise BadRequest("give either --kernel-ref or --kernel/--initrd/--modules, not both")
+        if (initrd or modules) and not kernel:
+            raise BadRequest("--initrd and --modules need --kernel")
+
+        def path_of(value: str, what: str, want_dir: bool = False) -> Path:
+            p = Path(value)
+            if not p.is_absolute():
+                raise BadRequest(f"{what} path {value!r} must be absolute")
+            p = Path(os.path.realpath(p))
+            ok = p.is_dir() if want_dir else p.is_file()
+            if not ok:
+                kind = "directory" if want_dir else "file"
+                raise BadRequest(f"{what} {value!r} is not an existing {kind}")
+            return p
+
+        rootfs_path = path_of(rootfs, "rootfs")
+        if not is_ext4(rootfs_path):
+            raise BadRequest(f"rootfs {rootfs!r} is not an ext4 filesystem image")
+        kernel_path = path_of(kernel, "kernel") if kernel else None
+        initrd_path = path_of(initrd, "initrd") if initrd else None
+        modules_path = path_of(modules, "modules", want_dir=True) if modules else None
+        if kernel_ref:
+            kernels = getattr(self.d, "kernels", None)
+            if kernels is not None:
+                await kernels.resolve(kernel_ref)
+        with self._reserve(name):
+            rec = ImageRecord(
+                id=_new_id(),
+                name=name,
+                rootfs=rootfs_path,
+                size_bytes=rootfs_path.stat().st_size,
+                digest=None,
+                source=f"register:{rootfs_path}",
+                managed=False,
+                created_at=_now(),
+                kernel_ref=kernel_ref,
+                kernel=kernel_path,
+                initrd=initrd_path,
+                modules_dir=modules_path,
+            )
+            self._insert(rec)
+        return rec
+
+    async def promote(self, ref: str, ctx: RequestContext) -> ImageRecord:
+        rec = await self.resolve(ref)
+        if rec.managed:
+            raise Conflict(f"image {rec.name!r} is already managed by banger")
+        for p in (rec.rootfs, rec.kernel, rec.initrd, rec.modules_dir):
+            if p is not None and not p.exists():
+                raise OperationFailed(f"image {rec.name!r}: {p} no longer exists; cannot promote")
+        paths = self.d.paths
+        stage = paths.staging_dir / f"image-promote-{rec.id}"
+        final_dir = paths.images_dir / rec.id
+        try:
+            stage.mkdir(parents=True)
+            ctx.progress(stage="copy", what="rootfs", total=rec.rootfs.stat().st_size)
+            await run(
+                ["cp", "--sparse=always", "--", str(rec.rootfs), str(stage / ROOTFS_NAME)],
+                timeout=BUILD_TIMEOUT,
+                what="copying the rootfs",
+            )
+            new: dict[str, Path | None] = {"kernel": None, "initrd": None, "modules_dir": None}
+            for key, src, dest in (
+                ("kernel", rec.kernel, "kernel"),
+                ("initrd", rec.initrd, "initrd"),
+                ("modules_dir", rec.modules_dir, "modules"),
+            ):
+                if src is not None:
+                    await run(
+                        ["cp", "-a", "--", str(src), str(stage / dest)], what=f"copying {key}"
+                    )
+                    new[key] = final_dir / dest
+            os.rename(stage, final_dir)
+            try:
+                with self.d.store.tx() as conn:
+                    conn.execute(
+                        "UPDATE images SET rootfs = ?, managed = 1, kernel = ?, initrd = ?,"
+                        " modules_dir = ? WHERE id = ?",
+                        (
+                            str(final_dir / ROOTFS_NAME),
+                            *(str(v) if v else None for v in new.values()),
+                            rec.id,
+                        ),
+                    )
+            except BaseException:
+                await asyncio.to_thread(shutil.rmtree, final_dir, True)
+                raise
+        finally:
+            await asyncio.to_thread(shutil.rmtree, stage, True)
+        return await self.resolve(rec.id)
+
+    # --- cache ---
+
+    async def prune(self, dry_run: bool) -> dict[str, Any]:
+        if self._cache_users and not dry_run:
+            raise Conflict("an image pull or build is using the cache; retry when it finishes")
+        if dry_run:
+            tally = await asyncio.to_thread(self.cache.tally)
+        else:
+            tally = await asyncio.to_thread(self.cache.prune)
+        return {
+            "dry_run": dry_run,
+            "bytes": tally.bytes,
+            "blobs": tally.blobs,
+            "dir": str(self.cache.root),
+        }
