@@ -1,0 +1,220 @@
+"""`banger vm run` (the one-command sandbox) and `banger vm exec` (a command in the workspace)."""
+
+from __future__ import annotations
+
+import contextlib
+import shlex
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from banger.cli.output import dim, print_error
+from banger.cli.workspace import call, local_plan, prepare_options, print_plan, print_prepared
+
+
+class DashDashCommand(click.Command):
+    """Keeps everything after the first `--` as the guest command (click would mix it with PATH)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if "--" in args:
+            i = args.index("--")
+            ctx.meta["guest_cmd"] = args[i + 1 :]
+            args = args[:i]
+        else:
+            ctx.meta["guest_cmd"] = []
+        return super().parse_args(ctx, args)
+
+
+def remote_script(workdir: str | None, cmd: Sequence[str]) -> str:
+    """A POSIX sh line: cd into the workspace, then the command (or a login shell)."""
+    cd = f"cd -- {shlex.quote(workdir)} && " if workdir else ""
+    if cmd:
+        return cd + "exec " + shlex.join(cmd)
+    return cd + 'exec "${SHELL:-/bin/sh}" -l'
+
+
+def ssh_command(vm: str, script: str, *, tty: bool) -> list[str]:
+    from banger.guest.ssh import SSHTarget, ssh_argv
+
+    info = call("vm.ssh", {"vm": vm})
+    target = SSHTarget.from_json(info.get("target", info))
+    # ssh joins remote words with spaces for the login shell: pass one pre-quoted line.
+    return ssh_argv(target, [script], tty=tty)
+
+
+@contextlib.contextmanager
+def _ignore_sigint() -> Iterator[None]:
+    # Ctrl-C belongs to the remote side while ssh runs; ssh itself exits when the session ends.
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+def run_ssh(vm: str, workdir: str | None, cmd: Sequence[str], *, tty: bool) -> int:
+    argv = ssh_command(vm, remote_script(workdir, cmd), tty=tty)
+    with _ignore_sigint():
+        proc = subprocess.run(argv, check=False)
+    if proc.returncode == 255:
+        print_error(f"ssh to vm {vm} failed (exit 255); check `banger vm logs {vm}`")
+    return proc.returncode
+
+
+def attached() -> bool:
+    return sys.stdin.isatty() and sys.stdout.isatty()
+
+
+def reminder(vm: str) -> None:
+    click.echo(dim(f"vm {vm} is still running (stop it with `banger vm stop {vm}`)"), err=True)
+
+
+def _exit(code: int) -> None:
+    if code:
+        from banger.cli.main import ExitCode
+
+        raise ExitCode(code)
+
+
+def _create_vm(name: str | None, image: str | None, nat: bool) -> dict[str, Any]:
+    from banger.rpc.errors import RPCError
+
+    params: dict[str, Any] = {}
+    if name:
+        params["name"] = name
+    if image:
+        params["image"] = image
+    if nat:
+        params["nat"] = True
+    try:
+        result = call("vm.create", params, progress=True)
+    except RPCError as e:
+        hint = f"; its console log: `banger vm logs {name}`" if name else "; see `banger vm list`"
+        e.message = f"{e.message} (the VM is kept for inspection{hint})"
+        raise
+    vm = result.get("vm", result) if isinstance(result, dict) else {}
+    if not isinstance(vm, dict) or "name" not in vm:
+        raise click.ClickException(f"vm.create returned no VM name: {result!r}")
+    return vm
+
+
+@click.command("run", cls=DashDashCommand)
+@click.argument("path", required=False, type=click.Path(exists=True, file_okay=False))
+@click.option("--name", help="name of the new VM (default: generated)")
+@click.option("--image", help="image to boot (default: the configured default image)")
+@click.option("--rm", "remove", is_flag=True, help="delete the VM when the session or command ends")
+@click.option("--nat", is_flag=True, help="give the VM outbound network access")
+@prepare_options
+@click.option("--guest-path", default="/root/repo", show_default=True)
+@click.pass_context
+def run_cmd(
+    ctx: click.Context,
+    path: str | None,
+    name: str | None,
+    image: str | None,
+    remove: bool,
+    nat: bool,
+    include_untracked: bool,
+    readonly: bool,
+    mode: str,
+    branch: str | None,
+    from_ref: str | None,
+    dry_run: bool,
+    guest_path: str,
+) -> None:
+    """Create and boot a VM, ship PATH into it, then open a shell there or run `-- CMD…`.
+
+    \b
+      banger vm run                       # bare sandbox, interactive shell
+      banger vm run ./repo                # checkout at /root/repo, shell in it
+      banger vm run ./repo -- make test   # run the command, exit with its status
+      banger vm run --rm ./repo -- make   # and delete the VM afterwards
+    """
+    cmd: list[str] = ctx.meta.get("guest_cmd", [])
+    opts: dict[str, Any] = {
+        "include_untracked": include_untracked,
+        "readonly": readonly,
+        "mode": mode,
+        "branch": branch,
+        "from_ref": from_ref,
+        "guest_path": guest_path,
+    }
+    if path is None and (branch or from_ref or include_untracked or dry_run):
+        raise click.UsageError("--branch/--from/--include-untracked/--dry-run need a PATH")
+    plan = local_plan(path, **opts) if path else None  # refuse a non-repo before booting anything
+    if dry_run:
+        assert plan is not None
+        print_plan(plan, as_json=False)
+        return
+    vm = _create_vm(name, image, nat)
+    vm_name = str(vm["name"])
+    status = 0
+    try:
+        workdir = None
+        if path:
+            result = call(
+                "vm.workspace.prepare",
+                {"vm": vm_name, "path": str(Path(path).resolve()), **opts},
+                progress=True,
+            )
+            print_prepared(result)
+            workdir = result["guest_path"]
+        status = run_ssh(vm_name, workdir, cmd, tty=attached() if cmd else True)
+    finally:
+        if remove:
+            try:
+                call("vm.delete", {"vm": vm_name})
+            except Exception as e:  # keep the command's own outcome; say what is left behind
+                print_error(f"could not delete vm {vm_name}: {e}")
+        else:
+            reminder(vm_name)
+    _exit(status)
+
+
+@click.command("exec", cls=DashDashCommand)
+@click.argument("vm_ref", metavar="VM")
+@click.option("--guest-path", help="where to run (default: the last prepared workspace, else ~)")
+@click.option("--auto-prepare", is_flag=True, help="re-sync the workspace when host HEAD moved")
+@click.pass_context
+def exec_cmd(ctx: click.Context, vm_ref: str, guest_path: str | None, auto_prepare: bool) -> None:
+    """Run `-- CMD…` in the VM's workspace; exits with the command's status."""
+    cmd: list[str] = ctx.meta.get("guest_cmd", [])
+    if not cmd:
+        raise click.UsageError("give the command after `--`, e.g. `banger vm exec VM -- make test`")
+    params: dict[str, Any] = {"vm": vm_ref, "dry_run": True}
+    if guest_path:
+        params["guest_path"] = guest_path
+    state = call("vm.workspace.prepare", params)
+    recorded = state.get("recorded")
+    workdir = guest_path or (recorded["guest_path"] if recorded else None)
+    if recorded and state.get("head_moved"):
+        old = (recorded.get("head_commit") or "none")[:12]
+        new = ((state.get("plan") or {}).get("head_commit") or "none")[:12]
+        if auto_prepare:
+            click.echo(dim(f"host HEAD moved ({old} → {new}); re-syncing the workspace"), err=True)
+            result = call(
+                "vm.workspace.prepare",
+                {"vm": vm_ref, "guest_path": recorded["guest_path"]},
+                progress=True,
+            )
+            print_prepared(result)
+        else:
+            click.echo(
+                f"warning: host HEAD moved since prepare ({old} → {new}) in "
+                f"{recorded['host_path']}; re-sync with --auto-prepare",
+                err=True,
+            )
+    _exit(run_ssh(vm_ref, workdir, cmd, tty=attached()))
+
+
+def register(group: click.Group) -> None:
+    from banger.cli.workspace import workspace
+
+    group.add_command(run_cmd)
+    group.add_command(exec_cmd)
+    group.add_command(workspace)

@@ -1,0 +1,166 @@
+"""RPC handlers: vm.workspace.prepare and vm.workspace.export (over SSH into the guest)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, cast
+
+from banger.daemon.context import RequestContext
+from banger.daemon.params import Params, parse_params
+from banger.rpc.errors import BadRequest, OperationFailed
+from banger.workspace import records
+from banger.workspace.export import export
+from banger.workspace.plan import DEFAULT_GUEST_PATH, Mode, PrepareOptions, make_plan
+from banger.workspace.ship import prepare
+from banger.workspace.transport import GuestExec, SSHGuestExec
+
+if TYPE_CHECKING:
+    from banger.daemon.app import Daemon
+    from banger.guest.ssh import SSHTarget
+
+
+class PrepareParams(Params):
+    vm: str
+    # Host path of the checkout; omitted = re-sync the recorded workspace from where it came.
+    path: str | None = None
+    guest_path: str | None = None
+    include_untracked: bool | None = None
+    readonly: bool | None = None
+    mode: Mode | None = None
+    branch: str | None = None
+    from_ref: str | None = None
+    dry_run: bool = False
+
+
+class ExportParams(Params):
+    vm: str
+    guest_path: str | None = None
+    base_commit: str | None = None
+
+
+class _VMRecord(Protocol):
+    @property
+    def id(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+
+
+class _VMService(Protocol):
+    """What workspace needs from the VM service (`d.vms`)."""
+
+    async def resolve(self, ref: str) -> Any: ...
+    async def ssh_target(self, ref: str) -> SSHTarget: ...
+
+
+def _vms(d: Daemon) -> _VMService:
+    vms = getattr(d, "vms", None)
+    if vms is None:
+        raise OperationFailed("this daemon has no VM service; workspaces need running VMs")
+    return cast(_VMService, vms)
+
+
+async def _vm_id(d: Daemon, ref: str) -> tuple[str, str]:
+    """(id, name) of the VM `ref` names (NotFound otherwise)."""
+    vm: _VMRecord = await _vms(d).resolve(ref)
+    return vm.id, vm.name
+
+
+async def _guest(d: Daemon, ref: str) -> GuestExec:
+    return SSHGuestExec(await _vms(d).ssh_target(ref))
+
+
+def _options(p: PrepareParams, rec: records.WorkspaceRecord | None) -> PrepareOptions:
+    """Explicit params win; a re-sync without them reuses what the workspace was prepared with."""
+    base = rec.options if rec is not None else PrepareOptions()
+    return PrepareOptions(
+        include_untracked=base.include_untracked
+        if p.include_untracked is None
+        else p.include_untracked,
+        readonly=base.readonly if p.readonly is None else p.readonly,
+        mode=base.mode if p.mode is None else p.mode,
+        branch=p.branch if p.branch is not None else (base.branch if p.path is None else None),
+        from_ref=p.from_ref,
+        guest_path=p.guest_path or (rec.guest_path if rec is not None else DEFAULT_GUEST_PATH),
+    )
+
+
+async def workspace_prepare(d: Daemon, ctx: RequestContext, params: dict[str, Any]) -> Any:
+    p = parse_params(PrepareParams, params)
+    vm_id, vm_name = await _vm_id(d, p.vm)
+    rec = records.find(d.store, vm_id, p.guest_path)
+    if p.path is None:
+        if rec is None:
+            if p.dry_run:
+                return {"vm": vm_name, "dry_run": True, "recorded": None, "plan": None}
+            raise BadRequest(
+                f"vm {vm_name} has no workspace yet; give the host checkout to prepare"
+            )
+        host_path = Path(rec.host_path)
+    else:
+        if not os.path.isabs(p.path):
+            raise BadRequest(f"path {p.path!r} must be absolute (the CLI resolves it)")
+        host_path = Path(p.path)
+    opts = _options(p, rec if p.path is None else None)
+    try:
+        plan, _ = await asyncio.to_thread(make_plan, host_path, opts)
+    except BadRequest as e:
+        if p.dry_run and p.path is None:
+            # `vm exec` asks whether host HEAD moved; a vanished checkout is a warning there.
+            return {
+                "vm": vm_name,
+                "dry_run": True,
+                "plan": None,
+                "recorded": rec.model_dump(mode="json") if rec is not None else None,
+                "head_moved": False,
+                "warning": e.message,
+            }
+        raise
+    recorded = rec.model_dump(mode="json") if rec is not None else None
+    if p.dry_run:
+        return {
+            "vm": vm_name,
+            "dry_run": True,
+            "plan": plan.model_dump(mode="json"),
+            "recorded": recorded,
+            "head_moved": rec is not None and rec.head_commit != plan.head_commit,
+        }
+    guest = await _guest(d, p.vm)
+    ctx.progress(stage="inspect", files=len(plan.files), bytes=plan.total_bytes)
+    result = await prepare(guest, plan, progress=lambda stage: ctx.progress(stage=stage))
+    records.save(
+        d.store,
+        records.WorkspaceRecord(
+            vm_id=vm_id,
+            guest_path=plan.guest_path,
+            host_path=plan.repo_root,
+            repo_name=plan.repo_name,
+            head_commit=plan.head_commit,
+            base_commit=plan.base_commit,
+            mode=plan.mode,
+            options=opts.model_copy(update={"guest_path": plan.guest_path, "from_ref": None}),
+            prepared_at=records.now(),
+        ),
+    )
+    return {"vm": vm_name, **result.model_dump(mode="json")}
+
+
+async def workspace_export(d: Daemon, ctx: RequestContext, params: dict[str, Any]) -> Any:
+    p = parse_params(ExportParams, params)
+    vm_id, vm_name = await _vm_id(d, p.vm)
+    rec = records.find(d.store, vm_id, p.guest_path)
+    guest_path = p.guest_path or (rec.guest_path if rec is not None else DEFAULT_GUEST_PATH)
+    base = p.base_commit or (rec.base_commit if rec is not None else None)
+    guest = await _guest(d, p.vm)
+    ctx.progress(stage="export")
+    result = await export(guest, guest_path, base)
+    return {
+        "vm": vm_name,
+        "guest_path": result.guest_path,
+        "base_commit": result.base_commit,
+        "files": [f.model_dump(mode="json") for f in result.files],
+        "patch_bytes": len(result.patch),
+        "patch_base64": base64.b64encode(result.patch).decode(),
+    }

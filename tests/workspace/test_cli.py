@@ -1,0 +1,51 @@
+"""The workspace CLI paths that need no VM: dry runs, refusals, argument parsing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from banger.cli.vm_run import remote_script
+from tests.conftest import BangerEnv
+
+
+def test_vm_run_dry_run_lists_files_without_a_daemon(repo: Path, banger_env: BangerEnv) -> None:
+    p = banger_env.banger("vm", "run", str(repo), "--dry-run", "--", "make", "test")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith("mode: overlay · 7 file(s)")
+    assert "  README.md\n" in p.stdout and "  src/app.py\n" in p.stdout
+    assert "  (deleted) gone.txt\n" in p.stdout
+    assert "notes.txt" not in p.stdout and "debug.log" not in p.stdout
+    assert not banger_env.paths.pid_file.exists()  # no daemon was started, no VM created
+
+
+def test_workspace_prepare_dry_run_json(repo: Path, banger_env: BangerEnv) -> None:
+    p = banger_env.banger(
+        "vm", "workspace", "prepare", "anyvm", str(repo), "--dry-run", "--json",
+        "--include-untracked", "--mode", "overlay",
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    plan = json.loads(p.stdout)
+    assert plan["mode"] == "overlay" and plan["include_untracked"] is True
+    assert "notes.txt" in plan["files"] and "debug.log" not in plan["files"]
+    assert plan["guest_path"] == "/root/repo"
+
+
+def test_non_repo_refused_before_anything_boots(tmp_path: Path, banger_env: BangerEnv) -> None:
+    p = banger_env.banger("vm", "run", str(tmp_path), "--", "true")
+    assert p.returncode == 1
+    assert "is not inside a git work tree" in p.stderr
+    assert not banger_env.paths.pid_file.exists()
+
+
+def test_exec_needs_a_command(banger_env: BangerEnv) -> None:
+    p = banger_env.banger("vm", "exec", "somevm")
+    assert p.returncode == 2
+    assert "give the command after `--`" in p.stderr
+
+
+def test_remote_script_quotes_the_command() -> None:
+    assert remote_script("/root/my repo", ["sh", "-c", "exit 7"]) == (
+        "cd -- '/root/my repo' && exec sh -c 'exit 7'"
+    )
+    assert remote_script(None, []) == 'exec "${SHELL:-/bin/sh}" -l'
