@@ -1,0 +1,206 @@
+"""Guest observations (load, memory, disk, listening sockets) with nothing in the guest beyond
+banger's payload: one SSH command runs the payload's static busybox, which prints /proc files and
+`df`; everything is parsed here, on the host. Every probe has a timeout.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import shlex
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from banger import proc
+
+BUSYBOX = "/.banger/bin/busybox"
+MARK = "@@banger-probe "
+
+
+# POSIX sh run by the payload's busybox. `ls -l /proc/*/fd` in one process (not one readlink per
+# fd: forks are slow under TCG) maps socket inodes to pids; `grep -H` names each pid's command.
+def guest_script(busybox: str = BUSYBOX) -> str:
+    return _SCRIPT.replace("@BUSYBOX@", shlex.quote(busybox))
+
+
+_SCRIPT = f"""\
+B=@BUSYBOX@
+echo '{MARK}loadavg'; $B cat /proc/loadavg
+echo '{MARK}meminfo'; $B cat /proc/meminfo
+echo '{MARK}df'; $B df -P -k / /root 2>/dev/null
+echo '{MARK}uptime'; $B cat /proc/uptime
+for f in tcp tcp6 udp udp6; do
+  echo "{MARK}net $f"; $B cat /proc/net/$f 2>/dev/null
+done
+echo '{MARK}fds'; $B ls -l /proc/[0-9]*/fd 2>/dev/null
+echo '{MARK}comm'; $B grep -H '' /proc/[0-9]*/comm 2>/dev/null
+echo '{MARK}end'
+"""
+
+
+@dataclass(frozen=True)
+class ListeningSocket:
+    proto: str  # "tcp" | "udp"
+    address: str
+    port: int
+    inode: int
+    pid: int | None = None
+    process: str | None = None
+
+    @property
+    def loopback_only(self) -> bool:
+        return ipaddress.ip_address(self.address).is_loopback
+
+
+@dataclass(frozen=True)
+class DiskUsage:
+    mount: str
+    total_bytes: int
+    used_bytes: int
+
+
+@dataclass
+class GuestSnapshot:
+    load: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    mem_total_bytes: int = 0
+    mem_available_bytes: int = 0
+    uptime_seconds: float = 0.0
+    disks: list[DiskUsage] = field(default_factory=list)
+    sockets: list[ListeningSocket] = field(default_factory=list)
+
+    @property
+    def mem_used_bytes(self) -> int:
+        return max(0, self.mem_total_bytes - self.mem_available_bytes)
+
+
+def split_sections(text: str) -> dict[str, str]:
+    sections: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in text.splitlines():
+        if line.startswith(MARK):
+            current = sections.setdefault(line[len(MARK) :].strip(), [])
+            continue
+        if current is not None:
+            current.append(line)
+    return {k: "\n".join(v) for k, v in sections.items()}
+
+
+def _hex_addr(hex_ip: str) -> str:
+    """/proc/net address words are host-endian (little-endian on x86) 32-bit groups."""
+    raw = bytes.fromhex(hex_ip)
+    swapped = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+    return str(ipaddress.ip_address(swapped))
+
+
+def parse_proc_net(text: str, proto: str) -> list[tuple[str, int, int]]:
+    """Listening sockets from /proc/net/{tcp,tcp6,udp,udp6}: (address, port, inode).
+
+    TCP: state 0A (LISTEN). UDP: state 07 with no remote peer (a bound, unconnected socket)."""
+    out = []
+    for line in text.splitlines()[1:]:
+        parts = line.split()
+        if len(parts) < 10 or ":" not in parts[1]:
+            continue
+        local, remote, state = parts[1], parts[2], parts[3]
+        if proto == "tcp" and state != "0A":
+            continue
+        if proto == "udp" and (state != "07" or not set(remote.split(":")[1]) <= {"0"}):
+            continue
+        hex_ip, hex_port = local.split(":")
+        try:
+            out.append((_hex_addr(hex_ip), int(hex_port, 16), int(parts[9])))
+        except ValueError:
+            continue
+    return out
+
+
+_FD_DIR_RE = re.compile(r"^/proc/(\d+)/fd:$")
+_SOCKET_RE = re.compile(r"-> socket:\[(\d+)\]$")
+
+
+def parse_fd_listing(text: str) -> dict[int, int]:
+    """socket inode → pid, from `ls -l /proc/[0-9]*/fd` (directory headers, then entries)."""
+    owners: dict[int, int] = {}
+    pid: int | None = None
+    for line in text.splitlines():
+        m = _FD_DIR_RE.match(line.strip())
+        if m:
+            pid = int(m.group(1))
+            continue
+        s = _SOCKET_RE.search(line.strip())
+        if s and pid is not None:
+            owners.setdefault(int(s.group(1)), pid)
+    return owners
+
+
+def parse_comm(text: str) -> dict[int, str]:
+    names = {}
+    for line in text.splitlines():
+        m = re.match(r"^/proc/(\d+)/comm:(.*)$", line)
+        if m:
+            names[int(m.group(1))] = m.group(2).strip()
+    return names
+
+
+def parse_meminfo(text: str) -> tuple[int, int]:
+    values = {}
+    for line in text.splitlines():
+        key, _, rest = line.partition(":")
+        fields = rest.split()
+        if fields and fields[0].isdigit():
+            values[key.strip()] = int(fields[0]) * 1024
+    total = values.get("MemTotal", 0)
+    available = values.get("MemAvailable", values.get("MemFree", 0))
+    return total, available
+
+
+def parse_df(text: str) -> list[DiskUsage]:
+    out, seen = [], set()
+    for line in text.splitlines()[1:]:
+        parts = line.split()
+        if len(parts) < 6 or not parts[1].isdigit():
+            continue
+        mount = parts[5]
+        if mount in seen:
+            continue
+        seen.add(mount)
+        out.append(DiskUsage(mount, int(parts[1]) * 1024, int(parts[2]) * 1024))
+    return out
+
+
+def parse_snapshot(text: str) -> GuestSnapshot:
+    s = split_sections(text)
+    if "end" not in s:
+        raise ValueError("the guest probe output is incomplete")
+    snap = GuestSnapshot()
+    load = s.get("loadavg", "").split()
+    if len(load) >= 3:
+        snap.load = (float(load[0]), float(load[1]), float(load[2]))
+    snap.mem_total_bytes, snap.mem_available_bytes = parse_meminfo(s.get("meminfo", ""))
+    up = s.get("uptime", "").split()
+    snap.uptime_seconds = float(up[0]) if up else 0.0
+    snap.disks = parse_df(s.get("df", ""))
+    owners = parse_fd_listing(s.get("fds", ""))
+    names = parse_comm(s.get("comm", ""))
+    found: dict[tuple[str, str, int], ListeningSocket] = {}
+    for key in ("tcp", "tcp6", "udp", "udp6"):
+        proto = key.rstrip("6")
+        for addr, port, inode in parse_proc_net(s.get(f"net {key}", ""), proto):
+            pid = owners.get(inode)
+            sock = ListeningSocket(proto, addr, port, inode, pid, names.get(pid) if pid else None)
+            found.setdefault((proto, addr, port), sock)
+    snap.sockets = sorted(found.values(), key=lambda x: (x.proto, x.port, x.address))
+    return snap
+
+
+def remote_command(script: str) -> str:
+    """One remote command string (ssh joins argv with spaces for the remote shell)."""
+    return f"{BUSYBOX} sh -c {shlex.quote(script)}"
+
+
+async def run_ssh(ssh_argv: Sequence[str], *, timeout: float) -> tuple[proc.Result, float]:
+    """Run an ssh argv (built by guest.ssh.ssh_argv) with a hard timeout; (result, seconds)."""
+    started = time.monotonic()
+    result = await proc.run(ssh_argv, check=False, timeout=timeout, what="ssh")
+    return result, time.monotonic() - started

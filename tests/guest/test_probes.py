@@ -1,0 +1,92 @@
+"""The guest probe script and its parsers, run for real against this host's /proc with busybox."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+
+import pytest
+
+from banger.guest import probes
+
+
+def run_script_here() -> probes.GuestSnapshot:
+    busybox = shutil.which("busybox")
+    if busybox is None:
+        pytest.skip("busybox is not installed")
+    out = subprocess.run(
+        ["sh", "-c", probes.guest_script(busybox)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    return probes.parse_snapshot(out)
+
+
+def test_listening_sockets_with_owner_process() -> None:
+    tcp = socket.socket()
+    tcp.bind(("127.0.0.1", 0))
+    tcp.listen()
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("127.0.0.1", 0))
+    tcp6 = socket.socket(socket.AF_INET6)
+    tcp6.bind(("::1", 0))
+    tcp6.listen()
+    connected = socket.create_connection(tcp.getsockname())  # not listening: must not show
+    try:
+        snap = run_script_here()
+        me = os.getpid()
+        by_key = {(s.proto, s.address, s.port): s for s in snap.sockets}
+        t = by_key[("tcp", "127.0.0.1", tcp.getsockname()[1])]
+        with open(f"/proc/{me}/comm") as f:
+            assert t.pid == me and t.process == f.read().strip()
+        assert t.loopback_only
+        u = by_key[("udp", "127.0.0.1", udp.getsockname()[1])]
+        assert u.pid == me
+        assert ("tcp", "::1", tcp6.getsockname()[1]) in by_key
+        assert ("tcp", "127.0.0.1", connected.getsockname()[1]) not in by_key
+    finally:
+        for s in (tcp, udp, tcp6, connected):
+            s.close()
+
+
+def test_load_memory_disk_and_uptime() -> None:
+    snap = run_script_here()
+    assert snap.mem_total_bytes > 0 and 0 < snap.mem_used_bytes < snap.mem_total_bytes
+    assert all(x >= 0 for x in snap.load)
+    assert snap.uptime_seconds > 0
+    root = [d for d in snap.disks if d.mount == "/"]
+    assert root and root[0].total_bytes >= root[0].used_bytes > 0
+
+
+def test_proc_net_parsing_of_known_lines() -> None:
+    tcp = (
+        "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  "
+        "timeout inode\n"
+        "   0: 00000000:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0 "
+        "       0 1234 1 0000000000000000 100 0 0 10 0\n"
+        "   1: 0100007F:1F90 0100007F:C350 01 00000000:00000000 00:00000000 00000000     0 "
+        "       0 1235 1 0000000000000000 100 0 0 10 0\n"
+    )
+    assert probes.parse_proc_net(tcp, "tcp") == [("0.0.0.0", 22, 1234)]
+    tcp6 = (
+        "header\n"
+        "   0: 00000000000000000000000001000000:1F90 00000000000000000000000000000000:0000 0A "
+        "00000000:00000000 00:00000000 00000000     0        0 77 1 0 100 0 0 10 0\n"
+    )
+    assert probes.parse_proc_net(tcp6, "tcp") == [("::1", 8080, 77)]
+
+
+def test_incomplete_output_is_an_error() -> None:
+    with pytest.raises(ValueError, match="incomplete"):
+        probes.parse_snapshot(probes.MARK + "loadavg\n0.1 0.2 0.3 1/2 3\n")
+
+
+def test_remote_command_quotes_the_script() -> None:
+    cmd = probes.remote_command("echo 'a b'; exit 3")
+    assert cmd.startswith(probes.BUSYBOX + " sh -c ")
+    out = subprocess.run(["sh", "-c", cmd.replace(probes.BUSYBOX, "busybox")], capture_output=True)
+    assert out.returncode == 3 and out.stdout == b"a b\n"
