@@ -181,14 +181,16 @@ class Helper:
         raw = params["rules"]
         if not isinstance(raw, list) or len(raw) > MAX_NAT_RULES:
             raise BadRequest(f"argument 'rules' must be a list of at most {MAX_NAT_RULES} rules")
-        subnet = await self._bridge_subnet(bridge)
         checked = []
         for i, r in enumerate(raw):
             if not isinstance(r, dict) or set(r) != {"ip", "tap"}:
                 raise BadRequest(f"argument 'rules[{i}]' must be an object with 'ip' and 'tap'")
             ip = rules.guest_address(r["ip"], f"rules[{i}].ip")
-            rules.require_in_subnet(ip, subnet, bridge)
             checked.append(NatRule(ip=str(ip), tap=rules.tap_name(r["tap"], f"rules[{i}].tap")))
+        # Only guests of banger's bridge, as the kernel has it configured right now.
+        subnet = await self._bridge_subnet(bridge)
+        for rule in checked:
+            rules.require_in_subnet(ipaddress.IPv4Address(rule.ip), subnet, bridge)
         await self.ops.sync_nat(bridge, checked)
 
     async def remove_nat_table(self, params: dict[str, Any]) -> None:
