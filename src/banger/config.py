@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Literal
@@ -59,6 +61,28 @@ class Config(_Strict):
     default_dns: str = "1.1.1.1"
     vm_defaults: VMDefaults = Field(default_factory=VMDefaults)
 
+    @field_validator("bridge_name")
+    @classmethod
+    def _bridge_name(cls, v: str) -> str:
+        # banger only ever creates or deletes bridges named like its own (network/privops.py).
+        if not re.fullmatch(r"br-banger(-[a-z0-9]{1,5})?", v):
+            raise ValueError("must be 'br-banger' or 'br-banger-<1 to 5 of a-z0-9>'")
+        return v
+
+    @field_validator("bridge_ip")
+    @classmethod
+    def _bridge_ip(cls, v: str) -> str:
+        ip = ipaddress.IPv4Address(v)
+        if not ip.is_private or ip.is_loopback or ip.is_link_local:
+            raise ValueError("must be a private IPv4 address such as 172.16.0.1")
+        return v
+
+    @field_validator("default_dns")
+    @classmethod
+    def _dns(cls, v: str) -> str:
+        ipaddress.IPv4Address(v)
+        return v
+
 
 def _format_error(path: Path, err: ValidationError) -> str:
     parts = []
@@ -89,6 +113,12 @@ def load_config(path: Path) -> Config:
                 f"BANGER_LOG_LEVEL={env_level!r} is not one of {', '.join(LOG_LEVELS)}"
             )
         data["log_level"] = env_level
+    # BANGER_NETWORK overrides `network` (tests keep daemons off the host network with `user`).
+    env_net = os.environ.get("BANGER_NETWORK", "").strip().lower()
+    if env_net:
+        if env_net not in ("auto", "user", "bridge"):
+            raise ConfigError(f"BANGER_NETWORK={env_net!r} is not one of auto, user, bridge")
+        data["network"] = env_net
     try:
         return Config.model_validate(data)
     except ValidationError as e:
