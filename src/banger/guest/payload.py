@@ -1,0 +1,321 @@
+"""The guest payload: what banger puts on each VM's seed disk (mounted read-only at /.banger).
+
+The initramfs mounts the seed and switch_roots into the image with `banger.init=/.banger/init`.
+That script (PID 1, static busybox) mounts /proc /sys /dev /run, sets the hostname, configures
+the network, mounts the work disk at /root (seeding it from the image's /root on first boot),
+starts the image's OpenSSH with banger's config (host key and authorized key from the seed),
+starts the control-channel agent, reports READY, then either execs the image's systemd or stays
+PID 1 as a minimal supervisor. Images themselves are never modified.
+
+Seed layout: bin/busybox, init, vm.env, sshd_config, ssh/{authorized_keys,ssh_host_ed25519_key*}.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from banger.proc import run_sync
+
+SEED_LABEL = "banger-seed"
+WORK_LABEL = "banger-work"
+SEED_SIZE_MIB = 8
+CONTROL_PORT = "banger.ctl"
+GUEST_INIT = "/.banger/init"
+
+InitMode = Literal["auto", "systemd", "minimal"]
+
+
+@dataclass(frozen=True)
+class GuestNetwork:
+    """Static guest network config. `kind = "user"` is QEMU slirp's fixed addresses; a "tap"
+    attachment (networking issue) fills address/prefix/gateway/dns from its own allocator."""
+
+    kind: Literal["user", "tap", "none"] = "user"
+    address: str = "10.0.2.15"
+    prefix: int = 24
+    gateway: str = "10.0.2.2"
+    dns: tuple[str, ...] = ("10.0.2.3",)
+    mac: str = ""
+
+
+@dataclass(frozen=True)
+class SeedConfig:
+    vm_id: str
+    hostname: str
+    authorized_keys: str
+    host_key_private: str
+    host_key_public: str
+    init_mode: InitMode = "auto"
+    network: GuestNetwork = field(default_factory=GuestNetwork)
+    has_work_disk: bool = True
+
+
+_HOSTNAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+def _env_lines(cfg: SeedConfig) -> str:
+    if not _HOSTNAME_RE.match(cfg.hostname):
+        raise ValueError(f"invalid guest hostname {cfg.hostname!r}")
+    net = cfg.network
+    values: dict[str, str] = {
+        "BANGER_VM_ID": cfg.vm_id,
+        "BANGER_HOSTNAME": cfg.hostname,
+        "BANGER_INIT_MODE": cfg.init_mode,
+        "BANGER_WORK": "1" if cfg.has_work_disk else "0",
+        "BANGER_NET_KIND": net.kind,
+        "BANGER_NET_ADDR": "",
+        "BANGER_NET_PREFIX": "",
+        "BANGER_NET_GW": "",
+        "BANGER_NET_DNS": "",
+    }
+    if net.kind != "none":
+        values["BANGER_NET_ADDR"] = str(ipaddress.IPv4Address(net.address))
+        if not 1 <= net.prefix <= 32:
+            raise ValueError(f"invalid network prefix {net.prefix}")
+        values["BANGER_NET_PREFIX"] = str(net.prefix)
+        values["BANGER_NET_GW"] = str(ipaddress.IPv4Address(net.gateway)) if net.gateway else ""
+        values["BANGER_NET_DNS"] = " ".join(str(ipaddress.ip_address(d)) for d in net.dns)
+    for k, v in values.items():
+        # Sourced by the guest shell: only plain characters ever reach it.
+        if not re.fullmatch(r"[A-Za-z0-9 ._:/-]*", v):
+            raise ValueError(f"invalid guest setting {k}={v!r}")
+    return "".join(f"{k}='{v}'\n" for k, v in values.items())
+
+
+SSHD_CONFIG = """\
+# banger's sshd config (the image's own config is not read). Tuned for fast first connections
+# under TCG: one KEX, no PAM, no re-exec (sshd -r), no DNS lookups.
+Port 22
+HostKey /.banger/ssh/ssh_host_ed25519_key
+AuthorizedKeysFile /.banger/ssh/authorized_keys .ssh/authorized_keys
+PermitRootLogin prohibit-password
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+UseDNS no
+KexAlgorithms curve25519-sha256,curve25519-sha256@libssh.org
+PidFile /run/banger-sshd.pid
+PrintMotd no
+AcceptEnv LANG LC_*
+Subsystem sftp internal-sftp
+SetEnv PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+"""
+
+# PID 1 after switch_root. Only busybox applets (by full path) until the image's tools are known.
+INIT_SCRIPT = r"""#!/.banger/bin/busybox sh
+# banger guest init (seed disk, read-only). See banger/guest/payload.py.
+BB=/.banger/bin/busybox
+PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export PATH
+. /.banger/vm.env
+
+say() { echo "banger-guest: $*" >/dev/console 2>/dev/null; }
+ctl() { [ -e "/dev/virtio-ports/banger.ctl" ] && echo "$*" >/dev/virtio-ports/banger.ctl; }
+die() {
+    say "ERROR $*"
+    ctl "ERROR $*"
+    $BB sync
+    $BB poweroff -f
+    while :; do $BB sleep 3600; done
+}
+
+# --- mounts --- (busybox-static has no `mountpoint` applet)
+mounted() { [ -r /proc/mounts ] && $BB grep -q "^[^ ]* $1 " /proc/mounts; }
+$BB mkdir -p /proc /sys /dev /run /tmp
+mounted /proc || $BB mount -t proc proc /proc
+mounted /sys || $BB mount -t sysfs sysfs /sys
+mounted /dev || $BB mount -t devtmpfs devtmpfs /dev
+$BB mkdir -p /dev/pts /dev/shm
+mounted /dev/pts || $BB mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts /dev/pts
+mounted /dev/shm || $BB mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /dev/shm
+mounted /run || $BB mount -t tmpfs -o mode=755,nosuid,nodev tmpfs /run
+mounted /tmp || $BB mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /tmp
+[ -e /dev/ptmx ] || $BB ln -s pts/ptmx /dev/ptmx
+$BB ln -sf /proc/self/fd /dev/fd 2>/dev/null
+
+# No udev here: make the /dev/virtio-ports/<name> links ourselves.
+$BB mkdir -p /dev/virtio-ports
+for p in /sys/class/virtio-ports/*; do
+    [ -e "$p/name" ] || continue
+    $BB ln -sf "../${p##*/}" "/dev/virtio-ports/$($BB cat "$p/name")"
+done
+
+# --- hostname ---
+$BB hostname "$BANGER_HOSTNAME"
+echo "$BANGER_HOSTNAME" >/etc/hostname 2>/dev/null
+if ! $BB grep -q "[[:space:]]$BANGER_HOSTNAME\$" /etc/hosts 2>/dev/null; then
+    [ -s /etc/hosts ] || echo "127.0.0.1 localhost" >/etc/hosts
+    echo "127.0.1.1 $BANGER_HOSTNAME" >>/etc/hosts
+fi
+
+# --- network ---
+$BB ip link set lo up
+if [ "$BANGER_NET_KIND" != none ]; then
+    $BB ip link set eth0 up || die "no network interface eth0"
+    $BB ip addr add "$BANGER_NET_ADDR/$BANGER_NET_PREFIX" dev eth0
+    [ -n "$BANGER_NET_GW" ] && $BB ip route add default via "$BANGER_NET_GW" dev eth0
+    if [ -n "$BANGER_NET_DNS" ]; then
+        $BB rm -f /etc/resolv.conf
+        for ns in $BANGER_NET_DNS; do echo "nameserver $ns"; done >/etc/resolv.conf
+    fi
+fi
+
+# --- work disk at /root (persistent home, seeded from the image's /root on first boot) ---
+if [ "$BANGER_WORK" = 1 ]; then
+    wdev=""
+    n=0
+    while [ $n -lt 250 ]; do
+        wdev="$($BB findfs LABEL=banger-work 2>/dev/null)" && break
+        $BB usleep 20000
+        n=$((n + 1))
+    done
+    [ -n "$wdev" ] || die "work disk (LABEL=banger-work) not found"
+    $BB mkdir -p /run/banger-work /root
+    $BB mount -t ext4 -o rw,noatime "$wdev" /run/banger-work || die "cannot mount work disk $wdev"
+    if [ ! -e /run/banger-work/.banger-seeded ]; then
+        $BB cp -a /root/. /run/banger-work/ 2>/dev/null
+        $BB chmod 0700 /run/banger-work
+        $BB touch /run/banger-work/.banger-seeded
+    fi
+    $BB mount --move /run/banger-work /root || die "cannot move the work disk to /root"
+fi
+
+# --- init mode ---
+mode="$BANGER_INIT_MODE"
+systemd=""
+for c in /lib/systemd/systemd /usr/lib/systemd/systemd; do
+    [ -x "$c" ] && systemd="$c" && break
+done
+if [ "$mode" = auto ]; then
+    if [ -n "$systemd" ]; then mode=systemd; else mode=minimal; fi
+fi
+[ "$mode" = systemd ] && [ -z "$systemd" ] && die "--init systemd: the image has no systemd"
+
+# --- SSH server: the image's OpenSSH with banger's config ---
+sshd=""
+for c in /usr/sbin/sshd /usr/bin/sshd /sbin/sshd; do
+    [ -x "$c" ] && sshd="$c" && break
+done
+[ -n "$sshd" ] ||
+    die "the image has no OpenSSH server (/usr/sbin/sshd): install openssh-server in it"
+$BB mkdir -p /run/sshd /var/empty
+$BB chmod 0755 /run/sshd
+"$sshd" -r -f /.banger/sshd_config -E /run/banger-sshd.log ||
+    die "sshd failed to start: $($BB tail -n 3 /run/banger-sshd.log 2>/dev/null)"
+
+# --- control channel agent: READY, then commands from the host (stop, ping) ---
+stop_guest() {
+    if [ "$mode" = systemd ]; then
+        systemctl --no-block poweroff || $BB kill -s RTMIN+4 1
+    else
+        $BB kill -USR2 1
+    fi
+}
+agent() {
+    port=/dev/virtio-ports/banger.ctl
+    [ -e "$port" ] || { say "no control port"; return; }
+    exec 3<>"$port"
+    echo "READY mode=$mode" >&3
+    while :; do
+        if read -r cmd <&3; then
+            case "$cmd" in
+                stop) stop_guest ;;
+                ping) echo pong >&3 ;;
+            esac
+        else
+            # The host end is not connected: reads see EOF until it comes back.
+            $BB sleep 0.2
+        fi
+    done
+}
+agent </dev/null >/dev/null 2>&1 &
+
+# systemctl poweroff/reboot without systemd falls back to the SysV /run/initctl FIFO.
+if [ "$mode" = minimal ]; then
+    # Images without any poweroff (minbase): busybox's signals PID 1, which shuts down fast.
+    for c in poweroff reboot halt; do
+        found=""
+        for d in /usr/local/sbin /usr/sbin /sbin /usr/bin /bin; do
+            [ -e "$d/$c" ] && found=1 && break
+        done
+        if [ -z "$found" ]; then
+            $BB mkdir -p /usr/local/sbin
+            $BB ln -sf /.banger/bin/busybox "/usr/local/sbin/$c"
+        fi
+    done
+    $BB mkfifo -m 600 /run/initctl 2>/dev/null
+    (while :; do $BB cat /run/initctl >/dev/null 2>&1; $BB kill -USR2 1; $BB sleep 1; done) \
+        </dev/null >/dev/null 2>&1 &
+fi
+say "READY mode=$mode"
+
+if [ "$mode" = systemd ]; then
+    # banger's sshd is already up: keep the image's from fighting it for port 22, and skip
+    # units that wait for udev events that never come without udev.
+    $BB mkdir -p /run/systemd/system
+    for u in ssh.service ssh.socket sshd.service networking.service e2scrub_reap.service \
+        systemd-networkd-wait-online.service; do
+        $BB ln -sf /dev/null "/run/systemd/system/$u"
+    done
+    exec "$systemd"
+fi
+
+# --- minimal supervisor (PID 1) ---
+shutdown_now() {
+    trap '' TERM USR1 USR2 INT
+    say "shutting down"
+    kill -TERM -1 2>/dev/null
+    $BB usleep 100000
+    kill -KILL -1 2>/dev/null
+    $BB sync
+    $BB umount /root 2>/dev/null || $BB mount -o remount,ro /root 2>/dev/null
+    $BB mount -o remount,ro / 2>/dev/null
+    $BB poweroff -f
+}
+# busybox poweroff/halt/reboot signal PID 1 with USR2/USR1/TERM; a guest reboot ends the VM too.
+trap shutdown_now TERM USR1 USR2 INT
+while :; do
+    $BB sleep 3600 &
+    wait $!
+done
+"""
+
+
+def build_seed(out: Path, cfg: SeedConfig, *, busybox: Path = Path("/bin/busybox")) -> None:
+    """Write the seed ext4 image to `out` (staged beside it, renamed into place)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".seed-", dir=out.parent) as tmp:
+        tree = Path(tmp) / "tree"
+        (tree / "bin").mkdir(parents=True)
+        (tree / "ssh").mkdir(mode=0o700)
+        shutil.copyfile(busybox, tree / "bin/busybox")
+        os.chmod(tree / "bin/busybox", 0o755)
+        _write(tree / "init", INIT_SCRIPT, 0o755)
+        _write(tree / "vm.env", _env_lines(cfg), 0o644)
+        _write(tree / "sshd_config", SSHD_CONFIG, 0o644)
+        _write(tree / "ssh/authorized_keys", cfg.authorized_keys.strip() + "\n", 0o644)
+        _write(tree / "ssh/ssh_host_ed25519_key", cfg.host_key_private, 0o600)
+        _write(tree / "ssh/ssh_host_ed25519_key.pub", cfg.host_key_public.strip() + "\n", 0o644)
+        img = Path(tmp) / "seed.ext4"
+        with open(img, "wb") as f:
+            f.truncate(SEED_SIZE_MIB << 20)
+        argv = ["mkfs.ext4", "-q", "-F", "-L", SEED_LABEL, "-O", "^has_journal"]
+        argv += ["-E", "root_owner=0:0", "-d", str(tree), str(img)]
+        if os.getuid() != 0:
+            # Files in the guest must be root-owned (sshd's StrictModes); fakeroot makes them so.
+            argv = ["fakeroot", *argv]
+        run_sync(argv, what="mkfs.ext4 (seed disk)", timeout=60)
+        os.replace(img, out)
+
+
+def _write(path: Path, text: str, mode: int) -> None:
+    path.write_text(text)
+    os.chmod(path, mode)
