@@ -80,6 +80,9 @@ def banger_env() -> Iterator[BangerEnv]:
             "XDG_CACHE_HOME": str(root / "cache"),
             "XDG_RUNTIME_DIR": str(root / "run"),
             "NO_COLOR": "1",
+            # Test daemons run as root but must never touch the host's network: user-mode unless
+            # a test opts into bridged networking inside a namespace it created (tests/network).
+            "BANGER_NETWORK": "user",
         }
     )
     env.pop("BANGER_LOG_LEVEL", None)
