@@ -1,0 +1,105 @@
+"""The SSH GuestExec against a real OpenSSH server on 127.0.0.1 (no VM needed).
+
+Runs the same prepare → edit → export round trip as the local tests, but every guest command
+and every byte of history and overlay goes through banger's ssh argv and a real sshd.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from banger.guest.ssh import SSHTarget, generate_host_key, pin_host_key
+from banger.workspace.export import export
+from banger.workspace.plan import PrepareOptions, make_plan
+from banger.workspace.ship import prepare
+from banger.workspace.transport import SSHGuestExec
+from tests.workspace.conftest import git, tree_of
+
+SSHD = Path("/usr/sbin/sshd")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def sshd_target() -> Iterator[SSHTarget]:
+    if not SSHD.exists() or os.geteuid() != 0:
+        pytest.skip("needs root and /usr/sbin/sshd")
+    d = Path(tempfile.mkdtemp(prefix="bg-sshd-"))
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "client")], check=True
+    )
+    _priv, host_pub = generate_host_key(d / "host")
+    (d / "authorized_keys").write_text((d / "client.pub").read_text())
+    os.chmod(d / "authorized_keys", 0o600)
+    port = _free_port()
+    config = d / "sshd_config"
+    config.write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d / 'host' / 'ssh_host_ed25519_key'}\n"
+        f"AuthorizedKeysFile {d / 'authorized_keys'}\nUsePAM no\nPidFile none\n"
+        "PermitRootLogin prohibit-password\nStrictModes no\n"
+    )
+    Path("/run/sshd").mkdir(exist_ok=True)
+    proc = subprocess.Popen([str(SSHD), "-D", "-e", "-f", str(config)], stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                if s.recv(4).startswith(b"SSH-"):
+                    break
+        except OSError:
+            time.sleep(0.05)
+    else:
+        proc.kill()
+        pytest.fail("sshd did not come up")
+    known = d / "known_hosts"
+    pin_host_key(known, "wsfake.vm", host_pub)
+    yield SSHTarget("127.0.0.1", port, "root", d / "client", known, "wsfake")
+    proc.terminate()
+    proc.wait(timeout=10)
+    shutil.rmtree(d, ignore_errors=True)
+
+
+async def test_round_trip_over_real_ssh(repo: Path, tmp_path: Path, sshd_target: SSHTarget) -> None:
+    guest = SSHGuestExec(sshd_target)
+    gp = tmp_path / "over ssh" / "repo"  # a space: the remote line must be quoted right
+    plan, _ = make_plan(repo, PrepareOptions(guest_path=str(gp), include_untracked=True))
+    result = await prepare(guest, plan)
+    assert result.base_commit == git(repo, "rev-parse", "HEAD").strip()
+    assert tree_of(gp) == tree_of(repo)
+    (gp / "src" / "app.py").write_text("print('over ssh')\n")
+    (gp / "notes.txt").unlink()
+    (gp / "new.bin").write_bytes(b"\0\1\2" * 500)
+    exported = await export(guest, str(gp), result.base_commit)
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(repo), str(clone)], check=True)
+    git(clone, "checkout", "-q", str(result.base_commit))
+    git(clone, "apply", "--index", input=exported.patch)
+    assert tree_of(clone) == tree_of(gp)
+
+
+async def test_ssh_failure_is_reported_not_mistaken_for_exit_status(
+    sshd_target: SSHTarget, tmp_path: Path
+) -> None:
+    from banger.rpc.errors import OperationFailed
+
+    wrong = SSHTarget(
+        sshd_target.host, sshd_target.port, "root", sshd_target.key_path,
+        tmp_path / "empty_known_hosts", "wsfake",
+    )  # fmt: skip
+    with pytest.raises(OperationFailed, match="ssh to vm wsfake failed"):
+        await SSHGuestExec(wrong).run(["true"])
+    res = await SSHGuestExec(sshd_target).run(["sh", "-c", "exit 7"])
+    assert res.returncode == 7
