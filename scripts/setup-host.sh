@@ -13,6 +13,7 @@ PACKAGES=(
   mmdebstrap debian-archive-keyring   # offline default image (debian-bookworm) from the Debian mirror
   docker-registry skopeo umoci apache2-utils  # real OCI registry + fixture tooling for tests/bench
   iproute2 nftables socat git ca-certificates procps
+  systemd util-linux passwd           # systemd-analyze verify (units), setpriv + useradd (helper tests)
 )
 
 missing=()
