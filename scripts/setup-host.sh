@@ -9,6 +9,7 @@ PACKAGES=(
   e2fsprogs fakeroot                  # mkfs.ext4 -d, debugfs, resize2fs; rootless ownership
   busybox-static cpio kmod zstd       # guest payload, initramfs assembly
   linux-image-amd64                   # the distro kernel imported as the default guest kernel
+  lz4 xz-utils                        # kernel payload compressors (tests/kernels, bench)
   openssh-client openssh-server       # ssh to guests; sshd binaries for the offline image build
   mmdebstrap debian-archive-keyring   # offline default image (debian-bookworm) from the Debian mirror
   docker-registry skopeo umoci apache2-utils  # real OCI registry + fixture tooling for tests/bench
