@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
 import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -90,3 +94,53 @@ def test_remote_command_quotes_the_script() -> None:
     assert cmd.startswith(probes.BUSYBOX + " sh -c ")
     out = subprocess.run(["sh", "-c", cmd.replace(probes.BUSYBOX, "busybox")], capture_output=True)
     assert out.returncode == 3 and out.stdout == b"a b\n"
+
+
+async def test_control_ping_against_a_real_unix_socket(tmp_path: Path) -> None:
+    """The agent's protocol: a queued READY line may come first; `ping` is answered by `pong`."""
+    path = str(tmp_path / "ctl.sock")
+
+    async def agent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"READY mode=minimal\n")
+        if (await reader.readline()).strip() == b"ping":
+            writer.write(b"pong\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_unix_server(agent, path)
+    async with server:
+        assert 0 <= await probes.control_ping(path, timeout=2) < 2
+
+
+async def test_control_ping_times_out_when_nobody_answers(tmp_path: Path) -> None:
+    path = str(tmp_path / "ctl.sock")
+
+    async def mute(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(5)
+
+    server = await asyncio.start_unix_server(mute, path)
+    async with server:
+        with pytest.raises(TimeoutError):
+            await probes.control_ping(path, timeout=0.3)
+    with pytest.raises(OSError):
+        await probes.control_ping(str(tmp_path / "absent.sock"), timeout=0.3)
+
+
+def test_host_sampling_of_a_busy_process(tmp_path: Path) -> None:
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        first, rss, threads = probes.sample_process(busy.pid)
+        time.sleep(0.5)
+        second, _, _ = probes.sample_process(busy.pid)
+        assert probes.cpu_percent(first, second) > 30
+        assert rss > 1_000_000 and threads >= 1
+    finally:
+        busy.kill()
+        busy.wait()
+    f = tmp_path / "sparse"
+    with f.open("wb") as fh:
+        fh.truncate(100 * 1024 * 1024)
+        fh.write(b"x" * 8192)
+    allocated = probes.allocated_bytes(str(f))
+    assert allocated is not None and 8192 <= allocated < 1024 * 1024
+    assert probes.allocated_bytes(str(tmp_path / "missing")) is None

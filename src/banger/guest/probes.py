@@ -5,7 +5,10 @@ banger's payload: one SSH command runs the payload's static busybox, which print
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ipaddress
+import os
 import re
 import shlex
 import time
@@ -204,3 +207,78 @@ async def run_ssh(ssh_argv: Sequence[str], *, timeout: float) -> tuple[proc.Resu
     started = time.monotonic()
     result = await proc.run(ssh_argv, check=False, timeout=timeout, what="ssh")
     return result, time.monotonic() - started
+
+
+# --- control channel (virtio-serial port; the payload's agent answers `ping` with `pong`) ---
+
+
+async def control_ping(path: str, timeout: float = 2.0) -> float:
+    """Round trip of `ping` on the guest's control channel, in seconds; raises on timeout/error.
+
+    The agent may have queued a READY line for whoever connects first: skip anything but pong."""
+    started = time.monotonic()
+
+    async def exchange() -> None:
+        reader, writer = await asyncio.open_unix_connection(path)
+        try:
+            writer.write(b"ping\n")
+            await writer.drain()
+            while True:
+                line = await reader.readline()
+                if not line:
+                    raise ConnectionError("the control channel closed without answering")
+                if line.strip() == b"pong":
+                    return
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    await asyncio.wait_for(exchange(), timeout)
+    return time.monotonic() - started
+
+
+# --- host side of a VM: the VMM process and its disk files ---
+
+
+@dataclass
+class HostSample:
+    cpu_seconds: float
+    at: float
+
+
+@dataclass(frozen=True)
+class HostStats:
+    cpu_percent: float
+    rss_bytes: int
+    threads: int
+
+
+def sample_process(pid: int) -> tuple[HostSample, int, int]:
+    """(cpu sample, rss bytes, threads) of the VMM process; psutil.Error when it is gone."""
+    import psutil
+
+    p = psutil.Process(pid)
+    with p.oneshot():
+        t = p.cpu_times()
+        rss = p.memory_info().rss
+        threads = p.num_threads()
+    return HostSample(t.user + t.system, time.monotonic()), rss, threads
+
+
+def cpu_percent(prev: HostSample, cur: HostSample) -> float:
+    """CPU use between two samples, in percent of one core (QEMU TCG threads can exceed 100)."""
+    elapsed = cur.at - prev.at
+    if elapsed <= 0:
+        return 0.0
+    return round(100.0 * max(0.0, cur.cpu_seconds - prev.cpu_seconds) / elapsed, 1)
+
+
+def allocated_bytes(path: str | None) -> int | None:
+    """Bytes a (sparse / qcow2) disk file really occupies on the host."""
+    if not path:
+        return None
+    try:
+        return os.stat(path).st_blocks * 512
+    except OSError:
+        return None
