@@ -14,6 +14,7 @@ PACKAGES=(
   mmdebstrap debian-archive-keyring   # offline default image (debian-bookworm) from the Debian mirror
   docker-registry skopeo umoci apache2-utils  # real OCI registry + fixture tooling for tests/bench
   iproute2 nftables socat git ca-certificates procps
+  xfsprogs                            # a loop-mounted XFS: real reflink clones in the Firecracker raw-disk tests
   systemd util-linux passwd           # systemd-analyze verify (units), setpriv + useradd (helper tests)
 )
 

@@ -327,6 +327,12 @@ class FirecrackerDriver:
 
     async def launch(self, spec: VMSpec) -> VMHandle:
         disks = self._check_spec(spec)
+        for binary in [self.firecracker_bin] + ([self.jailer.binary] if self.jailer else []):
+            if shutil.which(binary) is None:
+                raise DriverError(
+                    f"firecracker binary {binary!r} not found: install Firecracker "
+                    "(docs/firecracker.md) or set firecracker_bin / jailer_bin in config.toml"
+                )
         ident = instance_id(spec.vm_id)
         files = [spec.kernel, *([spec.initrd] if spec.initrd else []), *(d.path for _, d in disks)]
         lay = self._layout(spec, ident, files)

@@ -1,0 +1,165 @@
+"""A fake `firecracker` executable: the contract double served on `--api-sock` like the real one.
+
+Tests put a `firecracker` wrapper for this script on PATH, so the driver's real process
+management (spawn, socket wait, signals, exit on Ctrl-Alt-Del, re-attach) is exercised. The guest
+is simulated only as far as the host can observe it: boot lines on the serial console (stdout),
+a vsock listener answering `CONNECT <port>` with `OK <n>` and echoing lines, and a reboot (the
+process exits 0) on Ctrl-Alt-Del when the command line has `reboot=k`, as a real guest with an
+i8042 would. Every API call is appended as a JSON line to $BANGER_FC_DOUBLE_LOG when set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import socketserver
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from fc_double import FirecrackerDouble
+
+CALL_LOG = os.environ.get("BANGER_FC_DOUBLE_LOG", "")
+GUEST_PORTS = {
+    int(p) for p in os.environ.get("BANGER_FC_DOUBLE_GUEST_PORTS", "1024").split(",") if p
+}
+
+
+def console(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def exit_soon(code: int) -> None:
+    # Let the 204 reach the client first, as a guest reboot takes a moment.
+    threading.Timer(0.05, os._exit, (code,)).start()
+
+
+class Guest:
+    def __init__(self) -> None:
+        self.reboot_pending = False
+
+    def on_start(self, fc: FirecrackerDouble) -> None:
+        boot = fc.resources["boot-source"]
+        console(f"fake-guest: Linux booting {boot['kernel_image_path']}")
+        console(f"fake-guest: Kernel command line: {boot.get('boot_args', '')}")
+        console("fake-guest: up")
+
+    def on_ctrl_alt_del(self, fc: FirecrackerDouble) -> None:
+        if "reboot=k" not in fc.resources["boot-source"].get("boot_args", "").split():
+            console("fake-guest: ctrl-alt-del ignored (no reboot=k: the reset would not exit)")
+            return
+        if fc.state == "Paused":
+            self.reboot_pending = True  # vCPUs are stopped; the guest acts on resume
+            return
+        console("fake-guest: reboot: Restarting system")
+        exit_soon(0)
+
+    def on_state(self, fc: FirecrackerDouble, state: str) -> None:
+        if state == "Running" and self.reboot_pending:
+            console("fake-guest: reboot: Restarting system")
+            exit_soon(0)
+
+    def on_vsock(self, fc: FirecrackerDouble, path: str) -> None:
+        srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        srv.bind(path)
+        srv.listen(8)
+        threading.Thread(target=self._accept, args=(fc, srv), daemon=True).start()
+
+    def _accept(self, fc: FirecrackerDouble, srv: socket.socket) -> None:
+        while True:
+            conn, _ = srv.accept()
+            threading.Thread(target=self._serve, args=(fc, conn), daemon=True).start()
+
+    def _serve(self, fc: FirecrackerDouble, conn: socket.socket) -> None:
+        with conn, conn.makefile("rwb") as f:
+            words = f.readline().decode(errors="replace").split()
+            ok = (
+                len(words) == 2
+                and words[0] == "CONNECT"
+                and words[1].isdigit()
+                and int(words[1]) in GUEST_PORTS
+                and fc.state == "Running"
+            )
+            if not ok:
+                return  # Firecracker closes the stream when the guest does not accept
+            f.write(b"OK 1073741824\n")
+            f.flush()
+            for line in f:
+                f.write(b"echo " + line)
+                f.flush()
+
+
+def make_handler(fc: FirecrackerDouble) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def _any(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length) if length else b""
+            status, answer = fc.handle(self.command, self.path, raw)
+            if CALL_LOG:
+                call = fc.calls[-1]
+                with open(CALL_LOG, "a") as log:
+                    log.write(json.dumps(call.__dict__) + "\n")
+            data = json.dumps(answer).encode() if answer is not None else b""
+            self.send_response(status)
+            if data:
+                self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = do_PUT = do_PATCH = do_POST = do_DELETE = _any
+
+    return Handler
+
+
+class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="firecracker")
+    p.add_argument("--api-sock")
+    p.add_argument("--id", default="anonymous-instance")
+    p.add_argument("--version", action="store_true")
+    p.add_argument("--enable-pci", action="store_true")
+    p.add_argument("--log-path")
+    p.add_argument("--level")
+    p.add_argument("--metrics-path")
+    p.add_argument("--boot-timer", action="store_true")
+    args = p.parse_args(argv)
+    fc = FirecrackerDouble(instance_id=args.id)
+    if args.version:
+        print(f"Firecracker v{fc.version}\n")
+        return 0
+    if not args.api_sock:
+        print("fake firecracker: --api-sock is required here", file=sys.stderr)
+        return 2
+    if os.path.exists(args.api_sock):
+        print(
+            f"Failed to open the API socket at: {args.api_sock}. Address in use.", file=sys.stderr
+        )
+        return 1
+    guest = Guest()
+    fc.on_start = guest.on_start
+    fc.on_ctrl_alt_del = guest.on_ctrl_alt_del
+    fc.on_state = guest.on_state
+    fc.on_vsock = guest.on_vsock
+    with Server(args.api_sock, make_handler(fc)) as server:
+        server.serve_forever()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,359 @@
+"""A contract double of Firecracker's API, generated from its Swagger spec.
+
+The route table is the spec's `paths` (every method of every path, path parameters included);
+every body is validated with jsonschema against the definition the operation references, with
+unknown fields refused (Firecracker's request types deny them). Pre-boot / post-boot rules come
+from the operations' own summaries ("Pre-boot only." / "Post-boot only."), plus the few the
+spec states only in prose (listed in `EXTRA_PHASE`). Errors are `400 {"fault_message": …}` as
+Firecracker sends them. Every request is recorded (method, path, body, status).
+
+This module is deliberately independent of banger's own spec loader (`banger.vmm.fc_spec`), so a
+bug there cannot hide a contract violation here.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+SPEC_PATH = Path(__file__).resolve().parents[3] / "src" / "banger" / "vmm" / "firecracker.yaml"
+
+# Rules the spec gives in descriptions rather than summaries.
+EXTRA_PHASE: dict[tuple[str, str], str] = {
+    ("PATCH", "/vm"): "post",  # pause/resume a VM that runs
+    ("PUT", "/balloon"): "pre",  # "This will fail after machine startup."
+    ("PUT", "/serial"): "pre",
+    ("PUT", "/hotplug/memory"): "pre",
+}
+ACTION_PHASE = {"InstanceStart": "pre", "SendCtrlAltDel": "post", "FlushMetrics": "any"}
+PRE_BOOT_FAULT = "The requested operation is not supported after starting the microVM."
+POST_BOOT_FAULT = "The requested operation is not supported before starting the microVM."
+
+
+class Fault(Exception):
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _bool12_loader() -> type[yaml.SafeLoader]:
+    """YAML 1.2 booleans: `Off` in Logger.level must stay a string."""
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.yaml_implicit_resolvers = {
+        k: [(t, r) for t, r in v if t != "tag:yaml.org,2002:bool"]
+        for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+    Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:bool", re.compile(r"^(?:true|false)$", re.I), list("tTfF")
+    )
+    return Loader
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    template: str
+    pattern: re.Pattern[str]
+    operation_id: str
+    body_def: str | None
+    body_required: bool
+    ok_status: int
+    ok_def: str | None
+    phase: str  # "pre", "post" or "any"
+
+
+def load_routes(spec_path: Path = SPEC_PATH) -> tuple[list[Route], dict[str, Any], str]:
+    spec = yaml.load(spec_path.read_text(), Loader=_bool12_loader())
+    routes = []
+    for template, methods in spec["paths"].items():
+        pattern = re.compile("^" + re.sub(r"{(\w+)}", r"(?P<\1>[^/]+)", template) + "$")
+        for method, op in methods.items():
+            body = next((p for p in op.get("parameters", []) if p["in"] == "body"), None)
+            ok = next(s for s in op["responses"] if s != "default" and int(s) < 300)
+            ok_schema = op["responses"][ok].get("schema", {})
+            summary = op.get("summary", "")
+            phase = (
+                "pre"
+                if "Pre-boot only" in summary
+                else "post"
+                if "Post-boot only" in summary
+                else "any"
+            )
+            phase = EXTRA_PHASE.get((method.upper(), template), phase)
+            routes.append(
+                Route(
+                    method=method.upper(),
+                    template=template,
+                    pattern=pattern,
+                    operation_id=op["operationId"],
+                    body_def=body["schema"]["$ref"].rsplit("/", 1)[-1] if body else None,
+                    body_required=bool(body and body.get("required")),
+                    ok_status=int(ok),
+                    ok_def=ok_schema.get("$ref", "").rsplit("/", 1)[-1] or None,
+                    phase=phase,
+                )
+            )
+    definitions = copy.deepcopy(spec["definitions"])
+    for d in definitions.values():
+        if d.get("type") == "object" and "properties" in d and "additionalProperties" not in d:
+            d["additionalProperties"] = False
+    return routes, definitions, str(spec["info"]["version"])
+
+
+@dataclass
+class Call:
+    method: str
+    path: str
+    body: Any
+    status: int
+    fault: str = ""
+
+
+@dataclass
+class FirecrackerDouble:
+    """Firecracker's API state machine. `handle()` is one request; it never raises."""
+
+    instance_id: str = "anonymous-instance"
+    cwd: Path = field(default_factory=Path.cwd)  # relative paths resolve from here (jail root)
+    on_start: Callable[[FirecrackerDouble], None] | None = None
+    on_ctrl_alt_del: Callable[[FirecrackerDouble], None] | None = None
+    on_vsock: Callable[[FirecrackerDouble, str], None] | None = None
+    on_state: Callable[[FirecrackerDouble, str], None] | None = None
+
+    def __post_init__(self) -> None:
+        self.routes, self.definitions, self.version = load_routes()
+        self.validators = {
+            name: jsonschema.Draft4Validator(
+                {"$ref": f"#/definitions/{name}", "definitions": self.definitions}
+            )
+            for name in self.definitions
+        }
+        self.state = "Not started"
+        self.calls: list[Call] = []
+        self.resources: dict[str, Any] = {
+            "machine-config": {
+                "vcpu_count": 1,
+                "mem_size_mib": 128,
+                "smt": False,
+                "track_dirty_pages": False,
+            },
+            "drives": {},
+            "network-interfaces": {},
+        }
+        self.lock = threading.Lock()
+
+    # ---- plumbing -----------------------------------------------------------------------------
+
+    def host_path(self, p: str) -> Path:
+        return Path(p) if os.path.isabs(p) else self.cwd / p
+
+    def handle(self, method: str, path: str, raw: bytes) -> tuple[int, Any]:
+        with self.lock:
+            body: Any = None
+            try:
+                route, params = self._route(method, path)
+                if raw.strip():
+                    try:
+                        body = json.loads(raw)
+                    except ValueError as e:
+                        raise Fault(f"Invalid body: not JSON ({e})") from None
+                status, answer = self._dispatch(route, params, body)
+                if route.ok_def and answer is not None:
+                    problems = list(self.validators[route.ok_def].iter_errors(answer))
+                    assert not problems, f"double answered outside the spec: {problems[0].message}"
+                self.calls.append(Call(method, path, body, status))
+                return status, answer
+            except Fault as f:
+                self.calls.append(Call(method, path, body, f.status, str(f)))
+                return f.status, {"fault_message": str(f)}
+
+    def _route(self, method: str, path: str) -> tuple[Route, dict[str, str]]:
+        for r in self.routes:
+            m = r.pattern.match(path)
+            if m and r.method == method:
+                return r, m.groupdict()
+        raise Fault(f"Invalid request method and/or path: {method} {path}.")
+
+    def _dispatch(self, route: Route, params: dict[str, str], body: Any) -> tuple[int, Any]:
+        if route.body_def:
+            if body is None:
+                if route.body_required:
+                    raise Fault(f"Empty request body: {route.operation_id} needs {route.body_def}.")
+            else:
+                errors = sorted(self.validators[route.body_def].iter_errors(body), key=str)
+                if errors:
+                    e = errors[0]
+                    where = ".".join(map(str, e.absolute_path)) or route.body_def
+                    raise Fault(
+                        "An error occurred when deserializing the json body of a request: "
+                        f"{where}: {e.message}"
+                    )
+        elif body is not None:
+            raise Fault(f"{route.method} {route.template} does not take a body.")
+        for name, value in params.items():
+            if isinstance(body, dict) and name in body and body[name] != value:
+                raise Fault(
+                    f"The id from the path [{value}] does not match the id "
+                    f"from the body [{body[name]}]!"
+                )
+        phase = route.phase
+        if route.operation_id == "createSyncAction":
+            phase = ACTION_PHASE[body["action_type"]]
+        booted = self.state != "Not started"
+        if phase == "pre" and booted:
+            raise Fault(PRE_BOOT_FAULT)
+        if phase == "post" and not booted:
+            raise Fault(POST_BOOT_FAULT)
+        handler = getattr(self, "op_" + route.operation_id, None)
+        if handler is not None:
+            answer = handler(params, body)
+        elif route.method == "GET":
+            raise Fault(f"{route.template}: not configured.")
+        else:
+            answer = None
+            self.resources[route.template.strip("/")] = body
+        return route.ok_status, answer
+
+    def _must_exist(self, what: str, p: str) -> None:
+        if not self.host_path(p).exists():
+            raise Fault(f"{what}: No such file or directory (os error 2): {p}")
+
+    # ---- operations with semantics beyond "store the body" --------------------------------------
+
+    def op_describeInstance(self, params: dict[str, str], body: Any) -> Any:
+        return {
+            "app_name": "Firecracker",
+            "id": self.instance_id,
+            "state": self.state,
+            "vmm_version": self.version,
+        }
+
+    def op_getFirecrackerVersion(self, params: dict[str, str], body: Any) -> Any:
+        return {"firecracker_version": self.version}
+
+    def op_getMachineConfiguration(self, params: dict[str, str], body: Any) -> Any:
+        return self.resources["machine-config"]
+
+    def op_putLogger(self, params: dict[str, str], body: Any) -> Any:
+        if "log_path" in body:
+            self._must_exist("Cannot open the log file", body["log_path"])
+        self.resources["logger"] = body
+
+    def op_putMetrics(self, params: dict[str, str], body: Any) -> Any:
+        if "metrics" in self.resources:
+            raise Fault("Reinitialization of metrics not allowed.")
+        self._must_exist("Cannot open the metrics file", body["metrics_path"])
+        self.resources["metrics"] = body
+
+    def op_putMachineConfiguration(self, params: dict[str, str], body: Any) -> Any:
+        if body.get("smt") and body["vcpu_count"] > 1 and body["vcpu_count"] % 2:
+            raise Fault(
+                "The vCPU number is invalid! The vCPU number can only be 1 or an even "
+                "number when SMT is enabled."
+            )
+        if body.get("huge_pages") == "2M" and body["mem_size_mib"] % 2:
+            raise Fault("The memory size (MiB) must be a multiple of 2 with 2M huge pages.")
+        self.resources["machine-config"] = {"smt": False, "track_dirty_pages": False, **body}
+
+    def op_putGuestBootSource(self, params: dict[str, str], body: Any) -> Any:
+        self._must_exist("The kernel file cannot be opened", body["kernel_image_path"])
+        if "initrd_path" in body:
+            self._must_exist("The initrd file cannot be opened", body["initrd_path"])
+        self.resources["boot-source"] = body
+
+    def op_putGuestDriveByID(self, params: dict[str, str], body: Any) -> Any:
+        if "socket" not in body:
+            for key in ("path_on_host", "is_read_only"):
+                if key not in body:
+                    raise Fault(
+                        f"Unable to create the block device: {key} is required for virtio-block."
+                    )
+            self._must_exist("Unable to create the block device", body["path_on_host"])
+        drives: dict[str, Any] = self.resources["drives"]
+        if body["is_root_device"] and any(
+            d["is_root_device"] for i, d in drives.items() if i != body["drive_id"]
+        ):
+            raise Fault("A root block device already exists!")
+        drives[body["drive_id"]] = body
+
+    def op_patchGuestDriveByID(self, params: dict[str, str], body: Any) -> Any:
+        drive = self.resources["drives"].get(body["drive_id"])
+        if drive is None:
+            raise Fault(f"Invalid block device ID: {body['drive_id']}")
+        drive.update(body)
+
+    def op_putGuestNetworkInterfaceByID(self, params: dict[str, str], body: Any) -> Any:
+        name = body["host_dev_name"]
+        if len(name) > 15 or not Path("/sys/class/net", name).exists():
+            raise Fault(f"Open tap device failed: Error while creating ifreq structure: {name}")
+        self.resources["network-interfaces"][body["iface_id"]] = body
+
+    def op_putGuestVsock(self, params: dict[str, str], body: Any) -> Any:
+        path = self.host_path(body["uds_path"])
+        if path.exists():
+            raise Fault(
+                "Cannot create backend for vsock device: Error binding to the host-side "
+                f"Unix socket: Address in use (os error 98): {body['uds_path']}"
+            )
+        if self.on_vsock:
+            self.on_vsock(self, str(path))
+        self.resources["vsock"] = body
+
+    def op_getExportVmConfig(self, params: dict[str, str], body: Any) -> Any:
+        out: dict[str, Any] = {}
+        for key, value in self.resources.items():
+            if key in ("drives", "network-interfaces"):
+                out[key] = list(value.values())
+            elif key in (
+                "boot-source",
+                "logger",
+                "metrics",
+                "machine-config",
+                "vsock",
+                "balloon",
+                "entropy",
+            ):
+                out[key] = value
+        return out
+
+    def op_createSyncAction(self, params: dict[str, str], body: Any) -> Any:
+        action = body["action_type"]
+        if action == "InstanceStart":
+            boot = self.resources.get("boot-source")
+            if boot is None:
+                raise Fault("Cannot start microvm without kernel configuration.")
+            kernel = self.host_path(boot["kernel_image_path"])
+            try:
+                magic = kernel.read_bytes()[:4]
+            except OSError:
+                raise Fault("Cannot start microvm: the kernel file cannot be opened.") from None
+            if magic != b"\x7fELF":
+                raise Fault(
+                    "Cannot load kernel due to invalid memory configuration or invalid kernel "
+                    "image: Kernel Loader: failed to load ELF kernel image"
+                )
+            if not any(d["is_root_device"] for d in self.resources["drives"].values()):
+                raise Fault("Cannot start microvm without a root block device.")
+            self.state = "Running"
+            if self.on_start:
+                self.on_start(self)
+        elif action == "SendCtrlAltDel" and self.on_ctrl_alt_del:
+            self.on_ctrl_alt_del(self)
+
+    def op_patchVm(self, params: dict[str, str], body: Any) -> Any:
+        self.state = "Paused" if body["state"] == "Paused" else "Running"
+        if self.on_state:
+            self.on_state(self, self.state)

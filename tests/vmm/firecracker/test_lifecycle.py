@@ -1,0 +1,317 @@
+"""The Firecracker driver's lifecycle, run against the contract double and (where it can run) the
+real binary: launch → documented config order → InstanceStart → pause/resume → graceful stop →
+attach after a daemon restart → force stop, and the inputs it must refuse."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from banger.vmm.base import DriverError, NetworkSpec, VMHandle
+from banger.vmm.fc_api import FirecrackerAPIError
+from banger.vmm.firecracker import FirecrackerDriver, firecracker_kernel, open_control
+from tests.vmm.firecracker.conftest import Backend
+from tests.vmm.firecracker.fcutil import GuestFiles, make_spec
+
+HERE = Path(__file__).resolve().parent
+BOOT_TIMEOUT = 60.0
+
+DOCUMENTED_ORDER = [
+    ("GET", "/"),
+    ("PUT", "/logger"),
+    ("PUT", "/metrics"),
+    ("PUT", "/machine-config"),
+    ("PUT", "/boot-source"),
+    ("PUT", "/drives/rootfs"),
+    ("PUT", "/drives/work"),
+    ("PUT", "/vsock"),
+    ("GET", "/vm/config"),
+    ("PUT", "/actions"),
+]
+
+
+def up_marker(fc: Backend) -> str:
+    return "fake-guest: up" if fc.kind == "double" else "banger-fc-guest-up"
+
+
+async def wait_console(path: Path, text: str, timeout: float = BOOT_TIMEOUT) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        content = path.read_text(errors="replace") if path.exists() else ""
+        if text in content:
+            return content
+        await asyncio.sleep(0.05)
+    raise AssertionError(
+        f"{text!r} not on the console within {timeout}s: {path.read_text()[-500:]}"
+    )
+
+
+def pid_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    status = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    return status != "Z"
+
+
+async def test_launch_configures_in_documented_order_then_stops_gracefully(
+    fc: Backend, guest_files: GuestFiles, vm_dir: Path
+) -> None:
+    spec = make_spec(guest_files, vm_dir)
+    driver = FirecrackerDriver()
+    handle = await driver.launch(spec)
+    try:
+        assert driver.is_alive(handle)
+        assert handle.driver == "firecracker"
+        assert Path(handle.api_socket).is_socket()
+        assert Path(handle.control_socket).is_socket()
+        assert await driver.state(handle) == "Running"
+
+        cfg = await driver.inspect(handle)
+        assert cfg["machine-config"]["vcpu_count"] == 1
+        assert cfg["machine-config"]["mem_size_mib"] == 256
+        boot = cfg["boot-source"]
+        assert boot["kernel_image_path"] == str(guest_files.vmlinux)
+        assert boot["initrd_path"] == str(guest_files.initrd)
+        args = boot["boot_args"].split()
+        for needed in ("console=ttyS0", "reboot=k", "panic=1", "root=/dev/vda"):
+            assert needed in args
+        drives = {d["drive_id"]: d for d in cfg["drives"]}
+        assert drives["rootfs"]["is_root_device"] is True
+        assert drives["rootfs"]["path_on_host"] == str(spec.root_disk.path)
+        assert drives["work"]["is_root_device"] is False
+        assert cfg["vsock"]["uds_path"] == handle.control_socket
+
+        if fc.kind == "double":
+            calls = [(c["method"], c["path"]) for c in fc.calls()]
+            # GET / may be polled more than once while the socket comes up.
+            while calls[:2] == [("GET", "/"), ("GET", "/")]:
+                calls.pop(0)
+            assert calls[: len(DOCUMENTED_ORDER)] == DOCUMENTED_ORDER
+            assert all(c["status"] < 300 for c in fc.calls()), fc.calls()
+            assert fc.calls()[len(DOCUMENTED_ORDER) - 1]["body"] == {"action_type": "InstanceStart"}
+
+        # The serial console lands in the VM log.
+        await wait_console(spec.console_log, up_marker(fc))
+
+        # Graceful stop: Ctrl-Alt-Del, the guest reboots, reboot=k makes the process exit.
+        assert await driver.stop(handle, timeout=30) == "graceful"
+        assert not driver.is_alive(handle)
+        assert not Path(handle.api_socket).exists()
+        assert not Path(handle.control_socket).exists()
+    finally:
+        await driver.force_stop(handle)
+
+
+async def test_pause_resume_and_stop_while_paused(
+    fc: Backend, guest_files: GuestFiles, vm_dir: Path
+) -> None:
+    driver = FirecrackerDriver()
+    spec = make_spec(guest_files, vm_dir)
+    handle = await driver.launch(spec)
+    try:
+        await wait_console(spec.console_log, up_marker(fc))
+        await driver.pause(handle)
+        assert await driver.state(handle) == "Paused"
+        await driver.pause(handle)  # idempotent, as documented
+        assert await driver.state(handle) == "Paused"
+        await driver.resume(handle)
+        assert await driver.state(handle) == "Running"
+        await driver.pause(handle)
+        # A paused guest cannot see Ctrl-Alt-Del: the driver resumes it first.
+        assert await driver.stop(handle, timeout=30) == "graceful"
+        if fc.kind == "double":
+            tail = [(c["method"], c["path"], c["body"]) for c in fc.calls()[-3:]]
+            assert tail == [
+                ("GET", "/", None),
+                ("PATCH", "/vm", {"state": "Resumed"}),
+                ("PUT", "/actions", {"action_type": "SendCtrlAltDel"}),
+            ]
+    finally:
+        await driver.force_stop(handle)
+
+
+async def test_attach_after_daemon_restart_then_force_stop(
+    fc: Backend, guest_files: GuestFiles, vm_dir: Path
+) -> None:
+    # A separate process launches the VM and exits, as a daemon that restarts would.
+    args = {
+        "vmlinux": str(guest_files.vmlinux),
+        "initrd": str(guest_files.initrd),
+        "root": str(guest_files.root),
+        "vm_dir": str(vm_dir),
+        "name": "fc-restart",
+    }
+    out = subprocess.run(
+        [sys.executable, str(HERE / "launch_detached.py"), json.dumps(args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    handle = VMHandle.from_json(json.loads(out.stdout))
+    assert pid_running(handle.pid), "the VM died with the process that launched it"
+
+    driver = FirecrackerDriver()  # a fresh daemon: no child processes of its own
+    try:
+        assert await driver.attach(handle)
+        assert driver.is_alive(handle)
+        assert await driver.state(handle) == "Running"
+        cfg = await driver.inspect(handle)
+        assert cfg["drives"][0]["drive_id"] == "rootfs"
+        await driver.force_stop(handle)
+        assert not pid_running(handle.pid)
+        assert not driver.is_alive(handle)
+        assert not await driver.attach(handle)
+        assert not Path(handle.api_socket).exists()
+    finally:
+        if pid_running(handle.pid):
+            os.kill(handle.pid, signal.SIGKILL)
+
+
+async def test_attach_refuses_a_recycled_pid(
+    fc: Backend, guest_files: GuestFiles, vm_dir: Path
+) -> None:
+    driver = FirecrackerDriver()
+    handle = await driver.launch(make_spec(guest_files, vm_dir))
+    try:
+        stale = VMHandle.from_json(handle.to_json())
+        stale.details["create_time"] = float(stale.details["create_time"]) - 3600
+        assert not await FirecrackerDriver().attach(stale)
+    finally:
+        await driver.force_stop(handle)
+
+
+async def test_force_stop_kills_a_guest_that_ignores_ctrl_alt_del(
+    fc: Backend, guest_files: GuestFiles, vm_dir: Path
+) -> None:
+    spec = make_spec(guest_files, vm_dir)
+    driver = FirecrackerDriver()
+    handle = await driver.launch(spec)
+    try:
+        await wait_console(spec.console_log, up_marker(fc))
+        await driver.pause(handle)  # a paused guest never acts on the keypress
+        async with driver._client(handle) as api:
+            await api.action("SendCtrlAltDel")
+        assert not await driver.wait_exit(handle, 0.5)
+        started = time.monotonic()
+        await driver.force_stop(handle)
+        assert time.monotonic() - started < 5
+        assert not driver.is_alive(handle)
+    finally:
+        await driver.force_stop(handle)
+
+
+async def test_vsock_control_channel(fc: Backend, guest_files: GuestFiles, vm_dir: Path) -> None:
+    spec = make_spec(guest_files, vm_dir)
+    driver = FirecrackerDriver()
+    handle = await driver.launch(spec)
+    try:
+        await wait_console(spec.console_log, up_marker(fc))
+        # Nothing listens on guest port 9: Firecracker drops the stream without an OK.
+        with pytest.raises(DriverError, match="nothing listens on that guest port"):
+            await open_control(handle, port=9)
+        if fc.kind == "double":
+            # The double's guest listens on the control port and echoes lines.
+            reader, writer = await open_control(handle)
+            writer.write(b"PING\n")
+            await writer.drain()
+            assert await asyncio.wait_for(reader.readline(), 5) == b"echo PING\n"
+            writer.close()
+    finally:
+        await driver.force_stop(handle)
+
+
+async def test_tap_network_interface(fc: Backend, guest_files: GuestFiles, vm_dir: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("creating a TAP device needs root")
+    tap = f"bgfc{uuid.uuid4().hex[:8]}"
+    subprocess.run(["ip", "tuntap", "add", "dev", tap, "mode", "tap"], check=True)
+    try:
+        net = NetworkSpec(kind="tap", tap_device=tap, mac="06:00:ac:10:00:02")
+        spec = make_spec(guest_files, vm_dir, network=net)
+        spec.extra["guest_ip"] = "172.16.0.2"
+        driver = FirecrackerDriver()
+        handle = await driver.launch(spec)
+        try:
+            assert handle.ssh_host == "172.16.0.2"
+            cfg = await driver.inspect(handle)
+            (iface,) = cfg["network-interfaces"]
+            assert (iface["iface_id"], iface["host_dev_name"], iface["guest_mac"].lower()) == (
+                "eth0",
+                tap,
+                "06:00:ac:10:00:02",
+            )
+        finally:
+            await driver.force_stop(handle)
+    finally:
+        subprocess.run(["ip", "link", "del", tap], check=False)
+
+
+async def test_refusal_from_firecracker_is_reported_and_cleaned_up(
+    fc: Backend, guest_files: GuestFiles, vm_dir: Path
+) -> None:
+    # A TAP device that does not exist: Firecracker cannot open it at PUT /network-interfaces.
+    net = NetworkSpec(kind="tap", tap_device="bgfc-missing0")
+    spec = make_spec(guest_files, vm_dir, network=net)
+    with pytest.raises(DriverError) as err:
+        await FirecrackerDriver().launch(spec)
+    msg = str(err.value)
+    assert "PUT /network-interfaces/eth0 failed (400)" in msg
+    assert "bgfc-missing0" in msg and str(spec.console_log) in msg
+    assert not (spec.runtime_dir / "fc.sock").exists()
+    assert not (spec.runtime_dir / "v.sock").exists()
+    if fc.kind == "double":
+        assert not any(c["path"] == "/actions" for c in fc.calls())
+
+
+# ---- inputs refused before any process starts (backend-independent) --------------------------
+
+
+async def test_bzimage_kernel_is_refused_naming_the_kernel(
+    guest_files: GuestFiles, vm_dir: Path
+) -> None:
+    spec = make_spec(guest_files, vm_dir, kernel=guest_files.bzimage)
+    with pytest.raises(DriverError, match=r"kernel 'debian-host'.*not an uncompressed ELF vmlinux"):
+        await FirecrackerDriver(firecracker_bin="/nonexistent/firecracker").launch(spec)
+    with pytest.raises(DriverError, match=r"kernel 'debian-6.1' has no uncompressed ELF vmlinux"):
+        firecracker_kernel("debian-6.1", None)
+    assert firecracker_kernel("k", guest_files.vmlinux) == guest_files.vmlinux
+
+
+async def test_user_mode_network_is_refused(guest_files: GuestFiles, vm_dir: Path) -> None:
+    spec = make_spec(guest_files, vm_dir, network=NetworkSpec(kind="user"))
+    with pytest.raises(DriverError, match=r"user-mode networking.*TAP only"):
+        await FirecrackerDriver(firecracker_bin="/nonexistent/firecracker").launch(spec)
+    assert not spec.runtime_dir.exists()  # nothing was started or created
+
+
+async def test_qcow2_disk_is_refused(guest_files: GuestFiles, vm_dir: Path) -> None:
+    spec = make_spec(guest_files, vm_dir, root_format="qcow2")
+    with pytest.raises(DriverError, match="raw disk files only"):
+        await FirecrackerDriver(firecracker_bin="/nonexistent/firecracker").launch(spec)
+
+
+async def test_missing_binary_is_reported(guest_files: GuestFiles, vm_dir: Path) -> None:
+    spec = make_spec(guest_files, vm_dir)
+    with pytest.raises(
+        DriverError, match="firecracker binary '/nonexistent/firecracker' not found"
+    ):
+        await FirecrackerDriver(firecracker_bin="/nonexistent/firecracker").launch(spec)
+    assert not (spec.runtime_dir / "fc.sock").exists()
+
+
+async def test_api_error_type_carries_the_fault() -> None:
+    e = FirecrackerAPIError("PUT", "/boot-source", 400, "The kernel file cannot be opened")
+    assert e.status == 400 and "kernel file cannot be opened" in str(e)
