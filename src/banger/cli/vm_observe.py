@@ -1,0 +1,119 @@
+"""`banger vm health|stats|ports`: guest observability (added to the `vm` group in cli/vm.py)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import click
+
+from banger.cli.output import print_json, print_table
+
+
+def _call(method: str, params: dict[str, Any]) -> Any:
+    from banger.cli.connect import client
+
+    with client() as c:
+        return c.call(method, params)
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+@click.command("health")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def health(name: str, as_json: bool) -> None:
+    """Is the guest up and serving? (control channel and SSH, with latencies)"""
+    from banger.cli.main import ExitCode
+
+    result = _call("vm.health", {"vm": name})
+    if as_json:
+        print_json(result)
+    else:
+        rows = [
+            [
+                c["name"],
+                "ok" if c["ok"] else "FAIL",
+                f"{c['latency_ms']:.1f} ms" if c.get("latency_ms") is not None else "-",
+                c.get("error") or "",
+            ]
+            for c in result["checks"]
+        ]
+        print_table(["CHECK", "STATUS", "LATENCY", "DETAIL"], rows)
+    if not result["healthy"]:
+        raise ExitCode(1)
+
+
+def _print_stats(s: dict[str, Any]) -> None:
+    host = s["host"]
+    disks = host.get("disk_allocated_bytes") or {}
+    click.echo(f"{s['vm']}")
+    click.echo(
+        f"  host   cpu {host['cpu_percent']:.1f}%  rss {_size(host['rss_bytes'])}  "
+        + "  ".join(f"{label} {_size(v)}" for label, v in sorted(disks.items()))
+    )
+    g = s.get("guest")
+    if g is None:
+        click.echo(f"  guest  unavailable: {s.get('guest_error')}")
+        return
+    load = " ".join(f"{x:.2f}" for x in g["load"])
+    mem = f"{_size(g['mem_used_bytes'])} / {_size(g['mem_total_bytes'])}"
+    click.echo(f"  guest  load {load}  mem {mem}  up {g['uptime_seconds']:.0f}s")
+    for disk in g["disks"]:
+        used, total = _size(disk["used_bytes"]), _size(disk["total_bytes"])
+        click.echo(f"  disk   {disk['mount']:<6} {used} / {total}")
+
+
+@click.command("stats")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--watch", is_flag=True, help="Refresh every --interval seconds until Ctrl-C.")
+@click.option("--interval", default=2.0, show_default=True, type=click.FloatRange(0.5, 3600))
+def stats(name: str, as_json: bool, watch: bool, interval: float) -> None:
+    """Host (VMM CPU, memory, disk allocation) and guest (load, memory, disks) statistics."""
+    while True:
+        result = _call("vm.stats", {"vm": name})
+        if as_json:
+            print_json(result)
+        else:
+            if watch:
+                click.clear()
+            _print_stats(result)
+        if not watch:
+            return
+        time.sleep(interval)
+
+
+@click.command("ports")
+@click.argument("names", nargs=-1)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def ports(names: tuple[str, ...], as_json: bool) -> None:
+    """Listening TCP/UDP sockets in guests (all running VMs by default), with host URLs."""
+    rows = _call("vm.ports", {"vms": list(names)})
+    if as_json:
+        print_json(rows)
+        return
+    table = []
+    for r in rows:
+        if "error" in r:
+            table.append([r["vm"], "-", "-", "-", "-", f"error: {r['error']}"])
+            continue
+        process = r["process"] or ""
+        if r.get("pid"):
+            process = f"{process}[{r['pid']}]"
+        table.append(
+            [r["vm"], r["proto"], r["address"], r["port"], process or "-", r["url"] or "-"]
+        )
+    print_table(["VM", "PROTO", "ADDRESS", "PORT", "PROCESS", "URL"], table)
+
+
+COMMANDS = (health, stats, ports)

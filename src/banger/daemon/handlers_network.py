@@ -1,0 +1,290 @@
+"""RPC handlers: vm.ping, vm.health, vm.stats, vm.ports (guest observability).
+
+Every probe is bounded by a timeout and a stopped VM answers `not_running`. Guest data comes from
+the banger payload only (control channel, busybox over SSH; see guest/probes.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, cast
+
+from pydantic import Field
+
+from banger.daemon.context import RequestContext
+from banger.daemon.params import Params, parse_params
+from banger.guest import probes
+from banger.rpc.errors import NotRunning, OperationFailed, RPCError
+
+if TYPE_CHECKING:
+    from banger.daemon.app import Daemon
+    from banger.guest.ssh import SSHTarget
+
+CONTROL_TIMEOUT = 3.0
+SSH_TIMEOUT = 15.0
+PROBE_TIMEOUT = 30.0
+CPU_WINDOW = 0.5  # seconds between two CPU samples when there is no recent earlier sample
+
+
+class RefParams(Params):
+    vm: str = Field(min_length=1)
+
+
+class PortsParams(Params):
+    # Empty: every running VM.
+    vms: list[str] = Field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class VMView:
+    """What observability needs to know about one VM (built from the VM service's record)."""
+
+    id: str
+    name: str
+    running: bool
+    pid: int | None = None
+    control_socket: str | None = None
+    network: str = "user"  # "user" | "tap" | "none"
+    disks: dict[str, str] = field(default_factory=dict)  # label -> host path
+
+
+class _VMService(Protocol):
+    async def resolve(self, ref: str) -> Any: ...
+    async def ssh_target(self, ref: str) -> SSHTarget: ...
+
+
+def _vms(d: Daemon) -> _VMService:
+    vms = getattr(d, "vms", None)
+    if vms is None:
+        raise OperationFailed("this daemon has no VM service")
+    return cast(_VMService, vms)
+
+
+async def _view(d: Daemon, ref: str) -> VMView:
+    vms: Any = _vms(d)
+    return cast(VMView, await vms.observe(ref))
+
+
+async def _running_views(d: Daemon) -> list[VMView]:
+    vms: Any = _vms(d)
+    return cast(list[VMView], await vms.observe_running())
+
+
+def _require_running(vm: VMView) -> None:
+    if not vm.running:
+        raise NotRunning(
+            f"vm {vm.name!r} is not running; start it with `banger vm start {vm.name}`"
+        )
+
+
+async def _check_control(vm: VMView) -> dict[str, Any]:
+    if not vm.control_socket:
+        return {"name": "control", "ok": False, "error": "this VM has no control channel"}
+    try:
+        rtt = await probes.control_ping(vm.control_socket, CONTROL_TIMEOUT)
+        return {"name": "control", "ok": True, "latency_ms": round(rtt * 1000, 1)}
+    except TimeoutError:
+        err = f"no answer within {CONTROL_TIMEOUT:.0f}s"
+    except (OSError, ConnectionError) as e:
+        err = str(e) or type(e).__name__
+    return {"name": "control", "ok": False, "error": err}
+
+
+async def _ssh(d: Daemon, vm: VMView, script: str, timeout: float) -> tuple[str, float]:
+    from banger.guest.ssh import ssh_argv
+
+    target = await _vms(d).ssh_target(vm.id)
+    argv = ssh_argv(target, [probes.remote_command(script)], tty=False)
+    result, seconds = await probes.run_ssh(argv, timeout=timeout)
+    if result.returncode != 0:
+        tail = " | ".join(result.err.strip().splitlines()[-2:]) or f"exit {result.returncode}"
+        raise OperationFailed(f"ssh to {vm.name}: {tail}")
+    return result.out, seconds
+
+
+async def _check_ssh(d: Daemon, vm: VMView) -> dict[str, Any]:
+    try:
+        _, seconds = await _ssh(d, vm, "true", SSH_TIMEOUT)
+        return {"name": "ssh", "ok": True, "latency_ms": round(seconds * 1000, 1)}
+    except RPCError as e:
+        return {"name": "ssh", "ok": False, "error": e.message}
+
+
+async def vm_ping(d: Daemon, ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    p = parse_params(RefParams, params)
+    vm = await _view(d, p.vm)
+    _require_running(vm)
+    check = await _check_control(vm)
+    return {
+        "vm": vm.name,
+        "alive": check["ok"],
+        "latency_ms": check.get("latency_ms"),
+        "error": check.get("error"),
+    }
+
+
+async def vm_health(d: Daemon, ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    p = parse_params(RefParams, params)
+    vm = await _view(d, p.vm)
+    _require_running(vm)
+    checks = list(await asyncio.gather(_check_control(vm), _check_ssh(d, vm)))
+    return {"vm": vm.name, "healthy": all(c["ok"] for c in checks), "checks": checks}
+
+
+# --- stats ---------------------------------------------------------------------------------------
+
+# vm id -> last CPU sample, so `--watch` reports the CPU used between two refreshes.
+_cpu_samples: dict[str, probes.HostSample] = {}
+
+
+async def _host_stats(vm: VMView) -> dict[str, Any]:
+    if vm.pid is None:
+        raise NotRunning(f"vm {vm.name!r} has no VMM process")
+    try:
+        cur, rss, threads = await asyncio.to_thread(probes.sample_process, vm.pid)
+        prev = _cpu_samples.get(vm.id)
+        if prev is None or cur.at - prev.at > 60:
+            await asyncio.sleep(CPU_WINDOW)
+            prev, (cur, rss, threads) = cur, await asyncio.to_thread(probes.sample_process, vm.pid)
+    except Exception as e:  # psutil.NoSuchProcess and friends: the VM just went away
+        raise NotRunning(f"vm {vm.name!r} stopped while being measured ({e})") from None
+    _cpu_samples[vm.id] = cur
+    disks = {label: probes.allocated_bytes(path) for label, path in vm.disks.items()}
+    return {
+        "pid": vm.pid,
+        "cpu_percent": probes.cpu_percent(prev, cur),
+        "rss_bytes": rss,
+        "threads": threads,
+        "disk_allocated_bytes": disks,
+    }
+
+
+async def _guest_snapshot(d: Daemon, vm: VMView) -> probes.GuestSnapshot:
+    out, _ = await _ssh(d, vm, probes.guest_script(), PROBE_TIMEOUT)
+    try:
+        return probes.parse_snapshot(out)
+    except ValueError as e:
+        raise OperationFailed(f"{vm.name}: {e}") from None
+
+
+async def vm_stats(d: Daemon, ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    p = parse_params(RefParams, params)
+    vm = await _view(d, p.vm)
+    _require_running(vm)
+    host_task = asyncio.create_task(_host_stats(vm))
+    guest: dict[str, Any] | None = None
+    guest_error: str | None = None
+    try:
+        snap = await _guest_snapshot(d, vm)
+        guest = {
+            "load": list(snap.load),
+            "mem_total_bytes": snap.mem_total_bytes,
+            "mem_used_bytes": snap.mem_used_bytes,
+            "uptime_seconds": snap.uptime_seconds,
+            "disks": [
+                {"mount": u.mount, "total_bytes": u.total_bytes, "used_bytes": u.used_bytes}
+                for u in snap.disks
+            ],
+        }
+    except RPCError as e:
+        guest_error = e.message
+    host = await host_task
+    return {
+        "vm": vm.name,
+        "at": time.time(),
+        "host": host,
+        "guest": guest,
+        "guest_error": guest_error,
+    }
+
+
+# --- ports ---------------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+_FWD_RE = re.compile(r"TCP\[HOST_FORWARD\]\s+\d+\s+(\S*)\s+(\d+)\s+\S+\s+(\d+)")
+
+
+def parse_usernet_forwards(text: str) -> dict[int, int]:
+    """guest port -> host port of the TCP forwards listed by QEMU's `info usernet`."""
+    out: dict[int, int] = {}
+    for m in _FWD_RE.finditer(text):
+        out.setdefault(int(m.group(3)), int(m.group(2)))
+    return out
+
+
+async def _user_forwards(d: Daemon, vm: VMView, wanted: set[int]) -> dict[int, int]:
+    """Host ports forwarded to `wanted` guest ports on a user-mode VM, adding missing ones."""
+    vms: Any = _vms(d)
+    hmp = getattr(vms, "hmp", None)
+    if hmp is None:
+        return {}
+    current = parse_usernet_forwards(await hmp(vm.id, "info usernet"))
+    for port in sorted(wanted - set(current)):
+        host_port = _free_port()
+        await hmp(vm.id, f"hostfwd_add n0 tcp:127.0.0.1:{host_port}-:{port}")
+        current[port] = host_port
+    return current
+
+
+async def _vm_ports(d: Daemon, vm: VMView) -> list[dict[str, Any]]:
+    snap = await _guest_snapshot(d, vm)
+    reachable = {s.port for s in snap.sockets if s.proto == "tcp" and not s.loopback_only}
+    forwards: dict[int, int] = {}
+    if vm.network == "user" and reachable:
+        with contextlib.suppress(RPCError):
+            forwards = await _user_forwards(d, vm, reachable)
+    rows = []
+    for s in snap.sockets:
+        url: str | None = None
+        if s.proto == "tcp" and not s.loopback_only:
+            if vm.network == "tap":
+                url = f"{vm.name}.vm:{s.port}"
+            elif s.port in forwards:
+                url = f"127.0.0.1:{forwards[s.port]}"
+            if url is not None:
+                url = f"ssh://root@{url}" if s.port == 22 else f"http://{url}"
+        rows.append(
+            {
+                "vm": vm.name,
+                "proto": s.proto,
+                "address": s.address,
+                "port": s.port,
+                "pid": s.pid,
+                "process": s.process,
+                "url": url,
+            }
+        )
+    return rows
+
+
+async def vm_ports(d: Daemon, ctx: RequestContext, params: dict[str, Any]) -> list[dict[str, Any]]:
+    p = parse_params(PortsParams, params)
+    if p.vms:
+        views = [await _view(d, ref) for ref in p.vms]
+        for vm in views:
+            _require_running(vm)
+    else:
+        views = await _running_views(d)
+    results = await asyncio.gather(*(_vm_ports(d, vm) for vm in views), return_exceptions=True)
+    rows: list[dict[str, Any]] = []
+    for vm, res in zip(views, results, strict=True):
+        if isinstance(res, BaseException):
+            if isinstance(res, asyncio.CancelledError):
+                raise res
+            if p.vms:  # asked for by name: say why it failed
+                raise res if isinstance(res, RPCError) else OperationFailed(f"{vm.name}: {res}")
+            rows.append({"vm": vm.name, "error": getattr(res, "message", str(res))})
+            continue
+        rows.extend(res)
+    return rows
