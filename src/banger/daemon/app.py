@@ -54,8 +54,14 @@ class Daemon:
         self.services.append(self.kernels)
         from banger.network.service import NetworkService
 
+        privops = None
+        if paths.is_system:
+            # System mode: privileged network work goes to bangerd-root (docs/privileges.md).
+            from banger.privhelper.client import HelperPrivOps
+
+            privops = HelperPrivOps(paths.helper_socket)
         # Before the VM service: it reconciles running VMs into the network at its start.
-        self.network = NetworkService(self)
+        self.network = NetworkService(self, privops)
         self.services.append(self.network)
         from banger.images.service import ImageService
 

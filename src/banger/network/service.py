@@ -107,6 +107,8 @@ class NetworkService:
         self.dns = DNSServer("127.0.0.1", cfg.dns_port)
         self.dns_error: str | None = None
         self.mode: Mode = self._resolve_mode(cfg.network)
+        if cfg.network == "auto" and d.paths.is_system:
+            self.mode = "bridge"  # bangerd-root administers the network for the owner daemon
         self._active: dict[str, _Active] = {}
         self._lock = asyncio.Lock()
 
