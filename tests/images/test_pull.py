@@ -200,7 +200,7 @@ def test_index_pins_linux_amd64_and_skips_attestations(
     arm = registry.push_image(repo, "arm", [([Entry("arch", data=b"arm64")], "gzip")])
     amd = registry.push_image(repo, "amd", [([Entry("arch", data=b"amd64")], "gzip")])
     att = registry.push_image(repo, "att", [([Entry("sbom", data=b"{}")], "gzip")])
-    index = {
+    index: dict[str, Any] = {
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.index.v1+json",
         "manifests": [

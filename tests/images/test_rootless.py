@@ -18,7 +18,6 @@ import pytest
 
 from tests.images.ocifix import Entry, cat, compress, stat_inode, tar_bytes
 
-
 NO_CAPS = ["setpriv", "--bounding-set=-all", "--inh-caps=-all", "--"]
 
 
