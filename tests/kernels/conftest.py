@@ -8,6 +8,7 @@ import io
 import json
 import tarfile
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,6 +121,21 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
             self.wfile.flush()
             self.close_connection = True
             return
+        # /slow/<file>: dribble the file out (a pull the client gives up on half way).
+        if self.path.startswith("/slow/"):
+            data = (Path(self.directory) / self.path.removeprefix("/slow/")).read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            try:
+                for i in range(0, len(data), 64 << 10):
+                    self.wfile.write(data[i : i + (64 << 10)])
+                    self.wfile.flush()
+                    time.sleep(0.05)
+            except OSError:
+                pass
+            self.close_connection = True
+            return
         super().do_GET()
 
 
@@ -146,6 +162,11 @@ def served(tmp_path_factory: pytest.TempPathFactory, host_kernel_dir: Path) -> I
         **good,
         "name": "truncated",
         "tarball_url": url + "truncated/" + str(good["tarball_url"]),
+    }
+    entries["slow"] = {
+        **good,
+        "name": "slow",
+        "tarball_url": url + "slow/" + str(good["tarball_url"]),
     }
     kernel = (host_kernel_dir / "vmlinuz").read_bytes()
     for name, blob in hostile_tarballs(kernel).items():

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -138,3 +140,35 @@ def test_hostile_tarballs_are_refused(cat_env: BangerEnv, served: Served) -> Non
         assert not p.exists(), p
     walk = [str(p) for p in cat_env.root.rglob("*escaped*")]
     assert walk == []
+
+
+def test_client_going_away_mid_pull_leaves_nothing(cat_env: BangerEnv) -> None:
+    cat_env.banger("daemon", "start", check=True)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(30)
+    sock.connect(str(cat_env.paths.socket))
+    request = {"version": 1, "method": "kernel.pull", "params": {"name": "slow"}, "progress": True}
+    sock.sendall(json.dumps(request).encode() + b"\n")
+    f = sock.makefile("rb")
+    seen = 0
+    while seen < 3:  # a few download progress lines: the pull is under way
+        msg = json.loads(f.readline())
+        assert "progress" in msg, msg
+        seen += msg["progress"].get("stage") == "download"
+    assert list(cat_env.paths.staging_dir.iterdir()) != []
+    f.close()
+    sock.close()
+    deadline = time.monotonic() + 20
+    while _leftovers(cat_env) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _leftovers(cat_env) == []
+    # The daemon is fine afterwards and the name is free.
+    assert json.loads(cat_env.banger("kernel", "list", "--json", check=True).stdout) == []
+
+
+def test_daemon_start_removes_staging_leftovers(cat_env: BangerEnv) -> None:
+    staging = cat_env.paths.staging_dir
+    (staging / "kernel-crashed-0123abcd" / "modules").mkdir(parents=True)
+    (staging / "kernel-crashed-0123abcd.tar").write_bytes(b"partial")
+    cat_env.banger("daemon", "start", check=True)
+    assert not any(p.name.startswith("kernel-") for p in staging.iterdir())

@@ -57,8 +57,11 @@ class KernelService:
         staging = self.d.paths.staging_dir
         if staging.is_dir():
             for p in staging.glob("kernel-*"):
-                log.info("removing interrupted kernel staging dir", extra={"path": str(p)})
-                shutil.rmtree(p, ignore_errors=True)
+                log.info("removing interrupted kernel staging", extra={"path": str(p)})
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
 
     async def stop(self) -> None:
         return None
