@@ -47,6 +47,15 @@ class Config(_Strict):
     firecracker_bin: str = "firecracker"
     jailer_bin: str = "jailer"
     jailer_enabled: bool = False
+    # Firecracker under the jailer (root only; docs/firecracker.md): the unprivileged uid/gid the
+    # VMM drops to, where per-VM chroots go, and cgroup settings passed as --cgroup name=value.
+    jailer_uid: int | None = Field(default=None, ge=1)
+    jailer_gid: int | None = Field(default=None, ge=1)
+    jailer_chroot_base: str = "/srv/jailer"
+    jailer_cgroup_version: Literal[1, 2] = 2
+    jailer_cgroups: list[str] = Field(default_factory=list)
+    jailer_parent_cgroup: str | None = None
+    jailer_netns: str | None = None
     default_image: str = "debian-bookworm"
     default_kernel: str = "debian-6.1"
     debian_mirror: str = "http://deb.debian.org/debian"
@@ -75,6 +84,21 @@ class Config(_Strict):
         ip = ipaddress.IPv4Address(v)
         if not ip.is_private or ip.is_loopback or ip.is_link_local:
             raise ValueError("must be a private IPv4 address such as 172.16.0.1")
+        return v
+
+    @field_validator("jailer_chroot_base")
+    @classmethod
+    def _chroot_base(cls, v: str) -> str:
+        if not v.startswith("/") or ".." in Path(v).parts:
+            raise ValueError("must be an absolute path without '..' (e.g. /srv/jailer)")
+        return v
+
+    @field_validator("jailer_cgroups")
+    @classmethod
+    def _cgroups(cls, v: list[str]) -> list[str]:
+        for item in v:
+            if not re.fullmatch(r"[a-z0-9_]+\.[a-z0-9_.]+=\S.*", item):
+                raise ValueError(f"{item!r} is not a cgroup setting like 'cpu.max=50000 100000'")
         return v
 
     @field_validator("default_dns")

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from banger.config import Config
 from banger.vmm.base import DiskSpec, DriverError, VMHandle, VMSpec
 from banger.vmm.fc_api import FirecrackerAPIError, FirecrackerClient
 
@@ -73,6 +74,7 @@ _ID_RE = re.compile(r"[^A-Za-z0-9-]")
 _IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 _MAC_RE = re.compile(r"^([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}$")
 _VERSION_RE = re.compile(r"v?(\d+)\.(\d+)\.(\d+)")
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 
 
 def parse_version(text: str) -> tuple[int, int, int] | None:
@@ -179,21 +181,22 @@ class FirecrackerDriver:
         self.firecracker_bin = firecracker_bin
         self.jailer = jailer
         self.api_timeout = api_timeout
-        self._children: dict[int, subprocess.Popen[bytes]] = {}
+        # Shared by every driver instance so whichever one notices an exit reaps the child.
+        self._children = _CHILDREN
 
     @classmethod
-    def from_config(cls, config: Any) -> FirecrackerDriver:
+    def from_config(cls, config: Config) -> FirecrackerDriver:
         jailer = None
-        if getattr(config, "jailer_enabled", False):
+        if config.jailer_enabled:
             jailer = JailerSettings(
                 binary=config.jailer_bin,
-                uid=getattr(config, "jailer_uid", None),
-                gid=getattr(config, "jailer_gid", None),
-                chroot_base=Path(getattr(config, "jailer_chroot_base", "/srv/jailer")),
-                cgroup_version=int(getattr(config, "jailer_cgroup_version", 2)),
-                cgroups=tuple(getattr(config, "jailer_cgroups", ())),
-                parent_cgroup=getattr(config, "jailer_parent_cgroup", None),
-                netns=getattr(config, "jailer_netns", None),
+                uid=config.jailer_uid,
+                gid=config.jailer_gid,
+                chroot_base=Path(config.jailer_chroot_base),
+                cgroup_version=config.jailer_cgroup_version,
+                cgroups=tuple(config.jailer_cgroups),
+                parent_cgroup=config.jailer_parent_cgroup,
+                netns=config.jailer_netns,
             )
         return cls(config.firecracker_bin, jailer=jailer)
 
@@ -522,10 +525,8 @@ class FirecrackerDriver:
 
     def is_alive(self, handle: VMHandle) -> bool:
         child = self._children.get(handle.pid)
-        if child is not None:
-            if child.poll() is None:
-                return True
-            del self._children[handle.pid]
+        if child is not None and child.poll() is not None:
+            del self._children[handle.pid]  # reaped: the pid is free again
             return False
         import psutil
 

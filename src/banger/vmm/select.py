@@ -1,24 +1,75 @@
-"""Which VMM driver runs guests: `vmm = auto | qemu | firecracker` in config."""
+"""Which VMM driver runs guests: `vmm = auto | qemu | firecracker` in config.
+
+`auto` takes Firecracker only when its binary is present AND KVM really runs guests
+(vmm/accel.kvm_verdict: a nested-PVM /dev/kvm does not count); otherwise QEMU.
+"""
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+
 from banger.config import Config
+from banger.vmm.accel import KVMVerdict, kvm_verdict
 from banger.vmm.base import Driver, DriverError
 from banger.vmm.qemu import QemuDriver
 
 
-def select_driver(config: Config) -> Driver:
-    """The driver for new boots. `auto` is QEMU until the Firecracker branch proves it can run."""
+@dataclass(frozen=True)
+class VMMChoice:
+    name: str  # "qemu" | "firecracker"
+    reason: str
+    usable: bool = True  # False: the configured VMM cannot run here (reason says why)
+
+
+def choose_vmm(
+    config: Config,
+    verdict: KVMVerdict | None = None,
+    which: Callable[[str], str | None] = shutil.which,
+) -> VMMChoice:
+    """Decide (without starting anything) which VMM new VMs get, and why."""
+    if config.vmm == "qemu":
+        return VMMChoice("qemu", 'config says vmm = "qemu"')
+    fc = which(config.firecracker_bin)
+    v = verdict or kvm_verdict()
     if config.vmm == "firecracker":
-        # The Firecracker issue adds its driver here (binary present and a KVM that runs guests).
-        raise DriverError(
-            'vmm = "firecracker" is not available in this build; set vmm = "qemu" or "auto"'
-        )
-    return QemuDriver(qemu_bin=config.qemu_bin, accel=config.accel)
+        if fc is None:
+            return VMMChoice(
+                "firecracker",
+                f'config says vmm = "firecracker" but {config.firecracker_bin!r} is not '
+                'installed: install it (docs/firecracker.md) or set vmm = "auto"',
+                usable=False,
+            )
+        if not v.usable:
+            return VMMChoice(
+                "firecracker",
+                f'config says vmm = "firecracker" but KVM cannot run guests here ({v.reason}): '
+                'set vmm = "auto" or "qemu"',
+                usable=False,
+            )
+        return VMMChoice("firecracker", f'config says vmm = "firecracker"; {fc}, {v.reason}')
+    if fc is None:
+        return VMMChoice("qemu", f"auto: no {config.firecracker_bin!r} binary")
+    if not v.usable:
+        return VMMChoice("qemu", f"auto: {fc} present but {v.reason}")
+    return VMMChoice("firecracker", f"auto: {fc} present and {v.reason}")
+
+
+def select_driver(config: Config) -> Driver:
+    """The driver for new boots (see `choose_vmm`)."""
+    choice = choose_vmm(config)
+    if not choice.usable:
+        raise DriverError(choice.reason)
+    return driver_by_name(config, choice.name)
 
 
 def driver_by_name(config: Config, name: str) -> Driver:
     """The driver that launched a persisted handle (re-attach uses the same driver)."""
     if name == "qemu":
         return QemuDriver(qemu_bin=config.qemu_bin, accel=config.accel)
+    if name == "firecracker":
+        from banger.vmm.firecracker import FirecrackerDriver
+
+        return FirecrackerDriver.from_config(config)
     raise DriverError(f"unknown VMM driver {name!r} in a persisted VM handle")
