@@ -75,7 +75,7 @@ MIGRATIONS: list[Migration] = [
         -- Workspaces prepared in a VM: where they came from on the host, where they live in the
         -- guest, and the commit the guest checkout started from (export's default base).
         CREATE TABLE vm_workspaces (
-            vm_id        TEXT NOT NULL,
+            vm_id        TEXT NOT NULL REFERENCES vms (id) ON DELETE CASCADE,
             guest_path   TEXT NOT NULL,
             host_path    TEXT NOT NULL,
             repo_name    TEXT NOT NULL,
