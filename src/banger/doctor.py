@@ -11,7 +11,7 @@ from typing import Literal
 
 from banger.config import Config
 from banger.paths import Paths
-from banger.vmm.accel import kvm_verdict, resolve_accel
+from banger.vmm.accel import KVMVerdict, kvm_verdict, resolve_accel
 
 Status = Literal["PASS", "WARN", "FAIL"]
 MIN_FREE_BYTES = 5 << 30
@@ -95,24 +95,7 @@ def run_checks(paths: Paths, config: Config) -> list[Check]:
             )
         )
 
-    fc = shutil.which(config.firecracker_bin)
-    if fc:
-        checks.append(Check("PASS", "firecracker", _version_line([fc, "--version"]) or fc))
-    else:
-        checks.append(
-            Check(
-                "WARN",
-                "firecracker",
-                "not found: the QEMU driver is used",
-                "install firecracker (not packaged in Debian 12) on a KVM host",
-            )
-        )
-    vmm = (
-        "firecracker"
-        if (config.vmm == "firecracker" or (config.vmm == "auto" and fc and verdict.usable))
-        else "qemu"
-    )
-    checks.append(Check("PASS", "vmm", f"VMs run on {vmm} (config vmm = {config.vmm!r})"))
+    checks.extend(_vmm_checks(config, verdict))
 
     checks.append(
         _tool("mkfs.ext4", "mkfs.ext4", "e2fsprogs", required=True, why="builds root disks")
@@ -138,6 +121,79 @@ def run_checks(paths: Paths, config: Config) -> list[Check]:
 
     checks.append(_writable(paths.state_dir, "state dir"))
     checks.append(_free_space(paths.state_dir))
+    return checks
+
+
+def _vmm_checks(config: Config, verdict: KVMVerdict) -> list[Check]:
+    """The Firecracker binary, its version against the supported range, the jailer, the choice."""
+    from banger.vmm.firecracker import SUPPORTED_RANGE, binary_version, parse_version
+    from banger.vmm.firecracker import version_supported as fc_supported
+    from banger.vmm.select import choose_vmm
+
+    checks: list[Check] = []
+    fc = shutil.which(config.firecracker_bin)
+    if fc is None:
+        checks.append(
+            Check(
+                "WARN",
+                "firecracker",
+                f"{config.firecracker_bin} not found (supported Firecracker: {SUPPORTED_RANGE})",
+                "install firecracker (not in Debian 12) on a KVM host: docs/firecracker.md",
+            )
+        )
+    else:
+        version = binary_version(fc)
+        parsed = parse_version(version or "")
+        if parsed is None:
+            checks.append(
+                Check("WARN", "firecracker", f"{fc}: `--version` gave no version", "reinstall it")
+            )
+        elif not fc_supported(parsed):
+            checks.append(
+                Check(
+                    "WARN",
+                    "firecracker",
+                    f"firecracker {version} at {fc} is outside the supported range "
+                    f"{SUPPORTED_RANGE}",
+                    "install a supported release (docs/firecracker.md)",
+                )
+            )
+        else:
+            checks.append(
+                Check(
+                    "PASS",
+                    "firecracker",
+                    f"firecracker {version} at {fc} (supported {SUPPORTED_RANGE})",
+                )
+            )
+    if config.jailer_enabled:
+        problems = []
+        if shutil.which(config.jailer_bin) is None:
+            problems.append(f"{config.jailer_bin} not found")
+        if config.jailer_uid is None or config.jailer_gid is None:
+            problems.append("jailer_uid / jailer_gid are not set")
+        if os.geteuid() != 0:
+            problems.append("the jailer needs banger to run as root")
+        if problems:
+            checks.append(
+                Check(
+                    "FAIL",
+                    "jailer",
+                    "jailer_enabled = true but " + "; ".join(problems),
+                    "see docs/firecracker.md (jailer setup) or set jailer_enabled = false",
+                )
+            )
+        else:
+            checks.append(
+                Check(
+                    "PASS",
+                    "jailer",
+                    f"{config.jailer_bin}, chroots under {config.jailer_chroot_base}",
+                )
+            )
+    choice = choose_vmm(config, verdict)
+    status: Status = "PASS" if choice.usable else "FAIL"
+    checks.append(Check(status, "vmm", f"VMs run on {choice.name}: {choice.reason}"))
     return checks
 
 
