@@ -115,3 +115,45 @@ def daemon(banger_env: BangerEnv) -> Iterator[BangerEnv]:
     """A real bangerd in the isolated environment (started the way the CLI starts it)."""
     banger_env.banger("daemon", "start", check=True, timeout=30)
     yield banger_env
+
+
+@dataclass(frozen=True)
+class BuiltImage:
+    record: dict[str, object]
+    rootfs: Path
+    # An XDG_CACHE_HOME whose blob cache holds the built image: point a test env's
+    # XDG_CACHE_HOME here and its `image pull debian-bookworm` / ensure() takes seconds.
+    cache_home: Path
+
+
+@pytest.fixture(scope="session")
+def debian_image() -> Iterator[BuiltImage]:
+    """The built-in offline `debian-bookworm`, built once per session (mmdebstrap, ~40 s).
+
+    Tests that need it either `image register --rootfs <rootfs>` it (instant, read-only base) or
+    share `cache_home`. Treat `rootfs` as read-only.
+    """
+    import json
+
+    root = Path(tempfile.mkdtemp(prefix="bg-deb-", dir="/tmp"))
+    env = dict(os.environ)
+    env.update(
+        {
+            "XDG_CONFIG_HOME": str(root / "cfg"),
+            "XDG_STATE_HOME": str(root / "st"),
+            "XDG_CACHE_HOME": str(root / "cache"),
+            "XDG_RUNTIME_DIR": str(root / "run"),
+            "NO_COLOR": "1",
+            "BANGER_NETWORK": "user",
+        }
+    )
+    env.pop("BANGER_LOG_LEVEL", None)
+    (root / "run").mkdir(mode=0o700)
+    be = BangerEnv(root=root, env=env)
+    try:
+        p = be.banger("image", "pull", "debian-bookworm", "--json", check=True, timeout=1800)
+        rec = json.loads(p.stdout)
+    finally:
+        _stop_daemon(be)
+    yield BuiltImage(record=rec, rootfs=Path(rec["rootfs"]), cache_home=root / "cache")
+    shutil.rmtree(root, ignore_errors=True)
