@@ -327,6 +327,10 @@ def _wait_gone(p: subprocess.Popen[bytes], timeout: float = 20) -> int:
 def test_unrelated_processes_are_not_signalled(helper: Helper, owner_user: User) -> None:
     sleeper = subprocess.Popen(["sleep", "60"])
     # A real qemu, but with no socket below banger's runtime dir: not a VM banger launched.
+    elsewhere = helper.root / "elsewhere"
+    elsewhere.mkdir()
+    os.chown(elsewhere, owner_user.uid, owner_user.gid)
+    stray_sock = elsewhere / "qmp.sock"
     stray_qemu = subprocess.Popen(
         [
             *as_user(owner_user),
@@ -338,13 +342,16 @@ def test_unrelated_processes_are_not_signalled(helper: Helper, owner_user: User)
             "-display",
             "none",
             "-qmp",
-            "unix:/tmp/bg-stray-qmp.sock,server=on,wait=off",
+            f"unix:{stray_sock},server=on,wait=off",
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     try:
-        time.sleep(0.5)
+        deadline = time.monotonic() + 20
+        while not stray_sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert stray_qemu.poll() is None
         code, msg = _error(
             helper.call("priv.signal_process", {"pid": sleeper.pid, "signal": "KILL"})
         )

@@ -51,7 +51,7 @@ SIGNALS = {
 }
 
 
-def _str(name: str, value: Any, max_len: int = 4096) -> str:
+def text(name: str, value: Any, max_len: int = 4096) -> str:
     if not isinstance(value, str) or not value:
         raise BadRequest(f"argument {name!r} must be a non-empty string")
     if len(value) > max_len or "\x00" in value:
@@ -60,7 +60,7 @@ def _str(name: str, value: Any, max_len: int = 4096) -> str:
 
 
 def _ifname(name: str, value: Any, pattern: re.Pattern[str], what: str) -> str:
-    v = _str(name, value, 64)
+    v = text(name, value, 64)
     if len(v) > IFNAMSIZ or not pattern.fullmatch(v):
         raise BadRequest(
             f"argument {name!r}: {v!r} is not a {what} name banger manages "
@@ -87,7 +87,7 @@ def _private_ranges() -> str:
 
 def bridge_address(value: Any, name: str = "address") -> ipaddress.IPv4Interface:
     """An IPv4 host address with its prefix ("172.16.0.1/24") inside private space."""
-    v = _str(name, value, 64)
+    v = text(name, value, 64)
     try:
         iface = ipaddress.IPv4Interface(v)
     except ValueError:
@@ -110,7 +110,7 @@ def bridge_address(value: Any, name: str = "address") -> ipaddress.IPv4Interface
 
 
 def guest_address(value: Any, name: str = "guest_ip") -> ipaddress.IPv4Address:
-    v = _str(name, value, 64)
+    v = text(name, value, 64)
     try:
         ip = ipaddress.IPv4Address(v)
     except ValueError:
@@ -151,7 +151,7 @@ def no_overlap(
 
 
 def signal_name(value: Any, name: str = "signal") -> signal.Signals:
-    v = _str(name, value, 16).upper().removeprefix("SIG")
+    v = text(name, value, 16).upper().removeprefix("SIG")
     if v not in SIGNALS:
         raise BadRequest(f"argument {name!r}: signal {value!r} is not one of {', '.join(SIGNALS)}")
     return SIGNALS[v]
@@ -217,7 +217,7 @@ def open_under(value: Any, roots: Sequence[Path], name: str = "path") -> OpenedP
     No component may be a symlink (including the last), none may be `..`, and the result is an
     fd of the object actually reached, so later operations cannot be redirected by a rename.
     """
-    path = _str(name, value)
+    path = text(name, value)
     parts = _components(name, path)
     for root in roots:
         rest = _under(parts, root)

@@ -147,7 +147,7 @@ class Helper:
         prefix = params["prefix"]
         if not isinstance(prefix, int) or isinstance(prefix, bool):
             raise BadRequest("argument 'prefix' must be an integer")
-        iface = rules.bridge_address(f"{rules._str('address', params['address'], 64)}/{prefix}")
+        iface = rules.bridge_address(f"{rules.text('address', params['address'], 64)}/{prefix}")
         rules.no_overlap(iface, name, await self._host_addresses())
         await self.ops.ensure_bridge(name, str(iface.ip), prefix)
 
