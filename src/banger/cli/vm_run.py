@@ -41,7 +41,7 @@ def remote_script(workdir: str | None, cmd: Sequence[str]) -> str:
 def ssh_command(vm: str, script: str, *, tty: bool) -> list[str]:
     from banger.guest.ssh import SSHTarget, ssh_argv
 
-    info = call("vm.ssh", {"vm": vm})
+    info = call("vm.ssh", {"ref": vm})
     target = SSHTarget.from_json(info.get("target", info))
     # ssh joins remote words with spaces for the login shell: pass one pre-quoted line.
     return ssh_argv(target, [script], tty=tty)
@@ -81,7 +81,19 @@ def _exit(code: int) -> None:
         raise ExitCode(code)
 
 
+def _exists(vm: str) -> bool:
+    from banger.rpc.errors import RPCError
+
+    try:
+        call("vm.show", {"ref": vm})
+    except RPCError:
+        return False
+    return True
+
+
 def _create_vm(name: str | None, image: str | None, nat: bool) -> dict[str, Any]:
+    """`vm.create` with live stages on stderr; the VM's name comes from its spec line."""
+    from banger.cli.connect import client
     from banger.rpc.errors import RPCError
 
     params: dict[str, Any] = {}
@@ -91,11 +103,27 @@ def _create_vm(name: str | None, image: str | None, nat: bool) -> dict[str, Any]
         params["image"] = image
     if nat:
         params["nat"] = True
+    seen = {"name": name}
+    tty = sys.stderr.isatty()
+
+    def show(fields: dict[str, Any]) -> None:
+        stage, detail = fields.get("stage"), str(fields.get("detail") or "")
+        if stage == "spec":
+            seen["name"] = seen["name"] or detail.split(":", 1)[0]
+            click.echo(dim(f"spec: {detail}"), err=True)
+        elif tty and stage:
+            click.echo(dim(f"  {stage}{': ' + detail if detail else ''}"), err=True)
+
     try:
-        result = call("vm.create", params, progress=True)
+        with client() as c:
+            result = c.call("vm.create", params, on_progress=show)
     except RPCError as e:
-        hint = f"; its console log: `banger vm logs {name}`" if name else "; see `banger vm list`"
-        e.message = f"{e.message} (the VM is kept for inspection{hint})"
+        kept = seen["name"]
+        if kept and _exists(kept):
+            e.message = (
+                f"{e.message} (vm {kept} is kept for inspection: `banger vm logs {kept}`, "
+                f"remove it with `banger vm delete {kept}`)"
+            )
         raise
     vm = result.get("vm", result) if isinstance(result, dict) else {}
     if not isinstance(vm, dict) or "name" not in vm:
@@ -168,7 +196,7 @@ def run_cmd(
     finally:
         if remove:
             try:
-                call("vm.delete", {"vm": vm_name})
+                call("vm.delete", {"refs": [vm_name]})
             except Exception as e:  # keep the command's own outcome; say what is left behind
                 print_error(f"could not delete vm {vm_name}: {e}")
         else:

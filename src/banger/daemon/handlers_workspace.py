@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import inspect
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, cast
@@ -51,7 +52,7 @@ class _VMRecord(Protocol):
 class _VMService(Protocol):
     """What workspace needs from the VM service (`d.vms`)."""
 
-    async def resolve(self, ref: str) -> Any: ...
+    def resolve(self, ref: str) -> Any: ...  # a VM record, or an awaitable of one
     async def ssh_target(self, ref: str) -> SSHTarget: ...
 
 
@@ -64,8 +65,11 @@ def _vms(d: Daemon) -> _VMService:
 
 async def _vm_id(d: Daemon, ref: str) -> tuple[str, str]:
     """(id, name) of the VM `ref` names (NotFound otherwise)."""
-    vm: _VMRecord = await _vms(d).resolve(ref)
-    return vm.id, vm.name
+    vm = _vms(d).resolve(ref)
+    if inspect.isawaitable(vm):
+        vm = await vm
+    rec = cast(_VMRecord, vm)
+    return rec.id, rec.name
 
 
 async def _guest(d: Daemon, ref: str) -> GuestExec:
