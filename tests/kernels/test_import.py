@@ -93,7 +93,13 @@ def test_import_files_elf_and_user_initrd(daemon: BangerEnv, tmp_path: Path) -> 
     k = json.loads(daemon.banger("kernel", "show", "deb", "--json").stdout)
     # An ELF vmlinux with a user initrd and no modules: recorded as is, nothing generated.
     shutil.copy(k["vmlinux"], tmp_path / "vmlinux")
-    (tmp_path / "my-initrd").write_bytes(b"not really an initrd")
+    (tmp_path / "my-initrd").write_bytes(b"070701" + b"0" * 200)
+    (tmp_path / "text").write_text("not an initrd")
+    bad = daemon.banger(
+        "kernel", "import", "elf", "--kernel", str(tmp_path / "vmlinux"),
+        "--initrd", str(tmp_path / "text"),
+    )  # fmt: skip
+    assert bad.returncode == 1 and "does not look like an initrd" in bad.stderr
     r = daemon.banger(
         "kernel", "import", "elf", "--kernel", str(tmp_path / "vmlinux"),
         "--initrd", str(tmp_path / "my-initrd"), check=True,
@@ -102,7 +108,7 @@ def test_import_files_elf_and_user_initrd(daemon: BangerEnv, tmp_path: Path) -> 
     e = json.loads(daemon.banger("kernel", "show", "elf", "--json").stdout)
     assert e["format"] == "elf-vmlinux" and e["kernel_version"] == KVER
     assert e["kernel"] == e["vmlinux"]
-    assert Path(e["initrd"]).read_bytes() == b"not really an initrd"
+    assert Path(e["initrd"]).read_bytes() == b"070701" + b"0" * 200
     assert e["initrd_generated"] is False and e["modules_dir"] is None
     # bzImage + a modules dir given by path (relative paths are made absolute by the CLI).
     r = daemon.banger(

@@ -82,6 +82,31 @@ def _copy_kernel(kernel: Path, staged: Path) -> KernelFormat:
     return fmt
 
 
+# cpio (newc, crc, odc) or a compressor the kernel can unpack an initramfs from.
+_INITRD_MAGICS = (
+    b"070701",
+    b"070702",
+    b"070707",
+    b"\x1f\x8b",
+    b"\xfd7zXZ\x00",
+    b"\x28\xb5\x2f\xfd",
+    b"\x02\x21\x4c\x18",
+    b"BZh",
+    b"\x5d\x00\x00",
+    b"\x89LZO",
+)
+
+
+def check_initrd(path: Path) -> None:
+    with path.open("rb") as f:
+        head = f.read(8)
+    if not head.startswith(_INITRD_MAGICS):
+        raise BadRequest(
+            f"{path} does not look like an initrd (a cpio archive, possibly gzip/xz/zstd/lz4/"
+            "bzip2/lzma/lzo compressed); give the initramfs file itself"
+        )
+
+
 def _missing_builtin_warning(modules_root: Path, found: list[Path]) -> list[str]:
     builtin_file = modules_root / "modules.builtin"
     builtin = set()
@@ -159,6 +184,7 @@ def import_files(
         raise BadRequest(f"modules {modules} is not a directory")
     _copy_kernel(kernel, staged)
     if initrd is not None:
+        check_initrd(initrd)
         shutil.copyfile(initrd, staged / localstore.INITRD)
     if modules is not None:
         copy_modules(modules, staged / localstore.MODULES)
