@@ -53,6 +53,10 @@ def test_cycles_and_missing_modules_dep_are_clear(tmp_path: Path) -> None:
     root = _tree(tmp_path, "k/a.ko: k/b.ko\nk/b.ko: k/a.ko\n")
     with pytest.raises(ModuleError, match="dependency cycle"):
         resolve_modules(root, ["a"])
+    (tmp_path / "escape").mkdir()
+    escape = _tree(tmp_path / "escape", "../../../etc/passwd.ko:\n")
+    with pytest.raises(ModuleError, match="points outside"):
+        resolve_modules(escape, ["passwd"])
     with pytest.raises(ModuleError, match="run `depmod`"):
         resolve_modules(tmp_path / "nope", ["a"])
 

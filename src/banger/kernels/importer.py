@@ -151,6 +151,8 @@ def finish_staged(staged: Path, *, initrd_given: bool) -> Prepared:
         raise BadRequest("no kernel: expected a vmlinuz (bzImage) or vmlinux (ELF) file")
     if elf.is_file() and detect_format(elf) != "elf-vmlinux":
         raise BadRequest(f"{elf.name} is not an ELF vmlinux")
+    if initrd_given:
+        check_initrd(staged / localstore.INITRD)
     modules = staged / localstore.MODULES
     generated = False
     if modules.is_dir() and not initrd_given:

@@ -107,4 +107,12 @@ def resolve_modules(modules_root: Path, names: Sequence[str]) -> list[Path]:
 
     for raw in names:
         visit(module_name(raw), ())
-    return [modules_root / table[name][0] for name in order]
+    root = modules_root.resolve()
+    out = []
+    for name in order:
+        path = (modules_root / table[name][0]).resolve()
+        # modules.dep comes from the kernel's publisher: never let it name a file elsewhere.
+        if not path.is_relative_to(root):
+            raise ModuleError(f"{dep_file}: module {name} points outside {modules_root}")
+        out.append(modules_root / table[name][0])
+    return out
