@@ -222,7 +222,7 @@ class KernelService:
             self._check_free(name, force)
             staged = localstore.staging_dir(self.d.paths.staging_dir, name)
             try:
-                ctx.progress(stage="import", kernel=str(kernel))
+                ctx.progress(stage="import", detail=str(kernel))
                 prep = await _blocking(
                     importer.import_files, staged, kernel=kernel, initrd=initrd, modules=modules
                 )
@@ -271,7 +271,7 @@ class KernelService:
         async with self._lock(name):
             with contextlib.suppress(NotFound):
                 return await self.resolve(name)
-        ctx.progress(stage="kernel", message=f"importing the host kernel as {name}")
+        ctx.progress(stage="kernel", detail=f"importing the host kernel as {name}")
         with contextlib.suppress(AlreadyExists):
             await self.import_(name, ctx, from_host=True)
         return await self.resolve(name)
