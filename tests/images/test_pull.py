@@ -151,8 +151,15 @@ def test_second_pull_downloads_nothing_and_cache_is_oci_layout(
         [pushed["config"]["digest"], *(x["digest"] for x in pushed["layers"])]
     )
     mid = len(registry.blob_gets(repo))
-    _pull(daemon, ref, "--name", "second")
+    second = _pull(daemon, ref, "--name", "second")
     assert registry.blob_gets(repo)[mid:] == []
+    # The built rootfs is reused too (a hard link to the immutable file, not a rebuild).
+    first = json.loads(daemon.banger("image", "show", "first", "--json", check=True).stdout)
+    assert os.stat(first["rootfs"]).st_ino == os.stat(second["rootfs"]).st_ino
+    # A different --size is a different filesystem: built afresh.
+    third = _pull(daemon, ref, "--name", "third", "--size", "1100M")
+    assert third["size_bytes"] == 1100 << 20
+    assert os.stat(third["rootfs"]).st_ino != os.stat(second["rootfs"]).st_ino
 
     oci = daemon.paths.oci_cache_dir
     assert json.loads((oci / "oci-layout").read_text()) == {"imageLayoutVersion": "1.0.0"}

@@ -133,6 +133,16 @@ def test_cache_prune(daemon: BangerEnv, registry: Registry) -> None:
     # Pulled images do not depend on the cache.
     assert cat(Path(rec["rootfs"]), "/f") == b"x" * 10000
 
+    # The cache's link to a built rootfs counts once no image shares it any more.
+    daemon.banger("image", "pull", f"{registry.host}/fixtures/prune:v1", "--name", "p2", check=True)
+    daemon.banger("image", "delete", "p2", check=True)
+    daemon.banger("image", "delete", rec["name"], check=True)
+    kept = list((oci / "banger-rootfs").iterdir())
+    assert len(kept) == 1 and kept[0].stat().st_nlink == 1
+    allocated = kept[0].stat().st_blocks * 512
+    out = daemon.banger("image", "cache", "prune", check=True).stdout.strip()
+    assert out == f"freed {_fmt(total + allocated)} across 4 blob(s) in {oci}"
+
 
 def _fmt(n: int) -> str:
     from banger.units import format_bytes

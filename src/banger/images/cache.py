@@ -22,6 +22,8 @@ from typing import Any
 
 _DIGEST = re.compile(r"^sha256:([0-9a-f]{64})$")
 LAYOUT = {"imageLayoutVersion": "1.0.0"}
+# Bump when the layer applier or ext4 builder changes what they produce.
+ROOTFS_BUILD = "b1"
 INDEX_MEDIA_TYPE = "application/vnd.oci.image.index.v1+json"
 REF_ANNOTATION = "org.opencontainers.image.ref.name"
 
@@ -167,6 +169,33 @@ class BlobCache:
                         return digest
         return None
 
+    # --- built root filesystems, keyed by manifest digest ---
+    # A published rootfs is never modified, so the cache keeps a hard link to it: re-pulling the
+    # same image (under another name, or after a delete) links it instead of rebuilding. It costs
+    # no disk while the image exists; prune frees it.
+
+    def _rootfs_entry(self, digest: str, size: int | None) -> Path:
+        return self.root / "banger-rootfs" / f"{ROOTFS_BUILD}-{hex_of(digest)}-{size or 'auto'}"
+
+    def link_rootfs(self, digest: str, size: int | None, dest: Path) -> bool:
+        entry = self._rootfs_entry(digest, size)
+        try:
+            os.link(entry, dest)
+        except OSError:
+            return False
+        return True
+
+    def keep_rootfs(self, digest: str, size: int | None, built: Path) -> None:
+        entry = self._rootfs_entry(digest, size)
+        tmp = entry.with_name(f".tmp-{secrets.token_hex(4)}")
+        try:
+            entry.parent.mkdir(parents=True, exist_ok=True)
+            os.link(built, tmp)
+            os.replace(tmp, entry)
+        except OSError:  # e.g. cache and state on different filesystems: just no reuse
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
     # --- prune ---
 
     def tally(self) -> PruneTally:
@@ -176,6 +205,14 @@ class BlobCache:
                 if entry.is_file(follow_symlinks=False):
                     blobs += 1
                     size += entry.stat(follow_symlinks=False).st_size
+        rootfs_dir = self.root / "banger-rootfs"
+        if rootfs_dir.is_dir():
+            for entry in os.scandir(rootfs_dir):
+                st = entry.stat(follow_symlinks=False)
+                # Only disk the cache alone holds is freed (an image may share the inode).
+                if entry.is_file(follow_symlinks=False) and st.st_nlink == 1:
+                    blobs += 1
+                    size += st.st_blocks * 512
         return PruneTally(blobs, size)
 
     def prune(self) -> PruneTally:

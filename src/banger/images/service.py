@@ -321,8 +321,15 @@ class ImageService:
                 "label": "rootfs",
             }
             (stage / "spec.json").write_text(json.dumps(spec))
-            result = await self._run_build(stage / "spec.json", len(layers), ctx)
-            await asyncio.to_thread(shutil.rmtree, stage / "tree", True)
+            out = out_dir / ROOTFS_NAME
+            if digest is not None and self.cache.link_rootfs(digest, size_bytes, out):
+                ctx.progress(stage="reuse", digest=digest)
+                result = {"size_bytes": out.stat().st_size}
+            else:
+                result = await self._run_build(stage / "spec.json", len(layers), ctx)
+                await asyncio.to_thread(shutil.rmtree, stage / "tree", True)
+                if digest is not None:
+                    self.cache.keep_rootfs(digest, size_bytes, out)
             paths.images_dir.mkdir(parents=True, exist_ok=True)
             os.rename(out_dir, final_dir)
             rec = ImageRecord(
