@@ -25,8 +25,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -165,7 +164,6 @@ class _Layout:
     fc_vsock: str
     chroot: Path | None = None  # the jail's root directory
     jail_dir: Path | None = None  # <base>/<exec name>/<id>: removed after exit
-    names: dict[Path, str] = field(default_factory=dict)
 
 
 class FirecrackerDriver:
@@ -253,7 +251,7 @@ class FirecrackerDriver:
                 )
         return disks
 
-    def _layout(self, spec: VMSpec, ident: str, files: Sequence[Path]) -> _Layout:
+    def _layout(self, spec: VMSpec, ident: str) -> _Layout:
         if self.jailer is None:
             spec.runtime_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             lay = _Layout(
@@ -262,7 +260,6 @@ class FirecrackerDriver:
                 fc_api=str(spec.runtime_dir / API_SOCKET),
                 fc_vsock=str(spec.runtime_dir / VSOCK_SOCKET),
             )
-            lay.names = {p: str(p) for p in files}
             return lay
         j = self.jailer
         if os.geteuid() != 0:
@@ -291,17 +288,30 @@ class FirecrackerDriver:
         """Hard-link (or copy, across filesystems) `src` into the jail; return its jail name."""
         assert lay.chroot is not None and self.jailer is not None
         dst = lay.chroot / name
+        assert self.jailer.uid is not None and self.jailer.gid is not None
+        if not writable and not os.stat(src).st_mode & 0o004:
+            # The jailed uid could not read a hard link to this file, and chowning the link
+            # would chown the shared original: give the jail its own copy.
+            shutil.copyfile(src, dst)
+            os.chown(dst, self.jailer.uid, self.jailer.gid)
+            os.chmod(dst, 0o400)
+            return name
         try:
             os.link(src, dst)
         except OSError as e:
             if e.errno not in (errno.EXDEV, errno.EPERM):
                 raise
+            if writable:
+                # A copy would take the VM's writes and vanish with the jail.
+                raise DriverError(
+                    f"cannot hard-link {src} into the jail under {self.jailer.chroot_base} "
+                    f"({e.strerror}): put jailer_chroot_base on the filesystem of banger's "
+                    "state directory"
+                ) from None
             log.warning("copying %s into the jail (not on the jail's filesystem)", src)
             shutil.copy2(src, dst)
         if writable:
-            assert self.jailer.uid is not None and self.jailer.gid is not None
             os.chown(dst, self.jailer.uid, self.jailer.gid)
-        lay.names[src] = name
         return name
 
     def _argv(self, ident: str, lay: _Layout) -> list[str]:
@@ -328,6 +338,43 @@ class FirecrackerDriver:
             argv += ["--netns", j.netns]
         return [*argv, "--", *fc_args]
 
+    def _prepare_files(
+        self, spec: VMSpec, lay: _Layout, disks: list[tuple[str, DiskSpec]]
+    ) -> dict[str, str]:
+        """Log files, stale sockets, and (jailed) the links into the chroot: Firecracker's names."""
+        log_dir = spec.console_log.parent
+        log_dir.mkdir(parents=True, exist_ok=True)
+        fc_log = log_dir / "firecracker.log"
+        fc_metrics = log_dir / "firecracker.metrics"
+        for stale in (lay.host_api, lay.host_vsock):
+            with contextlib.suppress(FileNotFoundError):
+                stale.unlink()
+        if lay.chroot is None:
+            fc_log.touch()
+            fc_metrics.write_bytes(b"")  # one launch's metrics; the file otherwise only grows
+            names = {"kernel": str(spec.kernel), "log": str(fc_log), "metrics": str(fc_metrics)}
+            if spec.initrd:
+                names["initrd"] = str(spec.initrd)
+            for drive_id, disk in disks:
+                names[drive_id] = str(disk.path)
+            return names
+        assert self.jailer is not None and self.jailer.uid is not None
+        names = {
+            "kernel": self._jail_file(lay, spec.kernel, "vmlinux", writable=False),
+            "log": "firecracker.log",
+            "metrics": "firecracker.metrics",
+        }
+        if spec.initrd:
+            names["initrd"] = self._jail_file(lay, spec.initrd, "initrd", writable=False)
+        for drive_id, disk in disks:
+            names[drive_id] = self._jail_file(
+                lay, disk.path, f"{drive_id}.img", writable=not disk.read_only
+            )
+        for n in ("firecracker.log", "firecracker.metrics"):
+            (lay.chroot / n).touch()
+            os.chown(lay.chroot / n, self.jailer.uid, self.jailer.gid or 0)
+        return names
+
     async def launch(self, spec: VMSpec) -> VMHandle:
         disks = self._check_spec(spec)
         for binary in [self.firecracker_bin] + ([self.jailer.binary] if self.jailer else []):
@@ -337,40 +384,14 @@ class FirecrackerDriver:
                     "(docs/firecracker.md) or set firecracker_bin / jailer_bin in config.toml"
                 )
         ident = instance_id(spec.vm_id)
-        files = [spec.kernel, *([spec.initrd] if spec.initrd else []), *(d.path for _, d in disks)]
-        lay = self._layout(spec, ident, files)
-        log_dir = spec.console_log.parent
-        log_dir.mkdir(parents=True, exist_ok=True)
-        fc_log = log_dir / "firecracker.log"
-        fc_metrics = log_dir / "firecracker.metrics"
-        for stale in (lay.host_api, lay.host_vsock):
-            with contextlib.suppress(FileNotFoundError):
-                stale.unlink()
-        names: dict[str, str]
-        if lay.chroot is not None:
-            names = {
-                "kernel": self._jail_file(lay, spec.kernel, "vmlinux", writable=False),
-                "log": "firecracker.log",
-                "metrics": "firecracker.metrics",
-            }
-            if spec.initrd:
-                names["initrd"] = self._jail_file(lay, spec.initrd, "initrd", writable=False)
-            for drive_id, disk in disks:
-                names[drive_id] = self._jail_file(
-                    lay, disk.path, f"{drive_id}.img", writable=not disk.read_only
-                )
-            for n in ("firecracker.log", "firecracker.metrics"):
-                (lay.chroot / n).touch()
-                assert self.jailer is not None and self.jailer.uid is not None
-                os.chown(lay.chroot / n, self.jailer.uid, self.jailer.gid or 0)
-        else:
-            fc_log.touch()
-            fc_metrics.write_bytes(b"")  # one launch's metrics; the file otherwise only grows
-            names = {"kernel": str(spec.kernel), "log": str(fc_log), "metrics": str(fc_metrics)}
-            if spec.initrd:
-                names["initrd"] = str(spec.initrd)
-            for drive_id, disk in disks:
-                names[drive_id] = str(disk.path)
+        lay = self._layout(spec, ident)
+        try:
+            names = self._prepare_files(spec, lay, disks)
+        except BaseException:
+            if lay.jail_dir is not None:
+                shutil.rmtree(lay.jail_dir, ignore_errors=True)
+            raise
+        fc_log = spec.console_log.parent / "firecracker.log"
 
         argv = self._argv(ident, lay)
         log.info("starting firecracker for %s: %s", spec.name, argv)

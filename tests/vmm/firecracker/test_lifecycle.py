@@ -315,3 +315,93 @@ async def test_missing_binary_is_reported(guest_files: GuestFiles, vm_dir: Path)
 async def test_api_error_type_carries_the_fault() -> None:
     e = FirecrackerAPIError("PUT", "/boot-source", 400, "The kernel file cannot be opened")
     assert e.status == 400 and "kernel file cannot be opened" in str(e)
+
+
+async def test_firecracker_refuses_what_the_contract_forbids(
+    fc: Backend, guest_files: GuestFiles, vm_dir: Path
+) -> None:
+    """Bypassing banger's own check, the process itself answers 400 with a fault_message."""
+    import httpx
+
+    driver = FirecrackerDriver()
+    handle = await driver.launch(make_spec(guest_files, vm_dir))
+    try:
+        transport = httpx.AsyncHTTPTransport(uds=handle.api_socket)
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as http:
+            bad = [
+                ("PUT", "/machine-config", {"vcpu_count": 2, "mem_size_mib": 512}),  # post-boot
+                ("PATCH", "/vm", {"state": "Sleeping"}),  # not in the enum
+                ("PUT", "/actions", {"action_type": "InstanceStart"}),  # already started
+            ]
+            for method, path, body in bad:
+                r = await http.request(method, path, json=body)
+                assert r.status_code == 400, (method, path, r.text)
+                assert r.json()["fault_message"], r.text
+        assert await driver.state(handle) == "Running"
+    finally:
+        await driver.force_stop(handle)
+
+
+@pytest.fixture
+def fake_jailer(fake_bin_dir: Path, tmp_path: Path) -> Path:
+    exe = fake_bin_dir / "jailer"
+    exe.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{HERE / "fake_jailer.py"}" "$@"\n')
+    exe.chmod(0o755)
+    return exe
+
+
+async def test_jailer_mode_links_files_into_the_chroot(
+    fc: Backend,
+    guest_files: GuestFiles,
+    vm_dir: Path,
+    fake_jailer: Path,
+    fake_bin_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    if fc.kind != "double" or os.geteuid() != 0:
+        pytest.skip("jailer mode is exercised with the fake jailer, as root")
+    from banger.vmm.firecracker import JailerSettings
+
+    argv_file = vm_dir / "jailer-argv.json"
+    monkeypatch.setenv("BANGER_FAKE_JAILER_ARGV", str(argv_file))
+    base = vm_dir / "jail"
+    jailer = JailerSettings(
+        binary=str(fake_jailer),
+        uid=12345,
+        gid=12346,
+        chroot_base=base,
+        cgroups=("cpu.max=50000 100000",),
+    )
+    driver = FirecrackerDriver(str(fake_bin_dir / "firecracker"), jailer=jailer)
+    spec = make_spec(guest_files, vm_dir, name="fc-jail")
+    handle = await driver.launch(spec)
+    root = base / "firecracker" / handle.details["instance_id"] / "root"
+    try:
+        argv = json.loads(argv_file.read_text())
+        assert argv[argv.index("--uid") + 1] == "12345"
+        assert argv[argv.index("--gid") + 1] == "12346"
+        assert argv[argv.index("--cgroup") + 1] == "cpu.max=50000 100000"
+        assert argv[argv.index("--") + 1 :][:2] == ["--api-sock", "fc.sock"]
+        assert handle.api_socket == str(root / "fc.sock")
+        assert handle.control_socket == str(root / "v.sock")
+        # Paths in API calls are relative to the jail.
+        cfg = await driver.inspect(handle)
+        assert cfg["boot-source"]["kernel_image_path"] == "vmlinux"
+        assert cfg["boot-source"]["initrd_path"] == "initrd"
+        assert {d["drive_id"]: d["path_on_host"] for d in cfg["drives"]} == {
+            "rootfs": "rootfs.img",
+            "work": "work.img",
+        }
+        assert cfg["vsock"]["uds_path"] == "v.sock"
+        # Hard links, not copies; the writable disks belong to the jail's uid:gid.
+        root_img = (root / "rootfs.img").stat()
+        assert root_img.st_ino == spec.root_disk.path.stat().st_ino
+        assert (root_img.st_uid, root_img.st_gid) == (12345, 12346)
+        assert (root / "vmlinux").stat().st_ino == guest_files.vmlinux.stat().st_ino
+        assert (root / "vmlinux").stat().st_uid == guest_files.vmlinux.stat().st_uid
+        await wait_console(spec.console_log, up_marker(fc))
+        assert await driver.stop(handle, timeout=30) == "graceful"
+        assert not root.parent.exists()  # the jail is gone, the VM's own disks are not
+        assert spec.root_disk.path.exists()
+    finally:
+        await driver.force_stop(handle)
