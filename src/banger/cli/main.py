@@ -71,4 +71,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the importable module's main, not __main__'s: commands raise banger.cli.main.ExitCode,
+    # which is a different class from __main__.ExitCode under `python -m banger.cli.main`.
+    from banger.cli.main import main as _main
+
+    sys.exit(_main())

@@ -76,9 +76,7 @@ def reminder(vm: str) -> None:
 
 def _exit(code: int) -> None:
     if code:
-        from banger.cli.main import ExitCode
-
-        raise ExitCode(code)
+        raise SystemExit(code)  # the guest command's status, verbatim
 
 
 def _exists(vm: str) -> bool:
