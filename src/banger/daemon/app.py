@@ -67,6 +67,11 @@ class Daemon:
 
         self.images = ImageService(self)
         self.services.append(self.images)
+        from banger.vms.service import VMService
+
+        # After images, kernels and network: it re-adopts running VMs into them at start.
+        self.vms = VMService(self)
+        self.services.append(self.vms)
 
     def references(self, kind: str, ident: str) -> list[str]:
         return [name for check in self.reference_checks for name in check(kind, ident)]

@@ -10,7 +10,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from banger.daemon import handlers_images, handlers_kernels, handlers_system
+from banger.daemon import handlers_images, handlers_kernels, handlers_system, handlers_vms
 from banger.daemon.context import RequestContext
 from banger.daemon.handlers_workspace import workspace_export, workspace_prepare
 from banger.daemon.logs import current_op_id
@@ -41,6 +41,20 @@ RPC_HANDLERS: dict[str, Handler] = {
     "image.register": handlers_images.image_register,
     "image.promote": handlers_images.image_promote,
     "image.cache.prune": handlers_images.image_cache_prune,
+    "vm.create": handlers_vms.vm_create,
+    "vm.create.begin": handlers_vms.vm_create_begin,
+    "vm.create.status": handlers_vms.vm_create_status,
+    "vm.create.cancel": handlers_vms.vm_create_cancel,
+    "vm.start": handlers_vms.vm_start,
+    "vm.stop": handlers_vms.vm_stop,
+    "vm.restart": handlers_vms.vm_restart,
+    "vm.kill": handlers_vms.vm_kill,
+    "vm.delete": handlers_vms.vm_delete,
+    "vm.set": handlers_vms.vm_set,
+    "vm.list": handlers_vms.vm_list,
+    "vm.show": handlers_vms.vm_show,
+    "vm.logs": handlers_vms.vm_logs,
+    "vm.ssh": handlers_vms.vm_ssh,
     "vm.workspace.prepare": workspace_prepare,
     "vm.workspace.export": workspace_export,
 }

@@ -74,9 +74,9 @@ def ssh_argv(target: SSHTarget, remote: Sequence[str] | None, *, tty: bool) -> l
         "-o", "KexAlgorithms=curve25519-sha256,curve25519-sha256@libssh.org",
     ]  # fmt: skip
     argv.append("-tt" if tty else "-T")
+    # ssh stops option parsing at the host: no "--" (it would reach the remote shell).
     argv.append(target.host)
     if remote:
-        argv.append("--")
         argv.extend(remote)
     return argv
 

@@ -51,6 +51,33 @@ MIGRATIONS: list[Migration] = [
         """,
     ),
     Migration(
+        4,
+        "vms",
+        """
+        -- One row per VM. `handle` is the VMM driver's JSON handle (pid, sockets, ssh port) while
+        -- the VM runs, so a restarted daemon re-adopts it; NULL when stopped.
+        CREATE TABLE vms (
+            id          TEXT PRIMARY KEY,
+            name        TEXT NOT NULL UNIQUE,
+            state       TEXT NOT NULL,
+            image_id    TEXT NOT NULL,
+            image_name  TEXT NOT NULL,
+            kernel      TEXT NOT NULL,
+            vcpus       INTEGER NOT NULL,
+            memory_mib  INTEGER NOT NULL,
+            disk_size   INTEGER NOT NULL,
+            init_mode   TEXT NOT NULL,
+            network     TEXT NOT NULL,
+            error       TEXT,
+            handle      TEXT,
+            created_at  TEXT NOT NULL,
+            updated_at  TEXT NOT NULL,
+            started_at  TEXT
+        ) STRICT;
+        CREATE INDEX vms_image ON vms (image_id);
+        """,
+    ),
+    Migration(
         5,
         "network",
         """

@@ -1,0 +1,178 @@
+"""RPC handlers for `vm.*` (lifecycle, async create, logs, ssh info). Work lives in d.vms."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import Field
+
+from banger.daemon.context import RequestContext
+from banger.daemon.params import Params, parse_params
+from banger.rpc.errors import from_wire
+from banger.vms.service import CreateRequest, for_each
+from banger.vms.spec import VMRecord
+
+if TYPE_CHECKING:
+    from banger.daemon.app import Daemon
+
+
+class CreateParams(Params):
+    name: str | None = None
+    image: str | None = None
+    kernel: str | None = None
+    vcpu: int | None = Field(default=None, ge=1, le=64)
+    memory: int | None = Field(default=None, ge=128, le=1024 * 1024, description="MiB")
+    disk_size: str | None = None
+    init: Literal["auto", "systemd", "minimal"] = "auto"
+    no_start: bool = False
+    # outbound NAT for a bridged VM (networking issue); refused in user-mode networking
+    nat: bool = False
+
+    def request(self) -> CreateRequest:
+        return CreateRequest(
+            name=self.name or None,
+            image=self.image or None,
+            kernel=self.kernel or None,
+            vcpus=self.vcpu,
+            memory_mib=self.memory,
+            disk_size=self.disk_size,
+            init=self.init,
+            start=not self.no_start,
+            nat=self.nat,
+        )
+
+
+class OpParams(Params):
+    id: str = Field(min_length=1)
+
+
+class RefParams(Params):
+    ref: str = Field(min_length=1)
+
+
+class RefsParams(Params):
+    refs: list[str] = Field(min_length=1)
+
+
+class StopParams(RefsParams):
+    timeout: float = Field(default=30.0, gt=0, le=600)
+
+
+class KillParams(RefsParams):
+    signal: str = "KILL"
+
+
+class SetParams(RefsParams):
+    vcpu: int | None = Field(default=None, ge=1, le=64)
+    memory: int | None = Field(default=None, ge=128, le=1024 * 1024)
+    disk_size: str | None = None
+
+
+class LogsParams(RefParams):
+    max_bytes: int = Field(default=256 * 1024, ge=0, le=64 * 1024 * 1024)
+
+
+async def vm_create(d: Daemon, ctx: RequestContext, params: dict[str, Any]) -> Any:
+    p = parse_params(CreateParams, params)
+    return await d.vms.create(p.request(), ctx)
+
+
+async def vm_create_begin(d: Daemon, ctx: RequestContext, params: dict[str, Any]) -> Any:
+    p = parse_params(CreateParams, params)
+    return d.vms.begin_create(p.request(), ctx.op_id).status()
+
+
+async def vm_create_status(d: Daemon, ctx: RequestContext, params: dict[str, Any]) -> Any:
+    p = parse_params(OpParams, params)
+    return d.vms.ops.get(p.id).status()
+
+
+async def vm_create_cancel(d: Daemon, ctx: RequestContext, params: dict[str, Any]) -> Any:
+    p = parse_params(OpParams, params)
+    return (await d.vms.cancel_create(p.id)).status()
+
+
+async def _fan_out(d: Daemon, refs: list[str], fn: Any) -> Any:
+    """One VM: its record (or its error, with its code). Several: per-VM results, concurrently."""
+    vms = d.vms.resolve_many(refs)
+    results = await for_each(vms, fn)
+    if len(results) == 1:
+        r = results[0]
+        if not r["ok"]:
+            raise from_wire(r["error"])
+        return r["result"]
+    return {"results": results}
+
+
+async def vm_start(d: Daemon, ctx: RequestContext, params: dict[str, Any]) -> Any:
+    p = parse_params(RefsParams, params)
+
+    async def fn(vm: VMRecord) -> VMRecord:
+        return await d.vms.start_vm(vm.id, ctx)
+
+    return await _fan_out(d, p.refs, fn)
+
+
+async def vm_stop(d: Daemon, ctx: RequestContext, params: dict[str, Any]) -> Any:
+    p = parse_params(StopParams, params)
+
+    async def fn(vm: VMRecord) -> VMRecord:
+        return await d.vms.stop_vm(vm.id, p.timeout)
+
+    return await _fan_out(d, p.refs, fn)
+
+
+async def vm_restart(d: Daemon, ctx: RequestContext, params: dict[str, Any]) -> Any:
+    p = parse_params(RefsParams, params)
+
+    async def fn(vm: VMRecord) -> VMRecord:
+        return await d.vms.restart_vm(vm.id, ctx)
+
+    return await _fan_out(d, p.refs, fn)
+
+
+async def vm_kill(d: Daemon, ctx: RequestContext, params: dict[str, Any]) -> Any:
+    p = parse_params(KillParams, params)
+
+    async def fn(vm: VMRecord) -> VMRecord:
+        return await d.vms.kill_vm(vm.id, p.signal)
+
+    return await _fan_out(d, p.refs, fn)
+
+
+async def vm_delete(d: Daemon, ctx: RequestContext, params: dict[str, Any]) -> Any:
+    p = parse_params(RefsParams, params)
+
+    async def fn(vm: VMRecord) -> VMRecord:
+        return await d.vms.delete_vm(vm.id)
+
+    return await _fan_out(d, p.refs, fn)
+
+
+async def vm_set(d: Daemon, ctx: RequestContext, params: dict[str, Any]) -> Any:
+    p = parse_params(SetParams, params)
+
+    async def fn(vm: VMRecord) -> VMRecord:
+        return await d.vms.set_vm(vm.id, p.vcpu, p.memory, p.disk_size)
+
+    return await _fan_out(d, p.refs, fn)
+
+
+async def vm_list(d: Daemon, ctx: RequestContext, params: dict[str, Any]) -> Any:
+    parse_params(Params, params)
+    return await d.vms.list_vms()
+
+
+async def vm_show(d: Daemon, ctx: RequestContext, params: dict[str, Any]) -> Any:
+    p = parse_params(RefParams, params)
+    return await d.vms.show(p.ref)
+
+
+async def vm_logs(d: Daemon, ctx: RequestContext, params: dict[str, Any]) -> Any:
+    p = parse_params(LogsParams, params)
+    return await d.vms.logs(p.ref, p.max_bytes)
+
+
+async def vm_ssh(d: Daemon, ctx: RequestContext, params: dict[str, Any]) -> Any:
+    p = parse_params(RefParams, params)
+    return (await d.vms.ssh_target(p.ref)).to_json()

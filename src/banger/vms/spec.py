@@ -1,0 +1,109 @@
+"""VM records and sizing defaults: `[vm_defaults]` config → host-aware → built-in floor."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel
+
+from banger.config import Config
+from banger.units import format_bytes, parse_size
+
+VMState = Literal["created", "running", "stopped", "error"]
+InitMode = Literal["auto", "systemd", "minimal"]
+
+BUILTIN_VCPUS = 1
+BUILTIN_MEMORY_MIB = 512
+BUILTIN_DISK = "8G"
+MAX_AUTO_VCPUS = 4
+MAX_AUTO_MEMORY_MIB = 8192
+
+
+class VMRecord(BaseModel):
+    id: str
+    name: str
+    state: VMState
+    image_id: str
+    image_name: str
+    kernel: str
+    vcpus: int
+    memory_mib: int
+    disk_size_bytes: int
+    init_mode: InitMode
+    network: str
+    error: str | None = None
+    created_at: str
+    updated_at: str
+    started_at: str | None = None
+    pid: int | None = None
+    ssh_host: str | None = None
+    ssh_port: int | None = None
+    ip: str | None = None
+    dir: Path
+    console_log: Path
+
+
+@dataclass(frozen=True)
+class Sizing:
+    vcpus: int
+    memory_mib: int
+    disk_size_bytes: int
+    # where each value came from: "flag" | "config" | "auto" | "builtin"
+    vcpus_from: str
+    memory_from: str
+    disk_from: str
+
+    def line(self) -> str:
+        return (
+            f"{self.vcpus} vCPU ({self.vcpus_from}) · {self.memory_mib} MiB ({self.memory_from})"
+            f" · {format_bytes(self.disk_size_bytes)} work disk ({self.disk_from})"
+        )
+
+
+def host_cpus() -> int:
+    return os.cpu_count() or 1
+
+
+def host_memory_mib() -> int:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) // 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def resolve_sizing(
+    config: Config,
+    vcpus: int | None = None,
+    memory_mib: int | None = None,
+    disk_size: str | None = None,
+) -> Sizing:
+    d = config.vm_defaults
+    if vcpus is not None:
+        v, v_from = vcpus, "flag"
+    elif d.vcpu is not None:
+        v, v_from = d.vcpu, "config"
+    else:
+        v, v_from = min(MAX_AUTO_VCPUS, host_cpus() // 4), "auto"
+        if v < BUILTIN_VCPUS:
+            v, v_from = BUILTIN_VCPUS, "builtin"
+    if memory_mib is not None:
+        m, m_from = memory_mib, "flag"
+    elif d.memory_mib is not None:
+        m, m_from = d.memory_mib, "config"
+    else:
+        m, m_from = min(MAX_AUTO_MEMORY_MIB, host_memory_mib() // 8), "auto"
+        if m < BUILTIN_MEMORY_MIB:
+            m, m_from = BUILTIN_MEMORY_MIB, "builtin"
+    if disk_size is not None:
+        s, s_from = parse_size(disk_size), "flag"
+    elif d.disk_size is not None:
+        s, s_from = parse_size(d.disk_size), "config"
+    else:
+        s, s_from = parse_size(BUILTIN_DISK), "builtin"
+    return Sizing(v, m, s, v_from, m_from, s_from)
