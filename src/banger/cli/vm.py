@@ -394,3 +394,9 @@ def ssh(ref: str, command: tuple[str, ...]) -> None:
 from banger.cli.vm_run import register as _register_run  # noqa: E402
 
 _register_run(vm)
+
+# `vm health`, `vm stats`, `vm ports` (networking & observability) live in cli/vm_observe.py.
+from banger.cli.vm_observe import COMMANDS as _OBSERVE_COMMANDS  # noqa: E402
+
+for _cmd in _OBSERVE_COMMANDS:
+    vm.add_command(_cmd)

@@ -35,7 +35,7 @@ def health(name: str, as_json: bool) -> None:
     """Is the guest up and serving? (control channel and SSH, with latencies)"""
     from banger.cli.main import ExitCode
 
-    result = _call("vm.health", {"vm": name})
+    result = _call("vm.health", {"ref": name})
     if as_json:
         print_json(result)
     else:
@@ -81,7 +81,7 @@ def _print_stats(s: dict[str, Any]) -> None:
 def stats(name: str, as_json: bool, watch: bool, interval: float) -> None:
     """Host (VMM CPU, memory, disk allocation) and guest (load, memory, disks) statistics."""
     while True:
-        result = _call("vm.stats", {"vm": name})
+        result = _call("vm.stats", {"ref": name})
         if as_json:
             print_json(result)
         else:
@@ -98,7 +98,7 @@ def stats(name: str, as_json: bool, watch: bool, interval: float) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def ports(names: tuple[str, ...], as_json: bool) -> None:
     """Listening TCP/UDP sockets in guests (all running VMs by default), with host URLs."""
-    rows = _call("vm.ports", {"vms": list(names)})
+    rows = _call("vm.ports", {"refs": list(names)})
     if as_json:
         print_json(rows)
         return

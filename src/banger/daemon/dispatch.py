@@ -10,7 +10,13 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from banger.daemon import handlers_images, handlers_kernels, handlers_system, handlers_vms
+from banger.daemon import (
+    handlers_images,
+    handlers_kernels,
+    handlers_network,
+    handlers_system,
+    handlers_vms,
+)
 from banger.daemon.context import RequestContext
 from banger.daemon.handlers_workspace import workspace_export, workspace_prepare
 from banger.daemon.logs import current_op_id
@@ -55,6 +61,10 @@ RPC_HANDLERS: dict[str, Handler] = {
     "vm.show": handlers_vms.vm_show,
     "vm.logs": handlers_vms.vm_logs,
     "vm.ssh": handlers_vms.vm_ssh,
+    "vm.ping": handlers_network.vm_ping,
+    "vm.health": handlers_network.vm_health,
+    "vm.stats": handlers_network.vm_stats,
+    "vm.ports": handlers_network.vm_ports,
     "vm.workspace.prepare": workspace_prepare,
     "vm.workspace.export": workspace_export,
 }

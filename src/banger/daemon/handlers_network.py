@@ -24,6 +24,8 @@ from banger.rpc.errors import NotRunning, OperationFailed, RPCError
 if TYPE_CHECKING:
     from banger.daemon.app import Daemon
     from banger.guest.ssh import SSHTarget
+    from banger.vmm.base import VMHandle
+    from banger.vms.spec import VMRecord
 
 CONTROL_TIMEOUT = 3.0
 SSH_TIMEOUT = 15.0
@@ -32,12 +34,12 @@ CPU_WINDOW = 0.5  # seconds between two CPU samples when there is no recent earl
 
 
 class RefParams(Params):
-    vm: str = Field(min_length=1)
+    ref: str = Field(min_length=1)
 
 
 class PortsParams(Params):
     # Empty: every running VM.
-    vms: list[str] = Field(default_factory=list)
+    refs: list[str] = Field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,10 @@ class VMView:
 
 
 class _VMService(Protocol):
-    async def resolve(self, ref: str) -> Any: ...
+    """What observability needs from the VM service (`d.vms`)."""
+
+    async def show(self, ref: str) -> VMRecord: ...
+    async def list_vms(self) -> list[VMRecord]: ...
     async def ssh_target(self, ref: str) -> SSHTarget: ...
 
 
@@ -65,14 +70,45 @@ def _vms(d: Daemon) -> _VMService:
     return cast(_VMService, vms)
 
 
+def _handle(d: Daemon, vm_id: str) -> VMHandle | None:
+    getter = getattr(_vms(d), "_handle", None)
+    return cast("VMHandle | None", getter(vm_id)) if getter is not None else None
+
+
+def _to_view(d: Daemon, vm: VMRecord) -> VMView:
+    handle = _handle(d, vm.id) if vm.state == "running" else None
+    return VMView(
+        id=vm.id,
+        name=vm.name,
+        running=vm.state == "running" and handle is not None,
+        pid=handle.pid if handle else vm.pid,
+        control_socket=handle.control_socket if handle else None,
+        network=vm.network,
+        disks={"root_overlay": str(vm.dir / "root.qcow2"), "work_disk": str(vm.dir / "work.ext4")},
+    )
+
+
 async def _view(d: Daemon, ref: str) -> VMView:
-    vms: Any = _vms(d)
-    return cast(VMView, await vms.observe(ref))
+    # show() refreshes liveness: a VM whose VMM died reads as stopped here.
+    return _to_view(d, await _vms(d).show(ref))
 
 
 async def _running_views(d: Daemon) -> list[VMView]:
-    vms: Any = _vms(d)
-    return cast(list[VMView], await vms.observe_running())
+    return [_to_view(d, vm) for vm in await _vms(d).list_vms() if vm.state == "running"]
+
+
+async def _hmp(d: Daemon, vm_id: str, command: str) -> str | None:
+    """A QEMU monitor command for the VM, or None when its VMM has no monitor (Firecracker)."""
+    handle = _handle(d, vm_id)
+    if handle is None:
+        return None
+    from banger.vmm.select import driver_by_name
+
+    driver = driver_by_name(d.config, handle.driver)
+    hmp = getattr(driver, "hmp", None)
+    if hmp is None:
+        return None
+    return cast(str, await asyncio.wait_for(hmp(handle, command), CONTROL_TIMEOUT))
 
 
 def _require_running(vm: VMView) -> None:
@@ -117,7 +153,7 @@ async def _check_ssh(d: Daemon, vm: VMView) -> dict[str, Any]:
 
 async def vm_ping(d: Daemon, ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     p = parse_params(RefParams, params)
-    vm = await _view(d, p.vm)
+    vm = await _view(d, p.ref)
     _require_running(vm)
     check = await _check_control(vm)
     return {
@@ -130,7 +166,7 @@ async def vm_ping(d: Daemon, ctx: RequestContext, params: dict[str, Any]) -> dic
 
 async def vm_health(d: Daemon, ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     p = parse_params(RefParams, params)
-    vm = await _view(d, p.vm)
+    vm = await _view(d, p.ref)
     _require_running(vm)
     checks = list(await asyncio.gather(_check_control(vm), _check_ssh(d, vm)))
     return {"vm": vm.name, "healthy": all(c["ok"] for c in checks), "checks": checks}
@@ -174,7 +210,7 @@ async def _guest_snapshot(d: Daemon, vm: VMView) -> probes.GuestSnapshot:
 
 async def vm_stats(d: Daemon, ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     p = parse_params(RefParams, params)
-    vm = await _view(d, p.vm)
+    vm = await _view(d, p.ref)
     _require_running(vm)
     host_task = asyncio.create_task(_host_stats(vm))
     guest: dict[str, Any] | None = None
@@ -225,14 +261,16 @@ def parse_usernet_forwards(text: str) -> dict[int, int]:
 
 async def _user_forwards(d: Daemon, vm: VMView, wanted: set[int]) -> dict[int, int]:
     """Host ports forwarded to `wanted` guest ports on a user-mode VM, adding missing ones."""
-    vms: Any = _vms(d)
-    hmp = getattr(vms, "hmp", None)
-    if hmp is None:
+    info = await _hmp(d, vm.id, "info usernet")
+    if info is None:
         return {}
-    current = parse_usernet_forwards(await hmp(vm.id, "info usernet"))
+    current = parse_usernet_forwards(info)
     for port in sorted(wanted - set(current)):
         host_port = _free_port()
-        await hmp(vm.id, f"hostfwd_add n0 tcp:127.0.0.1:{host_port}-:{port}")
+        # netdev id "n0" is the QEMU driver's (vmm/qemu.py); an empty reply means it worked.
+        reply = await _hmp(d, vm.id, f"hostfwd_add n0 tcp:127.0.0.1:{host_port}-:{port}")
+        if reply is not None and reply.strip():
+            raise OperationFailed(f"cannot forward guest port {port}: {reply.strip()}")
         current[port] = host_port
     return current
 
@@ -270,8 +308,8 @@ async def _vm_ports(d: Daemon, vm: VMView) -> list[dict[str, Any]]:
 
 async def vm_ports(d: Daemon, ctx: RequestContext, params: dict[str, Any]) -> list[dict[str, Any]]:
     p = parse_params(PortsParams, params)
-    if p.vms:
-        views = [await _view(d, ref) for ref in p.vms]
+    if p.refs:
+        views = [await _view(d, ref) for ref in p.refs]
         for vm in views:
             _require_running(vm)
     else:
@@ -282,7 +320,7 @@ async def vm_ports(d: Daemon, ctx: RequestContext, params: dict[str, Any]) -> li
         if isinstance(res, BaseException):
             if isinstance(res, asyncio.CancelledError):
                 raise res
-            if p.vms:  # asked for by name: say why it failed
+            if p.refs:  # asked for by name: say why it failed
                 raise res if isinstance(res, RPCError) else OperationFailed(f"{vm.name}: {res}")
             rows.append({"vm": vm.name, "error": getattr(res, "message", str(res))})
             continue

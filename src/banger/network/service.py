@@ -237,8 +237,11 @@ class NetworkService:
                 await self._sync_nat()
 
     def guest_ip(self, vm_id: str) -> str | None:
+        """The running VM's address, else the one it keeps for its next bridged start."""
         cur = self._active.get(vm_id)
-        return cur.ip if cur else None
+        if cur is not None and cur.ip:
+            return cur.ip
+        return self.ipam.lookup(vm_id)
 
     def url_host(self, vm_id: str, guest_port: int) -> tuple[str, int] | None:
         """Where a user on this host reaches a guest port: (`<name>.vm`, port) when bridged."""
