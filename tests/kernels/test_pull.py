@@ -172,3 +172,34 @@ def test_daemon_start_removes_staging_leftovers(cat_env: BangerEnv) -> None:
     (staging / "kernel-crashed-0123abcd.tar").write_bytes(b"partial")
     cat_env.banger("daemon", "start", check=True)
     assert not any(p.name.startswith("kernel-") for p in staging.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("catalog", "message"),
+    [
+        ("/nonexistent/catalog.json", "cannot read kernel catalog /nonexistent/catalog.json"),
+        ("http://127.0.0.1:9/catalog.json", "cannot fetch kernel catalog"),
+        ("BAD_JSON", "is not JSON"),
+        ("BAD_ENTRY", "is invalid at entries.0.tarball_sha256"),
+    ],
+)
+def test_broken_override_catalog_is_named(
+    banger_env: BangerEnv, tmp_path: Path, catalog: str, message: str
+) -> None:
+    if catalog == "BAD_JSON":
+        catalog = str(tmp_path / "c.json")
+        Path(catalog).write_text("{nope")
+    elif catalog == "BAD_ENTRY":
+        catalog = str(tmp_path / "c.json")
+        entry = {"name": "x", "tarball_url": "x.tar", "tarball_sha256": "abc"}
+        Path(catalog).write_text(json.dumps({"version": 1, "entries": [entry]}))
+    banger_env.write_config(f'kernel_catalog = "{catalog}"\n')
+    r = banger_env.banger("kernel", "catalog")
+    assert r.returncode == 1
+    assert message in r.stderr, r.stderr
+
+
+def test_rm_is_an_alias_of_delete(cat_env: BangerEnv) -> None:
+    cat_env.banger("kernel", "pull", "debian-gz", check=True)
+    assert "deleted kernel debian-gz" in cat_env.banger("kernel", "rm", "debian-gz").stdout
+    assert _leftovers(cat_env) == []
