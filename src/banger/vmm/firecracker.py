@@ -25,6 +25,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,9 @@ _IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 _MAC_RE = re.compile(r"^([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}$")
 _VERSION_RE = re.compile(r"v?(\d+)\.(\d+)\.(\d+)")
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+_READY_RE = re.compile(r"banger-guest: (READY|ERROR)\b ?(.*)$")
+# What a Linux guest prints when it powers off or halts (kernel/reboot.c).
+POWER_DOWN_LINES = ("reboot: Power down", "reboot: System halted")
 
 
 def parse_version(text: str) -> tuple[int, int, int] | None:
@@ -397,6 +401,7 @@ class FirecrackerDriver:
         log.info("starting firecracker for %s: %s", spec.name, argv)
         # The serial console is Firecracker's stdout: it goes straight into the VM's log, and
         # keeps going there after a daemon restart (the process holds the fd).
+        console_offset = _size(str(spec.console_log))
         with spec.console_log.open("ab") as console:
             proc = subprocess.Popen(
                 argv,
@@ -417,6 +422,7 @@ class FirecrackerDriver:
                 "instance_id": ident,
                 "create_time": _create_time(proc.pid),
                 "console_log": str(spec.console_log),
+                "console_offset": console_offset,
                 "firecracker_log": str(lay.chroot / "firecracker.log" if lay.chroot else fc_log),
                 "control_protocol": CONTROL_PROTOCOL,
                 "control_port": int(spec.extra.get("control_vsock_port", CONTROL_VSOCK_PORT)),
@@ -581,14 +587,26 @@ class FirecrackerDriver:
 
     async def request_shutdown(self, handle: VMHandle) -> None:
         """Ctrl-Alt-Del: the guest reboots, `reboot=k` resets it, and Firecracker exits."""
+        handle.details["shutdown_offset"] = _size(handle.details.get("console_log"))
         async with self._client(handle) as api:
             if (await api.describe()).get("state") == "Paused":
                 await api.set_state("Resumed")  # a paused guest cannot act on the keypress
             await api.action("SendCtrlAltDel")
 
     async def wait_exit(self, handle: VMHandle, timeout: float) -> bool:
+        """True once the process is gone, or once the guest has powered itself off.
+
+        A guest `poweroff` on x86 halts the vCPUs but leaves Firecracker running (it has no
+        power-off device): when the kernel's power-down line is on the console the guest is done
+        (it synced and unmounted first), so the process is ended here.
+        """
         deadline = time.monotonic() + timeout
+        offset = handle.details.get("shutdown_offset", handle.details.get("console_offset", 0))
         while self.is_alive(handle):
+            if _console_has(handle.details.get("console_log"), int(offset), POWER_DOWN_LINES):
+                log.info("guest of pid %d powered off; ending its Firecracker", handle.pid)
+                await self._kill(handle, first=signal.SIGKILL)
+                break
             if time.monotonic() >= deadline:
                 return False
             await asyncio.sleep(0.02)
@@ -612,8 +630,11 @@ class FirecrackerDriver:
         await self._kill(handle)
         self.cleanup(handle)
 
-    async def _kill(self, handle: VMHandle) -> None:
-        for sig, wait in ((signal.SIGTERM, STOP_SIGTERM_WAIT), (signal.SIGKILL, 5.0)):
+    async def _kill(self, handle: VMHandle, first: signal.Signals = signal.SIGTERM) -> None:
+        steps = [(signal.SIGTERM, STOP_SIGTERM_WAIT), (signal.SIGKILL, 5.0)]
+        if first == signal.SIGKILL:
+            steps = steps[1:]
+        for sig, wait in steps:
             if not self.is_alive(handle):
                 return
             with contextlib.suppress(ProcessLookupError):
@@ -671,6 +692,64 @@ async def open_control(
 def _extra_disks(spec: VMSpec) -> tuple[DiskSpec, ...]:
     disks: tuple[DiskSpec, ...] = tuple(getattr(spec, "extra_disks", ()))
     return disks
+
+
+async def wait_console_ready(
+    handle: VMHandle, timeout: float, alive: Callable[[], bool] | None = None
+) -> str:
+    """Wait for the guest payload's `banger-guest: READY …` line on the serial console.
+
+    Firecracker has no virtio-serial: the console (the VM log) carries the guest's READY, read
+    from where this boot's output starts. `banger-guest: ERROR …` and initramfs failures raise.
+    Returns READY's detail (e.g. `mode=minimal`).
+    """
+    path = Path(str(handle.details.get("console_log", "")))
+    offset = int(handle.details.get("console_offset", 0))
+    deadline = time.monotonic() + timeout
+    pending = b""
+    while True:
+        try:
+            with path.open("rb") as f:
+                f.seek(offset)
+                chunk = f.read()
+        except OSError:
+            chunk = b""
+        offset += len(chunk)
+        lines = (pending + chunk).split(b"\n")
+        pending = lines.pop()
+        for raw in lines:
+            line = raw.decode(errors="replace").strip()
+            m = _READY_RE.search(line)
+            if m and m[1] == "READY":
+                return m[2]
+            if m:
+                raise DriverError(f"guest: {m[2] or 'unknown error'}")
+            if "banger-initramfs: " in line and "warning:" not in line:
+                raise DriverError(line[line.index("banger-initramfs: ") :])
+        if alive is not None and not alive():
+            raise DriverError("the VM process exited before the guest reported READY")
+        if time.monotonic() >= deadline:
+            raise DriverError(f"the guest did not report READY within {timeout:.0f}s")
+        await asyncio.sleep(0.05)
+
+
+def _size(path: object) -> int:
+    try:
+        return os.stat(str(path)).st_size if path else 0
+    except OSError:
+        return 0
+
+
+def _console_has(path: object, offset: int, needles: Sequence[str]) -> bool:
+    if not path:
+        return False
+    try:
+        with open(str(path), "rb") as f:
+            f.seek(offset)
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return False
+    return any(n in text for n in needles)
 
 
 def _create_time(pid: int) -> float | None:

@@ -26,6 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fc_double import FirecrackerDouble
 
 CALL_LOG = os.environ.get("BANGER_FC_DOUBLE_LOG", "")
+# How the simulated guest behaves: "reboot" (init reboots on Ctrl-Alt-Del), "poweroff" (init
+# powers off instead: the kernel halts and Firecracker keeps running), "error" (the guest payload
+# fails before READY).
+GUEST_MODE = os.environ.get("BANGER_FC_DOUBLE_GUEST", "reboot")
 GUEST_PORTS = {
     int(p) for p in os.environ.get("BANGER_FC_DOUBLE_GUEST_PORTS", "1024").split(",") if p
 }
@@ -50,6 +54,10 @@ class Guest:
         console(f"fake-guest: Linux booting {boot['kernel_image_path']}")
         console(f"fake-guest: Kernel command line: {boot.get('boot_args', '')}")
         console("fake-guest: up")
+        if GUEST_MODE == "error":
+            console("banger-guest: ERROR the image has no OpenSSH server")
+        else:
+            console("banger-guest: READY mode=fake")
 
     def on_ctrl_alt_del(self, fc: FirecrackerDouble) -> None:
         if "reboot=k" not in fc.resources["boot-source"].get("boot_args", "").split():
@@ -58,13 +66,19 @@ class Guest:
         if fc.state == "Paused":
             self.reboot_pending = True  # vCPUs are stopped; the guest acts on resume
             return
+        self.reboot(fc)
+
+    def reboot(self, fc: FirecrackerDouble) -> None:
+        if GUEST_MODE == "poweroff":
+            console("[   12.345678] reboot: Power down")  # the VMM stays up, vCPUs halted
+            return
         console("fake-guest: reboot: Restarting system")
         exit_soon(0)
 
     def on_state(self, fc: FirecrackerDouble, state: str) -> None:
         if state == "Running" and self.reboot_pending:
-            console("fake-guest: reboot: Restarting system")
-            exit_soon(0)
+            self.reboot_pending = False
+            self.reboot(fc)
 
     def on_vsock(self, fc: FirecrackerDouble, path: str) -> None:
         srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

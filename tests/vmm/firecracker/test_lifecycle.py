@@ -405,3 +405,55 @@ async def test_jailer_mode_links_files_into_the_chroot(
         assert spec.root_disk.path.exists()
     finally:
         await driver.force_stop(handle)
+
+
+async def test_readiness_from_the_console(
+    fc: Backend, guest_files: GuestFiles, vm_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if fc.kind != "double":
+        pytest.skip("the READY line comes from banger's guest payload, which this root lacks")
+    from banger.vmm.firecracker import wait_console_ready
+
+    spec = make_spec(guest_files, vm_dir)
+    # A READY from an earlier boot in the same log must not count.
+    spec.console_log.write_text("banger-guest: READY mode=old\n")
+    driver = FirecrackerDriver()
+    handle = await driver.launch(spec)
+    try:
+        assert await wait_console_ready(handle, 30, lambda: driver.is_alive(handle)) == "mode=fake"
+    finally:
+        await driver.force_stop(handle)
+    # Nothing new on the console and the process gone: no waiting out the timeout.
+    handle.details["console_offset"] = spec.console_log.stat().st_size
+    with pytest.raises(DriverError, match="exited before the guest reported READY"):
+        await wait_console_ready(handle, 30, lambda: driver.is_alive(handle))
+
+    monkeypatch.setenv("BANGER_FC_DOUBLE_GUEST", "error")
+    handle = await driver.launch(spec)
+    try:
+        with pytest.raises(DriverError, match="guest: the image has no OpenSSH server"):
+            await wait_console_ready(handle, 30, lambda: driver.is_alive(handle))
+    finally:
+        await driver.force_stop(handle)
+
+
+async def test_guest_that_powers_off_ends_its_firecracker(
+    fc: Backend, guest_files: GuestFiles, vm_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """x86 Firecracker has no power-off device: the driver ends the process on the kernel's
+    power-down line instead of waiting for the timeout."""
+    if fc.kind != "double":
+        pytest.skip("needs a guest whose init powers off on Ctrl-Alt-Del")
+    monkeypatch.setenv("BANGER_FC_DOUBLE_GUEST", "poweroff")
+    spec = make_spec(guest_files, vm_dir)
+    driver = FirecrackerDriver()
+    handle = await driver.launch(spec)
+    try:
+        await wait_console(spec.console_log, "fake-guest: up")
+        started = time.monotonic()
+        assert await driver.stop(handle, timeout=30) == "graceful"
+        assert time.monotonic() - started < 5
+        assert not driver.is_alive(handle)
+        assert "reboot: Power down" in spec.console_log.read_text()
+    finally:
+        await driver.force_stop(handle)
