@@ -83,6 +83,34 @@ def system(netns: str, owner_user: User) -> Iterator[System]:
     shutil.rmtree(root, ignore_errors=True)
 
 
+def _start_daemon(s: System) -> subprocess.Popen[bytes]:
+    """`bangerd --system` as the owner, in the namespace; returns once its socket answers."""
+    sock = s.root / "run/banger/bangerd.sock"
+    with contextlib.suppress(FileNotFoundError):
+        sock.unlink()
+    daemon = subprocess.Popen(
+        ["ip", "netns", "exec", s.netns, *as_user(s.owner), str(VENV_BIN / "bangerd"), "--system"],
+        env=s.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while not sock.exists():
+        assert daemon.poll() is None, "bangerd --system exited"
+        assert time.monotonic() < deadline, "bangerd --system never opened its socket"
+        time.sleep(0.05)
+    return daemon
+
+
+def _stop_daemon(daemon: subprocess.Popen[bytes]) -> None:
+    daemon.send_signal(signal.SIGTERM)
+    try:
+        daemon.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        daemon.kill()
+        daemon.wait(timeout=10)
+
+
 def _banner(netns: str, ip: str) -> str:
     code = (
         "import socket,sys\n"
@@ -133,20 +161,9 @@ def test_bridged_vm_with_unprivileged_daemon_and_root_helper(
     shutil.chown(rootfs, owner.uid, owner.gid)
 
     helper: Helper = start_helper(s.root, s.netns, owner)
-    daemon = subprocess.Popen(
-        ["ip", "netns", "exec", s.netns, *as_user(owner), str(VENV_BIN / "bangerd"), "--system"],
-        env=s.env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    daemon = _start_daemon(s)
     vm: dict[str, Any] = {}
     try:
-        sock = s.root / "run/banger/bangerd.sock"
-        deadline = time.monotonic() + 30
-        while not sock.exists():
-            assert daemon.poll() is None, "bangerd --system exited"
-            assert time.monotonic() < deadline, "bangerd --system never opened its socket"
-            time.sleep(0.05)
         assert _uid_of(daemon.pid) == owner.uid
 
         s.ok("image", "register", "--name", "deb", "--rootfs", str(rootfs), timeout=300)
@@ -192,6 +209,15 @@ def test_bridged_vm_with_unprivileged_daemon_and_root_helper(
             assert by_method[m]["caller_uid"] == owner.uid
             assert str(by_method[m]["op_id"]).startswith("op-")
 
+        # Restarting either process leaves the VM running (what KillMode=process gives the units).
+        stop_helper(helper)
+        helper = start_helper(s.root, s.netns, owner)
+        _stop_daemon(daemon)
+        daemon = _start_daemon(s)
+        again = json.loads(s.ok("vm", "show", "e2e", "--json"))
+        assert again["state"] == "running" and again["pid"] == vm["pid"], again
+        assert _banner(s.netns, vm["ip"]).startswith("SSH-")
+
         s.ok("vm", "delete", "e2e", timeout=120)
         links = json.loads(s.ns("ip", "-j", "link", "show"))
         assert not [x for x in links if str(x["ifname"]).startswith("tap-bg-")]
@@ -200,10 +226,5 @@ def test_bridged_vm_with_unprivileged_daemon_and_root_helper(
         if vm.get("pid"):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(vm["pid"]), signal.SIGKILL)
-        daemon.send_signal(signal.SIGTERM)
-        try:
-            daemon.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
-            daemon.wait(timeout=10)
+        _stop_daemon(daemon)
         stop_helper(helper)
