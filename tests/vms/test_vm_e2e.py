@@ -1,0 +1,220 @@
+"""VMs end to end: the real CLI and daemon, real QEMU TCG boots of the imported Debian kernel and
+the offline debian-bookworm image, real OpenSSH. Boots are kept few: each test covers a lot."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from banger.rpc.errors import NotFound
+from tests.conftest import BangerEnv
+from tests.vms.conftest import list_vms
+
+pytestmark = pytest.mark.slow
+
+
+def _show(be: BangerEnv, name: str) -> dict[str, Any]:
+    out = json.loads(be.banger("vm", "show", name, "--json", check=True, timeout=60).stdout)
+    assert isinstance(out, dict)
+    return out
+
+
+def _ssh(
+    be: BangerEnv, name: str, *cmd: str, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return be.banger("vm", "ssh", name, "--", *cmd, timeout=timeout)
+
+
+def _qemu_alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def _known_hosts(be: BangerEnv) -> str:
+    try:
+        return (be.paths.ssh_dir / "known_hosts").read_text()
+    except FileNotFoundError:
+        return ""
+
+
+def test_lifecycle_create_ssh_stop_start_restart_kill_delete(vmenv: BangerEnv) -> None:
+    be = vmenv
+    p = be.banger("vm", "create", "--name", "life", timeout=900)
+    assert p.returncode == 0, p.stderr
+    assert "spec: life: debian-bookworm · kernel debian-6.1 · 1 vCPU" in p.stderr
+    assert "512 MiB (config)" in p.stderr and "2.0 GiB work disk (config)" in p.stderr
+    assert "waiting for SSH" in p.stderr
+    assert "life ready in" in p.stdout
+    vm = _show(be, "life")
+    assert vm["state"] == "running" and vm["network"] == "user"
+    assert _qemu_alive(vm["pid"])
+    assert "life.vm ssh-ed25519 " in _known_hosts(be)
+
+    # A command's output and exit status come back verbatim.
+    r = _ssh(be, "life", "hostname; uname -r; echo data > /root/keep; echo sys > /etc/keep; exit 7")
+    assert r.returncode == 7, r.stderr
+    assert r.stdout.splitlines()[:2] == ["life", "6.1.0-56-amd64"]
+    r = _ssh(be, "life", "df -k /root | tail -1; stat -c %a /root")
+    assert "/dev/vd" in r.stdout
+    size_kib = int(r.stdout.split()[1])
+    assert 1_800_000 < size_kib < 2_200_000  # the 2G work disk is /root
+
+    # running VM: set is refused with what to do
+    p = be.banger("vm", "set", "life", "--memory", "600")
+    assert p.returncode == 1 and "is running; stop it first" in p.stderr
+
+    p = be.banger("vm", "stop", "life", timeout=120)
+    assert p.returncode == 0 and "life: stopped" in p.stdout, p.stderr
+    vm = _show(be, "life")
+    assert vm["state"] == "stopped" and vm["pid"] is None
+    p = _ssh(be, "life", "true")
+    assert p.returncode == 1 and "is stopped" in p.stderr
+
+    # stopped VM: grow the work disk (filesystem resized) and change memory
+    p = be.banger("vm", "set", "life", "--disk-size", "3G", "--memory", "600", timeout=300)
+    assert p.returncode == 0, p.stderr
+    p = be.banger("vm", "set", "life", "--disk-size", "1G")
+    assert p.returncode == 1 and "can only grow" in p.stderr
+
+    p = be.banger("vm", "start", "life", timeout=600)
+    assert p.returncode == 0, p.stderr
+    r = _ssh(be, "life", "cat /root/keep /etc/keep; df -k /root | tail -1; free -m | head -2")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[:2] == ["data", "sys"]
+    assert 2_800_000 < int(r.stdout.splitlines()[2].split()[1]) < 3_300_000
+    assert _show(be, "life")["memory_mib"] == 600
+
+    p = be.banger("vm", "restart", "lif", timeout=600)  # unique prefix
+    assert p.returncode == 0 and "life: restarted" in p.stdout, p.stderr
+    assert _ssh(be, "life", "cat /root/keep").stdout.strip() == "data"
+
+    # guest poweroff: the VM is reported stopped, never running
+    pid = _show(be, "life")["pid"]
+    _ssh(be, "life", "poweroff")
+    deadline = time.monotonic() + 30
+    while _show(be, "life")["state"] == "running" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _show(be, "life")["state"] == "stopped"
+    assert not _qemu_alive(pid)
+
+    p = be.banger("vm", "start", "life", timeout=600)
+    assert p.returncode == 0, p.stderr
+    pid = _show(be, "life")["pid"]
+    p = be.banger("vm", "kill", "--signal", "KILL", "life", timeout=60)
+    assert p.returncode == 0 and "life: killed" in p.stdout
+    assert _show(be, "life")["state"] == "stopped"
+    assert not _qemu_alive(pid)
+
+    logs = be.banger("vm", "logs", "life", check=True).stdout
+    assert logs.count("--- banger: boot of life") == 4
+    assert "banger-guest: READY" in logs
+
+    vm_dir = Path(_show(be, "life")["dir"])
+    assert (vm_dir / "root.qcow2").exists()
+    p = be.banger("vm", "delete", "life", timeout=120)
+    assert p.returncode == 0 and "life: deleted" in p.stdout
+    assert not vm_dir.exists()
+    assert "life.vm" not in _known_hosts(be)
+    p = be.banger("vm", "show", "life")
+    assert p.returncode == 1 and "not found" in p.stderr
+
+
+def test_async_create_cancel_mid_boot_leaves_nothing(vmenv: BangerEnv) -> None:
+    be = vmenv
+    before = {p.name for p in be.paths.vms_dir.iterdir()}
+    with be.client() as c:
+        st = c.call("vm.create.begin", {"name": "gone"})
+        op = st["id"]
+        assert op.startswith("op-")
+        deadline = time.monotonic() + 300
+        while st["stage"] not in ("wait_guest", "wait_ssh") and not st["done"]:
+            assert time.monotonic() < deadline, st
+            time.sleep(0.05)
+            st = c.call("vm.create.status", {"id": op})
+        assert not st["done"], st  # cancelled while the guest boots
+        vm_id = next(iter({p.name for p in be.paths.vms_dir.iterdir()} - before))
+        st = c.call("vm.create.cancel", {"id": op})
+        assert st["done"] and st["cancelled"] and st["vm"] is None
+        assert c.call("vm.create.status", {"id": op})["cancelled"]
+        with pytest.raises(NotFound):
+            c.call("vm.show", {"ref": "gone"})
+    assert {p.name for p in be.paths.vms_dir.iterdir()} == before
+    assert not (be.paths.runtime_dir / "vms" / vm_id).exists()
+    assert "gone.vm" not in _known_hosts(be)
+    ps = subprocess.run(["ps", "-eo", "stat,args"], capture_output=True, text=True).stdout
+    assert not [ln for ln in ps.splitlines() if f"banger-{vm_id}" in ln and not ln.startswith("Z")]
+
+
+def test_two_at_once_then_daemon_restart_readopts(vmenv: BangerEnv) -> None:
+    be = vmenv
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "banger.cli.main", "vm", "create", "--name", n],
+            env=be.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for n in ("twin-a", "twin-b")
+    ]
+    for proc in procs:
+        out, err = proc.communicate(timeout=900)
+        assert proc.returncode == 0, err
+        assert "ready in" in out
+    a, b = _show(be, "twin-a"), _show(be, "twin-b")
+    assert a["image_id"] == b["image_id"] and a["dir"] != b["dir"]
+    assert a["ssh_port"] != b["ssh_port"]
+    for name in ("twin-a", "twin-b"):
+        assert _ssh(be, name, "hostname").stdout.strip() == name
+
+    # Daemon restart: VMs keep running and are re-adopted.
+    be.banger("daemon", "stop", check=True, timeout=60)
+    assert _qemu_alive(a["pid"]) and _qemu_alive(b["pid"])
+    be.banger("daemon", "start", check=True, timeout=30)
+    states = {v["name"]: v for v in list_vms(be)}
+    assert states["twin-a"]["state"] == "running" and states["twin-a"]["pid"] == a["pid"]
+    assert _ssh(be, "twin-b", "hostname").stdout.strip() == "twin-b"
+
+    # A VMM that dies behind banger's back is reported stopped, not running.
+    os.kill(a["pid"], 9)
+    time.sleep(0.3)
+    assert _show(be, "twin-a")["state"] == "stopped"
+
+    # Several VMs per verb, acted on concurrently; prune removes the non-running one.
+    p = be.banger("vm", "prune", "-f", timeout=120)
+    assert p.returncode == 0 and "twin-a: deleted" in p.stdout
+    assert [v["name"] for v in list_vms(be)] == ["twin-b"]
+    p = be.banger("vm", "create", "--name", "idle", "--no-start", timeout=300)
+    assert p.returncode == 0 and _show(be, "idle")["state"] == "created"
+    p = be.banger("vm", "delete", "twin-b", "idle", timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "twin-b: deleted" in p.stdout and "idle: deleted" in p.stdout
+    assert list_vms(be) == []
+
+
+def test_bad_input_is_refused_clearly(vmenv: BangerEnv) -> None:
+    be = vmenv
+    p = be.banger("vm", "create", "--name", "Web_1", "--no-start")
+    assert p.returncode == 1
+    assert "invalid character 'W' at position 1" in p.stderr
+    p = be.banger("vm", "create", "--name", "-web", "--no-start")
+    assert "cannot start or end with '-'" in p.stderr
+    p = be.banger("vm", "create", "--image", "no-such-image", "--no-start")
+    assert p.returncode == 1 and "image 'no-such-image' not found" in p.stderr
+    p = be.banger("vm", "stop", "nothing-here")
+    assert p.returncode == 1 and "not found" in p.stderr
+    p = be.banger("vm", "ssh", "nothing-here")
+    assert p.returncode == 1 and "not found" in p.stderr
+    p = be.banger("vm", "create", "--no-start", "--disk-size", "lots")
+    assert p.returncode == 1 and "not understood" in p.stderr
+    assert list_vms(be) == []
