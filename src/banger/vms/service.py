@@ -179,10 +179,12 @@ class VMService:
         handle = json.loads(r["handle"]) if r["handle"] else None
         vm_dir = self.vm_dir(r["id"])
         ip = None
+        nat = False
         net = getattr(self.d, "network", None)
         if net is not None and r["network"] == "tap":
             with contextlib.suppress(Exception):
                 ip = net.guest_ip(r["id"])
+                nat = net.nat(r["id"])
         return VMRecord(
             id=r["id"],
             name=r["name"],
@@ -203,6 +205,7 @@ class VMService:
             ssh_host=handle["ssh_host"] if handle else None,
             ssh_port=handle["ssh_port"] if handle else None,
             ip=ip,
+            nat=nat,
             dir=vm_dir,
             console_log=vm_dir / "console.log",
         )
@@ -687,12 +690,24 @@ class VMService:
         vcpus: int | None,
         memory_mib: int | None,
         disk_size: str | None,
+        nat: bool | None = None,
     ) -> VMRecord:
-        if vcpus is None and memory_mib is None and disk_size is None:
-            raise BadRequest("nothing to change: give --vcpu, --memory or --disk-size")
+        if vcpus is None and memory_mib is None and disk_size is None and nat is None:
+            raise BadRequest(
+                "nothing to change: give --vcpu, --memory, --disk-size or --nat/--no-nat"
+            )
         vm = self.resolve(ref)
         async with self._lock(vm.id):
             vm = await self._refresh(self._get_by_id(vm.id))
+            if nat is not None:
+                # NAT is host-side only: the network service applies it at once if the VM runs.
+                net = getattr(self.d, "network", None)
+                if net is None:
+                    raise BadRequest("--nat needs the network service")
+                await net.set_nat(vm.id, nat)
+                if vcpus is None and memory_mib is None and disk_size is None:
+                    self._update(vm.id)
+                    return self._get_by_id(vm.id)
             if vm.state == "running":
                 raise Conflict(
                     f"vm {vm.name} is running; stop it first (`banger vm stop {vm.name}`), "

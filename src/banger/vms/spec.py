@@ -42,6 +42,8 @@ class VMRecord(BaseModel):
     ssh_host: str | None = None
     ssh_port: int | None = None
     ip: str | None = None
+    # outbound NAT wish (bridged networking; kept by the network service)
+    nat: bool = False
     dir: Path
     console_log: Path
 
