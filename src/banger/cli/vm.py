@@ -131,6 +131,7 @@ def _create_params(
     help="guest init: the image's systemd, banger's minimal supervisor, or auto",
 )
 @click.option("--no-start", is_flag=True, help="create the VM without booting it")
+@click.option("--nat", is_flag=True, help="outbound NAT for a bridged VM (masquerade)")
 @click.option("--json", "as_json", is_flag=True, help="print the VM as JSON")
 def create(
     name: str | None,
@@ -141,10 +142,13 @@ def create(
     disk_size: str | None,
     init: str,
     no_start: bool,
+    nat: bool,
     as_json: bool,
 ) -> None:
     """Create a VM (and boot it, waiting until SSH answers)."""
     params = _create_params(name, image, kernel, vcpu, memory, disk_size, init, no_start)
+    if nat:
+        params["nat"] = True
     stages = _Stages()
     try:
         rec = _call("vm.create", params, on_progress=stages)
@@ -253,12 +257,21 @@ def prune(force: bool) -> None:
 @click.option("--vcpu", type=click.IntRange(1, 64))
 @click.option("--memory", type=click.IntRange(128), help="MiB")
 @click.option("--disk-size", help="grow the work disk to this size (e.g. 16G)")
+@click.option(
+    "--nat/--no-nat",
+    default=None,
+    help="outbound NAT for a bridged VM (applied at once, even while it runs)",
+)
 def set_(
-    refs: tuple[str, ...], vcpu: int | None, memory: int | None, disk_size: str | None
+    refs: tuple[str, ...],
+    vcpu: int | None,
+    memory: int | None,
+    disk_size: str | None,
+    nat: bool | None,
 ) -> None:
-    """Change vCPUs, memory or work disk size of stopped VMs."""
+    """Change vCPUs, memory or work disk size of stopped VMs, or NAT of any VM."""
     extra: dict[str, Any] = {}
-    for k, v in (("vcpu", vcpu), ("memory", memory), ("disk_size", disk_size)):
+    for k, v in (("vcpu", vcpu), ("memory", memory), ("disk_size", disk_size), ("nat", nat)):
         if v is not None:
             extra[k] = v
     _each("vm.set", refs, extra, "updated")

@@ -66,6 +66,8 @@ class SetParams(RefsParams):
     vcpu: int | None = Field(default=None, ge=1, le=64)
     memory: int | None = Field(default=None, ge=128, le=1024 * 1024)
     disk_size: str | None = None
+    # outbound NAT (bridged VMs); unlike the sizes it may change while the VM runs
+    nat: bool | None = None
 
 
 class LogsParams(RefParams):
@@ -153,7 +155,7 @@ async def vm_set(d: Daemon, ctx: RequestContext, params: dict[str, Any]) -> Any:
     p = parse_params(SetParams, params)
 
     async def fn(vm: VMRecord) -> VMRecord:
-        return await d.vms.set_vm(vm.id, p.vcpu, p.memory, p.disk_size)
+        return await d.vms.set_vm(vm.id, p.vcpu, p.memory, p.disk_size, nat=p.nat)
 
     return await _fan_out(d, p.refs, fn)
 
