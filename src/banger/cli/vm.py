@@ -340,6 +340,8 @@ def show(ref: str, as_json: bool) -> None:
         ("work disk", format_bytes(v["disk_size_bytes"])),
         ("init", v["init_mode"]),
         ("network", v["network"]),
+        ("vmm", v.get("vmm") or "-"),
+        ("root disk", v.get("root_disk") or "-"),
         ("ssh", _endpoint(v)),
         ("pid", v.get("pid") or "-"),
         ("created", v["created_at"]),

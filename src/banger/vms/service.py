@@ -43,8 +43,8 @@ from banger.rpc.errors import (
 )
 from banger.vmm.base import DiskSpec, Driver, DriverError, NetworkSpec, VMHandle, VMSpec
 from banger.vmm.qemu import wait_control_ready
-from banger.vmm.select import driver_by_name, select_driver
-from banger.vms import disks
+from banger.vmm.select import driver_by_name
+from banger.vms import disks, rootdisk
 from banger.vms.names import InvalidName, generate_name, validate_name
 from banger.vms.operations import Operation, Operations
 from banger.vms.spec import InitMode, VMRecord, resolve_sizing
@@ -206,6 +206,8 @@ class VMService:
             ssh_port=handle["ssh_port"] if handle else None,
             ip=ip,
             nat=nat,
+            vmm=handle["driver"] if handle else None,
+            root_disk=rootdisk.describe_root_disk(vm_dir),
             dir=vm_dir,
             console_log=vm_dir / "console.log",
         )
@@ -370,11 +372,17 @@ class VMService:
             ctx.progress(stage="spec", detail=spec_line, current=step, total=total)
             if op is not None:
                 op.spec = spec_line
-            report("disks", "root overlay and work disk")
+            report("disks", "root disk and work disk")
             staged = self.d.paths.staging_dir / f"vm-{vm_id}"
             made_dir = staged
             staged.mkdir(parents=True)
-            await disks.create_root_overlay(image.rootfs, staged / "root.qcow2")
+            try:
+                # qcow2 overlay for QEMU; a raw reflink/sparse copy when Firecracker runs VMs.
+                await rootdisk.make_root_disk(
+                    self.d.config, image.rootfs, staged, self._network_kind()
+                )
+            except DriverError as e:
+                raise BadRequest(str(e)) from None
             await disks.create_work_disk(staged / "work.ext4", sizing.disk_size_bytes)
             priv, pub = await asyncio.to_thread(generate_host_key, staged)
             final = self.vm_dir(vm_id)
@@ -489,13 +497,22 @@ class VMService:
                 f.write(f"\n--- banger: boot of {vm.name} at {_now()} ---\n".encode())
             rundir = self.runtime_dir(vm.id)
             shutil.rmtree(rundir, ignore_errors=True)
+            plan = rootdisk.boot_plan(
+                self.d.config,
+                vm.name,
+                vdir,
+                kernel.name,
+                kernel.boot_image,
+                kernel.vmlinux,
+                vm.network,
+            )
             spec = VMSpec(
                 vm_id=vm.id,
                 name=vm.name,
-                kernel=kernel.boot_image,
+                kernel=plan.kernel,
                 initrd=kernel.initrd,
                 cmdline=KERNEL_ARGS,
-                root_disk=DiskSpec(vdir / "root.qcow2", "qcow2"),
+                root_disk=plan.root,
                 work_disk=DiskSpec(vdir / "work.ext4", "raw"),
                 extra_disks=(DiskSpec(vdir / "seed.ext4", "raw", read_only=True),),
                 vcpus=vm.vcpus,
@@ -503,9 +520,9 @@ class VMService:
                 network=net_spec,
                 console_log=vm.console_log,
                 runtime_dir=rundir,
-                extra={"guest_ip": guest_ip} if guest_ip else {},
+                extra={"kernel_name": kernel.name, **({"guest_ip": guest_ip} if guest_ip else {})},
             )
-            driver = select_driver(self.d.config)
+            driver = plan.driver
             launched = await driver.launch(spec)
             self._update(
                 vm.id,
@@ -521,7 +538,13 @@ class VMService:
                 return drv.is_alive(handle)
 
             report("wait_guest", "guest init")
-            await wait_control_ready(handle.control_socket, GUEST_READY_TIMEOUT, alive=alive)
+            if handle.driver == "firecracker":
+                from banger.vmm.firecracker import wait_console_ready
+
+                # No virtio-serial on Firecracker: the guest's READY comes on the console.
+                await wait_console_ready(handle, GUEST_READY_TIMEOUT, alive)
+            else:
+                await wait_control_ready(handle.control_socket, GUEST_READY_TIMEOUT, alive=alive)
             report("wait_ssh", f"{handle.ssh_host}:{handle.ssh_port}")
             await wait_ssh_banner(handle.ssh_host, handle.ssh_port, SSH_READY_TIMEOUT, alive)
         except asyncio.CancelledError:

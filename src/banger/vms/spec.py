@@ -44,6 +44,8 @@ class VMRecord(BaseModel):
     ip: str | None = None
     # outbound NAT wish (bridged networking; kept by the network service)
     nat: bool = False
+    vmm: str | None = None  # the driver running it ("qemu" | "firecracker"); None when stopped
+    root_disk: str | None = None  # "qcow2 overlay" | "raw copy (reflink)" | "raw copy (sparse)"
     dir: Path
     console_log: Path
 
