@@ -144,6 +144,12 @@ class Paths:
     def install_file(self) -> Path:
         return install_file(self.system_root)
 
+    @property
+    def ssh_config_file(self) -> Path:
+        """The daemon-written ssh_config. In system mode /etc/banger is root's and the daemon
+        runs as the owner, so it lives in the (owner's) state dir instead."""
+        return (self.state_dir if self.is_system else self.config_dir) / "ssh_config"
+
     @classmethod
     def from_env(cls) -> Paths:
         return cls(

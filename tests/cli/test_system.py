@@ -220,6 +220,10 @@ def test_system_mode_runs_as_owner_and_refuses_everyone_else(
         # `ip netns exec` execs in place, so the pids are those of the processes started here.
         assert status["units"]["bangerd-root"]["pid"] == helper.proc.pid
         assert status["units"]["bangerd"]["pid"] == daemon.pid
+        # The daemon-written ssh_config lives in the owner's state dir (/etc/banger is root's).
+        ssh_config = prefix / "var/lib/banger/ssh_config"
+        assert os.stat(ssh_config).st_uid == owner_user.uid
+        assert "Host *.vm" in ssh_config.read_text()
         sock = os.lstat(prefix / "run/banger/bangerd.sock")
         assert (sock.st_uid, stat.S_IMODE(sock.st_mode)) == (owner_user.uid, 0o600)
         # The owner's CLI talks to the system daemon.

@@ -10,7 +10,7 @@ import click
 def banger_ssh_config_path() -> Path:
     from banger.paths import Paths
 
-    return Paths.from_env().config_dir / "ssh_config"
+    return Paths.detect().ssh_config_file
 
 
 def user_ssh_config_path() -> Path:
@@ -25,7 +25,7 @@ def ensure_base_file(path: Path) -> None:
     from banger.network import sshconfig
     from banger.paths import Paths
 
-    paths = Paths.from_env()
+    paths = Paths.detect()
     cfg = load_config(paths.config_file)
     key = Path(cfg.ssh_key_path) if cfg.ssh_key_path else paths.ssh_dir / "id_ed25519"
     sshconfig.write_if_changed(path, sshconfig.render(key, paths.ssh_dir / "known_hosts"))

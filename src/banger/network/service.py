@@ -124,7 +124,7 @@ class NetworkService:
 
     @property
     def ssh_config_path(self) -> Path:
-        return self.d.paths.config_dir / "ssh_config"
+        return self.d.paths.ssh_config_file
 
     @property
     def ssh_key_path(self) -> Path:
