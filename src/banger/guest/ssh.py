@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -122,23 +124,29 @@ def _entry_names(line: str) -> list[str]:
     return line.split(None, 1)[0].split(",")
 
 
+# known_hosts is read-modify-written by concurrent creates/deletes (worker threads).
+_KNOWN_HOSTS_LOCK = threading.Lock()
+
+
 def pin_host_key(known_hosts: Path, alias: str, public_key: str) -> None:
     """Replace any entry for `alias` with the VM's host key (written atomically)."""
     parts = public_key.split()
     if len(parts) < 2:
         raise ValueError(f"not an OpenSSH public key: {public_key!r}")
-    lines = _read_lines(known_hosts)
-    kept = [ln for ln in lines if alias not in _entry_names(ln)]
-    kept.append(f"{alias} {parts[0]} {parts[1]}")
-    _write_lines(known_hosts, kept)
+    with _KNOWN_HOSTS_LOCK:
+        lines = _read_lines(known_hosts)
+        kept = [ln for ln in lines if alias not in _entry_names(ln)]
+        kept.append(f"{alias} {parts[0]} {parts[1]}")
+        _write_lines(known_hosts, kept)
 
 
 def forget_host(known_hosts: Path, names: Sequence[str]) -> None:
     drop = set(names)
-    lines = _read_lines(known_hosts)
-    kept = [ln for ln in lines if not drop.intersection(_entry_names(ln))]
-    if kept != lines:
-        _write_lines(known_hosts, kept)
+    with _KNOWN_HOSTS_LOCK:
+        lines = _read_lines(known_hosts)
+        kept = [ln for ln in lines if not drop.intersection(_entry_names(ln))]
+        if kept != lines:
+            _write_lines(known_hosts, kept)
 
 
 def _read_lines(path: Path) -> list[str]:
@@ -150,10 +158,16 @@ def _read_lines(path: Path) -> list[str]:
 
 def _write_lines(path: Path, lines: list[str]) -> None:
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text("".join(ln + "\n" for ln in lines))
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write("".join(ln + "\n" for ln in lines))
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 async def wait_ssh_banner(host: str, port: int, timeout: float, alive: object = None) -> float:
