@@ -586,7 +586,16 @@ class FirecrackerDriver:
             return await api.vm_config()
 
     async def request_shutdown(self, handle: VMHandle) -> None:
-        """Ctrl-Alt-Del: the guest reboots, `reboot=k` resets it, and Firecracker exits."""
+        """Ctrl-Alt-Del: the guest reboots, `reboot=k` resets it, and Firecracker exits.
+
+        Returns at once. When the API does not answer, the caller's wait runs out and it forces.
+        """
+        try:
+            await self._ctrl_alt_del(handle)
+        except FirecrackerAPIError as e:
+            log.warning("Ctrl-Alt-Del to firecracker pid %d failed: %s", handle.pid, e)
+
+    async def _ctrl_alt_del(self, handle: VMHandle) -> None:
         handle.details["shutdown_offset"] = _size(handle.details.get("console_log"))
         async with self._client(handle) as api:
             if (await api.describe()).get("state") == "Paused":
@@ -617,7 +626,7 @@ class FirecrackerDriver:
         """Graceful stop with a deadline, then force: returns "graceful" or "forced"."""
         if self.is_alive(handle):
             try:
-                await self.request_shutdown(handle)
+                await self._ctrl_alt_del(handle)
             except FirecrackerAPIError as e:
                 log.warning("Ctrl-Alt-Del to pid %d failed (%s); forcing", handle.pid, e)
             else:
@@ -647,7 +656,8 @@ class FirecrackerDriver:
 
     def send_signal(self, handle: VMHandle, signum: int) -> None:
         if self.is_alive(handle):
-            os.kill(handle.pid, signum)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(handle.pid, signum)
 
     def cleanup(self, handle: VMHandle) -> None:
         """Remove what a stopped VM leaves behind: sockets and the jail (not the disks)."""

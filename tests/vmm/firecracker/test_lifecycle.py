@@ -457,3 +457,19 @@ async def test_guest_that_powers_off_ends_its_firecracker(
         assert "reboot: Power down" in spec.console_log.read_text()
     finally:
         await driver.force_stop(handle)
+
+
+async def test_unreachable_api_still_stops(
+    fc: Backend, guest_files: GuestFiles, vm_dir: Path
+) -> None:
+    driver = FirecrackerDriver()
+    handle = await driver.launch(make_spec(guest_files, vm_dir))
+    try:
+        Path(handle.api_socket).unlink()  # the API can no longer be reached
+        await driver.request_shutdown(handle)  # logs, does not raise
+        assert driver.is_alive(handle)
+        assert await driver.attach(handle)  # the VM still runs: signals reach it
+        assert await driver.stop(handle, timeout=5) == "forced"
+        assert not driver.is_alive(handle)
+    finally:
+        await driver.force_stop(handle)
