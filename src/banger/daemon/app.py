@@ -104,11 +104,12 @@ class Daemon:
     async def run(self) -> None:
         self.paths.ensure()
         await self.start_services()
-        await self.server.start()
-        self.paths.pid_file.write_text(f"{os.getpid()}\n")
+        # Handlers first: a SIGTERM right after the socket appears must still stop us cleanly.
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_shutdown)
+        await self.server.start()
+        self.paths.pid_file.write_text(f"{os.getpid()}\n")
         log.info(
             "daemon ready",
             extra={"version": __version__, "pid": os.getpid(), "socket": str(self.paths.socket)},
