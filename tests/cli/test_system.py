@@ -230,6 +230,11 @@ def test_system_mode_runs_as_owner_and_refuses_everyone_else(
         ok = banger("image", "list", "--json", root=prefix, user=owner_user)
         assert ok.returncode == 0, ok.stderr
         assert isinstance(json.loads(ok.stdout), list)
+        st = banger("daemon", "status", "--json", root=prefix, user=owner_user)
+        assert st.returncode == 0, st.stderr
+        assert json.loads(st.stdout)["pid"] == daemon.pid
+        no_start = banger("daemon", "start", root=prefix, user=owner_user)
+        assert no_start.returncode != 0 and "systemd runs bangerd" in no_start.stderr
         # Anyone else is told clearly who may use it, root included.
         for who in (stranger_user, None):
             no = banger("image", "list", root=prefix, user=who)

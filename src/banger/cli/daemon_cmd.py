@@ -15,12 +15,23 @@ def daemon() -> None:
     """Manage the background daemon (bangerd)."""
 
 
+def _user_mode_paths(verb: str) -> Paths:
+    """start/stop manage a user-mode daemon; under a system install systemd owns bangerd."""
+    paths = Paths.detect()
+    if paths.is_system:
+        raise click.ClickException(
+            f"banger is installed system-wide: systemd runs bangerd, so `daemon {verb}` does not "
+            "apply; use `sudo banger system restart` (or `banger system status`)"
+        )
+    return paths
+
+
 @daemon.command()
 def start() -> None:
     """Start the daemon in the background (no-op when it runs)."""
     from banger.cli.connect import ping, start_daemon
 
-    paths = Paths.from_env()
+    paths = _user_mode_paths("start")
     info = ping(paths)
     if info is not None:
         click.echo(f"bangerd already running (pid {info['pid']})")
@@ -35,7 +46,7 @@ def stop(timeout: float) -> None:
     """Stop the daemon gracefully. Running VMs keep running."""
     from banger.rpc.client import Client, DaemonUnreachable
 
-    paths = Paths.from_env()
+    paths = _user_mode_paths("stop")
     try:
         with Client(paths.socket) as c:
             info = c.call("shutdown", timeout=timeout)
@@ -52,9 +63,9 @@ def stop(timeout: float) -> None:
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 def status(as_json: bool) -> None:
     """Show whether the daemon runs: pid, socket, log path, version, uptime."""
-    from banger.cli.connect import ping
+    from banger.cli.connect import ping, resolve_paths
 
-    paths = Paths.from_env()
+    paths = resolve_paths()  # the system daemon's socket under a system install
     info = ping(paths)
     if as_json:
         print_json({"running": info is not None, **(info or {"socket": str(paths.socket)})})
