@@ -53,8 +53,14 @@ def validate_name(name: str) -> str:
 
 def generate_name(taken: Container[str]) -> str:
     """A free adjective-noun name (a numeric suffix only when many are taken)."""
-    for _ in range(200):
+    for _ in range(50):
         name = f"{secrets.choice(ADJECTIVES)}-{secrets.choice(NOUNS)}"
+        if name not in taken:
+            return name
+    # Crowded: look through every pair (random order) before falling back to a suffix.
+    pairs = [f"{a}-{n}" for a in ADJECTIVES for n in NOUNS]
+    secrets.SystemRandom().shuffle(pairs)
+    for name in pairs:
         if name not in taken:
             return name
     while True:
