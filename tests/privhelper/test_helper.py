@@ -572,6 +572,48 @@ def test_adapter_reports_an_unreachable_helper(tmp_path: Path) -> None:
     from banger.privhelper.client import HelperPrivOps
     from banger.rpc.errors import OperationFailed
 
-    ops = HelperPrivOps(tmp_path / "nothing.sock")
+    ops = HelperPrivOps(tmp_path / "nothing.sock", connect_wait=0.3)
     with pytest.raises(OperationFailed, match="sudo banger system restart"):
         asyncio.run(ops.list_taps())
+
+
+def test_helper_tells_systemd_it_is_ready_once_the_socket_answers(
+    system_root: Path, netns: str, owner_user: User, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Type=notify: READY=1 arrives after the socket accepts calls (bangerd is ordered after)."""
+    from tests.privhelper.conftest import start_helper, stop_helper
+
+    notify_path = system_root / "notify.sock"
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(notify_path))
+    notify.settimeout(15)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(notify_path))
+    h = start_helper(system_root, netns, owner_user)
+    try:
+        assert notify.recv(64) == b"READY=1"
+        assert h.call("priv.ping")["ok"] is True
+    finally:
+        stop_helper(h)
+        notify.close()
+
+
+def test_adapter_waits_out_a_helper_restart(
+    system_root: Path, netns: str, owner_user: User
+) -> None:
+    """A call made while the helper restarts (socket briefly absent) succeeds once it is back."""
+    import threading
+
+    from banger.privhelper.client import HelperPrivOps
+    from tests.privhelper.conftest import start_helper, stop_helper
+
+    started: list[Helper] = []
+    t = threading.Timer(1.0, lambda: started.append(start_helper(system_root, netns, owner_user)))
+    t.start()
+    try:
+        sock = system_root / "run/banger-root/bangerd-root.sock"
+        result = asyncio.run(HelperPrivOps(sock, connect_wait=15).ping())
+        assert result["owner"] == owner_user.name
+    finally:
+        t.join(timeout=30)
+        for h in started:
+            stop_helper(h)

@@ -25,9 +25,12 @@ CALL_TIMEOUT = 90.0
 class HelperPrivOps:
     """PrivOps over the root helper's socket (system mode)."""
 
-    def __init__(self, socket_path: Path, *, timeout: float = CALL_TIMEOUT) -> None:
+    def __init__(
+        self, socket_path: Path, *, timeout: float = CALL_TIMEOUT, connect_wait: float = 5.0
+    ) -> None:
         self.socket_path = socket_path
         self.timeout = timeout
+        self.connect_wait = connect_wait
 
     async def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
         request = {
@@ -36,15 +39,7 @@ class HelperPrivOps:
             "params": params or {},
             "op_id": current_op_id.get() or envelope.new_op_id(),
         }
-        try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_unix_connection(str(self.socket_path), limit=16 * 1024 * 1024), 5
-            )
-        except (OSError, TimeoutError) as e:
-            raise OperationFailed(
-                f"the root helper is not reachable at {self.socket_path} ({e}); "
-                "run `sudo banger system restart`"
-            ) from None
+        reader, writer = await self._connect()
         try:
             writer.write(json.dumps(request).encode() + b"\n")
             await writer.drain()
@@ -62,6 +57,27 @@ class HelperPrivOps:
         if msg.get("ok"):
             return msg.get("result")
         raise from_wire(msg.get("error") or {})
+
+    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        # A helper restart (`banger system restart`) leaves the socket briefly absent: retry.
+        deadline = asyncio.get_running_loop().time() + self.connect_wait
+        while True:
+            try:
+                return await asyncio.wait_for(
+                    asyncio.open_unix_connection(str(self.socket_path), limit=16 * 1024 * 1024), 5
+                )
+            except (FileNotFoundError, ConnectionRefusedError) as e:
+                if asyncio.get_running_loop().time() >= deadline:
+                    raise self._unreachable(e) from None
+                await asyncio.sleep(0.1)
+            except (OSError, TimeoutError) as e:
+                raise self._unreachable(e) from None
+
+    def _unreachable(self, e: BaseException) -> OperationFailed:
+        return OperationFailed(
+            f"the root helper is not reachable at {self.socket_path} ({e or type(e).__name__}); "
+            "run `sudo banger system restart`"
+        )
 
     async def ping(self) -> dict[str, Any]:
         result = await self.call("priv.ping")

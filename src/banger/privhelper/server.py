@@ -377,9 +377,21 @@ def setup_logging(log_file: Path | None) -> None:
         root.addHandler(h)
 
 
+def notify_ready() -> None:
+    """sd_notify READY=1 (Type=notify): bangerd starts only once this socket accepts calls."""
+    addr = os.environ.get("NOTIFY_SOCKET", "")
+    if not addr:
+        return
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]  # abstract namespace
+    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.sendto(b"READY=1", addr)
+
+
 async def serve(helper: Helper) -> None:
     server = HelperServer(helper)
     await server.start()
+    notify_ready()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
