@@ -119,10 +119,10 @@ def test_round_trip_through_a_real_guest(
         status_before
     )
     # stdout mode gives the same patch, ready for `| git apply`.
-    p = subprocess.run(
+    raw = subprocess.run(
         [*_cli(env), "vm", "workspace", "export", vm], env=env.env, capture_output=True, timeout=120
     )
-    assert p.returncode == 0 and p.stdout == patch_file.read_bytes()
+    assert raw.returncode == 0 and raw.stdout == patch_file.read_bytes()
 
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", str(sample), str(clone)], check=True)
