@@ -253,3 +253,19 @@ def test_system_mode_runs_as_owner_and_refuses_everyone_else(
     down = banger("image", "list", root=prefix, user=owner_user)
     assert down.returncode == 1 and "sudo banger system restart" in down.stderr
     assert not (prefix / "run/banger/bangerd.sock").exists()
+
+
+def test_install_refuses_binaries_the_owner_cannot_run(prefix: Path, owner_user: User) -> None:
+    """bangerd runs as the owner: an executable hidden in a root-only directory is caught."""
+    from banger.privhelper.install import InstallFailed, _owner_can_run, owner_info
+
+    hidden = prefix / "private"
+    hidden.mkdir(mode=0o700)
+    exe = hidden / "bangerd"
+    exe.write_text("#!/bin/sh\necho ok\n")
+    exe.chmod(0o755)
+    info = owner_info(owner_user.name, prefix)
+    with pytest.raises(InstallFailed, match=f"{owner_user.name} cannot run {exe}"):
+        _owner_can_run(info, str(exe))
+    hidden.chmod(0o755)
+    _owner_can_run(info, str(exe))

@@ -187,6 +187,30 @@ def _make_dir(path: Path, mode: int, uid: int, gid: int) -> None:
     os.chmod(path, mode)
 
 
+def _owner_can_run(info: InstallInfo, exe: str) -> None:
+    """bangerd runs as the owner: a venv under root's home would fail only at first start."""
+    p = subprocess.run(
+        [
+            "setpriv",
+            f"--reuid={info.owner_uid}",
+            f"--regid={info.owner_gid}",
+            "--clear-groups",
+            exe,
+            "--version",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if p.returncode != 0:
+        tail = (p.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise InstallFailed(
+            f"{info.owner_user} cannot run {exe} ({tail}); install banger where every user can "
+            "read it (e.g. a venv under /opt or /usr/local) and run the install from there"
+        )
+
+
 def owner_info(owner: str, root: Path) -> InstallInfo:
     try:
         pw = pwd.getpwnam(owner)
@@ -235,7 +259,9 @@ def install(owner: str, root: Path, *, start: bool = True) -> InstallReport:
     for d in (paths.state_dir, paths.cache_dir, paths.runtime_dir):
         _make_dir(d, 0o700, uid, gid)
     _make_dir(paths.helper_runtime_dir, 0o711, 0, 0)
-    units = render_units(info, bangerd=find_binary("bangerd"), helper=find_binary("bangerd-root"))
+    bangerd = find_binary("bangerd")
+    _owner_can_run(info, bangerd)
+    units = render_units(info, bangerd=bangerd, helper=find_binary("bangerd-root"))
     written = [install_file(root)]
     write_file(install_file(root), render_install_toml(info), 0o644)
     for name, text in units.items():
