@@ -253,15 +253,16 @@ def install(owner: str, root: Path, *, start: bool = True) -> InstallReport:
             f"banger is already installed for {existing.owner_user} (uid {existing.owner_uid}); "
             "run `sudo banger system uninstall` first to change the owner"
         )
+    # Everything that can refuse runs before anything is written.
+    bangerd, helper = find_binary("bangerd"), find_binary("bangerd-root")
+    _owner_can_run(info, bangerd)
     paths = Paths.system(root)
     uid, gid = info.owner_uid, info.owner_gid
     _make_dir(paths.config_dir, 0o755, 0, 0)
     for d in (paths.state_dir, paths.cache_dir, paths.runtime_dir):
         _make_dir(d, 0o700, uid, gid)
     _make_dir(paths.helper_runtime_dir, 0o711, 0, 0)
-    bangerd = find_binary("bangerd")
-    _owner_can_run(info, bangerd)
-    units = render_units(info, bangerd=bangerd, helper=find_binary("bangerd-root"))
+    units = render_units(info, bangerd=bangerd, helper=helper)
     written = [install_file(root)]
     write_file(install_file(root), render_install_toml(info), 0o644)
     for name, text in units.items():
