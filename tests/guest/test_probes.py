@@ -144,3 +144,14 @@ def test_host_sampling_of_a_busy_process(tmp_path: Path) -> None:
     allocated = probes.allocated_bytes(str(f))
     assert allocated is not None and 8192 <= allocated < 1024 * 1024
     assert probes.allocated_bytes(str(tmp_path / "missing")) is None
+
+
+def test_guest_cpu_share_from_proc_stat() -> None:
+    a = "cpu  100 0 100 800 0 0 0 0 0 0"
+    b = "cpu  200 0 150 850 0 0 0 0 0 0"  # 150 busy of 200
+    assert probes.parse_cpu_percent(a, b) == 75.0
+    assert probes.parse_cpu_percent(a, a) == 0.0
+    with pytest.raises(ValueError):
+        probes.parse_cpu_percent("intr 1 2", b)
+    snap = run_script_here()
+    assert 0.0 <= snap.cpu_percent <= 100.0

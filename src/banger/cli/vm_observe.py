@@ -67,7 +67,8 @@ def _print_stats(s: dict[str, Any]) -> None:
         return
     load = " ".join(f"{x:.2f}" for x in g["load"])
     mem = f"{_size(g['mem_used_bytes'])} / {_size(g['mem_total_bytes'])}"
-    click.echo(f"  guest  load {load}  mem {mem}  up {g['uptime_seconds']:.0f}s")
+    cpu = f"cpu {g['cpu_percent']:.1f}%"
+    click.echo(f"  guest  {cpu}  load {load}  mem {mem}  up {g['uptime_seconds']:.0f}s")
     for disk in g["disks"]:
         used, total = _size(disk["used_bytes"]), _size(disk["total_bytes"])
         click.echo(f"  disk   {disk['mount']:<6} {used} / {total}")

@@ -20,6 +20,8 @@ from banger.daemon.context import RequestContext
 from banger.daemon.params import Params, parse_params
 from banger.guest import probes
 from banger.rpc.errors import NotRunning, OperationFailed, RPCError
+from banger.vmm.base import DriverError
+from banger.vms import rootdisk
 
 if TYPE_CHECKING:
     from banger.daemon.app import Daemon
@@ -84,7 +86,10 @@ def _to_view(d: Daemon, vm: VMRecord) -> VMView:
         pid=handle.pid if handle else vm.pid,
         control_socket=handle.control_socket if handle else None,
         network=vm.network,
-        disks={"root_overlay": str(vm.dir / "root.qcow2"), "work_disk": str(vm.dir / "work.ext4")},
+        disks={
+            "root_disk": str(rootdisk.root_disk(vm.dir).path),
+            "work_disk": str(vm.dir / "work.ext4"),
+        },
     )
 
 
@@ -118,15 +123,29 @@ def _require_running(vm: VMView) -> None:
         )
 
 
-async def _check_control(vm: VMView) -> dict[str, Any]:
+async def _control_rtt(d: Daemon, vm: VMView) -> float:
+    handle = _handle(d, vm.id)
+    if handle is not None and handle.driver == "firecracker":
+        # Hybrid vsock: CONNECT to the agent's port first, then the same line protocol.
+        from banger.vmm.firecracker import open_control
+
+        started = time.monotonic()
+        reader, writer = await open_control(handle, timeout=CONTROL_TIMEOUT)
+        await probes.ping_stream(reader, writer, CONTROL_TIMEOUT)
+        return time.monotonic() - started
+    assert vm.control_socket is not None
+    return await probes.control_ping(vm.control_socket, CONTROL_TIMEOUT)
+
+
+async def _check_control(d: Daemon, vm: VMView) -> dict[str, Any]:
     if not vm.control_socket:
         return {"name": "control", "ok": False, "error": "this VM has no control channel"}
     try:
-        rtt = await probes.control_ping(vm.control_socket, CONTROL_TIMEOUT)
+        rtt = await _control_rtt(d, vm)
         return {"name": "control", "ok": True, "latency_ms": round(rtt * 1000, 1)}
     except TimeoutError:
         err = f"no answer within {CONTROL_TIMEOUT:.0f}s"
-    except (OSError, ConnectionError) as e:
+    except (OSError, ConnectionError, DriverError) as e:
         err = str(e) or type(e).__name__
     return {"name": "control", "ok": False, "error": err}
 
@@ -155,7 +174,7 @@ async def vm_ping(d: Daemon, ctx: RequestContext, params: dict[str, Any]) -> dic
     p = parse_params(RefParams, params)
     vm = await _view(d, p.ref)
     _require_running(vm)
-    check = await _check_control(vm)
+    check = await _check_control(d, vm)
     return {
         "vm": vm.name,
         "alive": check["ok"],
@@ -168,7 +187,7 @@ async def vm_health(d: Daemon, ctx: RequestContext, params: dict[str, Any]) -> d
     p = parse_params(RefParams, params)
     vm = await _view(d, p.ref)
     _require_running(vm)
-    checks = list(await asyncio.gather(_check_control(vm), _check_ssh(d, vm)))
+    checks = list(await asyncio.gather(_check_control(d, vm), _check_ssh(d, vm)))
     return {"vm": vm.name, "healthy": all(c["ok"] for c in checks), "checks": checks}
 
 
@@ -194,6 +213,7 @@ async def _host_stats(vm: VMView) -> dict[str, Any]:
     return {
         "pid": vm.pid,
         "cpu_percent": probes.cpu_percent(prev, cur),
+        "cpu_seconds": round(cur.cpu_seconds, 2),
         "rss_bytes": rss,
         "threads": threads,
         "disk_allocated_bytes": disks,
@@ -218,6 +238,7 @@ async def vm_stats(d: Daemon, ctx: RequestContext, params: dict[str, Any]) -> di
     try:
         snap = await _guest_snapshot(d, vm)
         guest = {
+            "cpu_percent": snap.cpu_percent,
             "load": list(snap.load),
             "mem_total_bytes": snap.mem_total_bytes,
             "mem_used_bytes": snap.mem_used_bytes,

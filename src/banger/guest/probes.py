@@ -33,6 +33,9 @@ echo '{MARK}loadavg'; $B cat /proc/loadavg
 echo '{MARK}meminfo'; $B cat /proc/meminfo
 echo '{MARK}df'; $B df -P -k / /root 2>/dev/null
 echo '{MARK}uptime'; $B cat /proc/uptime
+echo '{MARK}cpu1'; $B head -n 1 /proc/stat
+$B sleep 0.5
+echo '{MARK}cpu2'; $B head -n 1 /proc/stat
 for f in tcp tcp6 udp udp6; do
   echo "{MARK}net $f"; $B cat /proc/net/$f 2>/dev/null
 done
@@ -69,6 +72,9 @@ class GuestSnapshot:
     mem_total_bytes: int = 0
     mem_available_bytes: int = 0
     uptime_seconds: float = 0.0
+    # Share of guest CPU time spent busy over a half-second window, as the guest sees it (0-100,
+    # all vCPUs): unlike host CPU % it does not depend on how loaded the host is.
+    cpu_percent: float = 0.0
     disks: list[DiskUsage] = field(default_factory=list)
     sockets: list[ListeningSocket] = field(default_factory=list)
 
@@ -158,6 +164,24 @@ def parse_meminfo(text: str) -> tuple[int, int]:
     return total, available
 
 
+def parse_cpu_percent(first: str, second: str) -> float:
+    """Busy share between two `cpu` lines of /proc/stat (idle + iowait count as idle)."""
+
+    def fields(line: str) -> list[int]:
+        parts = line.split()
+        if not parts or parts[0] != "cpu":
+            raise ValueError(f"not a /proc/stat cpu line: {line!r}")
+        return [int(x) for x in parts[1:9]]
+
+    a, b = fields(first.strip()), fields(second.strip())
+    delta = [y - x for x, y in zip(a, b, strict=True)]
+    total = sum(delta)
+    if total <= 0:
+        return 0.0
+    idle = delta[3] + delta[4]
+    return round(100.0 * (total - idle) / total, 1)
+
+
 def parse_df(text: str) -> list[DiskUsage]:
     out, seen = [], set()
     for line in text.splitlines()[1:]:
@@ -184,6 +208,8 @@ def parse_snapshot(text: str) -> GuestSnapshot:
     up = s.get("uptime", "").split()
     snap.uptime_seconds = float(up[0]) if up else 0.0
     snap.disks = parse_df(s.get("df", ""))
+    if s.get("cpu1") and s.get("cpu2"):
+        snap.cpu_percent = parse_cpu_percent(s["cpu1"], s["cpu2"])
     owners = parse_fd_listing(s.get("fds", ""))
     names = parse_comm(s.get("comm", ""))
     found: dict[tuple[str, str, int], ListeningSocket] = {}
@@ -212,29 +238,39 @@ async def run_ssh(ssh_argv: Sequence[str], *, timeout: float) -> tuple[proc.Resu
 # --- control channel (virtio-serial port; the payload's agent answers `ping` with `pong`) ---
 
 
-async def control_ping(path: str, timeout: float = 2.0) -> float:
-    """Round trip of `ping` on the guest's control channel, in seconds; raises on timeout/error.
+async def ping_stream(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, timeout: float = 2.0
+) -> float:
+    """`ping` → `pong` on an open control stream (closed afterwards); seconds taken.
 
     The agent may have queued a READY line for whoever connects first: skip anything but pong."""
     started = time.monotonic()
 
     async def exchange() -> None:
-        reader, writer = await asyncio.open_unix_connection(path)
-        try:
-            writer.write(b"ping\n")
-            await writer.drain()
-            while True:
-                line = await reader.readline()
-                if not line:
-                    raise ConnectionError("the control channel closed without answering")
-                if line.strip() == b"pong":
-                    return
-        finally:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+        writer.write(b"ping\n")
+        await writer.drain()
+        while True:
+            line = await reader.readline()
+            if not line:
+                raise ConnectionError("the control channel closed without answering")
+            if line.strip() == b"pong":
+                return
 
-    await asyncio.wait_for(exchange(), timeout)
+    try:
+        await asyncio.wait_for(exchange(), timeout)
+    finally:
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
+    return time.monotonic() - started
+
+
+async def control_ping(path: str, timeout: float = 2.0) -> float:
+    """Round trip of `ping` on a virtio-serial control socket (QEMU), in seconds."""
+    started = time.monotonic()
+    reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(path), timeout)
+    remaining = max(0.1, timeout - (time.monotonic() - started))
+    await ping_stream(reader, writer, remaining)
     return time.monotonic() - started
 
 
