@@ -218,3 +218,17 @@ def test_bad_input_is_refused_clearly(vmenv: BangerEnv) -> None:
     p = be.banger("vm", "create", "--no-start", "--disk-size", "lots")
     assert p.returncode == 1 and "not understood" in p.stderr
     assert list_vms(be) == []
+
+
+def test_failed_boot_leaves_vm_in_error_with_console_log(vmenv: BangerEnv) -> None:
+    be = vmenv
+    # debian-bookworm (minbase) has no systemd: the guest init refuses and powers off at once.
+    p = be.banger("vm", "create", "--name", "nosd", "--init", "systemd", timeout=600)
+    assert p.returncode == 1
+    assert "vm nosd failed to boot" in p.stderr and "the image has no systemd" in p.stderr
+    vm = _show(be, "nosd")
+    assert vm["state"] == "error" and "has no systemd" in vm["error"] and vm["pid"] is None
+    logs = be.banger("vm", "logs", "nosd", check=True).stdout
+    assert "banger-guest: ERROR --init systemd: the image has no systemd" in logs
+    p = be.banger("vm", "delete", "nosd", timeout=120)
+    assert p.returncode == 0, p.stderr
