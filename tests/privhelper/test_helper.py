@@ -617,3 +617,32 @@ def test_adapter_waits_out_a_helper_restart(
         t.join(timeout=30)
         for h in started:
             stop_helper(h)
+
+
+def test_subnet_overlapping_a_route_is_refused(helper: Helper) -> None:
+    # A range the host reaches through another interface (a VPN, say): no address of its own.
+    helper.ns("ip", "link", "add", "vpn0", "type", "veth", "peer", "name", "vpn1")
+    helper.ns("ip", "link", "set", "vpn0", "up")
+    helper.ns("ip", "link", "set", "vpn1", "up")
+    helper.ns("ip", "route", "add", "10.77.0.0/16", "dev", "vpn0")
+    resp = helper.call("priv.ensure_bridge", {"name": BRIDGE, "address": "10.77.3.1", "prefix": 24})
+    code, msg = _error(resp)
+    assert code == "bad_request" and "overlaps 10.77.0.0/16 on vpn0" in msg
+    ok = helper.call("priv.ensure_bridge", {"name": BRIDGE, "address": "10.78.3.1", "prefix": 24})
+    assert ok["ok"], ok
+
+
+def test_ip_forward_is_only_turned_off_when_banger_turned_it_on(helper: Helper) -> None:
+    def forward() -> str:
+        return helper.ns("sysctl", "-n", "net.ipv4.ip_forward").stdout.strip()
+
+    assert forward() == "0"
+    assert helper.call("priv.set_ip_forward", {"enabled": True})["result"]["changed"] is True
+    assert forward() == "1"
+    assert helper.call("priv.set_ip_forward", {"enabled": False})["result"]["changed"] is True
+    assert forward() == "0"
+    # The administrator turns it on: banger's "off" leaves it alone.
+    helper.ns("sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
+    resp = helper.call("priv.set_ip_forward", {"enabled": False})
+    assert resp["ok"] and resp["result"] == {"ip_forward": True, "changed": False}
+    assert forward() == "1"

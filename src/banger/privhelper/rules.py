@@ -135,9 +135,11 @@ def require_in_subnet(
 def no_overlap(
     iface: ipaddress.IPv4Interface, bridge: str, existing: Iterable[tuple[str, str]]
 ) -> None:
-    """Refuse a bridge subnet that overlaps an address another interface already uses.
+    """Refuse a bridge subnet that overlaps an address or a route another interface uses.
 
-    Otherwise the owner could point banger's bridge at the host's LAN and capture its traffic.
+    Otherwise the owner could point banger's bridge at the host's LAN (or, with a more specific
+    connected route, at a range reached through a VPN) and capture its traffic. `existing` holds
+    (device, "a.b.c.d/n") pairs from addresses and non-default routes.
     """
     for dev, cidr in existing:
         if dev == bridge:

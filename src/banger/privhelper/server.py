@@ -135,6 +135,16 @@ class Helper:
                     out.append((str(link.get("ifname")), f"{a['local']}/{a['prefixlen']}"))
         return out
 
+    async def _host_routes(self) -> list[tuple[str, str]]:
+        """(device, destination) of every non-default IPv4 route in the main table."""
+        r = await self.ops.run(["ip", "-j", "-4", "route", "show"])
+        out = []
+        for route in json.loads(r.out or "[]"):
+            dst = str(route.get("dst", ""))
+            if dst and dst != "default":
+                out.append((str(route.get("dev", "?")), dst if "/" in dst else f"{dst}/32"))
+        return out
+
     async def _bridge_subnet(self, bridge: str) -> ipaddress.IPv4Network | None:
         for dev, cidr in await self._host_addresses():
             if dev == bridge:
@@ -148,7 +158,7 @@ class Helper:
         if not isinstance(prefix, int) or isinstance(prefix, bool):
             raise BadRequest("argument 'prefix' must be an integer")
         iface = rules.bridge_address(f"{rules.text('address', params['address'], 64)}/{prefix}")
-        rules.no_overlap(iface, name, await self._host_addresses())
+        rules.no_overlap(iface, name, [*await self._host_addresses(), *await self._host_routes()])
         await self.ops.ensure_bridge(name, str(iface.ip), prefix)
 
     async def delete_bridge(self, params: dict[str, Any]) -> None:
@@ -205,11 +215,25 @@ class Helper:
         _params(params, set())
         return await self.ops.get_ip_forward()
 
-    async def set_ip_forward(self, params: dict[str, Any]) -> None:
+    async def set_ip_forward(self, params: dict[str, Any]) -> dict[str, Any]:
         _params(params, {"enabled"})
-        if not isinstance(params["enabled"], bool):
+        enabled = params["enabled"]
+        if not isinstance(enabled, bool):
             raise BadRequest("argument 'enabled' must be true or false")
-        await self.ops.set_ip_forward(params["enabled"])
+        # The owner may only undo what banger did: a host that forwarded before keeps forwarding.
+        marker = self.paths.helper_runtime_dir / "ip_forward.enabled-by-banger"
+        current = await self.ops.get_ip_forward()
+        if enabled and not current:
+            await self.ops.set_ip_forward(True)
+            marker.touch(mode=0o600)
+        elif not enabled and current:
+            if not marker.exists():
+                log.warning("ip_forward left on: it was enabled outside banger")
+                return {"ip_forward": True, "changed": False}
+            await self.ops.set_ip_forward(False)
+        if not enabled:
+            marker.unlink(missing_ok=True)
+        return {"ip_forward": await self.ops.get_ip_forward(), "changed": current != enabled}
 
     async def signal_process(self, params: dict[str, Any]) -> None:
         _params(params, {"pid", "signal"})
