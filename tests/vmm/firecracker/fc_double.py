@@ -28,14 +28,28 @@ import yaml
 
 SPEC_PATH = Path(__file__).resolve().parents[3] / "src" / "banger" / "vmm" / "firecracker.yaml"
 
-# Rules the spec gives in descriptions rather than summaries.
+# Phase rules the summaries do not carry: stated in the spec's prose, or only in Firecracker's
+# request dispatcher (src/vmm/src/rpc_interface.rs: the pre-boot and runtime controllers).
 EXTRA_PHASE: dict[tuple[str, str], str] = {
-    ("PATCH", "/vm"): "post",  # pause/resume a VM that runs
-    ("PUT", "/balloon"): "pre",  # "This will fail after machine startup."
+    ("PATCH", "/vm"): "post",  # Pause / Resume
+    (
+        "PUT",
+        "/logger",
+    ): "pre",  # ConfigureLogger: "can only be called before the microVM has booted"
+    ("PUT", "/metrics"): "pre",
     ("PUT", "/serial"): "pre",
+    ("PUT", "/balloon"): "pre",  # "This will fail after machine startup."
+    ("PATCH", "/balloon"): "post",  # UpdateBalloon is refused pre-boot
+    ("GET", "/balloon/statistics"): "post",
+    ("PATCH", "/balloon/statistics"): "post",
+    ("PATCH", "/balloon/hinting/start"): "post",
+    ("GET", "/balloon/hinting/status"): "post",
+    ("PATCH", "/balloon/hinting/stop"): "post",
     ("PUT", "/hotplug/memory"): "pre",
+    ("PATCH", "/hotplug/memory"): "post",
+    ("GET", "/hotplug/memory"): "post",
 }
-ACTION_PHASE = {"InstanceStart": "pre", "SendCtrlAltDel": "post", "FlushMetrics": "any"}
+ACTION_PHASE = {"InstanceStart": "pre", "SendCtrlAltDel": "post", "FlushMetrics": "post"}
 PRE_BOOT_FAULT = "The requested operation is not supported after starting the microVM."
 POST_BOOT_FAULT = "The requested operation is not supported before starting the microVM."
 

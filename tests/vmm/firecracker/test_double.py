@@ -72,6 +72,7 @@ def test_route_table_is_every_operation_in_the_spec() -> None:
     assert phases[("PUT", "/boot-source")] == "pre"
     assert phases[("PATCH", "/drives/{drive_id}")] == "post"
     assert phases[("PATCH", "/vm")] == "post"
+    assert phases[("PUT", "/logger")] == phases[("PUT", "/metrics")] == "pre"
 
 
 def test_unknown_route_and_wrong_method_are_400() -> None:
@@ -146,6 +147,8 @@ def test_pre_boot_and_post_boot_rules(files: dict[str, Path]) -> None:
     assert fault(call(fc, "PUT", "/actions", ctrl)[1]) == POST_BOOT_FAULT
     patch = {"drive_id": "rootfs", "path_on_host": str(files["root"])}
     assert fault(call(fc, "PATCH", "/drives/rootfs", patch)[1]) == POST_BOOT_FAULT
+    flush = {"action_type": "FlushMetrics"}
+    assert fault(call(fc, "PUT", "/actions", flush)[1]) == POST_BOOT_FAULT
     assert call(fc, "PUT", "/actions", {"action_type": "InstanceStart"})[0] == 204
 
     for path, body in [
@@ -154,6 +157,8 @@ def test_pre_boot_and_post_boot_rules(files: dict[str, Path]) -> None:
         ("/drives/rootfs", {"drive_id": "rootfs", "path_on_host": str(files["root"]),
                             "is_root_device": True, "is_read_only": False}),
         ("/vsock", {"guest_cid": 3, "uds_path": "/tmp/x.sock"}),
+        ("/logger", {"level": "Debug"}),
+        ("/metrics", {"metrics_path": str(files["root"])}),
         ("/actions", {"action_type": "InstanceStart"}),
     ]:  # fmt: skip
         status, answer = call(fc, "PUT", path, body)
