@@ -359,6 +359,7 @@ class FirecrackerDouble:
                     "Cannot load kernel due to invalid memory configuration or invalid kernel "
                     "image: Kernel Loader: failed to load ELF kernel image"
                 )
+            # Stricter than Firecracker (it boots initrd-only guests): banger always boots a root.
             if not any(d["is_root_device"] for d in self.resources["drives"].values()):
                 raise Fault("Cannot start microvm without a root block device.")
             self.state = "Running"
