@@ -667,7 +667,13 @@ class FirecrackerDriver:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(p)
         jail = handle.details.get("jail_dir")
-        if jail:
+        if jail and os.path.isdir(jail):
+            # Keep the jailed VMM's log next to the console log before the jail goes.
+            fc_log = Path(str(handle.details.get("firecracker_log", "")))
+            console = handle.details.get("console_log")
+            if console and fc_log.is_file():
+                with contextlib.suppress(OSError):
+                    shutil.copyfile(fc_log, Path(str(console)).parent / "firecracker.log")
             shutil.rmtree(jail, ignore_errors=True)
 
 

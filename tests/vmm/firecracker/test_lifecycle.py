@@ -402,6 +402,7 @@ async def test_jailer_mode_links_files_into_the_chroot(
         await wait_console(spec.console_log, up_marker(fc))
         assert await driver.stop(handle, timeout=30) == "graceful"
         assert not root.parent.exists()  # the jail is gone, the VM's own disks are not
+        assert (spec.console_log.parent / "firecracker.log").exists()  # its VMM log was kept
         assert spec.root_disk.path.exists()
     finally:
         await driver.force_stop(handle)
