@@ -834,6 +834,8 @@ def _console_failure(path: Path) -> str | None:
     boot_marker = tail.rfind("--- banger: boot")
     tail = tail[boot_marker:] if boot_marker >= 0 else tail
     for line in reversed(tail.splitlines()):
+        if "warning:" in line:
+            continue  # e.g. an optional module that did not load: the boot went on
         for marker in ("banger-initramfs:", "banger-guest: ERROR", "Kernel panic"):
             if marker in line:
                 return line.strip()
