@@ -272,7 +272,8 @@ class FirecrackerDriver:
             raise DriverError(
                 "jailer_enabled = true needs jailer_uid and jailer_gid in config.toml"
             )
-        jail_dir = j.chroot_base / Path(self.firecracker_bin).name / ident
+        # The jailer names the jail after the executable it is given: the resolved binary.
+        jail_dir = j.chroot_base / Path(self._exec_file()).name / ident
         root = jail_dir / "root"
         if jail_dir.exists():
             shutil.rmtree(jail_dir)
@@ -318,6 +319,9 @@ class FirecrackerDriver:
             os.chown(dst, self.jailer.uid, self.jailer.gid)
         return name
 
+    def _exec_file(self) -> str:
+        return os.path.realpath(shutil.which(self.firecracker_bin) or self.firecracker_bin)
+
     def _argv(self, ident: str, lay: _Layout) -> list[str]:
         fc = shutil.which(self.firecracker_bin) or self.firecracker_bin
         fc_args = ["--api-sock", lay.fc_api, "--id", ident]
@@ -328,7 +332,7 @@ class FirecrackerDriver:
         argv = [
             jailer,
             "--id", ident,
-            "--exec-file", os.path.realpath(fc),
+            "--exec-file", self._exec_file(),
             "--uid", str(j.uid),
             "--gid", str(j.gid),
             "--chroot-base-dir", str(j.chroot_base),

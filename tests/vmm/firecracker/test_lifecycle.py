@@ -372,7 +372,10 @@ async def test_jailer_mode_links_files_into_the_chroot(
         chroot_base=base,
         cgroups=("cpu.max=50000 100000",),
     )
-    driver = FirecrackerDriver(str(fake_bin_dir / "firecracker"), jailer=jailer)
+    # Through a symlink, as release binaries often are: the jail is named after the target.
+    link = vm_dir / "fc"
+    link.symlink_to(fake_bin_dir / "firecracker")
+    driver = FirecrackerDriver(str(link), jailer=jailer)
     spec = make_spec(guest_files, vm_dir, name="fc-jail")
     handle = await driver.launch(spec)
     root = base / "firecracker" / handle.details["instance_id"] / "root"
