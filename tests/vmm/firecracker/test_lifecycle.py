@@ -477,3 +477,27 @@ async def test_unreachable_api_still_stops(
         assert not driver.is_alive(handle)
     finally:
         await driver.force_stop(handle)
+
+
+async def test_cancelled_launch_leaves_no_process(
+    fc: Backend, guest_files: GuestFiles, vm_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = make_spec(guest_files, vm_dir)
+    driver = FirecrackerDriver()
+    configuring = asyncio.Event()
+
+    async def slow_configure(*args: object) -> None:
+        configuring.set()  # the process runs and its API answered: now hang, as a slow VMM would
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(driver, "_configure", slow_configure)
+    task = asyncio.create_task(driver.launch(spec))
+    await asyncio.wait_for(configuring.wait(), 30)
+    pids = [p for p, child in list(driver._children.items()) if child.poll() is None]
+    assert pids and (spec.runtime_dir / "fc.sock").exists()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    for pid in pids:
+        assert not pid_running(pid)
+    assert not (spec.runtime_dir / "fc.sock").exists()
