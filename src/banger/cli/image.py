@@ -32,6 +32,12 @@ class _PullProgress:
     """Per-layer rich progress bars (bytes, speed) fed by the daemon's progress lines."""
 
     def __init__(self) -> None:
+        self.tasks: dict[str, Any] = {}
+        self.progress: Any = None
+        # Bars only on a terminal; piped output gets plain lines (and skips importing rich).
+        self.enabled = sys.stderr.isatty()
+        if not self.enabled:
+            return
         from rich.console import Console
         from rich.progress import (
             BarColumn,
@@ -41,18 +47,14 @@ class _PullProgress:
             TransferSpeedColumn,
         )
 
-        self.console = Console(stderr=True)
-        self.enabled = self.console.is_terminal
         self.progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
             DownloadColumn(),
             TransferSpeedColumn(),
-            console=self.console,
+            console=Console(stderr=True),
             transient=False,
         )
-        self.tasks: dict[str, Any] = {}
-        self.status: Any = None
 
     def __enter__(self) -> _PullProgress:
         if self.enabled:
@@ -89,6 +91,8 @@ class _PullProgress:
         elif stage == "apply":
             digest = str(ev.get("digest", "")).removeprefix("sha256:")[:12]
             self._line(f"applying layer {int(ev['current']) + 1}/{ev['total']} {digest}")
+        elif stage == "reuse":
+            self._line("reusing the root filesystem already built from this image")
         elif stage == "mkfs":
             self._line(f"writing ext4 ({format_bytes(int(ev['size_bytes']))}, sparse)")
         elif stage in ("build", "copy"):

@@ -95,6 +95,56 @@ def is_ext4(path: Path) -> bool:
         return False
 
 
+# The unpacked tree is scratch (only the ext4 built from it is kept): on tmpfs when it fits
+# comfortably, because creating thousands of inodes on a disk filesystem is the slow part of a
+# pull (measured here: ~1 ms per file on the state disk, ~7 us on tmpfs).
+SCRATCH_ROOT = Path("/dev/shm")
+SCRATCH_PREFIX = "banger-scratch-"
+# Compressed layers expand roughly this much; plain tars are counted as they are.
+EXPANSION = 4
+SCRATCH_SHARE = 0.25
+
+
+def _alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _mem_available() -> int:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def _scratch_dir(image_id: str, layers: list[Descriptor]) -> Path | None:
+    """A private tmpfs dir for the unpacked tree, or None to unpack on the state disk."""
+    estimate = sum(
+        x.size * (1 if LAYER_TYPES.get(x.media_type) == "tar" else EXPANSION) for x in layers
+    )
+    try:
+        st = os.statvfs(SCRATCH_ROOT)
+    except OSError:
+        return None
+    room = min(st.f_bavail * st.f_frsize, _mem_available())
+    if estimate > room * SCRATCH_SHARE:
+        return None
+    path = SCRATCH_ROOT / f"{SCRATCH_PREFIX}{os.getpid()}-{image_id}"
+    try:
+        path.mkdir(mode=0o700)
+    except OSError:
+        return None
+    return path
+
+
 class ImageService:
     def __init__(self, d: Daemon) -> None:
         self.d = d
@@ -111,6 +161,10 @@ class ImageService:
         paths.staging_dir.mkdir(parents=True, exist_ok=True)
         for entry in paths.staging_dir.glob("image-*"):
             await asyncio.to_thread(shutil.rmtree, entry, True)
+        for entry in SCRATCH_ROOT.glob(f"{SCRATCH_PREFIX}*"):
+            pid = entry.name.removeprefix(SCRATCH_PREFIX).split("-", 1)[0]
+            if entry.is_dir() and entry.stat().st_uid == os.geteuid() and not _alive(pid):
+                await asyncio.to_thread(shutil.rmtree, entry, True)
         known = {r["id"] for r in self.d.store.query("SELECT id FROM images")}
         if paths.images_dir.is_dir():
             for entry in paths.images_dir.iterdir():
@@ -320,14 +374,21 @@ class ImageService:
                 "size_bytes": size_bytes,
                 "label": "rootfs",
             }
+            scratch = _scratch_dir(image_id, layers)
+            tree = scratch / "tree" if scratch is not None else stage / "tree"
+            spec["tree"] = str(tree)
             (stage / "spec.json").write_text(json.dumps(spec))
             out = out_dir / ROOTFS_NAME
             if digest is not None and self.cache.link_rootfs(digest, size_bytes, out):
                 ctx.progress(stage="reuse", digest=digest)
                 result = {"size_bytes": out.stat().st_size}
             else:
-                result = await self._run_build(stage / "spec.json", len(layers), ctx)
-                await asyncio.to_thread(shutil.rmtree, stage / "tree", True)
+                try:
+                    result = await self._run_build(stage / "spec.json", len(layers), ctx)
+                finally:
+                    await asyncio.to_thread(shutil.rmtree, tree, True)
+                    if scratch is not None:
+                        await asyncio.to_thread(shutil.rmtree, scratch, True)
                 if digest is not None:
                     self.cache.keep_rootfs(digest, size_bytes, out)
             paths.images_dir.mkdir(parents=True, exist_ok=True)
