@@ -233,6 +233,11 @@ def test_system_mode_runs_as_owner_and_refuses_everyone_else(
         st = banger("daemon", "status", "--json", root=prefix, user=owner_user)
         assert st.returncode == 0, st.stderr
         assert json.loads(st.stdout)["pid"] == daemon.pid
+        doc = banger("doctor", "--json", root=prefix, user=owner_user)
+        checks = {c["name"]: c for c in json.loads(doc.stdout)}
+        assert checks["root helper"]["status"] == "PASS", checks
+        assert checks["daemon"]["status"] == "PASS"
+        assert checks["system"]["status"] == "PASS"
         no_start = banger("daemon", "start", root=prefix, user=owner_user)
         assert no_start.returncode != 0 and "systemd runs bangerd" in no_start.stderr
         # Anyone else is told clearly who may use it, root included.
@@ -253,6 +258,11 @@ def test_system_mode_runs_as_owner_and_refuses_everyone_else(
     down = banger("image", "list", root=prefix, user=owner_user)
     assert down.returncode == 1 and "sudo banger system restart" in down.stderr
     assert not (prefix / "run/banger/bangerd.sock").exists()
+    doc = banger("doctor", "--json", root=prefix, user=owner_user)
+    assert doc.returncode == 1
+    checks = {c["name"]: c for c in json.loads(doc.stdout)}
+    assert checks["root helper"]["status"] == "FAIL"
+    assert "sudo banger system restart" in checks["daemon"]["hint"]
 
 
 def test_install_refuses_binaries_the_owner_cannot_run(prefix: Path, owner_user: User) -> None:

@@ -15,8 +15,12 @@ def doctor(as_json: bool) -> None:
     from banger.doctor import run_checks
     from banger.paths import Paths
 
-    paths = Paths.from_env()
+    paths = Paths.detect()
     checks = run_checks(paths, load_config(paths.config_file))
+    if paths.is_system:
+        from banger.privhelper.install import doctor_checks
+
+        checks += doctor_checks(paths)
     if as_json:
         print_json([c.__dict__ for c in checks])
     else:

@@ -21,10 +21,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from banger import __version__
 from banger.paths import InstallInfo, Paths, install_file, read_install
+
+if TYPE_CHECKING:
+    from banger.doctor import Check
 
 DAEMON_UNIT = "bangerd.service"
 HELPER_UNIT = "bangerd-root.service"
@@ -421,3 +424,48 @@ def uninstall(root: Path, *, purge: bool) -> list[Path]:
     if str(root) == "/" and systemd_running():
         subprocess.run(["systemctl", "daemon-reload"], capture_output=True, timeout=60, check=False)
     return removed
+
+
+def doctor_checks(paths: Paths) -> list[Check]:
+    """`banger doctor` under a system install: both sockets answer, versions match, caller."""
+    from banger.doctor import Check
+
+    info = read_install(paths.system_root)
+    if info is None:
+        return []
+    checks: list[Check] = []
+    who = f"owner {info.owner_user} (uid {info.owner_uid})"
+    if os.getuid() in (0, info.owner_uid):
+        checks.append(Check("PASS", "system", f"system install for {who}"))
+    else:
+        checks.append(
+            Check(
+                "FAIL",
+                "system",
+                f"system install for {who}; you are uid {os.getuid()}",
+                f"run banger as {info.owner_user}: sudo -u {info.owner_user} banger ...",
+            )
+        )
+    restart = "sudo banger system restart (journalctl -u bangerd-root -u bangerd)"
+    helper = ping_socket(paths.helper_socket, "priv.ping")
+    if helper is not None:
+        checks.append(Check("PASS", "root helper", f"bangerd-root answers (pid {helper['pid']})"))
+    else:
+        checks.append(
+            Check("FAIL", "root helper", f"nothing answers on {paths.helper_socket}", restart)
+        )
+    daemon = ping_socket(paths.socket, "ping")
+    if daemon is not None:
+        checks.append(Check("PASS", "daemon", f"bangerd answers (pid {daemon.get('pid')})"))
+    elif os.getuid() in (0, info.owner_uid):
+        checks.append(Check("FAIL", "daemon", f"nothing answers on {paths.socket}", restart))
+    if info.version != __version__:
+        checks.append(
+            Check(
+                "WARN",
+                "version",
+                f"CLI {__version__}, installed {info.version}",
+                f"re-run `sudo banger system install --owner {info.owner_user}` with this version",
+            )
+        )
+    return checks
