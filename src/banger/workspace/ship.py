@@ -15,12 +15,14 @@ import contextlib
 import os
 import posixpath
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pydantic import BaseModel
 
+from banger.proc import run_sync
 from banger.rpc.errors import OperationFailed
 from banger.workspace.plan import WorkspacePlan
 from banger.workspace.transport import ExecResult, GuestExec
@@ -28,13 +30,15 @@ from banger.workspace.transport import ExecResult, GuestExec
 Progress = Callable[[str], None]
 
 # Guest-side scripts: POSIX sh, paths passed as positional arguments (never interpolated).
+# stdin: a tar of a pack and its index, built on the host (the guest's CPU, emulated under TCG,
+# would take many seconds to index a pack itself).
 RECEIVE_PACK = r"""set -eu
 s=$1
 rm -rf -- "$s"
 mkdir -p -- "$s"
 cd -- "$s"
 git init -q
-git index-pack --stdin >/dev/null
+tar -x -f - -C .git/objects/pack
 """
 
 INIT_EMPTY = r"""set -eu
@@ -192,9 +196,29 @@ async def _stream(
     return result
 
 
-def _tar_argv() -> list[str]:
+def _write_pack(root: Path, revs: Sequence[str], out: Path) -> list[str]:
+    """Pack everything reachable from `revs` into `out` (pack + idx); returns their file names."""
+    res = run_sync(
+        # No new delta search: packed history reuses its deltas anyway, and for loose objects
+        # the search costs more time than it saves on the wire.
+        [
+            "git", "-c", "pack.window=0", "pack-objects", "--revs", "--delta-base-offset", "-q",
+            str(out / "pack"),
+        ],
+        input="".join(f"{r}\n" for r in revs).encode(),
+        cwd=str(root),
+        what="git pack-objects",
+    )  # fmt: skip
+    name = f"pack-{res.out.strip()}"
+    return [f"{name}.pack", f"{name}.idx"]
+
+
+def _tar_argv(directory: Path | str | None = None) -> list[str]:
+    """tar writing to stdout the NUL-separated paths read from stdin (relative to `directory`)."""
+    where = ["-C", str(directory)] if directory is not None else []
     return [
         "tar",
+        *where,
         "-c",
         "-f",
         "-",
@@ -224,25 +248,16 @@ async def prepare(
                 revs = [plan.base_commit]
                 if plan.head_commit and plan.head_commit != plan.base_commit:
                     revs.append(plan.head_commit)
-                await _stream(
-                    guest,
-                    ["sh", "-c", RECEIVE_PACK, "sh", staging],
-                    # No new delta search: packed history reuses its deltas anyway, and for
-                    # loose objects the search costs more time than it saves on the wire.
-                    [
-                        "git",
-                        "-c",
-                        "pack.window=0",
-                        "pack-objects",
-                        "--stdout",
-                        "--revs",
-                        "--delta-base-offset",
-                        "-q",
-                    ],
-                    producer_input="".join(f"{r}\n" for r in revs).encode(),
-                    cwd=root,
-                    what="shipping history",
-                )
+                with tempfile.TemporaryDirectory(prefix="banger-pack-") as tmp:
+                    names = await asyncio.to_thread(_write_pack, root, revs, Path(tmp))
+                    await _stream(
+                        guest,
+                        ["sh", "-c", RECEIVE_PACK, "sh", staging],
+                        _tar_argv(tmp),
+                        producer_input=_nul_list(names),
+                        cwd=root,
+                        what="shipping history",
+                    )
             else:
                 _check(await guest.run(["sh", "-c", INIT_EMPTY, "sh", staging]), "git init", guest)
             say("checkout")
