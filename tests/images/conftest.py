@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from tests.images.ocifix import Registry
+from tests.images.tokenauth import BearerAuth, TokenServer
 
 REGISTRY_BIN = "docker-registry"
 READY_TIMEOUT = 20.0
@@ -25,7 +26,9 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _start(root: Path, auth: tuple[str, str] | None) -> tuple[subprocess.Popen[bytes], Registry]:
+def _start(
+    root: Path, auth: tuple[str, str] | None, extra: list[str] | None = None
+) -> tuple[subprocess.Popen[bytes], Registry]:
     if shutil.which(REGISTRY_BIN) is None:
         pytest.fail("docker-registry is not installed (scripts/setup-host.sh installs it)")
     port = _free_port()
@@ -50,6 +53,7 @@ def _start(root: Path, auth: tuple[str, str] | None) -> tuple[subprocess.Popen[b
             ["htpasswd", "-Bbc", str(htpasswd), auth[0], auth[1]], check=True, capture_output=True
         )
         config += ["auth:", "  htpasswd:", "    realm: banger-test", f"    path: {htpasswd}"]
+    config += extra or []
     (root / "config.yml").write_text("\n".join(config) + "\n")
     log = root / "registry.log"
     with log.open("wb") as out:
@@ -89,4 +93,20 @@ def auth_registry() -> Iterator[Registry]:
     yield reg
     proc.terminate()
     proc.wait(10)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def token_registry() -> Iterator[tuple[Registry, TokenServer]]:
+    """A registry in `auth: token` mode and the token server it sends clients to."""
+    root = Path(tempfile.mkdtemp(prefix="bg-treg-"))
+    tokens = TokenServer(root / "tokens", "tokenuser", "tok-pass")
+    tokens.start()
+    proc, reg = _start(root / "reg", None, tokens.registry_config())
+    reg.auth = (tokens.user, tokens.password)
+    reg.push_auth = BearerAuth(tokens.user, tokens.password)
+    yield reg, tokens
+    proc.terminate()
+    proc.wait(10)
+    tokens.stop()
     shutil.rmtree(root, ignore_errors=True)

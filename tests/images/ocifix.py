@@ -91,13 +91,15 @@ class Registry:
     root: Path  # storage root dir
     log: Path
     auth: tuple[str, str] | None = None
+    # What fixture pushes authenticate with (basic credentials, or a bearer-token flow).
+    push_auth: Any = None
 
     @property
     def host(self) -> str:
         return self.url.removeprefix("http://")
 
     def _client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, auth=self.auth, timeout=30)
+        return httpx.Client(base_url=self.url, auth=self.push_auth or self.auth, timeout=30)
 
     def push_blob(self, repo: str, data: bytes) -> str:
         digest = sha(data)

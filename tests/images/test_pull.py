@@ -322,3 +322,41 @@ def test_htpasswd_registry_needs_and_uses_docker_config(
     daemon.banger("daemon", "stop", check=True)
     p = daemon.banger("image", "pull", ref, "--name", "again")
     assert p.returncode == 1 and "rejected the credentials" in p.stderr
+
+
+def test_bearer_token_flow(
+    daemon: BangerEnv, token_registry: tuple[Registry, Any], tmp_path: Path
+) -> None:
+    reg, tokens = token_registry
+    reg.push_image("public/tool", "v1", [([Entry("pub", data=b"anyone")], "gzip")])
+    reg.push_image("private/tool", "v1", [([Entry("priv", data=b"members")], "zstd")])
+
+    # Anonymous bearer flow: challenge → token for repository:public/tool:pull → pull.
+    tokens.requests.clear()
+    rec = _pull(daemon, f"{reg.host}/public/tool:v1")
+    assert cat(Path(rec["rootfs"]), "/pub") == b"anyone"
+    assert tokens.requests and not tokens.requests[0]["authorized"]
+    assert tokens.requests[0]["query"]["scope"] == ["repository:public/tool:pull"]
+    assert tokens.requests[0]["query"]["service"] == ["banger-test-registry"]
+
+    p = daemon.banger("image", "pull", f"{reg.host}/private/tool:v1", "--name", "priv")
+    assert p.returncode == 1 and "refused a token" in p.stderr and "docker login" in p.stderr
+
+    # With credentials in the docker config, the token request authenticates.
+    daemon.banger("daemon", "stop", check=True)
+    docker_dir = tmp_path / "docker"
+    docker_dir.mkdir()
+    (docker_dir / "config.json").write_text(
+        json.dumps(
+            {
+                "auths": {
+                    f"http://{reg.host}": {"username": tokens.user, "password": tokens.password}
+                }
+            }
+        )
+    )
+    daemon.env["DOCKER_CONFIG"] = str(docker_dir)
+    tokens.requests.clear()
+    rec = _pull(daemon, f"{reg.host}/private/tool:v1", "--name", "priv")
+    assert cat(Path(rec["rootfs"]), "/priv") == b"members"
+    assert tokens.requests[-1]["authorized"]
