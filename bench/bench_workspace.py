@@ -111,7 +111,7 @@ def vm_target(name: str) -> SSHTarget:
     from banger.cli.connect import client
 
     with client() as c:
-        info = c.call("vm.ssh", {"vm": name})
+        info = c.call("vm.ssh", {"ref": name})
     return SSHTarget.from_json(info.get("target", info))
 
 
@@ -144,7 +144,12 @@ def raw_ship(repo: Path, target: SSHTarget, dest: str) -> float:
 def banger_ship(repo: Path, target: SSHTarget, dest: str) -> float:
     t0 = time.monotonic()
     plan, _ = make_plan(repo, PrepareOptions(guest_path=dest))
-    asyncio.run(prepare(SSHGuestExec(target), plan))
+
+    async def go() -> None:
+        async with SSHGuestExec(target) as guest:  # as the daemon does: one multiplexed connection
+            await prepare(guest, plan)
+
+    asyncio.run(go())
     return time.monotonic() - t0
 
 

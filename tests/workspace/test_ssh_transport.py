@@ -72,8 +72,23 @@ def sshd_target() -> Iterator[SSHTarget]:
     shutil.rmtree(d, ignore_errors=True)
 
 
-async def test_round_trip_over_real_ssh(repo: Path, tmp_path: Path, sshd_target: SSHTarget) -> None:
+@pytest.mark.parametrize("multiplex", [False, True])
+async def test_round_trip_over_real_ssh(
+    repo: Path, tmp_path: Path, sshd_target: SSHTarget, multiplex: bool
+) -> None:
     guest = SSHGuestExec(sshd_target)
+    if multiplex:
+        async with guest:
+            assert guest._control_dir is not None
+            control = Path(guest._control_dir)
+            assert (control / "m").is_socket()
+            await _round_trip(guest, repo, tmp_path)
+        assert not control.exists()  # master stopped, socket dir gone
+    else:
+        await _round_trip(guest, repo, tmp_path)
+
+
+async def _round_trip(guest: SSHGuestExec, repo: Path, tmp_path: Path) -> None:
     gp = tmp_path / "over ssh" / "repo"  # a space: the remote line must be quoted right
     plan, _ = make_plan(repo, PrepareOptions(guest_path=str(gp), include_untracked=True))
     result = await prepare(guest, plan)

@@ -16,7 +16,7 @@ from banger.workspace import records
 from banger.workspace.export import export
 from banger.workspace.plan import DEFAULT_GUEST_PATH, Mode, PrepareOptions, make_plan
 from banger.workspace.ship import prepare
-from banger.workspace.transport import GuestExec, SSHGuestExec
+from banger.workspace.transport import SSHGuestExec
 
 if TYPE_CHECKING:
     from banger.daemon.app import Daemon
@@ -72,7 +72,7 @@ async def _vm_id(d: Daemon, ref: str) -> tuple[str, str]:
     return rec.id, rec.name
 
 
-async def _guest(d: Daemon, ref: str) -> GuestExec:
+async def _guest(d: Daemon, ref: str) -> SSHGuestExec:
     return SSHGuestExec(await _vms(d).ssh_target(ref))
 
 
@@ -133,7 +133,8 @@ async def workspace_prepare(d: Daemon, ctx: RequestContext, params: dict[str, An
         }
     guest = await _guest(d, p.vm)
     ctx.progress(stage="inspect", files=len(plan.files), bytes=plan.total_bytes)
-    result = await prepare(guest, plan, progress=lambda stage: ctx.progress(stage=stage))
+    async with guest:  # one SSH connection for all the steps
+        result = await prepare(guest, plan, progress=lambda stage: ctx.progress(stage=stage))
     records.save(
         d.store,
         records.WorkspaceRecord(

@@ -11,7 +11,9 @@ import asyncio
 import contextlib
 import os
 import shlex
+import shutil
 import subprocess
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,20 +127,58 @@ class LocalGuestExec:
 
 
 class SSHGuestExec:
-    """Runs commands in a real guest through banger's OpenSSH client options."""
+    """Runs commands in a real guest through banger's OpenSSH client options.
+
+    Used as an async context manager it opens one master connection and multiplexes every
+    command over it (a new SSH handshake costs ~0.5 s against a TCG guest; a session on an open
+    master costs tens of milliseconds). Without it each command connects on its own.
+    """
 
     def __init__(self, target: SSHTarget) -> None:
         self.target = target
+        self._control_dir: str | None = None
 
     @property
     def description(self) -> str:
         return f"ssh to vm {self.target.vm_name}"
 
-    def host_argv(self, argv: Sequence[str]) -> list[str]:
+    def _ssh_argv(self, remote: Sequence[str] | None) -> list[str]:
         from banger.guest.ssh import ssh_argv
 
+        argv = ssh_argv(self.target, remote, tty=False)
+        if self._control_dir is None:
+            return argv
+        opts = ["-o", f"ControlPath={self._control_dir}/m", "-o", "ControlMaster=no"]
+        return [argv[0], *opts, *argv[1:]]
+
+    def host_argv(self, argv: Sequence[str]) -> list[str]:
         # The remote side hands the command to the login shell as one string: quote it once.
-        return ssh_argv(self.target, [shlex.join(argv)], tty=False)
+        return self._ssh_argv([shlex.join(argv)])
+
+    async def __aenter__(self) -> SSHGuestExec:
+        control_dir = tempfile.mkdtemp(prefix="bgmux-", dir="/tmp")  # short: sun_path limit
+        base = self._ssh_argv(None)
+        # -f -N: background once authenticated; its output goes nowhere we wait on.
+        master = [
+            base[0], "-o", "ControlMaster=yes", "-o", f"ControlPath={control_dir}/m",
+            "-o", "ControlPersist=300", "-f", "-N", *base[1:],
+        ]  # fmt: skip
+        res = await run_process(master, stdin=None, timeout=60, what=self.description)
+        if res.returncode != 0:
+            shutil.rmtree(control_dir, ignore_errors=True)
+            raise OperationFailed(f"{self.description} failed: {res.err_tail}")
+        self._control_dir = control_dir
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        control_dir, self._control_dir = self._control_dir, None
+        if control_dir is None:
+            return
+        base = self._ssh_argv(None)
+        stop = [base[0], "-o", f"ControlPath={control_dir}/m", "-O", "exit", *base[1:]]
+        with contextlib.suppress(Exception):
+            await run_process(stop, stdin=None, timeout=10, what=self.description)
+        shutil.rmtree(control_dir, ignore_errors=True)
 
     async def run(
         self, argv: Sequence[str], *, stdin: Stdin = None, timeout: float | None = DEFAULT_TIMEOUT
