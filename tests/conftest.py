@@ -80,6 +80,8 @@ def banger_env() -> Iterator[BangerEnv]:
             "XDG_CACHE_HOME": str(root / "cache"),
             "XDG_RUNTIME_DIR": str(root / "run"),
             "NO_COLOR": "1",
+            # Isolated user mode even on a host with a real system install (docs/privileges.md).
+            "BANGER_MODE": "user",
             # Test daemons run as root but must never touch the host's network: user-mode unless
             # a test opts into bridged networking inside a namespace it created (tests/network).
             "BANGER_NETWORK": "user",
@@ -144,6 +146,8 @@ def debian_image() -> Iterator[BuiltImage]:
             "XDG_CACHE_HOME": str(root / "cache"),
             "XDG_RUNTIME_DIR": str(root / "run"),
             "NO_COLOR": "1",
+            # Isolated user mode even on a host with a real system install (docs/privileges.md).
+            "BANGER_MODE": "user",
             "BANGER_NETWORK": "user",
         }
     )
