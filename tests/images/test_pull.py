@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,7 @@ def pushed(registry: Registry) -> dict[str, Any]:
 def _pull(env: BangerEnv, ref: str, *args: str) -> dict[str, Any]:
     p = env.banger("image", "pull", ref, *args, "--json", check=True, timeout=300)
     rec: dict[str, Any] = json.loads(p.stdout)
+    rec["_stderr"] = p.stderr
     return rec
 
 
@@ -83,6 +85,12 @@ def test_pull_builds_ext4_with_layer_semantics(
 ) -> None:
     rec = _pull(daemon, f"{registry.host}/fixtures/semantics:v1")
     assert rec["name"] == "semantics-v1"
+    # Progress reached the CLI (plain lines when not on a terminal).
+    err = rec["_stderr"]
+    assert f"resolving {registry.host}/fixtures/semantics:v1" in err and "3 layer(s)" in err
+    for i, layer in enumerate(pushed["layers"], 1):
+        assert f"applying layer {i}/3 {layer['digest'][7:19]}" in err
+    assert "writing ext4 (1.0 GiB, sparse)" in err
     assert rec["digest"] == pushed["manifest"]
     assert rec["managed"] is True
     img = Path(rec["rootfs"])
@@ -360,3 +368,43 @@ def test_bearer_token_flow(
     rec = _pull(daemon, f"{reg.host}/private/tool:v1", "--name", "priv")
     assert cat(Path(rec["rootfs"]), "/priv") == b"members"
     assert tokens.requests[-1]["authorized"]
+
+
+def test_cancelled_pull_leaves_nothing(daemon: BangerEnv, registry: Registry) -> None:
+    repo = "fixtures/big"
+    layers = [([Entry(f"blob{i}", data=os.urandom(24 << 20))], "tar") for i in range(3)]
+    registry.push_image(repo, "v1", layers)  # type: ignore[arg-type]
+    seen: list[str] = []
+
+    class Disconnect(Exception):
+        pass
+
+    def on_progress(ev: dict[str, Any]) -> None:
+        seen.append(str(ev.get("stage")))
+        if ev.get("stage") == "download":
+            raise Disconnect
+
+    c = daemon.client()
+    with pytest.raises(Disconnect):
+        c.call("image.pull", {"ref": f"{registry.host}/{repo}:v1"}, on_progress=on_progress)
+    c.close()  # the daemon cancels the request when its client goes away
+    assert "download" in seen
+    daemon_pid = daemon.paths.pid_file.read_text().strip()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        paths = daemon.paths
+        blobs = paths.oci_cache_dir / "blobs" / "sha256"
+        left = [
+            *paths.staging_dir.iterdir(),
+            *paths.images_dir.iterdir(),
+            *(p for p in blobs.iterdir() if p.name.startswith(".tmp")),
+            *Path("/dev/shm").glob(f"banger-scratch-{daemon_pid}-*"),
+        ]
+        if not left:
+            break
+        time.sleep(0.1)
+    assert left == [], left
+    assert json.loads(daemon.banger("image", "list", "--json", check=True).stdout) == []
+    # And the next pull works from whatever was verified before the cancel.
+    rec = _pull(daemon, f"{registry.host}/{repo}:v1")
+    assert stat_inode(Path(rec["rootfs"]), "/blob2")["type"] == "regular"
