@@ -373,7 +373,7 @@ def test_bearer_token_flow(
 def test_cancelled_pull_leaves_nothing(daemon: BangerEnv, registry: Registry) -> None:
     repo = "fixtures/big"
     layers = [([Entry(f"blob{i}", data=os.urandom(24 << 20))], "tar") for i in range(3)]
-    registry.push_image(repo, "v1", layers)  # type: ignore[arg-type]
+    registry.push_image(repo, "v1", layers)
     seen: list[str] = []
 
     class Disconnect(Exception):
