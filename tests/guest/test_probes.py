@@ -155,3 +155,9 @@ def test_guest_cpu_share_from_proc_stat() -> None:
         probes.parse_cpu_percent("intr 1 2", b)
     snap = run_script_here()
     assert 0.0 <= snap.cpu_percent <= 100.0
+
+
+def test_script_without_cpu_window_skips_the_sleep() -> None:
+    fast = probes.guest_script("busybox", cpu=False)
+    assert "sleep" not in fast and "cpu1" not in fast
+    assert "/proc/net/$f" in fast and "sleep 0.5" in probes.guest_script("busybox")

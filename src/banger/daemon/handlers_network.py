@@ -220,8 +220,8 @@ async def _host_stats(vm: VMView) -> dict[str, Any]:
     }
 
 
-async def _guest_snapshot(d: Daemon, vm: VMView) -> probes.GuestSnapshot:
-    out, _ = await _ssh(d, vm, probes.guest_script(), PROBE_TIMEOUT)
+async def _guest_snapshot(d: Daemon, vm: VMView, *, cpu: bool = True) -> probes.GuestSnapshot:
+    out, _ = await _ssh(d, vm, probes.guest_script(cpu=cpu), PROBE_TIMEOUT)
     try:
         return probes.parse_snapshot(out)
     except ValueError as e:
@@ -297,7 +297,7 @@ async def _user_forwards(d: Daemon, vm: VMView, wanted: set[int]) -> dict[int, i
 
 
 async def _vm_ports(d: Daemon, vm: VMView) -> list[dict[str, Any]]:
-    snap = await _guest_snapshot(d, vm)
+    snap = await _guest_snapshot(d, vm, cpu=False)
     reachable = {s.port for s in snap.sockets if s.proto == "tcp" and not s.loopback_only}
     forwards: dict[int, int] = {}
     if vm.network == "user" and reachable:

@@ -23,8 +23,10 @@ MARK = "@@banger-probe "
 
 # POSIX sh run by the payload's busybox. `ls -l /proc/*/fd` in one process (not one readlink per
 # fd: forks are slow under TCG) maps socket inodes to pids; `grep -H` names each pid's command.
-def guest_script(busybox: str = BUSYBOX) -> str:
-    return _SCRIPT.replace("@BUSYBOX@", shlex.quote(busybox))
+def guest_script(busybox: str = BUSYBOX, *, cpu: bool = True) -> str:
+    """The probe script; `cpu=False` skips the half-second CPU window (ports need no CPU)."""
+    script = _SCRIPT if cpu else _CPU_RE.sub("", _SCRIPT)
+    return script.replace("@BUSYBOX@", shlex.quote(busybox))
 
 
 _SCRIPT = f"""\
@@ -33,9 +35,11 @@ echo '{MARK}loadavg'; $B cat /proc/loadavg
 echo '{MARK}meminfo'; $B cat /proc/meminfo
 echo '{MARK}df'; $B df -P -k / /root 2>/dev/null
 echo '{MARK}uptime'; $B cat /proc/uptime
+# cpu>
 echo '{MARK}cpu1'; $B head -n 1 /proc/stat
 $B sleep 0.5
 echo '{MARK}cpu2'; $B head -n 1 /proc/stat
+# <cpu
 for f in tcp tcp6 udp udp6; do
   echo "{MARK}net $f"; $B cat /proc/net/$f 2>/dev/null
 done
@@ -43,6 +47,9 @@ echo '{MARK}fds'; $B ls -l /proc/[0-9]*/fd 2>/dev/null
 echo '{MARK}comm'; $B grep -H '' /proc/[0-9]*/comm 2>/dev/null
 echo '{MARK}end'
 """
+
+
+_CPU_RE = re.compile(r"# cpu>\n.*?# <cpu\n", re.S)
 
 
 @dataclass(frozen=True)
