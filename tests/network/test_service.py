@@ -167,3 +167,26 @@ def test_user_mode_refuses_nat(tmp_path: Path, store: Store) -> None:
     assert svc.mode == "user"
     with pytest.raises(Exception, match="NAT needs bridged networking"):
         asyncio.run(svc.set_nat("x", True))
+
+
+async def test_dns_only_in_bridge_mode_and_a_taken_port_is_not_fatal(
+    tmp_path: Path, store: Store, netns: str
+) -> None:
+    paths = Paths(tmp_path / "c", tmp_path / "s", tmp_path / "k", tmp_path / "r")
+    user = NetworkService(FakeDaemon(paths, Config(network="user"), store))  # type: ignore[arg-type]
+    await user.start()
+    assert not user.dns.running
+    await user.stop()
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as holder:
+        holder.bind(("127.0.0.1", 0))
+        port = holder.getsockname()[1]
+        cfg = Config(network="bridge", dns_port=port)
+        svc = NetworkService(FakeDaemon(paths, cfg, store), LocalPrivOps(netns))  # type: ignore[arg-type]
+        await svc.start()  # the daemon still starts; names just do not resolve
+        assert not svc.dns.running
+        assert svc.dns_error is not None and str(port) in svc.dns_error
+        g = await svc.attach("id-x", "x")  # and VMs still get their network
+        assert g.ip == "172.16.0.2"
+        await svc.detach("id-x")
+        await svc.stop()

@@ -138,17 +138,22 @@ class NetworkService:
     # --- service lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
+        # Only bridged VMs have names to serve; a user-mode daemon leaves the port alone.
+        if self.mode == "bridge":
+            await self._start_dns()
+        self._write_ssh_config()
+        log.info(
+            "network ready",
+            extra={"mode": self.mode, "bridge": self.bridge, "dns_port": self.dns.port},
+        )
+
+    async def _start_dns(self) -> None:
         try:
             await self.dns.start()
         except OSError as e:
             # Another daemon (or tool) holds the port: VMs still work, names just do not resolve.
             self.dns_error = f"DNS server not started on 127.0.0.1:{self.dns.port}: {e.strerror}"
             log.warning(self.dns_error)
-        self._write_ssh_config()
-        log.info(
-            "network ready",
-            extra={"mode": self.mode, "bridge": self.bridge, "dns_port": self.dns.port},
-        )
 
     async def stop(self) -> None:
         # VMs outlive the daemon: their TAPs and rules stay; only the DNS socket goes.
