@@ -182,3 +182,27 @@ async def test_resolve_and_delete_conflict(banger_env: BangerEnv, tmp_path: Path
         await d.images.delete("b")
     finally:
         await d.stop_services()
+
+
+async def test_start_sweeps_interrupted_work(banger_env: BangerEnv) -> None:
+    paths = banger_env.paths
+    paths.ensure()
+    stale = [
+        paths.staging_dir / "image-0123456789abcdef" / "out",
+        paths.images_dir / "feedfacefeedface",
+        paths.oci_cache_dir.parent / ".oci.pruning-1234abcd",
+    ]
+    for p in stale:
+        p.mkdir(parents=True)
+    blobs = paths.oci_cache_dir / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+    (blobs / ".tmp-0123456789abcdef-aaaa").write_bytes(b"partial")
+    kept = blobs / ("a" * 64)
+    kept.write_bytes(b"verified")
+    d = Daemon(paths, Config())
+    await d.start_services()
+    try:
+        assert not any(p.exists() for p in stale)
+        assert sorted(blobs.iterdir()) == [kept]
+    finally:
+        await d.stop_services()

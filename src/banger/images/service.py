@@ -165,6 +165,11 @@ class ImageService:
             pid = entry.name.removeprefix(SCRATCH_PREFIX).split("-", 1)[0]
             if entry.is_dir() and entry.stat().st_uid == os.geteuid() and not _alive(pid):
                 await asyncio.to_thread(shutil.rmtree, entry, True)
+        # Unverified partial downloads and an interrupted prune's aside copy.
+        for entry in self.cache.blobs_dir.glob(".tmp-*"):
+            entry.unlink(missing_ok=True)
+        for entry in self.cache.root.parent.glob(f".{self.cache.root.name}.pruning-*"):
+            await asyncio.to_thread(shutil.rmtree, entry, True)
         known = {r["id"] for r in self.d.store.query("SELECT id FROM images")}
         if paths.images_dir.is_dir():
             for entry in paths.images_dir.iterdir():
