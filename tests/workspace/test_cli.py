@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from banger.cli.vm_run import remote_script
 from tests.conftest import BangerEnv
 
@@ -49,3 +51,23 @@ def test_remote_script_quotes_the_command() -> None:
         "cd -- '/root/my repo' && exec sh -c 'exit 7'"
     )
     assert remote_script(None, []) == 'exec "${SHELL:-/bin/sh}" -l'
+
+
+def test_vm_run_with_a_missing_image_fails_cleanly(repo: Path, daemon: BangerEnv) -> None:
+    p = daemon.banger("vm", "run", str(repo), "--image", "no-such-image", "--rm", "--", "true")
+    assert p.returncode == 1
+    assert "no-such-image" in p.stderr and "kept for inspection" not in p.stderr
+    listed = json.loads(daemon.banger("vm", "list", "--json", check=True).stdout)
+    assert listed == []
+
+
+def test_workspace_rpcs_refuse_unknown_vm_and_bad_params(repo: Path, daemon: BangerEnv) -> None:
+    from banger.rpc.errors import BadRequest, NotFound
+
+    with daemon.client() as c:
+        with pytest.raises(NotFound, match="ghost"):
+            c.call("vm.workspace.prepare", {"vm": "ghost", "path": str(repo)})
+        with pytest.raises(NotFound, match="ghost"):
+            c.call("vm.workspace.export", {"vm": "ghost", "base_commit": "abc"})
+        with pytest.raises(BadRequest, match="bogus"):
+            c.call("vm.workspace.prepare", {"vm": "ghost", "path": "rel", "bogus": 1})
