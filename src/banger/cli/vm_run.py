@@ -79,14 +79,15 @@ def _exit(code: int) -> None:
         raise SystemExit(code)  # the guest command's status, verbatim
 
 
-def _exists(vm: str) -> bool:
+def _kept(vm: str) -> dict[str, Any] | None:
+    """The VM's record when a failed create kept it (boot failures do), else None."""
     from banger.rpc.errors import RPCError
 
     try:
-        call("vm.show", {"ref": vm})
+        rec = call("vm.show", {"ref": vm})
     except RPCError:
-        return False
-    return True
+        return None
+    return rec if isinstance(rec, dict) else None
 
 
 def _create_vm(name: str | None, image: str | None, nat: bool) -> dict[str, Any]:
@@ -117,10 +118,13 @@ def _create_vm(name: str | None, image: str | None, nat: bool) -> dict[str, Any]
             result = c.call("vm.create", params, on_progress=show)
     except RPCError as e:
         kept = seen["name"]
-        if kept and _exists(kept):
+        rec = _kept(kept) if kept else None
+        if kept and rec is not None:
+            log = str(rec.get("console_log") or "")
+            where = "" if not log or log in e.message else f"; console log: {log}"
             e.message = (
-                f"{e.message} (vm {kept} is kept for inspection: `banger vm logs {kept}`, "
-                f"remove it with `banger vm delete {kept}`)"
+                f"{e.message.rstrip()}\n(vm {kept} is kept for inspection{where}; "
+                f"`banger vm logs {kept}`, then `banger vm delete {kept}`)"
             )
         raise
     vm = result.get("vm", result) if isinstance(result, dict) else {}
