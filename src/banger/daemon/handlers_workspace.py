@@ -23,6 +23,9 @@ if TYPE_CHECKING:
     from banger.guest.ssh import SSHTarget
 
 
+_locks: dict[tuple[str, str], asyncio.Lock] = {}
+
+
 class PrepareParams(Params):
     vm: str
     # Host path of the checkout; omitted = re-sync the recorded workspace from where it came.
@@ -133,7 +136,9 @@ async def workspace_prepare(d: Daemon, ctx: RequestContext, params: dict[str, An
         }
     guest = await _guest(d, p.vm)
     ctx.progress(stage="inspect", files=len(plan.files), bytes=plan.total_bytes)
-    async with guest:  # one SSH connection for all the steps
+    # Two prepares of one workspace at once would share a staging directory: serialise them.
+    lock = _locks.setdefault((vm_id, plan.guest_path), asyncio.Lock())
+    async with lock, guest:  # one SSH connection for all the steps
         result = await prepare(guest, plan, progress=lambda stage: ctx.progress(stage=stage))
     records.save(
         d.store,
