@@ -235,3 +235,22 @@ async def test_repo_without_commits(tmp_path: Path, guest: LocalGuestExec) -> No
     assert git(gp, "symbolic-ref", "--short", "HEAD").strip() == "trunk"
     result = await export(guest, str(gp), None)
     assert [(f.status, f.path) for f in result.files] == [("A", "a.txt")]
+
+
+async def test_awkward_file_names_survive_the_round_trip(
+    repo: Path, guest: LocalGuestExec, tmp_path: Path
+) -> None:
+    awkward = [b"sp ace.txt", b"new\nline.txt", b"-dash.txt", b"caf\xe9-latin1.txt"]
+    for name in awkward:
+        (repo / os.fsdecode(name)).write_bytes(b"x " + name + b"\n")
+    git(repo, "add", "-A")
+    gp = await _prepare(repo, guest)
+    for name in awkward:
+        assert (gp / os.fsdecode(name)).read_bytes() == b"x " + name + b"\n"
+    (gp / os.fsdecode(b"new\nline.txt")).write_text("changed in guest\n")
+    base = git(repo, "rev-parse", "HEAD").strip()
+    result = await export(guest, str(gp), base)
+    clone = tmp_path / "clone2"
+    subprocess.run(["git", "clone", "-q", str(repo), str(clone)], check=True)
+    git(clone, "apply", "--index", input=result.patch)
+    assert tree_of(clone) == tree_of(gp)
