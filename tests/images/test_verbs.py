@@ -157,29 +157,39 @@ async def test_resolve_and_delete_conflict(banger_env: BangerEnv, tmp_path: Path
     try:
         rootfs = _ext4(tmp_path / "r.ext4", 16)
         a = await d.images.register(
-            name="a", rootfs=str(rootfs), kernel_ref=None, kernel=None, initrd=None, modules=None
+            name="img-a",
+            rootfs=str(rootfs),
+            kernel_ref=None,
+            kernel=None,
+            initrd=None,
+            modules=None,
         )
         b = await d.images.register(
-            name="b", rootfs=str(rootfs), kernel_ref=None, kernel=None, initrd=None, modules=None
+            name="img-b",
+            rootfs=str(rootfs),
+            kernel_ref=None,
+            kernel=None,
+            initrd=None,
+            modules=None,
         )
-        assert (await d.images.resolve("a")).id == a.id
-        assert (await d.images.resolve(b.id)).name == "b"
-        # Shortest unique prefix of a's id.
+        assert (await d.images.resolve("img-a")).id == a.id
+        assert (await d.images.resolve(b.id)).name == "img-b"
+        # Shortest unique prefix of a's id (names are not hex, so no name can shadow it).
         n = next(i for i in range(1, 17) if not b.id.startswith(a.id[:i]))
-        assert (await d.images.resolve(a.id[:n])).name == "a"
+        assert (await d.images.resolve(a.id[:n])).name == "img-a"
         with pytest.raises(NotFound, match="not found"):
             await d.images.resolve("zzz")
         # The contract VMs rely on: ensure() resolves what exists, NotFound with a hint otherwise.
         ctx = RequestContext(op_id="op-test", method="test")
-        assert (await d.images.ensure("a", ctx)).id == a.id
+        assert (await d.images.ensure("img-a", ctx)).id == a.id
         with pytest.raises(NotFound, match="image pull"):
             await d.images.ensure("nope", ctx)
 
         d.reference_checks.append(lambda kind, ident: ["vm devbox"] if ident == a.id else [])
         with pytest.raises(Conflict, match="vm devbox"):
-            await d.images.delete("a")
-        assert (await d.images.resolve("a")).id == a.id
-        await d.images.delete("b")
+            await d.images.delete("img-a")
+        assert (await d.images.resolve("img-a")).id == a.id
+        await d.images.delete("img-b")
     finally:
         await d.stop_services()
 
