@@ -254,3 +254,21 @@ async def test_awkward_file_names_survive_the_round_trip(
     subprocess.run(["git", "clone", "-q", str(repo), str(clone)], check=True)
     git(clone, "apply", "--index", input=result.patch)
     assert tree_of(clone) == tree_of(gp)
+
+
+async def test_shallow_ships_the_snapshot_only(
+    repo: Path, guest: LocalGuestExec, tmp_path: Path
+) -> None:
+    gp = await _prepare(repo, guest, shallow=True)
+    head = git(repo, "rev-parse", "HEAD").strip()
+    assert git(gp, "rev-parse", "HEAD").strip() == head
+    assert git(gp, "log", "--format=%s").split() == ["second"]  # no ancestors
+    assert git(gp, "rev-parse", "--is-shallow-repository").strip() == "true"
+    assert (gp / "README.md").read_text() == "hello, edited\n"
+    assert git(gp, "fsck", "--no-progress").strip() == ""
+    (gp / "src" / "app.py").write_text("print('shallow')\n")
+    result = await export(guest, str(gp), None)
+    clone = tmp_path / "clone3"
+    subprocess.run(["git", "clone", "-q", str(repo), str(clone)], check=True)
+    git(clone, "apply", "--index", input=result.patch)
+    assert tree_of(clone) == tree_of(gp)

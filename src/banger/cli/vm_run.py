@@ -154,6 +154,7 @@ def run_cmd(
     mode: str,
     branch: str | None,
     from_ref: str | None,
+    shallow: bool,
     dry_run: bool,
     guest_path: str,
 ) -> None:
@@ -172,6 +173,7 @@ def run_cmd(
         "mode": mode,
         "branch": branch,
         "from_ref": from_ref,
+        "shallow": shallow,
         "guest_path": guest_path,
     }
     if path is None and (branch or from_ref or include_untracked or dry_run):

@@ -70,6 +70,9 @@ def prepare_options(f: Any) -> Any:
             click.option(
                 "--from", "from_ref", help="start --branch at this commit instead of HEAD"
             ),
+            click.option(
+                "--shallow", is_flag=True, help="ship HEAD's snapshot only, not its history"
+            ),
             click.option("--dry-run", is_flag=True, help="list the files and mode; touch nothing"),
         ]
     ):
@@ -96,6 +99,7 @@ def prepare_cmd(
     mode: str,
     branch: str | None,
     from_ref: str | None,
+    shallow: bool,
     dry_run: bool,
     guest_path: str,
     as_json: bool,
@@ -107,6 +111,7 @@ def prepare_cmd(
         "mode": mode,
         "branch": branch,
         "from_ref": from_ref,
+        "shallow": shallow,
         "guest_path": guest_path,
     }
     if dry_run:

@@ -36,6 +36,7 @@ class PrepareParams(Params):
     mode: Mode | None = None
     branch: str | None = None
     from_ref: str | None = None
+    shallow: bool | None = None
     dry_run: bool = False
 
 
@@ -90,6 +91,7 @@ def _options(p: PrepareParams, rec: records.WorkspaceRecord | None) -> PrepareOp
         mode=base.mode if p.mode is None else p.mode,
         branch=p.branch if p.branch is not None else (base.branch if p.path is None else None),
         from_ref=p.from_ref,
+        shallow=base.shallow if p.shallow is None else p.shallow,
         guest_path=p.guest_path or (rec.guest_path if rec is not None else DEFAULT_GUEST_PATH),
     )
 

@@ -29,6 +29,8 @@ class PrepareOptions(BaseModel):
     branch: str | None = None
     from_ref: str | None = None
     guest_path: str = DEFAULT_GUEST_PATH
+    # Ship only the snapshot of HEAD (a one-commit shallow repository), not its ancestry.
+    shallow: bool = False
 
 
 class WorkspacePlan(BaseModel):
@@ -42,6 +44,7 @@ class WorkspacePlan(BaseModel):
     guest_branch: str | None
     include_untracked: bool
     readonly: bool
+    shallow: bool = False
     # Every file the workspace will hold (relative, posix), and how many bytes they are.
     files: list[str]
     total_bytes: int
@@ -138,6 +141,7 @@ def make_plan(path: Path, opts: PrepareOptions) -> tuple[WorkspacePlan, RepoInfo
         guest_branch=opts.branch or info.branch,
         include_untracked=opts.include_untracked,
         readonly=opts.readonly,
+        shallow=opts.shallow and opts.mode == "overlay",
         files=files,
         total_bytes=sum(_size(info.root, f) for f in files),
         changed=changed,

@@ -33,12 +33,13 @@ Progress = Callable[[str], None]
 # stdin: a tar of a pack and its index, built on the host (the guest's CPU, emulated under TCG,
 # would take many seconds to index a pack itself).
 RECEIVE_PACK = r"""set -eu
-s=$1
+s=$1 shallow=$2
 rm -rf -- "$s"
 mkdir -p -- "$s"
 cd -- "$s"
 git init -q
 tar -x -f - -C .git/objects/pack
+for c in $shallow; do echo "$c" >>.git/shallow; done
 """
 
 INIT_EMPTY = r"""set -eu
@@ -196,16 +197,32 @@ async def _stream(
     return result
 
 
-def _write_pack(root: Path, revs: Sequence[str], out: Path) -> list[str]:
-    """Pack everything reachable from `revs` into `out` (pack + idx); returns their file names."""
+def _write_pack(root: Path, revs: Sequence[str], out: Path, *, shallow: bool) -> list[str]:
+    """Pack `revs` with their history (or, shallow, just their snapshots) into `out` as a pack
+    and its index; returns the two file names."""
+    if shallow:
+        # Each commit plus its tree's objects, no ancestors: the guest marks them shallow.
+        objects: list[bytes] = []
+        for rev in revs:
+            listing = run_sync(
+                ["git", "rev-list", "--objects", "--no-object-names", "--max-count=1", rev],
+                cwd=str(root),
+                what="git rev-list",
+            )
+            objects.extend(listing.stdout.split())
+        data = b"".join(o + b"\n" for o in dict.fromkeys(objects))
+        mode: list[str] = []
+    else:
+        data = "".join(f"{r}\n" for r in revs).encode()
+        mode = ["--revs"]
     res = run_sync(
         # No new delta search: packed history reuses its deltas anyway, and for loose objects
         # the search costs more time than it saves on the wire.
         [
-            "git", "-c", "pack.window=0", "pack-objects", "--revs", "--delta-base-offset", "-q",
+            "git", "-c", "pack.window=0", "pack-objects", *mode, "--delta-base-offset", "-q",
             str(out / "pack"),
         ],
-        input="".join(f"{r}\n" for r in revs).encode(),
+        input=data,
         cwd=str(root),
         what="git pack-objects",
     )  # fmt: skip
@@ -249,10 +266,13 @@ async def prepare(
                 if plan.head_commit and plan.head_commit != plan.base_commit:
                     revs.append(plan.head_commit)
                 with tempfile.TemporaryDirectory(prefix="banger-pack-") as tmp:
-                    names = await asyncio.to_thread(_write_pack, root, revs, Path(tmp))
+                    names = await asyncio.to_thread(
+                        _write_pack, root, revs, Path(tmp), shallow=plan.shallow
+                    )
+                    shallow = " ".join(revs) if plan.shallow else ""
                     await _stream(
                         guest,
-                        ["sh", "-c", RECEIVE_PACK, "sh", staging],
+                        ["sh", "-c", RECEIVE_PACK, "sh", staging, shallow],
                         _tar_argv(tmp),
                         producer_input=_nul_list(names),
                         cwd=root,
