@@ -9,12 +9,13 @@ result go to stdout as JSON lines; a failure is one `{"event": "error", ...}` li
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
 from banger.images.ext4 import SizeTooSmall, choose_size, make_ext4, tree_usage
-from banger.images.layers import HostileLayer, Layer, LayerError, apply_layers
+from banger.images.layers import BudgetExceeded, HostileLayer, Layer, LayerError, apply_layers
 from banger.rpc.errors import OperationFailed
 
 
@@ -33,7 +34,17 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     def on_layer(i: int, layer: Layer) -> None:
         _emit(event="layer", index=i, total=len(layers), name=layer.name)
 
-    stats = apply_layers(tree, layers, on_layer)
+    fallback = spec.get("fallback_tree")
+    try:
+        stats = apply_layers(tree, layers, on_layer, spec.get("tree_budget") if fallback else None)
+    except BudgetExceeded:
+        # The estimate from compressed sizes was wrong (highly compressible data): tmpfs is
+        # memory, so start over on the disk rather than fill it.
+        assert fallback is not None
+        shutil.rmtree(tree, ignore_errors=True)
+        _emit(event="fallback", tree=fallback)
+        tree = Path(fallback)
+        stats = apply_layers(tree, layers, on_layer)
     usage = tree_usage(tree)
     size = choose_size(usage, spec.get("size_bytes"))
     _emit(event="mkfs", size_bytes=size, content_bytes=usage.bytes)

@@ -37,6 +37,10 @@ class HostileLayer(LayerError):
     """A member tried to escape the tree or is otherwise unsafe."""
 
 
+class BudgetExceeded(Exception):
+    """The layers hold more file data than the scratch space allows (see build.py)."""
+
+
 @dataclass(frozen=True)
 class Layer:
     path: Path
@@ -82,9 +86,11 @@ def open_layer(layer: Layer) -> Iterator[tarfile.TarFile]:
 
 
 class Applier:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, budget: int | None = None) -> None:
         self.root = os.path.realpath(root)
         self.stats = ApplyStats()
+        # Bytes of file data the tree may take (None: unlimited).
+        self.budget = budget
         # Directory modes and mtimes are set last: children change mtimes, and a read-only dir
         # must stay writable while later layers add to it.
         self._dir_attrs: dict[str, tuple[int, float]] = {}
@@ -180,7 +186,7 @@ class Applier:
                     self._member = member.name
                     self._apply_member(tf, member)
                     self.stats.members += 1
-        except LayerError:
+        except (LayerError, BudgetExceeded):
             raise
         except (tarfile.TarError, EOFError, OSError) as e:
             where = f"member {self._member!r}" if self._member else "header"
@@ -230,6 +236,8 @@ class Applier:
             return
         self._remove(host)
         if m.isreg():
+            if self.budget is not None and self.stats.bytes + m.size > self.budget:
+                raise BudgetExceeded(f"more than {self.budget} bytes of file data")
             fd = os.open(host, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
             with os.fdopen(fd, "wb") as out:
                 src = tf.extractfile(m)
@@ -327,10 +335,13 @@ class Applier:
 
 
 def apply_layers(
-    root: Path, layers: Sequence[Layer], on_layer: Callable[[int, Layer], None] | None = None
+    root: Path,
+    layers: Sequence[Layer],
+    on_layer: Callable[[int, Layer], None] | None = None,
+    budget: int | None = None,
 ) -> ApplyStats:
     root.mkdir(parents=True, exist_ok=True)
-    applier = Applier(root)
+    applier = Applier(root, budget)
     for i, layer in enumerate(layers):
         if on_layer:
             on_layer(i, layer)

@@ -103,6 +103,7 @@ SCRATCH_PREFIX = "banger-scratch-"
 # Compressed layers expand roughly this much; plain tars are counted as they are.
 EXPANSION = 4
 SCRATCH_SHARE = 0.25
+SCRATCH_BUDGET = 0.5
 
 
 def _alive(pid: str) -> bool:
@@ -125,24 +126,27 @@ def _mem_available() -> int:
     return 0
 
 
-def _scratch_dir(image_id: str, layers: list[Descriptor]) -> Path | None:
-    """A private tmpfs dir for the unpacked tree, or None to unpack on the state disk."""
+def _scratch_dir(image_id: str, layers: list[Descriptor]) -> tuple[Path | None, int]:
+    """A private tmpfs dir for the unpacked tree and the bytes it may take, or None to unpack
+    on the state disk."""
     estimate = sum(
         x.size * (1 if LAYER_TYPES.get(x.media_type) == "tar" else EXPANSION) for x in layers
     )
     try:
         st = os.statvfs(SCRATCH_ROOT)
     except OSError:
-        return None
+        return None, 0
     room = min(st.f_bavail * st.f_frsize, _mem_available())
     if estimate > room * SCRATCH_SHARE:
-        return None
+        return None, 0
     path = SCRATCH_ROOT / f"{SCRATCH_PREFIX}{os.getpid()}-{image_id}"
     try:
         path.mkdir(mode=0o700)
     except OSError:
-        return None
-    return path
+        return None, 0
+    # The estimate can be far off (zeros compress 1000:1): the build falls back to the disk when
+    # the data outgrows this.
+    return path, int(room * SCRATCH_BUDGET)
 
 
 class ImageService:
@@ -379,9 +383,12 @@ class ImageService:
                 "size_bytes": size_bytes,
                 "label": "rootfs",
             }
-            scratch = _scratch_dir(image_id, layers)
+            scratch, budget = _scratch_dir(image_id, layers)
             tree = scratch / "tree" if scratch is not None else stage / "tree"
             spec["tree"] = str(tree)
+            if scratch is not None:
+                spec["fallback_tree"] = str(stage / "tree")
+                spec["tree_budget"] = budget
             (stage / "spec.json").write_text(json.dumps(spec))
             out = out_dir / ROOTFS_NAME
             if digest is not None and self.cache.link_rootfs(digest, size_bytes, out):
@@ -392,6 +399,7 @@ class ImageService:
                     result = await self._run_build(stage / "spec.json", len(layers), ctx)
                 finally:
                     await asyncio.to_thread(shutil.rmtree, tree, True)
+                    await asyncio.to_thread(shutil.rmtree, stage / "tree", True)
                     if scratch is not None:
                         await asyncio.to_thread(shutil.rmtree, scratch, True)
                 if digest is not None:
