@@ -63,6 +63,7 @@ class _VMService(Protocol):
     async def show(self, ref: str) -> VMRecord: ...
     async def list_vms(self) -> list[VMRecord]: ...
     async def ssh_target(self, ref: str) -> SSHTarget: ...
+    def handle(self, vm_id: str) -> VMHandle | None: ...
 
 
 def _vms(d: Daemon) -> _VMService:
@@ -73,8 +74,7 @@ def _vms(d: Daemon) -> _VMService:
 
 
 def _handle(d: Daemon, vm_id: str) -> VMHandle | None:
-    getter = getattr(_vms(d), "_handle", None)
-    return cast("VMHandle | None", getter(vm_id)) if getter is not None else None
+    return _vms(d).handle(vm_id)
 
 
 def _to_view(d: Daemon, vm: VMRecord) -> VMView:

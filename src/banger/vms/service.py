@@ -221,6 +221,10 @@ class VMService:
             raise NotFound(f"vm {vm_id!r} not found")
         return self._row(r)
 
+    def handle(self, vm_id: str) -> VMHandle | None:
+        """The running VM's VMM handle (pid, sockets), for probes; None when it is not running."""
+        return self._handle(vm_id)
+
     def _handle(self, vm_id: str) -> VMHandle | None:
         r = self.d.store.query_one("SELECT handle FROM vms WHERE id = ?", (vm_id,))
         if r is None or not r["handle"]:
