@@ -223,6 +223,8 @@ def exec_cmd(ctx: click.Context, vm_ref: str, guest_path: str | None, auto_prepa
         params["guest_path"] = guest_path
     state = call("vm.workspace.prepare", params)
     recorded = state.get("recorded")
+    if state.get("warning"):
+        click.echo(f"warning: cannot check the host checkout: {state['warning']}", err=True)
     workdir = guest_path or (recorded["guest_path"] if recorded else None)
     if recorded and state.get("head_moved"):
         old = (recorded.get("head_commit") or "none")[:12]
