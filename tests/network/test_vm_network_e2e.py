@@ -153,6 +153,8 @@ def test_bridged_vm_reachable_by_ip_and_name(bridged: NsEnv) -> None:
     assert vm["network"] == "tap" and vm["nat"] is True
     ip = vm["ip"]
     assert ip == "172.16.0.2"
+    shown = bridged.banger("vm", "show", "web", check=True).stdout
+    assert "tap 172.16.0.2 (web.vm, NAT)" in shown
     assert bridged.resolve("web.vm") == (RCODE.NOERROR, [ip])
     assert bridged.resolve("nope.vm")[0] == RCODE.NXDOMAIN
     # By IP: the guest's sshd answers on the bridge.

@@ -320,6 +320,14 @@ def list_(as_json: bool) -> None:
     print_table(["NAME", "STATE", "IMAGE", "VCPU", "MEMORY", "IP/PORT", "AGE"], rows)
 
 
+def _network_line(v: dict[str, Any]) -> str:
+    """`tap 172.16.0.2 (web.vm, NAT)` for bridged VMs; the attachment kind otherwise."""
+    if v["network"] != "tap":
+        return str(v["network"])
+    extra = [f"{v['name']}.vm"] + (["NAT"] if v.get("nat") else [])
+    return f"tap {v.get('ip') or '(no address yet)'} ({', '.join(extra)})"
+
+
 @vm.command()
 @click.argument("ref")
 @click.option("--json", "as_json", is_flag=True)
@@ -339,7 +347,7 @@ def show(ref: str, as_json: bool) -> None:
         ("memory", f"{v['memory_mib']} MiB"),
         ("work disk", format_bytes(v["disk_size_bytes"])),
         ("init", v["init_mode"]),
-        ("network", v["network"]),
+        ("network", _network_line(v)),
         ("vmm", v.get("vmm") or "-"),
         ("root disk", v.get("root_disk") or "-"),
         ("ssh", _endpoint(v)),
