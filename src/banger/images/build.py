@@ -9,14 +9,19 @@ result go to stdout as JSON lines; a failure is one `{"event": "error", ...}` li
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from banger.images.ext4 import SizeTooSmall, choose_size, make_ext4, tree_usage
 from banger.images.layers import BudgetExceeded, HostileLayer, Layer, LayerError, apply_layers
 from banger.rpc.errors import OperationFailed
+
+# The daemon kills this process if a download fails; this only bounds an orphaned child.
+LAYER_WAIT_SECONDS = 3600
 
 
 def _emit(**fields: Any) -> None:
@@ -31,7 +36,15 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     tree = Path(spec["tree"])
     out = Path(spec["out"])
 
+    parent = os.getppid()
+
     def on_layer(i: int, layer: Layer) -> None:
+        # Blobs land in the cache (renamed into place, verified) while we work: wait for this one.
+        deadline = time.monotonic() + LAYER_WAIT_SECONDS
+        while not layer.path.exists():
+            if os.getppid() != parent or time.monotonic() > deadline:
+                raise LayerError(f"layer {layer.name} never arrived in the cache")
+            time.sleep(0.02)
         _emit(event="layer", index=i, total=len(layers), name=layer.name)
 
     fallback = spec.get("fallback_tree")

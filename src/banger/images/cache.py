@@ -177,6 +177,9 @@ class BlobCache:
     def _rootfs_entry(self, digest: str, size: int | None) -> Path:
         return self.root / "banger-rootfs" / f"{ROOTFS_BUILD}-{hex_of(digest)}-{size or 'auto'}"
 
+    def has_rootfs(self, digest: str, size: int | None) -> bool:
+        return self._rootfs_entry(digest, size).is_file()
+
     def link_rootfs(self, digest: str, size: int | None, dest: Path) -> bool:
         entry = self._rootfs_entry(digest, size)
         try:

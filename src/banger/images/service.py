@@ -149,6 +149,23 @@ def _scratch_dir(image_id: str, layers: list[Descriptor]) -> tuple[Path | None, 
     return path, int(room * SCRATCH_BUDGET)
 
 
+async def _both(build: asyncio.Task[dict[str, Any]], other: asyncio.Task[None] | None) -> Any:
+    """Wait for the build and the downloads; the first failure cancels the other."""
+    tasks: set[asyncio.Task[Any]] = {build} if other is None else {build, other}
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for t in done:
+            if t.exception() is not None:
+                raise t.exception()  # type: ignore[misc]
+        if other is not None:
+            await other
+        return await build
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
 class ImageService:
     def __init__(self, d: Daemon) -> None:
         self.d = d
@@ -301,28 +318,39 @@ class ImageService:
                 async with RegistryClient(ref, self.d.config.insecure_registries) as client:
                     self.cache.ensure()
                     image = await client.resolve(self.cache)
-                    blobs = [image.config, *image.layers]
+                    reuse = self.cache.has_rootfs(image.manifest_digest, size_bytes)
+                    layers = [] if reuse else image.layers
                     ctx.progress(
                         stage="layers",
-                        layers=[{"digest": b.digest, "size": b.size} for b in image.layers],
+                        layers=[{"digest": b.digest, "size": b.size} for b in layers],
                     )
-                    await self._download_all(client, blobs, ctx)
+                    # Layers are applied while later ones still download (the build child waits
+                    # for each verified blob to appear in the cache).
+                    downloads = asyncio.create_task(
+                        self._download_all(client, [image.config, *layers], ctx)
+                    )
+                    try:
+                        rec = await self._materialize(
+                            name=target,
+                            layers=image.layers,
+                            config_digest=image.config.digest,
+                            digest=image.manifest_digest,
+                            source=str(ref),
+                            size_bytes=size_bytes,
+                            ctx=ctx,
+                            downloads=downloads,
+                            expect_reuse=reuse,
+                        )
+                    finally:
+                        downloads.cancel()
+                        await asyncio.gather(downloads, return_exceptions=True)
             except ManifestNotFound as e:
                 raise NotFound(str(e)) from None
             except (AuthRequired, RegistryError, DigestMismatch) as e:
                 raise OperationFailed(str(e)) from None
             self.cache.tag(str(ref), image.manifest_digest, image.manifest_media_type,
                            image.manifest_size)  # fmt: skip
-            config = parse_image_config(self.cache.read_bytes(image.config.digest))
-            return await self._materialize(
-                name=target,
-                layers=image.layers,
-                config=config,
-                digest=image.manifest_digest,
-                source=str(ref),
-                size_bytes=size_bytes,
-                ctx=ctx,
-            )
+            return rec
 
     async def _download_all(
         self, client: RegistryClient, blobs: list[Descriptor], ctx: RequestContext
@@ -355,13 +383,17 @@ class ImageService:
         *,
         name: str,
         layers: list[Descriptor],
-        config: ImageConfig,
+        config_digest: str,
         digest: str | None,
         source: str,
         size_bytes: int | None,
         ctx: RequestContext,
+        downloads: asyncio.Task[None] | None = None,
+        expect_reuse: bool = False,
     ) -> ImageRecord:
-        """Layers in the cache → ext4 in staging → renamed into images/<id> → record."""
+        """Layers in the cache → ext4 in staging → renamed into images/<id> → record.
+
+        `downloads`, when given, is still fetching the config and layers into the cache."""
         image_id = _new_id()
         paths = self.d.paths
         stage = paths.staging_dir / f"image-{image_id}"
@@ -394,9 +426,19 @@ class ImageService:
             if digest is not None and self.cache.link_rootfs(digest, size_bytes, out):
                 ctx.progress(stage="reuse", digest=digest)
                 result = {"size_bytes": out.stat().st_size}
+                if downloads is not None:
+                    await downloads
+            elif expect_reuse:
+                # Only the config is being downloaded: building now would wait for layers forever.
+                raise OperationFailed(
+                    "the cached root filesystem for this image vanished; run the pull again"
+                )
             else:
                 try:
-                    result = await self._run_build(stage / "spec.json", len(layers), ctx)
+                    build = asyncio.create_task(
+                        self._run_build(stage / "spec.json", len(layers), ctx)
+                    )
+                    result = await _both(build, downloads)
                 finally:
                     await asyncio.to_thread(shutil.rmtree, tree, True)
                     await asyncio.to_thread(shutil.rmtree, stage / "tree", True)
@@ -404,6 +446,7 @@ class ImageService:
                         await asyncio.to_thread(shutil.rmtree, scratch, True)
                 if digest is not None:
                     self.cache.keep_rootfs(digest, size_bytes, out)
+            config = parse_image_config(self.cache.read_bytes(config_digest))
             paths.images_dir.mkdir(parents=True, exist_ok=True)
             os.rename(out_dir, final_dir)
             rec = ImageRecord(
@@ -505,11 +548,10 @@ class ImageService:
             layers = [
                 Descriptor(x["mediaType"], x["digest"], int(x["size"])) for x in manifest["layers"]
             ]
-            config = parse_image_config(self.cache.read_bytes(manifest["config"]["digest"]))
             return await self._materialize(
                 name=name,
                 layers=layers,
-                config=config,
+                config_digest=manifest["config"]["digest"],
                 digest=manifest_digest,
                 source=f"mmdebstrap:{recipe.suite}@{recipe.mirror}",
                 size_bytes=size_bytes,
