@@ -226,3 +226,59 @@ def cat(image: Path, path: str) -> bytes:
         ["debugfs", "-R", f"cat {path}", str(image)], capture_output=True, check=True
     )
     return p.stdout
+
+
+class FlakyProxy:
+    """An HTTP proxy in front of a real registry that answers 503 to chosen blob GETs."""
+
+    def __init__(self, upstream: str, fail_times: int) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.upstream = upstream
+        self.fail_times = fail_times
+        self.blob_gets: list[tuple[str, int]] = []
+        self._failed: dict[str, int] = {}
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                return None
+
+            def _relay(self, method: str) -> None:
+                path = self.path
+                if method == "GET" and "/blobs/" in path:
+                    seen = outer._failed.get(path, 0)
+                    if seen < outer.fail_times:
+                        outer._failed[path] = seen + 1
+                        outer.blob_gets.append((path, 503))
+                        self.send_response(503)
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
+                        return
+                    outer.blob_gets.append((path, 200))
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+                r = httpx.request(method, outer.upstream + path, headers=headers, timeout=30)
+                self.send_response(r.status_code)
+                for k, v in r.headers.items():
+                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(k, v)
+                body = b"" if method == "HEAD" else r.content
+                self.send_header("Content-Length", str(len(r.content)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self) -> None:
+                self._relay("GET")
+
+            def do_HEAD(self) -> None:
+                self._relay("HEAD")
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.host = f"127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self._server.shutdown()

@@ -408,3 +408,33 @@ def test_cancelled_pull_leaves_nothing(daemon: BangerEnv, registry: Registry) ->
     # And the next pull works from whatever was verified before the cancel.
     rec = _pull(daemon, f"{registry.host}/{repo}:v1")
     assert stat_inode(Path(rec["rootfs"]), "/blob2")["type"] == "regular"
+
+
+def test_transient_failures_are_retried(daemon: BangerEnv, registry: Registry) -> None:
+    from tests.images.ocifix import FlakyProxy
+
+    repo = "fixtures/flaky"
+    pushed = registry.push_image(repo, "v1", [([Entry("f", data=b"flaky")], "gzip")])
+    layer = pushed["layers"][0]["digest"]
+    proxy = FlakyProxy(registry.url, fail_times=2)
+    try:
+        rec = _pull(daemon, f"{proxy.host}/{repo}:v1")
+        assert cat(Path(rec["rootfs"]), "/f") == b"flaky"
+        statuses = [code for path, code in proxy.blob_gets if path.endswith(layer)]
+        assert statuses == [503, 503, 200]
+    finally:
+        proxy.close()
+    # A blob that keeps failing: four attempts, then an error naming it.
+    other = registry.push_image(repo, "v2", [([Entry("g", data=b"never")], "gzip")])
+    proxy = FlakyProxy(registry.url, fail_times=10)
+    try:
+        p = daemon.banger("image", "pull", f"{proxy.host}/{repo}:v2")
+        assert p.returncode == 1
+        assert "gave up after 4 attempts" in p.stderr and "HTTP 503" in p.stderr
+        # Config and layer download at once; whichever gave up first is named, after 4 tries.
+        layer2, config2 = other["layers"][0]["digest"], other["config"]["digest"]
+        named = layer2 if layer2 in p.stderr else config2
+        assert named in p.stderr
+        assert [c for path, c in proxy.blob_gets if path.endswith(named)] == [503] * 4
+    finally:
+        proxy.close()
