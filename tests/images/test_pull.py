@@ -294,6 +294,8 @@ def test_hostile_layer_rejected_end_to_end(daemon: BangerEnv, registry: Registry
 def test_missing_ref_and_bad_ref(daemon: BangerEnv, registry: Registry) -> None:
     p = daemon.banger("image", "pull", f"{registry.host}/fixtures/nope:v9")
     assert p.returncode == 1 and "not found" in p.stderr
+    p = daemon.banger("image", "pull", f"{registry.host}/library/debian:bookworm")
+    assert p.returncode == 1 and "reserved for banger's built-in" in p.stderr
     p = daemon.banger("image", "pull", "Bad Ref!")
     assert p.returncode == 1 and "reference" in p.stderr
     p = daemon.banger("image", "pull", f"{registry.host}/fixtures/semantics:v1", "--name", "UPPER")

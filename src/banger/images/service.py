@@ -58,6 +58,16 @@ def validate_name(name: str) -> str:
     return name
 
 
+def _not_builtin(name: str) -> str:
+    # VMs get the built-in image by this name; another image under it would silently replace it.
+    if name == debian.BUILTIN_NAME:
+        raise BadRequest(
+            f"the name {name!r} is reserved for banger's built-in offline image "
+            f"(`banger image pull {name}`); choose another --name"
+        )
+    return name
+
+
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
@@ -311,7 +321,7 @@ class ImageService:
             ref = parse_reference(ref_text)
         except ReferenceError as e:
             raise BadRequest(str(e)) from None
-        target = validate_name(name or ref.default_name())
+        target = _not_builtin(validate_name(name or ref.default_name()))
         with self._reserve(target):
             ctx.progress(stage="resolve", ref=str(ref))
             try:
@@ -628,7 +638,7 @@ class ImageService:
         initrd: str | None,
         modules: str | None,
     ) -> ImageRecord:
-        validate_name(name)
+        _not_builtin(validate_name(name))
         if kernel_ref and (kernel or initrd or modules):
             raise BadRequest("give either --kernel-ref or --kernel/--initrd/--modules, not both")
         if (initrd or modules) and not kernel:
