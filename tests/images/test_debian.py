@@ -51,3 +51,29 @@ def test_rebuild_from_cache_is_fast(banger_env: BangerEnv, debian_image: BuiltIm
     print(f"debian-bookworm from cache: {elapsed:.1f}s")
     p = banger_env.banger("image", "pull", "debian-bookworm")
     assert p.returncode == 1 and "already exists" in p.stderr
+
+
+async def test_ensure_builds_the_builtin_when_missing(
+    banger_env: BangerEnv, debian_image: BuiltImage
+) -> None:
+    from banger.config import Config
+    from banger.daemon.app import Daemon
+    from banger.daemon.context import RequestContext
+
+    banger_env.env["XDG_CACHE_HOME"] = str(debian_image.cache_home)
+    d = Daemon(banger_env.paths, Config())
+    d.paths.ensure()
+    await d.start_services()
+    try:
+        events: list[dict[str, object]] = []
+        ctx = RequestContext(op_id="op-test", method="vm.create", emit=events.append)
+        rec = await d.images.ensure("debian-bookworm", ctx)
+        assert rec.name == "debian-bookworm" and rec.rootfs.is_file()
+        assert rec.digest == debian_image.record["digest"]
+        assert any(e.get("stage") in ("build", "reuse") for e in events)
+        # Present now: resolved, not rebuilt.
+        events.clear()
+        assert (await d.images.ensure("debian-bookworm", ctx)).id == rec.id
+        assert events == []
+    finally:
+        await d.stop_services()

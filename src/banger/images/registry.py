@@ -110,9 +110,12 @@ def docker_config_auths() -> dict[str, tuple[str, str]]:
         user, password = entry.get("username"), entry.get("password")
         if isinstance(entry.get("auth"), str) and entry["auth"]:
             try:
-                user, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
+                decoded = base64.b64decode(entry["auth"], validate=True).decode()
             except (ValueError, UnicodeDecodeError):
                 continue
+            if ":" not in decoded:
+                continue
+            user, _, password = decoded.partition(":")
         if not (isinstance(user, str) and isinstance(password, str)):
             continue
         host = re.sub(r"^https?://", "", key).split("/", 1)[0]
