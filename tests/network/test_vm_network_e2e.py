@@ -317,3 +317,5 @@ def test_user_mode_ports_get_a_localhost_forward_that_answers(usermode: BangerEn
     assert f"Host um.vm\n  HostName 127.0.0.1\n  Port {vm['ssh_port']}" in conf
     ping = be.client().call("vm.ping", {"ref": "um"})
     assert ping["alive"] is True and ping["latency_ms"] >= 0
+    p = be.banger("vm", "ping", "um", check=True)
+    assert p.stdout.startswith("um: alive (")

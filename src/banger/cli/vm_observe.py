@@ -1,4 +1,4 @@
-"""`banger vm health|stats|ports`: guest observability (added to the `vm` group in cli/vm.py)."""
+"""`banger vm health|ping|stats|ports`: guest observability (joined to `vm` in cli/vm.py)."""
 
 from __future__ import annotations
 
@@ -51,6 +51,20 @@ def health(name: str, as_json: bool) -> None:
         print_table(["CHECK", "STATUS", "LATENCY", "DETAIL"], rows)
     if not result["healthy"]:
         raise ExitCode(1)
+
+
+@click.command("ping")
+@click.argument("name")
+def ping(name: str) -> None:
+    """Cheap liveness check: does the guest's control channel answer?"""
+    from banger.cli.main import ExitCode
+
+    result = _call("vm.ping", {"ref": name})
+    if result["alive"]:
+        click.echo(f"{result['vm']}: alive ({result['latency_ms']:.1f} ms)")
+        return
+    click.echo(f"{result['vm']}: not answering: {result.get('error')}", err=True)
+    raise ExitCode(1)
 
 
 def _print_stats(s: dict[str, Any]) -> None:
@@ -117,4 +131,4 @@ def ports(names: tuple[str, ...], as_json: bool) -> None:
     print_table(["VM", "PROTO", "ADDRESS", "PORT", "PROCESS", "URL"], table)
 
 
-COMMANDS = (health, stats, ports)
+COMMANDS = (health, ping, stats, ports)
