@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -77,3 +80,58 @@ async def test_ensure_builds_the_builtin_when_missing(
         assert events == []
     finally:
         await d.stop_services()
+
+
+def _mounts_below(path: Path) -> list[str]:
+    from banger.images.service import _mounts_under
+
+    return _mounts_under(path)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mount needs root")
+def test_rmtree_refuses_to_cross_mounts(tmp_path: Path) -> None:
+    from banger.images.service import rmtree_no_mounts
+
+    work = tmp_path / "work"
+    mnt = work / "chroot" / "dev"
+    mnt.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(mnt)], check=True)
+    try:
+        (mnt / "precious").write_text("host data")
+        rmtree_no_mounts(work)
+        assert (mnt / "precious").read_text() == "host data"
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+    rmtree_no_mounts(work)
+    assert not work.exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="root-mode mmdebstrap")
+async def test_killed_mmdebstrap_leaks_no_mounts(tmp_path: Path) -> None:
+    """Cancel a build while mmdebstrap works in its chroot: its bind mounts live in a private
+    mount namespace, so none is ever visible here and the work dir can be deleted."""
+    from banger.config import Config
+    from banger.images import debian
+
+    out = tmp_path / "rootfs.tar"
+    lines: list[str] = []
+    task = asyncio.create_task(
+        debian.build_tarball(debian.Recipe(mirror=Config().debian_mirror), out, lines.append)
+    )
+    seen_mounts: list[str] = []
+    deadline = time.monotonic() + 120
+    # Wait until the chroot is populated (mounts exist by then), then kill the build.
+    while not any(x.startswith("installing") for x in lines):
+        assert time.monotonic() < deadline and not task.done(), lines
+        seen_mounts += _mounts_below(tmp_path)
+        await asyncio.sleep(0.1)
+    for _ in range(10):  # dpkg runs inside the chroot now, with /dev and /proc mounted
+        seen_mounts += _mounts_below(tmp_path)
+        await asyncio.sleep(0.1)
+    assert not task.done()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert seen_mounts == [] and _mounts_below(tmp_path) == []
+    chroots = list(tmp_path.glob("mmdebstrap.*"))
+    assert chroots, "mmdebstrap's chroot should be under TMPDIR (the output's dir)"

@@ -89,13 +89,23 @@ def _validate_mirror(mirror: str) -> None:
         )
 
 
-async def build_tarball(recipe: Recipe, out: Path, on_line: Callable[[str], None]) -> None:
+async def build_tarball(
+    recipe: Recipe, out: Path, on_line: Callable[[str], None], scratch: Path | None = None
+) -> None:
     """Run mmdebstrap into the tar `out`, passing its `I:` lines to `on_line`."""
     _validate_mirror(recipe.mirror)
     env = dict(os.environ)
-    env.setdefault("TMPDIR", str(out.parent))
+    # mmdebstrap builds its chroot under TMPDIR: tmpfs when given (file creation on the state
+    # disk is slow), else beside the output.
+    env["TMPDIR"] = str(scratch or out.parent)
+    argv = recipe.argv(out)
+    if os.geteuid() == 0:
+        # As root mmdebstrap bind-mounts /dev, /proc and /sys into its chroot. In a private mount
+        # namespace those mounts die with it, even when it is killed: none can leak into the
+        # host's mount table (where deleting the work dir would then reach the host's /dev).
+        argv = ["unshare", "--mount", "--propagation", "private", "--", *argv]
     proc = await asyncio.create_subprocess_exec(
-        *recipe.argv(out),
+        *argv,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,

@@ -126,6 +126,35 @@ def _alive(pid: str) -> bool:
     return True
 
 
+# mmdebstrap's chroot plus the downloaded packages, with headroom.
+DEBIAN_SCRATCH_NEED = 2 << 30
+
+
+def _mounts_under(path: Path) -> list[str]:
+    prefix = os.path.realpath(path) + "/"
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return []
+    # Field 5 is the mount point (octal escapes for spaces and the like).
+    points = [line.split()[4].encode().decode("unicode_escape") for line in lines]
+    return [p for p in points if p.startswith(prefix)]
+
+
+def rmtree_no_mounts(path: Path) -> None:
+    """Delete `path` unless something is mounted below it (a leaked chroot bind mount of /dev
+    or /proc would make rmtree delete the host's files): then leave it and log loudly."""
+    mounts = _mounts_under(path)
+    if mounts:
+        log.error(
+            "not deleting %s: mounts below it (%s); unmount them and delete it by hand",
+            path,
+            ", ".join(mounts[:5]),
+        )
+        return
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def _mem_available() -> int:
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
@@ -191,11 +220,11 @@ class ImageService:
         paths = self.d.paths
         paths.staging_dir.mkdir(parents=True, exist_ok=True)
         for entry in paths.staging_dir.glob("image-*"):
-            await asyncio.to_thread(shutil.rmtree, entry, True)
+            await asyncio.to_thread(rmtree_no_mounts, entry)
         for entry in SCRATCH_ROOT.glob(f"{SCRATCH_PREFIX}*"):
             pid = entry.name.removeprefix(SCRATCH_PREFIX).split("-", 1)[0]
             if entry.is_dir() and entry.stat().st_uid == os.geteuid() and not _alive(pid):
-                await asyncio.to_thread(shutil.rmtree, entry, True)
+                await asyncio.to_thread(rmtree_no_mounts, entry)
         # Unverified partial downloads and an interrupted prune's aside copy.
         for entry in self.cache.blobs_dir.glob(".tmp-*"):
             entry.unlink(missing_ok=True)
@@ -570,13 +599,21 @@ class ImageService:
 
     async def _debootstrap(self, recipe: debian.Recipe, ctx: RequestContext) -> str:
         """Build the rootfs tar and store it in the cache as a one-layer OCI image."""
-        work = self.d.paths.staging_dir / f"image-debian-{secrets.token_hex(4)}"
+        token = secrets.token_hex(4)
+        work = self.d.paths.staging_dir / f"image-debian-{token}"
         work.mkdir(parents=True)
+        scratch: Path | None = None
+        if _mem_available() > DEBIAN_SCRATCH_NEED:
+            scratch = SCRATCH_ROOT / f"{SCRATCH_PREFIX}{os.getpid()}-debian-{token}"
+            try:
+                scratch.mkdir(mode=0o700)
+            except OSError:
+                scratch = None
         try:
             tar = work / "rootfs.tar"
             ctx.progress(stage="build", message=f"mmdebstrap {recipe.suite} from {recipe.mirror}")
             await debian.build_tarball(
-                recipe, tar, lambda line: ctx.progress(stage="build", message=line)
+                recipe, tar, lambda line: ctx.progress(stage="build", message=line), scratch
             )
             size = tar.stat().st_size
             layer_digest = await asyncio.to_thread(self.cache.put_file, tar)
@@ -607,7 +644,9 @@ class ImageService:
             self.cache.tag(recipe.cache_ref, manifest_digest, OCI_MANIFEST, len(manifest))
             return manifest_digest
         finally:
-            await asyncio.to_thread(shutil.rmtree, work, True)
+            await asyncio.to_thread(rmtree_no_mounts, work)
+            if scratch is not None:
+                await asyncio.to_thread(rmtree_no_mounts, scratch)
 
     # --- delete / register / promote ---
 
