@@ -42,3 +42,26 @@ def test_size_too_small_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="too small"):
         build.run(spec)
     assert not (tmp_path / "rootfs.ext4").exists()
+
+
+def test_unsupported_xattr_on_scratch_falls_back(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # No filesystem knows the "bogus." namespace (ENOTSUP), like user.* on tmpfs before 6.6.
+    blob = tmp_path / "layer.blob"
+    entries = [Entry("f", data=b"1", xattrs={"bogus.attr": "v"})]
+    blob.write_bytes(compress(tar_bytes(entries), "gzip"))
+    spec = {
+        "layers": [{"path": str(blob), "name": "sha256:x", "compression": "gzip"}],
+        "tree": str(tmp_path / "scratch" / "tree"),
+        "out": str(tmp_path / "rootfs.ext4"),
+        "size_bytes": None,
+        "fallback_tree": str(tmp_path / "disk"),
+        "tree_budget": 1 << 30,
+    }
+    result = build.run(spec)
+    events = [json.loads(line)["event"] for line in capsys.readouterr().out.splitlines()]
+    assert "fallback" in events
+    # On the disk the same xattr is reported, not fatal.
+    assert result["xattr_failures"] and "bogus.attr" in result["xattr_failures"][0]
+    assert cat(tmp_path / "rootfs.ext4", "/f") == b"1"

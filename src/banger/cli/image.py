@@ -95,6 +95,8 @@ class _PullProgress:
             self._line("reusing the root filesystem already built from this image")
         elif stage == "mkfs":
             self._line(f"writing ext4 ({format_bytes(int(ev['size_bytes']))}, sparse)")
+        elif stage == "warning":
+            self._line(f"warning: {ev.get('message')}")
         elif stage in ("build", "copy"):
             self._line(str(ev.get("message") or ev.get("what") or stage))
 

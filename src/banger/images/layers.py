@@ -38,7 +38,9 @@ class HostileLayer(LayerError):
 
 
 class BudgetExceeded(Exception):
-    """The layers hold more file data than the scratch space allows (see build.py)."""
+    """The scratch tree cannot take these layers: more file data than its budget, or an xattr
+    its filesystem does not support (tmpfs before Linux 6.6 has no user.* xattrs); build.py
+    starts over on the disk."""
 
 
 @dataclass(frozen=True)
@@ -307,6 +309,8 @@ class Applier:
                     host, name, value.encode("utf-8", "surrogateescape"), follow_symlinks=False
                 )
             except OSError as e:
+                if e.errno == errno.ENOTSUP and self.budget is not None:
+                    raise BudgetExceeded(f"xattr {name}: {e.strerror}") from e
                 if e.errno not in (errno.ENOTSUP, errno.EPERM, errno.EACCES):
                     raise
                 self.stats.xattr_failures.append(f"{m.name}: {name}: {e.strerror}")

@@ -478,6 +478,11 @@ class ImageService:
                         self._run_build(stage / "spec.json", len(layers), ctx)
                     )
                     result = await _both(build, downloads)
+                    lost = result.get("xattr_failures") or []
+                    if lost:
+                        msg = f"{len(lost)} xattr(s) could not be kept, e.g. {lost[0]}"
+                        log.warning(msg, extra={"image": name})
+                        ctx.progress(stage="warning", message=msg)
                 finally:
                     await asyncio.to_thread(shutil.rmtree, tree, True)
                     await asyncio.to_thread(shutil.rmtree, stage / "tree", True)
