@@ -464,7 +464,7 @@ class ImageService:
             out = out_dir / ROOTFS_NAME
             if digest is not None and self.cache.link_rootfs(digest, size_bytes, out):
                 ctx.progress(stage="reuse", digest=digest)
-                result = {"size_bytes": out.stat().st_size}
+                result: dict[str, Any] = {"size_bytes": out.stat().st_size}
                 if downloads is not None:
                     await downloads
             elif expect_reuse:
@@ -478,7 +478,7 @@ class ImageService:
                         self._run_build(stage / "spec.json", len(layers), ctx)
                     )
                     result = await _both(build, downloads)
-                    lost = result.get("xattr_failures") or []
+                    lost: list[str] = result.get("xattr_failures") or []
                     if lost:
                         msg = f"{len(lost)} xattr(s) could not be kept, e.g. {lost[0]}"
                         log.warning(msg, extra={"image": name})
