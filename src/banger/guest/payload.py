@@ -7,7 +7,9 @@ starts the image's OpenSSH with banger's config (host key and authorized key fro
 starts the control-channel agent, reports READY, then either execs the image's systemd or stays
 PID 1 as a minimal supervisor. Images themselves are never modified.
 
-Seed layout: bin/busybox, init, vm.env, sshd_config, ssh/{authorized_keys,ssh_host_ed25519_key*}.
+Seed layout: bin/busybox, init, ctl.sh (the control protocol), vm.env, sshd_config,
+ssh/{authorized_keys,ssh_host_ed25519_key*}; on Firecracker also bin/vsockd (the AF_VSOCK
+listener serving ctl.sh, see guest/vsockd.py).
 """
 
 from __future__ import annotations
@@ -55,6 +57,9 @@ class SeedConfig:
     init_mode: InitMode = "auto"
     network: GuestNetwork = field(default_factory=GuestNetwork)
     has_work_disk: bool = True
+    # Firecracker only: the static AF_VSOCK helper (guest.vsockd.ensure_vsockd) and its port.
+    vsockd: Path | None = None
+    vsock_port: int | None = None
 
 
 _HOSTNAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -74,7 +79,12 @@ def _env_lines(cfg: SeedConfig) -> str:
         "BANGER_NET_PREFIX": "",
         "BANGER_NET_GW": "",
         "BANGER_NET_DNS": "",
+        "BANGER_VSOCK_PORT": "",
     }
+    if cfg.vsockd is not None:
+        if cfg.vsock_port is None or not 1 <= cfg.vsock_port <= 0xFFFFFFFE:
+            raise ValueError(f"invalid vsock port {cfg.vsock_port!r}")
+        values["BANGER_VSOCK_PORT"] = str(cfg.vsock_port)
     if net.kind != "none":
         values["BANGER_NET_ADDR"] = str(ipaddress.IPv4Address(net.address))
         if not 1 <= net.prefix <= 32:
@@ -119,11 +129,17 @@ export PATH
 
 say() { echo "banger-guest: $*" >/dev/console 2>/dev/null; }
 ctl() { [ -e "/dev/virtio-ports/banger.ctl" ] && echo "$*" >/dev/virtio-ports/banger.ctl; }
+# Firecracker on x86 has no power-off device: a halted guest leaves its VMM running, while a
+# reboot ends it (reboot=k). QEMU runs with -no-reboot, but there power-off is the clean end.
+on_firecracker() { $BB grep -qw banger.vmm=firecracker /proc/cmdline 2>/dev/null; }
+end_vm() {
+    if on_firecracker; then $BB reboot -f; else $BB poweroff -f; fi
+}
 die() {
     say "ERROR $*"
     ctl "ERROR $*"
     $BB sync
-    $BB poweroff -f
+    end_vm
     while :; do $BB sleep 3600; done
 }
 
@@ -211,32 +227,25 @@ $BB chmod 0755 /run/sshd
 "$sshd" -r -f /.banger/sshd_config -E /run/banger-sshd.log ||
     die "sshd failed to start: $($BB tail -n 3 /run/banger-sshd.log 2>/dev/null)"
 
-# --- control channel agent: READY, then commands from the host (stop, ping) ---
-stop_guest() {
-    if [ "$mode" = systemd ]; then
-        systemctl --no-block poweroff || $BB kill -s RTMIN+4 1
-    else
-        $BB kill -USR2 1
-    fi
-}
+# --- control channel: READY, then commands from the host (stop, ping); protocol in ctl.sh ---
+. /.banger/ctl.sh
 agent() {
     port=/dev/virtio-ports/banger.ctl
     [ -e "$port" ] || { say "no control port"; return; }
     exec 3<>"$port"
-    echo "READY mode=$mode" >&3
+    # One session per host connection. ctl_serve's READY write blocks until the host end is
+    # connected and its reads block while it stays connected; EOF means it went away. So the
+    # agent sleeps in the kernel between connections and answers a new one at once.
     while :; do
-        if read -r cmd <&3; then
-            case "$cmd" in
-                stop) stop_guest ;;
-                ping) echo pong >&3 ;;
-            esac
-        else
-            # The host end is not connected: reads see EOF until it comes back.
-            $BB sleep 0.2
-        fi
+        ctl_serve "$mode" <&3 >&3 || $BB sleep 1 # the port is gone (hot-unplug): do not spin
     done
 }
 agent </dev/null >/dev/null 2>&1 &
+# Firecracker has no virtio-serial: the same protocol on AF_VSOCK, one handler per connection.
+if [ -x /.banger/bin/vsockd ] && [ -n "$BANGER_VSOCK_PORT" ]; then
+    /.banger/bin/vsockd "$BANGER_VSOCK_PORT" "$BB" sh /.banger/ctl.sh "$mode" \
+        </dev/null >/dev/console 2>&1 &
+fi
 
 # systemctl poweroff/reboot without systemd falls back to the SysV /run/initctl FIFO.
 if [ "$mode" = minimal ]; then
@@ -278,14 +287,48 @@ shutdown_now() {
     $BB sync
     $BB umount /root 2>/dev/null || $BB mount -o remount,ro /root 2>/dev/null
     $BB mount -o remount,ro / 2>/dev/null
-    $BB poweroff -f
+    end_vm
 }
-# busybox poweroff/halt/reboot signal PID 1 with USR2/USR1/TERM; a guest reboot ends the VM too.
+# busybox poweroff/halt/reboot signal PID 1 with USR2/USR1/TERM; each ends the VM (end_vm).
 trap shutdown_now TERM USR1 USR2 INT
 while :; do
     $BB sleep 3600 &
     wait $!
 done
+"""
+
+# The control protocol, one session on stdin/stdout: `READY mode=<mode>` first (the write blocks
+# on virtio-serial until the host end connects), then `ping` -> `pong`, `stop` -> shut down;
+# other lines are ignored; returns at EOF. The init sources it for the virtio-serial agent;
+# vsockd (Firecracker) runs it as a script per vsock connection: `sh /.banger/ctl.sh MODE`.
+CTL_SCRIPT = r"""# banger control protocol (seed disk). See banger/guest/payload.py.
+# busybox beside this file (sourced by /.banger/init, or run as /.banger/ctl.sh).
+CTL_BB="${0%/*}/bin/busybox"
+stop_guest() {
+    if [ "$1" = systemd ]; then
+        # Firecracker exits on a guest reboot (reboot=k), not on a power-off.
+        verb=poweroff
+        "$CTL_BB" grep -qw banger.vmm=firecracker /proc/cmdline && verb=reboot
+        systemctl --no-block "$verb" || "$CTL_BB" kill -s RTMIN+4 1
+    else
+        "$CTL_BB" kill -USR2 1
+    fi
+}
+ctl_serve() {
+    echo "READY mode=$1" || return 1
+    while read -r cmd; do
+        case "$cmd" in
+            stop) stop_guest "$1" ;;
+            ping) echo pong ;;
+        esac
+    done
+    return 0
+}
+if [ "${0##*/}" = ctl.sh ]; then
+    PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+    export PATH
+    ctl_serve "${1:-minimal}"
+fi
 """
 
 
@@ -299,6 +342,10 @@ def build_seed(out: Path, cfg: SeedConfig, *, busybox: Path = Path("/bin/busybox
         shutil.copyfile(busybox, tree / "bin/busybox")
         os.chmod(tree / "bin/busybox", 0o755)
         _write(tree / "init", INIT_SCRIPT, 0o755)
+        _write(tree / "ctl.sh", CTL_SCRIPT, 0o644)
+        if cfg.vsockd is not None:
+            shutil.copyfile(cfg.vsockd, tree / "bin/vsockd")
+            os.chmod(tree / "bin/vsockd", 0o755)
         _write(tree / "vm.env", _env_lines(cfg), 0o644)
         _write(tree / "sshd_config", SSHD_CONFIG, 0o644)
         _write(tree / "ssh/authorized_keys", cfg.authorized_keys.strip() + "\n", 0o644)
