@@ -16,6 +16,7 @@ PACKAGES=(
   iproute2 nftables socat git ca-certificates procps
   xfsprogs                            # a loop-mounted XFS: real reflink clones in the Firecracker raw-disk tests
   systemd util-linux passwd           # systemd-analyze verify (units), setpriv + useradd (helper tests)
+  gcc libc6-dev                       # gcc -static: the guest vsock helper (Firecracker control channel)
 )
 
 missing=()

@@ -96,6 +96,7 @@ def run_checks(paths: Paths, config: Config) -> list[Check]:
         )
 
     checks.extend(_vmm_checks(config, verdict))
+    checks.append(_vsock_helper(paths))
 
     checks.append(
         _tool("mkfs.ext4", "mkfs.ext4", "e2fsprogs", required=True, why="builds root disks")
@@ -195,6 +196,21 @@ def _vmm_checks(config: Config, verdict: KVMVerdict) -> list[Check]:
     status: Status = "PASS" if choice.usable else "FAIL"
     checks.append(Check(status, "vmm", f"VMs run on {choice.name}: {choice.reason}"))
     return checks
+
+
+def _vsock_helper(paths: Paths) -> Check:
+    """Firecracker VMs need the guest vsock helper, compiled on their first boot."""
+    from banger.guest.vsockd import SETUP_HINT, doctor_status
+
+    ok, detail = doctor_status(paths.cache_dir)
+    if ok:
+        return Check("PASS", "vsock helper", detail)
+    return Check(
+        "WARN",
+        "vsock helper",
+        f"{detail}: Firecracker VMs cannot boot (their control channel needs it)",
+        SETUP_HINT,
+    )
 
 
 def _existing_parent(path: Path) -> Path:

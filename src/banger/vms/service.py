@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import secrets
@@ -496,7 +497,6 @@ class VMService:
         launched: VMHandle | None = None
         driver: Driver | None = None
         try:
-            await asyncio.to_thread(payload.build_seed, vdir / "seed.ext4", seed_cfg)
             with open(vm.console_log, "ab") as f:
                 f.write(f"\n--- banger: boot of {vm.name} at {_now()} ---\n".encode())
             rundir = self.runtime_dir(vm.id)
@@ -510,6 +510,16 @@ class VMService:
                 kernel.vmlinux,
                 vm.network,
             )
+            if plan.driver.name == "firecracker":
+                # No virtio-serial there: the seed carries the AF_VSOCK control helper.
+                from banger.guest.vsockd import ensure_vsockd
+                from banger.vmm.firecracker import CONTROL_VSOCK_PORT
+
+                helper = await asyncio.to_thread(ensure_vsockd, self.d.paths.cache_dir)
+                seed_cfg = dataclasses.replace(
+                    seed_cfg, vsockd=helper, vsock_port=CONTROL_VSOCK_PORT
+                )
+            await asyncio.to_thread(payload.build_seed, vdir / "seed.ext4", seed_cfg)
             spec = VMSpec(
                 vm_id=vm.id,
                 name=vm.name,
