@@ -26,7 +26,12 @@ from banger.guest.payload import CTL_SCRIPT
 from banger.guest.vsockd import binary_path, ensure_vsockd
 from banger.rpc.errors import OperationFailed
 from banger.vmm.base import DriverError, VMHandle
-from banger.vmm.firecracker import CONTROL_VSOCK_PORT, open_control
+from banger.vmm.firecracker import (
+    CONTROL_VSOCK_PORT,
+    FirecrackerDriver,
+    open_control,
+    send_control_stop,
+)
 
 UNIX = ("-DVSOCKD_UNIX",)
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="PID namespaces need root")
@@ -213,3 +218,23 @@ async def test_connect_to_a_port_nobody_listens_on_is_a_clear_error(
     async with hybrid_vsock(uds, guest.root):
         with pytest.raises(DriverError, match="CONNECT 2000 .* nothing listens on that guest port"):
             await open_control(_handle(uds), port=2000, timeout=5)
+
+
+@needs_root
+async def test_driver_shutdown_request_reaches_init_over_vsock(
+    guest: Guest, tmp_path: Path
+) -> None:
+    """request_shutdown sends Ctrl-Alt-Del (here the API is gone: logged) and `stop` over vsock."""
+    uds = tmp_path / "v.sock"
+    async with hybrid_vsock(uds, guest.root):
+        handle = _handle(uds)
+        handle.api_socket = str(tmp_path / "no-api.sock")
+        started = time.monotonic()
+        await FirecrackerDriver("firecracker").request_shutdown(handle)
+        assert time.monotonic() - started < 5
+        deadline = time.monotonic() + 10
+        while not guest.marker.exists():
+            assert time.monotonic() < deadline, "PID 1 never got the stop (USR2)"
+            await asyncio.sleep(0.02)
+        # Nothing listening on the port: reported, not raised.
+        assert not await send_control_stop(_handle(tmp_path / "nobody.sock"), timeout=1)

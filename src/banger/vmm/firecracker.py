@@ -590,14 +590,17 @@ class FirecrackerDriver:
             return await api.vm_config()
 
     async def request_shutdown(self, handle: VMHandle) -> None:
-        """Ctrl-Alt-Del: the guest reboots, `reboot=k` resets it, and Firecracker exits.
+        """Ctrl-Alt-Del, then `stop` on the control channel: the guest reboots, `reboot=k`
+        resets it, and Firecracker exits.
 
-        Returns at once. When the API does not answer, the caller's wait runs out and it forces.
+        Returns within ~1 s. When neither reaches the guest, the caller's wait runs out and it
+        forces.
         """
         try:
             await self._ctrl_alt_del(handle)
         except FirecrackerAPIError as e:
             log.warning("Ctrl-Alt-Del to firecracker pid %d failed: %s", handle.pid, e)
+        await send_control_stop(handle)
 
     async def _ctrl_alt_del(self, handle: VMHandle) -> None:
         handle.details["shutdown_offset"] = _size(handle.details.get("console_log"))
@@ -634,6 +637,7 @@ class FirecrackerDriver:
             except FirecrackerAPIError as e:
                 log.warning("Ctrl-Alt-Del to pid %d failed (%s); forcing", handle.pid, e)
             else:
+                await send_control_stop(handle)
                 if await self.wait_exit(handle, timeout):
                     return "graceful"
         await self.force_stop(handle)
@@ -707,6 +711,26 @@ async def open_control(
             "guest port (yet)"
         )
     return reader, writer
+
+
+async def send_control_stop(handle: VMHandle, timeout: float = 1.0) -> bool:
+    """Best effort: `stop` to the guest's control agent (vsockd → ctl.sh). It reaches guests whose
+    init does not act on Ctrl-Alt-Del; False when nothing answered the CONNECT in time."""
+    try:
+        reader, writer = await open_control(handle, timeout=timeout)
+    except (OSError, TimeoutError, DriverError) as e:
+        log.info("control-channel stop to pid %d not delivered: %s", handle.pid, e)
+        return False
+    try:
+        writer.write(b"stop\n")
+        await asyncio.wait_for(writer.drain(), timeout)
+        return True
+    except (OSError, TimeoutError):
+        return False
+    finally:
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
 
 
 def _extra_disks(spec: VMSpec) -> tuple[DiskSpec, ...]:
