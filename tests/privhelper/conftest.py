@@ -182,9 +182,11 @@ class Helper:
         return [json.loads(x) for x in self.log_file.read_text().splitlines() if x.strip()]
 
 
-def start_helper(root: Path, netns: str, owner: User) -> Helper:
+def start_helper(
+    root: Path, netns: str, owner: User, extra_env: dict[str, str] | None = None
+) -> Helper:
     log_file = root / "helper.log"
-    env = dict(os.environ, BANGER_SYSTEM_ROOT=str(root))
+    env = dict(os.environ, BANGER_SYSTEM_ROOT=str(root), **(extra_env or {}))
     proc = subprocess.Popen(
         [
             "ip",

@@ -129,3 +129,13 @@ class HelperPrivOps:
     async def ensure_socket_access(self, path: Path) -> None:
         """Hand a socket below banger's runtime dir to the owner (0600)."""
         await self.call("priv.ensure_socket_access", {"path": str(path)})
+
+    async def jailer_launch(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Start the configured jailer on a VM's jail (docs/privileges.md `priv.jailer_launch`).
+
+        Returns `pid` (the jailer, which becomes Firecracker: no --daemonize), `jail_dir` and
+        `chroot`. The helper removes the jail when that process exits.
+        """
+        result = await self.call("priv.jailer_launch", params)
+        assert isinstance(result, dict)
+        return result

@@ -328,3 +328,156 @@ def check_vmm_process(
     except BaseException:
         os.close(pidfd)
         raise
+
+
+# --- the Firecracker jailer -----------------------------------------------------------------
+
+# banger's VM ids (`vms/service.py`: secrets.token_hex(6)); also a valid jailer/Firecracker id.
+VM_ID_RE = re.compile(r"^[0-9a-f]{12}$")
+# cgroup settings: a known controller's file and a plain value ("cpu.max=50000 100000").
+CGROUP_RE = re.compile(
+    r"^(cpu|cpuset|memory|io|pids|hugetlb|blkio)\.[a-z][a-z0-9_.]{0,40}=[A-Za-z0-9 ._:,-]{1,64}$"
+)
+PARENT_CGROUP_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}(/[A-Za-z0-9_-]{1,64}){0,3}$")
+NETNS_RE = re.compile(r"^/var/run/netns/[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+# Firecracker's API socket: inside the jail's owner-writable `run/` (the only such directory).
+API_SOCK_RE = re.compile(r"^run/[A-Za-z0-9_-]{1,32}\.sock$")
+# What may be linked into a jail, by its name there.
+JAIL_FILE_RE = re.compile(
+    r"^(vmlinux|initrd|firecracker\.log|firecracker\.metrics|(rootfs|work|extra[0-9]{1,2})\.img)$"
+)
+MAX_CGROUPS = 16
+
+
+def vm_id(value: Any, name: str = "id") -> str:
+    v = text(name, value, 64)
+    if not VM_ID_RE.fullmatch(v):
+        raise BadRequest(
+            f"argument {name!r}: {v!r} is not a banger VM id (12 lowercase hex digits)"
+        )
+    return v
+
+
+def cgroup_settings(value: Any, name: str = "cgroups") -> list[str]:
+    if not isinstance(value, list) or len(value) > MAX_CGROUPS:
+        raise BadRequest(f"argument {name!r} must be a list of at most {MAX_CGROUPS} settings")
+    out = []
+    for i, v in enumerate(value):
+        s = text(f"{name}[{i}]", v, 128)
+        if not CGROUP_RE.fullmatch(s) or ".." in s:
+            raise BadRequest(
+                f"argument '{name}[{i}]': {s!r} is not a cgroup setting banger passes "
+                "(controller.file=value, e.g. 'cpu.max=50000 100000' or 'memory.max=1G')"
+            )
+        out.append(s)
+    return out
+
+
+def parent_cgroup(value: Any, name: str = "parent_cgroup") -> str | None:
+    if value is None:
+        return None
+    v = text(name, value, 260)
+    if not PARENT_CGROUP_RE.fullmatch(v):
+        raise BadRequest(
+            f"argument {name!r}: {v!r} is not a plain cgroup path "
+            "(1-4 components of letters, digits, '_' and '-'; no '..', no leading '/')"
+        )
+    return v
+
+
+def netns_path(value: Any, name: str = "netns") -> str | None:
+    if value is None:
+        return None
+    v = text(name, value, 128)
+    if not NETNS_RE.fullmatch(v):
+        raise BadRequest(
+            f"argument {name!r}: {v!r} is not a named network namespace "
+            "(/var/run/netns/<name>, the name letters, digits, '_', '.', '-')"
+        )
+    return v
+
+
+def api_sock(value: Any, name: str = "api_sock") -> str:
+    v = text(name, value, 64)
+    if not API_SOCK_RE.fullmatch(v):
+        raise BadRequest(
+            f"argument {name!r}: {v!r} must be a socket in the jail's run/ directory "
+            "(run/<name>.sock, relative to the jail)"
+        )
+    return v
+
+
+def jail_file_name(value: Any, name: str) -> str:
+    v = text(name, value, 64)
+    if not JAIL_FILE_RE.fullmatch(v):
+        raise BadRequest(
+            f"argument {name!r}: {v!r} is not a file banger puts in a jail "
+            "(vmlinux, initrd, firecracker.log, firecracker.metrics, rootfs.img, work.img, "
+            "extraN.img)"
+        )
+    return v
+
+
+def owned_file(value: Any, roots: Sequence[Path], owner_uid: int, name: str) -> OpenedPath:
+    """A regular file below banger's directories, owned by the owner, reached without symlinks."""
+    opened = open_under(value, roots, name)
+    st = opened.st
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != owner_uid:
+        opened.close()
+        raise BadRequest(
+            f"argument {name!r}: {opened.path} is not a regular file owned by the banger owner "
+            f"(uid {owner_uid})"
+        )
+    return opened
+
+
+def root_only_dir(value: Any, owner_writable: Sequence[Path], name: str = "chroot_base") -> int:
+    """Open (creating the missing tail, root 0711) a directory no one but root can change.
+
+    The jailer runs as root and follows this path by name before it pivots into the jail (it
+    copies Firecracker into it), so every component must be root-owned and not writable by
+    anyone else (a root-owned sticky ancestor such as /tmp is fine), none a symlink, and the
+    path must not lie below the owner's state, cache or runtime directory: there the owner could
+    rename a directory away and put a symlink in its place between this check and the jailer.
+    Returns an O_PATH descriptor of the directory.
+    """
+    path = text(name, value)
+    parts = _components(name, path)
+    for r in owner_writable:
+        rparts = [p for p in str(r).split("/") if p]
+        if parts[: len(rparts)] == rparts or rparts[: len(parts)] == parts:
+            raise BadRequest(
+                f"argument {name!r}: {path} is inside (or contains) {r}, which the banger owner "
+                "can rename things in; put jailer_chroot_base on a root-owned path such as "
+                "/srv/jailer (same filesystem as the state directory)"
+            )
+    flags = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_DIRECTORY
+    fd = os.open("/", flags)
+    try:
+        walked = ""
+        for i, comp in enumerate(parts):
+            walked += "/" + comp
+            try:
+                nfd = os.open(comp, flags, dir_fd=fd)
+            except FileNotFoundError:
+                os.mkdir(comp, 0o711, dir_fd=fd)
+                nfd = os.open(comp, flags, dir_fd=fd)
+            except OSError as e:
+                raise BadRequest(
+                    f"argument {name!r}: {walked} is a symlink or not a directory "
+                    f"({e.strerror}); banger never follows symlinks here"
+                ) from None
+            os.close(fd)
+            fd = nfd
+            st = os.fstat(fd)
+            # A sticky ancestor keeps root's entries root's; the base itself must be root's alone.
+            sticky = bool(st.st_mode & stat.S_ISVTX) and i < len(parts) - 1
+            if st.st_uid != 0 or (st.st_mode & 0o022 and not sticky):
+                raise BadRequest(
+                    f"argument {name!r}: {walked} is not a root-owned directory that only root "
+                    f"can write (owner uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):o})"
+                )
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import ipaddress
 import json
 import logging
@@ -24,6 +25,7 @@ import signal
 import socket
 import stat
 import struct
+import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -32,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from banger import __version__
+from banger.config import Config
 from banger.network.nat import NatRule
 from banger.network.privops import LocalPrivOps
 from banger.paths import InstallError, InstallInfo, Paths, read_install, system_root
@@ -107,16 +110,34 @@ class Helper:
             "priv.set_ip_forward": self.set_ip_forward,
             "priv.signal_process": self.signal_process,
             "priv.ensure_socket_access": self.ensure_socket_access,
+            "priv.jailer_launch": self.jailer_launch,
         }
+        # Source files for a jail: only below the owner's state and cache directories.
+        self.file_roots = [
+            Path(os.path.realpath(p)) for p in (self.paths.state_dir, self.paths.cache_dir)
+        ]
+        self.owner_writable = [
+            *self.path_roots,
+            Path(os.path.realpath(self.paths.cache_dir)),
+            self.paths.state_dir,
+            self.paths.runtime_dir,
+            self.paths.cache_dir,
+        ]
+        # Jailed VMMs this helper started (pid → process): reaped, and their jail removed, on exit.
+        self._jailed: dict[int, subprocess.Popen[bytes]] = {}
+
+    def config(self) -> Config:
+        """The system config (root's /etc/banger/config.toml; defaults when unreadable)."""
+        from banger.config import ConfigError, load_config
+
+        try:
+            return load_config(self.paths.config_file)
+        except ConfigError:
+            return Config()
 
     def vmm_executables(self) -> list[str]:
         """Real paths of the VMM binaries the system config names (defaults when unreadable)."""
-        from banger.config import Config, ConfigError, load_config
-
-        try:
-            config = load_config(self.paths.config_file)
-        except ConfigError:
-            config = Config()
+        config = self.config()
         found = [_resolve_binary(b) for b in (config.qemu_bin, config.firecracker_bin)]
         return [f for f in found if f]
 
@@ -255,6 +276,173 @@ class Helper:
             os.chown(target, self.info.owner_uid, self.info.owner_gid)
             os.chmod(target, 0o600)
 
+    async def jailer_launch(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Build the VM's jail and start the configured jailer on it (docs/privileges.md).
+
+        Every argument is checked against the system config and the install owner first; the
+        jail tree is root's (root 0711) except `root/run/` (the owner's, for Firecracker's
+        sockets once it runs as the owner); files are hard-linked in from validated O_PATH
+        descriptors, so a rename after the check cannot swap them.
+        """
+        _params(
+            params,
+            {
+                "jailer", "exec_file", "id", "uid", "gid", "chroot_base", "cgroup_version",
+                "cgroups", "parent_cgroup", "netns", "api_sock", "console_log", "files",
+            },
+        )  # fmt: skip
+        config = self.config()
+        jailer = self._configured_binary("jailer", params["jailer"], config.jailer_bin)
+        exec_file = self._configured_binary(
+            "exec_file", params["exec_file"], config.firecracker_bin
+        )
+        ident = rules.vm_id(params["id"])
+        for key, want in (("uid", self.info.owner_uid), ("gid", self.info.owner_gid)):
+            if params[key] != want or isinstance(params[key], bool):
+                raise BadRequest(
+                    f"argument {key!r}: the jailer may only drop to the install owner "
+                    f"{self.info.owner_user} ({key} {want}), not {params[key]!r}"
+                )
+        version = params["cgroup_version"]
+        if version not in (1, 2) or isinstance(version, bool):
+            raise BadRequest("argument 'cgroup_version' must be 1 or 2")
+        cgroups = rules.cgroup_settings(params["cgroups"])
+        parent = rules.parent_cgroup(params["parent_cgroup"])
+        netns = rules.netns_path(params["netns"])
+        api = rules.api_sock(params["api_sock"])
+        base = rules.text("chroot_base", params["chroot_base"])
+        if base != config.jailer_chroot_base:
+            raise BadRequest(
+                f"argument 'chroot_base': {base} is not the configured jailer_chroot_base "
+                f"({config.jailer_chroot_base} in {self.paths.config_file})"
+            )
+        files = params["files"]
+        if not isinstance(files, dict) or not {"vmlinux", "rootfs.img"} <= set(files):
+            raise BadRequest("argument 'files' must map jail names to paths (vmlinux, rootfs.img…)")
+        opened: list[tuple[str, rules.OpenedPath]] = []
+        fds: list[int] = []
+        jail_made = False
+        exec_fd = -1
+        try:
+            for n, src in files.items():
+                jname = rules.jail_file_name(n, f"files[{n!r}]")
+                opened.append(
+                    (
+                        jname,
+                        rules.owned_file(
+                            src, self.file_roots, self.info.owner_uid, f"files[{n!r}]"
+                        ),
+                    )
+                )
+            console = rules.owned_file(
+                params["console_log"], self.file_roots[:1], self.info.owner_uid, "console_log"
+            )
+            opened.append(("", console))
+            if console.st.st_nlink != 1:
+                raise BadRequest(
+                    "argument 'console_log' has other hard links; refusing to write it"
+                )
+            base_fd = rules.root_only_dir(base, self.owner_writable)
+            fds.append(base_fd)
+            exec_name = os.path.basename(exec_file)
+            exec_fd = _root_subdir(base_fd, exec_name, f"{base}/{exec_name}")
+            fds.append(exec_fd)
+            with contextlib.suppress(FileNotFoundError):
+                shutil.rmtree(ident, dir_fd=exec_fd)  # a stale jail of this VM
+            jail_made = True
+            jail_fd = _root_subdir(exec_fd, ident, ident)
+            fds.append(jail_fd)
+            root_fd = _root_subdir(jail_fd, "root", "root")
+            fds.append(root_fd)
+            os.mkdir("run", 0o700, dir_fd=root_fd)
+            os.chown(
+                "run", self.info.owner_uid, self.info.owner_gid, dir_fd=root_fd,
+                follow_symlinks=False,
+            )  # fmt: skip
+            for jname, f in opened:
+                if jname:
+                    _link_into(f, jname, root_fd, self.info.owner_uid, self.info.owner_gid)
+            out_fd = os.open(
+                f"/proc/self/fd/{console.fd}",
+                os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC | os.O_NOCTTY,
+            )
+            fds.append(out_fd)
+            argv = [
+                jailer, "--id", ident, "--exec-file", exec_file,
+                "--uid", str(self.info.owner_uid), "--gid", str(self.info.owner_gid),
+                "--chroot-base-dir", base, "--cgroup-version", str(version),
+            ]  # fmt: skip
+            for cg in cgroups:
+                argv += ["--cgroup", cg]
+            if parent:
+                argv += ["--parent-cgroup", parent]
+            if netns:
+                argv += ["--netns", netns]
+            argv += ["--", "--api-sock", api, "--id", ident]
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out_fd,
+                stderr=subprocess.STDOUT,
+                cwd="/",
+                start_new_session=True,  # outlives this helper (KillMode=process)
+                close_fds=True,
+            )
+        except BaseException:
+            if jail_made:
+                with contextlib.suppress(OSError):
+                    shutil.rmtree(ident, dir_fd=exec_fd)
+            if exec_fd >= 0:
+                os.close(exec_fd)
+            raise
+        finally:
+            for _, f in opened:
+                f.close()
+            for fd in fds:
+                if fd != exec_fd:
+                    os.close(fd)
+        self._watch(proc, exec_fd, ident)
+        jail_dir = f"{base}/{exec_name}/{ident}"
+        log.info("jailer started", extra={"pid": proc.pid, "id": ident, "jail": jail_dir})
+        return {"pid": proc.pid, "jail_dir": jail_dir, "chroot": f"{jail_dir}/root"}
+
+    def _configured_binary(self, name: str, value: Any, configured: str) -> str:
+        got = rules.text(name, value)
+        want = _resolve_binary(configured)
+        if want is None:
+            raise BadRequest(
+                f"argument {name!r}: the configured binary {configured!r} is not installed "
+                f"(see {self.paths.config_file})"
+            )
+        if got != want:
+            raise BadRequest(
+                f"argument {name!r}: {got} is not the configured binary {want} "
+                f"({self.paths.config_file}); the helper runs nothing else"
+            )
+        return want
+
+    def _watch(self, proc: subprocess.Popen[bytes], exec_fd: int, ident: str) -> None:
+        """Reap the jailed VMM when it exits and remove its jail (its disks are only links)."""
+        self._jailed[proc.pid] = proc
+        pidfd = os.pidfd_open(proc.pid)
+        loop = asyncio.get_running_loop()
+
+        def exited() -> None:
+            if proc.poll() is None:
+                return
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
+            self._jailed.pop(proc.pid, None)
+            with contextlib.suppress(OSError):
+                shutil.rmtree(ident, dir_fd=exec_fd)
+            os.close(exec_fd)
+            log.info(
+                "jailed firecracker exited",
+                extra={"pid": proc.pid, "id": ident, "returncode": proc.returncode},
+            )
+
+        loop.add_reader(pidfd, exited)
+
     # --- one connection = one request ---------------------------------------------------------
 
     async def handle(self, caller: Caller, obj: object) -> dict[str, Any]:
@@ -312,6 +500,42 @@ class Helper:
             },
         )
         return envelope.ok(result)
+
+
+def _root_subdir(dir_fd: int, name: str, shown: str) -> int:
+    """Open (creating, root 0711) a subdirectory that only root can change; O_PATH fd."""
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(name, 0o711, dir_fd=dir_fd)
+    fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
+    st = os.fstat(fd)
+    if st.st_uid != 0 or st.st_mode & 0o022:
+        os.close(fd)
+        raise BadRequest(f"{shown} is not a root-owned directory only root can write; remove it")
+    return fd
+
+
+def _link_into(src: rules.OpenedPath, name: str, dir_fd: int, uid: int, gid: int) -> None:
+    """Hard-link a validated file into the jail; vmlinux/initrd are copied across filesystems."""
+    try:
+        os.link(f"/proc/self/fd/{src.fd}", name, dst_dir_fd=dir_fd, follow_symlinks=True)
+        return
+    except OSError as e:
+        if e.errno != errno.EXDEV or name not in ("vmlinux", "initrd"):
+            raise OperationFailed(
+                f"cannot hard-link {src.path} into the jail ({e.strerror}): put "
+                "jailer_chroot_base on the filesystem of banger's state directory"
+            ) from None
+    rfd = os.open(f"/proc/self/fd/{src.fd}", os.O_RDONLY | os.O_CLOEXEC)
+    wfd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o400, dir_fd=dir_fd)
+    try:
+        while chunk := os.read(rfd, 1 << 20):
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(wfd, view) :]
+        os.fchown(wfd, uid, gid)
+    finally:
+        os.close(rfd)
+        os.close(wfd)
 
 
 def _loggable(obj: object) -> Any:

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from banger.config import Config
 from banger.vmm.base import DiskSpec, DriverError, VMHandle, VMSpec
@@ -158,6 +158,22 @@ class JailerSettings:
     netns: str | None = None
 
 
+class JailLauncher(Protocol):
+    """System mode: the root helper builds the jail and starts the jailer (`priv.jailer_launch`).
+
+    `banger.privhelper.client.HelperPrivOps` implements it; the owner daemon cannot run the
+    jailer itself (it must start as root).
+    """
+
+    async def jailer_launch(self, params: dict[str, Any]) -> dict[str, Any]: ...
+
+
+# Jailed through the helper, Firecracker's sockets live in the jail's `run/` (the one directory
+# of the root-owned jail its uid, the owner's, may write).
+HELPER_API_SOCKET = f"run/{API_SOCKET}"
+HELPER_VSOCK_SOCKET = f"run/{VSOCK_SOCKET}"
+
+
 @dataclass
 class _Layout:
     """Where the files of one launch are, as the host sees them and as Firecracker names them."""
@@ -168,6 +184,8 @@ class _Layout:
     fc_vsock: str
     chroot: Path | None = None  # the jail's root directory
     jail_dir: Path | None = None  # <base>/<exec name>/<id>: removed after exit
+    # System mode: jail name -> host path of each file the helper links into the jail.
+    helper_files: dict[str, str] | None = None
 
 
 class FirecrackerDriver:
@@ -179,9 +197,12 @@ class FirecrackerDriver:
         *,
         jailer: JailerSettings | None = None,
         api_timeout: float = API_READY_TIMEOUT,
+        helper: JailLauncher | None = None,
     ) -> None:
         self.firecracker_bin = firecracker_bin
         self.jailer = jailer
+        # Set (system mode, jailer on): the jailer is started by bangerd-root, not in-process.
+        self.helper = helper if jailer is not None else None
         self.api_timeout = api_timeout
         # Shared by every driver instance so whichever one notices an exit reaps the child.
         self._children = _CHILDREN
@@ -200,7 +221,17 @@ class FirecrackerDriver:
                 parent_cgroup=config.jailer_parent_cgroup,
                 netns=config.jailer_netns,
             )
-        return cls(config.firecracker_bin, jailer=jailer)
+        helper: JailLauncher | None = None
+        if jailer is not None and os.geteuid() != 0:
+            from banger.paths import Paths
+
+            paths = Paths.detect()
+            if paths.is_system:
+                # The owner daemon of a system install: bangerd-root starts the jailer.
+                from banger.privhelper.client import HelperPrivOps
+
+                helper = HelperPrivOps(paths.helper_socket)
+        return cls(config.firecracker_bin, jailer=jailer, helper=helper)
 
     # ---- launch -------------------------------------------------------------------------------
 
@@ -266,8 +297,23 @@ class FirecrackerDriver:
             )
             return lay
         j = self.jailer
+        if self.helper is not None:
+            # The helper builds the (root-owned) jail; nothing is created here.
+            jail_dir = j.chroot_base / Path(self._exec_file()).name / ident
+            root = jail_dir / "root"
+            return _Layout(
+                host_api=root / HELPER_API_SOCKET,
+                host_vsock=root / HELPER_VSOCK_SOCKET,
+                fc_api=HELPER_API_SOCKET,
+                fc_vsock=HELPER_VSOCK_SOCKET,
+                chroot=root,
+                jail_dir=jail_dir,
+            )
         if os.geteuid() != 0:
-            raise DriverError("jailer_enabled = true needs banger to run as root (the jailer does)")
+            raise DriverError(
+                "jailer_enabled = true needs banger to run as root (the jailer does), or a "
+                "system install (`sudo banger system install`), whose root helper starts it"
+            )
         if j.uid is None or j.gid is None:
             raise DriverError(
                 "jailer_enabled = true needs jailer_uid and jailer_gid in config.toml"
@@ -357,9 +403,25 @@ class FirecrackerDriver:
         for stale in (lay.host_api, lay.host_vsock):
             with contextlib.suppress(FileNotFoundError):
                 stale.unlink()
-        if lay.chroot is None:
+        if lay.chroot is None or self.helper is not None:
             fc_log.touch()
             fc_metrics.write_bytes(b"")  # one launch's metrics; the file otherwise only grows
+        if self.helper is not None:
+            # The helper hard-links these into the jail (the log and metrics too: they stay in
+            # the VM's directory, nothing to copy out when the jail goes).
+            files = {"vmlinux": spec.kernel, "firecracker.log": fc_log}
+            files["firecracker.metrics"] = fc_metrics
+            names = {"kernel": "vmlinux", "log": "firecracker.log"}
+            names["metrics"] = "firecracker.metrics"
+            if spec.initrd:
+                files["initrd"] = spec.initrd
+                names["initrd"] = "initrd"
+            for drive_id, disk in disks:
+                files[f"{drive_id}.img"] = disk.path
+                names[drive_id] = f"{drive_id}.img"
+            lay.helper_files = {k: str(v) for k, v in files.items()}
+            return names
+        if lay.chroot is None:
             names = {"kernel": str(spec.kernel), "log": str(fc_log), "metrics": str(fc_metrics)}
             if spec.initrd:
                 names["initrd"] = str(spec.initrd)
@@ -406,33 +468,41 @@ class FirecrackerDriver:
         # The serial console is Firecracker's stdout: it goes straight into the VM's log, and
         # keeps going there after a daemon restart (the process holds the fd).
         console_offset = _size(str(spec.console_log))
-        with spec.console_log.open("ab") as console:
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=console,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # outlives the daemon and its signals
-                close_fds=True,
-            )
-        self._children[proc.pid] = proc
+        if self.helper is not None:
+            pid = await self._helper_launch(spec, ident, lay)
+        else:
+            with spec.console_log.open("ab") as console:
+                proc = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=console,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,  # outlives the daemon and its signals
+                    close_fds=True,
+                )
+            self._children[proc.pid] = proc
+            pid = proc.pid
         handle = VMHandle(
             driver=NAME,
-            pid=proc.pid,
+            pid=pid,
             api_socket=str(lay.host_api),
             control_socket=str(lay.host_vsock),
             started_at=time.time(),
             details={
                 "instance_id": ident,
-                "create_time": _create_time(proc.pid),
+                "create_time": _create_time(pid),
                 "console_log": str(spec.console_log),
                 "console_offset": console_offset,
-                "firecracker_log": str(lay.chroot / "firecracker.log" if lay.chroot else fc_log),
+                "firecracker_log": str(
+                    lay.chroot / "firecracker.log" if lay.chroot and not self.helper else fc_log
+                ),
                 "control_protocol": CONTROL_PROTOCOL,
                 "control_port": int(spec.extra.get("control_vsock_port", CONTROL_VSOCK_PORT)),
                 "guest_cid": GUEST_CID,
                 "jailed": lay.chroot is not None,
                 "jail_dir": str(lay.jail_dir) if lay.jail_dir else None,
+                # bangerd-root owns the jail and removes it when the process exits.
+                "jail_by_helper": self.helper is not None,
             },
         )
         if spec.network.kind == "tap":
@@ -462,6 +532,34 @@ class FirecrackerDriver:
                 ) from None
             raise
         return handle
+
+    async def _helper_launch(self, spec: VMSpec, ident: str, lay: _Layout) -> int:
+        """System mode: ask bangerd-root to build the jail and start the jailer; its pid."""
+        assert self.helper is not None and self.jailer is not None
+        j = self.jailer
+        try:
+            result = await self.helper.jailer_launch(
+                {
+                    "jailer": os.path.realpath(shutil.which(j.binary) or j.binary),
+                    "exec_file": self._exec_file(),
+                    "id": ident,
+                    "uid": j.uid if j.uid is not None else os.getuid(),
+                    "gid": j.gid if j.gid is not None else os.getgid(),
+                    "chroot_base": str(j.chroot_base),
+                    "cgroup_version": j.cgroup_version,
+                    "cgroups": list(j.cgroups),
+                    "parent_cgroup": j.parent_cgroup,
+                    "netns": j.netns,
+                    "api_sock": lay.fc_api,
+                    "console_log": str(spec.console_log),
+                    "files": lay.helper_files or {},
+                }
+            )
+        except Exception as e:
+            raise DriverError(
+                f"the root helper could not start the jailer for {spec.name!r}: {e}"
+            ) from None
+        return int(result["pid"])
 
     async def _configure(
         self,
@@ -654,7 +752,8 @@ class FirecrackerDriver:
         for sig, wait in steps:
             if not self.is_alive(handle):
                 return
-            with contextlib.suppress(ProcessLookupError):
+            # PermissionError: a jailer launched by bangerd-root has not dropped to our uid yet.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(handle.pid, sig)
             deadline = time.monotonic() + wait
             while self.is_alive(handle) and time.monotonic() < deadline:
@@ -675,7 +774,7 @@ class FirecrackerDriver:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(p)
         jail = handle.details.get("jail_dir")
-        if jail and os.path.isdir(jail):
+        if jail and os.path.isdir(jail) and not handle.details.get("jail_by_helper"):
             # Keep the jailed VMM's log next to the console log before the jail goes.
             fc_log = Path(str(handle.details.get("firecracker_log", "")))
             console = handle.details.get("console_log")

@@ -2,9 +2,9 @@
 
 The real jailer pivot_roots into `<chroot-base>/<exec name>/<id>/root`, drops to uid:gid and
 execs Firecracker, so relative API paths resolve inside the jail. This fake changes into that
-directory instead (no pivot_root, no privilege drop: the double must still reach the test's
-files) and execs `--exec-file` with the arguments after `--`. Its argv is written as JSON to
-$BANGER_FAKE_JAILER_ARGV when set.
+directory instead (no pivot_root; no privilege drop unless $BANGER_FAKE_JAILER_DROP=1, since the
+double must otherwise still reach the test's files) and execs `--exec-file` with the arguments
+after `--`. Its argv is written as JSON to $BANGER_FAKE_JAILER_ARGV when set.
 """
 
 from __future__ import annotations
@@ -49,6 +49,15 @@ def main() -> int:
     if os.environ.get("BANGER_FAKE_JAILER_ARGV"):
         Path(os.environ["BANGER_FAKE_JAILER_ARGV"]).write_text(json.dumps(argv))
     os.chdir(root)
+    if os.environ.get("BANGER_FAKE_JAILER_DROP") == "1":
+        # As the real jailer does before exec: Firecracker runs as --uid/--gid. Through setpriv,
+        # which execs with root's credentials still in force, so an interpreter the owner cannot
+        # reach (the test venv's) still starts: the real jailer runs its own copy in the jail.
+        fc = [args.exec_file, *argv[split + 1 :]]
+        os.execv(
+            "/usr/bin/setpriv",
+            ["setpriv", f"--reuid={args.uid}", f"--regid={args.gid}", "--clear-groups", *fc],
+        )
     os.execv(args.exec_file, [args.exec_file, *argv[split + 1 :]])
 
 
