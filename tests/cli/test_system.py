@@ -279,3 +279,92 @@ def test_install_refuses_binaries_the_owner_cannot_run(prefix: Path, owner_user:
         _owner_can_run(info, str(exe))
     hidden.chmod(0o755)
     _owner_can_run(info, str(exe))
+
+
+def _kvm_members() -> list[str]:
+    import grp
+
+    return list(grp.getgrnam("kvm").gr_mem)
+
+
+def test_install_adds_the_owner_to_kvm_and_uninstall_undoes_it(
+    prefix: Path, owner_user: User
+) -> None:
+    """Firecracker without the jailer runs as the owner: /dev/kvm (root:kvm 0660) must open."""
+    if not Path("/dev/kvm").exists():
+        pytest.skip("no /dev/kvm on this host: install leaves the groups alone")
+    # Earlier installs in this session (their prefixes just deleted) may have added it.
+    subprocess.run(["gpasswd", "-d", owner_user.name, "kvm"], check=False, capture_output=True)
+    assert owner_user.name not in _kvm_members()
+    r = banger("system", "install", "--owner", owner_user.name, "--prefix", str(prefix))
+    assert r.returncode == 0, r.stderr
+    assert owner_user.name in _kvm_members()
+    assert (prefix / "etc/banger/kvm-group-added").read_text().strip() == owner_user.name
+    # The owner, with its groups from the group database (as systemd's User= gives them),
+    # can open /dev/kvm read-write.
+    opened = subprocess.run(
+        [
+            "setpriv",
+            f"--reuid={owner_user.uid}",
+            f"--regid={owner_user.gid}",
+            "--init-groups",
+            sys.executable,
+            "-c",
+            "import os; os.close(os.open('/dev/kvm', os.O_RDWR))",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert opened.returncode == 0, opened.stderr
+    r = banger("system", "uninstall", "--prefix", str(prefix))
+    assert r.returncode == 0, r.stderr
+    assert owner_user.name not in _kvm_members()
+    assert not (prefix / "etc/banger/kvm-group-added").exists()
+
+
+def test_uninstall_keeps_a_kvm_membership_it_did_not_add(prefix: Path, owner_user: User) -> None:
+    if not Path("/dev/kvm").exists():
+        pytest.skip("no /dev/kvm on this host")
+    subprocess.run(["gpasswd", "-a", owner_user.name, "kvm"], check=True, capture_output=True)
+    try:
+        assert (
+            banger(
+                "system", "install", "--owner", owner_user.name, "--prefix", str(prefix)
+            ).returncode
+            == 0
+        )
+        assert not (prefix / "etc/banger/kvm-group-added").exists()
+        assert banger("system", "uninstall", "--prefix", str(prefix)).returncode == 0
+        assert owner_user.name in _kvm_members()
+    finally:
+        subprocess.run(["gpasswd", "-d", owner_user.name, "kvm"], check=False, capture_output=True)
+
+
+def test_jailer_capabilities_only_when_the_config_enables_it(
+    prefix: Path, owner_user: User
+) -> None:
+    unit = prefix / "etc/systemd/system/bangerd-root.service"
+    assert (
+        banger("system", "install", "--owner", owner_user.name, "--prefix", str(prefix)).returncode
+        == 0
+    )
+    assert "CAP_SYS_ADMIN" not in unit.read_text()
+    (prefix / "etc/banger/config.toml").write_text("jailer_enabled = true\n")
+    r = banger("system", "install", "--owner", owner_user.name, "--prefix", str(prefix))
+    assert r.returncode == 0, r.stderr
+    bounding = next(
+        x for x in unit.read_text().splitlines() if x.startswith("CapabilityBoundingSet=")
+    )
+    for cap in ("CAP_SYS_ADMIN", "CAP_SYS_CHROOT", "CAP_MKNOD", "CAP_SETUID", "CAP_SETGID"):
+        assert cap in bounding
+    v = subprocess.run(
+        ["systemd-analyze", "verify", str(unit)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert v.returncode == 0 and v.stderr.strip() == "", v.stderr
+    assert banger("system", "uninstall", "--prefix", str(prefix)).returncode == 0

@@ -33,6 +33,13 @@ DAEMON_UNIT = "bangerd.service"
 HELPER_UNIT = "bangerd-root.service"
 UNITS = (HELPER_UNIT, DAEMON_UNIT)
 READY_TIMEOUT = 15.0
+KVM_DEVICE = Path("/dev/kvm")
+KVM_GROUP = "kvm"
+# Written when install added the owner to the kvm group (so uninstall undoes only that).
+KVM_MARKER = "kvm-group-added"
+# What the jailer needs on top of the helper's own set (mount namespace + pivot_root, mknod of
+# /dev/kvm and /dev/net/tun in the jail, the drop to the owner, rlimits, --netns setns).
+JAILER_CAPS = "CAP_SYS_ADMIN CAP_SYS_CHROOT CAP_MKNOD CAP_SETUID CAP_SETGID CAP_SYS_RESOURCE"
 
 
 class InstallFailed(Exception):
@@ -76,8 +83,16 @@ def render_install_toml(info: InstallInfo) -> str:
     )
 
 
-def render_units(info: InstallInfo, *, bangerd: str, helper: str) -> dict[str, str]:
+def render_units(
+    info: InstallInfo, *, bangerd: str, helper: str, jailer: bool = False
+) -> dict[str, str]:
     root = info.root
+    # The jailer's capabilities only when the config enables it: a QEMU-only host keeps the
+    # helper's bounding set narrow (re-run install after turning jailer_enabled on).
+    caps = (
+        "CAP_NET_ADMIN CAP_NET_RAW CAP_KILL CAP_CHOWN CAP_FOWNER CAP_DAC_OVERRIDE "
+        "CAP_DAC_READ_SEARCH CAP_SYS_PTRACE" + (f" {JAILER_CAPS}" if jailer else "")
+    )
     group = _group_name(info.owner_gid)
     env = [f"Environment=BANGER_SYSTEM_ROOT={root}"] if str(root) != "/" else []
     env.append("Environment=PYTHONUNBUFFERED=1")
@@ -142,8 +157,7 @@ def render_units(info: InstallInfo, *, bangerd: str, helper: str) -> dict[str, s
         "Restart=on-failure",
         "RestartSec=1",
         "NoNewPrivileges=yes",
-        "CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW CAP_KILL CAP_CHOWN CAP_FOWNER "
-        "CAP_DAC_OVERRIDE CAP_DAC_READ_SEARCH CAP_SYS_PTRACE",
+        f"CapabilityBoundingSet={caps}",
         "ProtectSystem=full",
         "ProtectKernelModules=yes",
         "LockPersonality=yes",
@@ -265,7 +279,8 @@ def install(owner: str, root: Path, *, start: bool = True) -> InstallReport:
     for d in (paths.state_dir, paths.cache_dir, paths.runtime_dir):
         _make_dir(d, 0o700, uid, gid)
     _make_dir(paths.helper_runtime_dir, 0o711, 0, 0)
-    units = render_units(info, bangerd=bangerd, helper=helper)
+    units = render_units(info, bangerd=bangerd, helper=helper, jailer=_jailer_enabled(paths))
+    grant_kvm(info, paths)
     written = [install_file(root)]
     write_file(install_file(root), render_install_toml(info), 0o644)
     for name, text in units.items():
@@ -287,6 +302,60 @@ def install(owner: str, root: Path, *, start: bool = True) -> InstallReport:
     _systemctl("enable", "--now", *UNITS)
     wait_ready(paths)
     return InstallReport(info, written, True, "bangerd-root and bangerd are running")
+
+
+def _jailer_enabled(paths: Paths) -> bool:
+    from banger.config import ConfigError, load_config
+
+    try:
+        return load_config(paths.config_file).jailer_enabled
+    except ConfigError:
+        return False
+
+
+def grant_kvm(info: InstallInfo, paths: Paths, device: Path = KVM_DEVICE) -> bool:
+    """Add the owner to the kvm group when /dev/kvm exists: Firecracker without the jailer runs
+    as the owner and opens /dev/kvm itself. Records that it did (uninstall undoes only that).
+    True when the owner is now in the group."""
+    if not device.exists():
+        return False
+    try:
+        group = grp.getgrnam(KVM_GROUP)
+    except KeyError:
+        return False
+    if info.owner_user in group.gr_mem or info.owner_gid == group.gr_gid:
+        return True
+    p = subprocess.run(
+        ["gpasswd", "-a", info.owner_user, KVM_GROUP],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if p.returncode != 0:
+        raise InstallFailed(
+            f"cannot add {info.owner_user} to the {KVM_GROUP} group: {p.stderr.strip()}"
+        )
+    write_file(paths.config_dir / KVM_MARKER, info.owner_user + "\n", 0o644)
+    return True
+
+
+def revoke_kvm(paths: Paths) -> Path | None:
+    """Undo grant_kvm: only when install added the owner (its marker names them)."""
+    marker = paths.config_dir / KVM_MARKER
+    try:
+        user = marker.read_text().strip()
+    except FileNotFoundError:
+        return None
+    if user:
+        subprocess.run(
+            ["gpasswd", "-d", user, KVM_GROUP],
+            capture_output=True,
+            timeout=60,
+            check=False,  # the user or group may be gone already: nothing left to undo
+        )
+    marker.unlink()
+    return marker
 
 
 def _systemctl(*args: str) -> subprocess.CompletedProcess[str]:
@@ -414,6 +483,8 @@ def uninstall(root: Path, *, purge: bool) -> list[Path]:
     with contextlib.suppress(OSError):
         paths.helper_runtime_dir.rmdir()
         removed.append(paths.helper_runtime_dir)
+    if (marker := revoke_kvm(paths)) is not None:
+        removed.append(marker)
     if purge:
         for d in (paths.state_dir, paths.cache_dir, paths.runtime_dir, paths.config_dir):
             if d.is_dir() and not d.is_symlink():
