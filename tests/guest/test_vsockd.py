@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -22,8 +23,9 @@ from pathlib import Path
 import pytest
 
 from banger.guest import probes
-from banger.guest.payload import CTL_SCRIPT
-from banger.guest.vsockd import binary_path, ensure_vsockd
+from banger.guest.payload import CTL_SCRIPT, SeedConfig, build_seed
+from banger.guest.ssh import generate_host_key
+from banger.guest.vsockd import binary_path, doctor_status, ensure_vsockd
 from banger.rpc.errors import OperationFailed
 from banger.vmm.base import DriverError, VMHandle
 from banger.vmm.firecracker import (
@@ -62,6 +64,36 @@ def test_no_compiler_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.Monkey
     assert not (tmp_path / "cache" / "guest").exists() or not any(
         (tmp_path / "cache" / "guest").iterdir()
     )
+
+
+def test_doctor_says_whether_firecracker_vms_can_get_the_helper(
+    cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ensure_vsockd(cache)
+    assert doctor_status(cache) == (True, f"built at {binary_path(cache)}")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert doctor_status(tmp_path / "fresh") == (False, "no C compiler (gcc) on PATH to build it")
+
+
+def _debugfs(img: Path, cmd: str) -> str:
+    p = subprocess.run(["debugfs", "-R", cmd, str(img)], capture_output=True, text=True)
+    return p.stdout + p.stderr
+
+
+def test_seed_carries_the_helper_only_when_given(cache: Path, tmp_path: Path) -> None:
+    priv, pub = generate_host_key(tmp_path / "hk")
+    base = SeedConfig("id1", "fc-1", "ssh-ed25519 AAAAtest banger", priv, pub)
+    qemu_seed, fc_seed = tmp_path / "q.ext4", tmp_path / "f.ext4"
+    build_seed(qemu_seed, base)
+    assert "File not found" in _debugfs(qemu_seed, "stat /bin/vsockd")
+    assert "BANGER_VSOCK_PORT=''" in _debugfs(qemu_seed, "cat /vm.env")
+    assert "ctl_serve" in _debugfs(qemu_seed, "cat /ctl.sh")
+    helper = ensure_vsockd(cache)
+    build_seed(fc_seed, dataclasses.replace(base, vsockd=helper, vsock_port=CONTROL_VSOCK_PORT))
+    assert "Mode:  0755" in _debugfs(fc_seed, "stat /bin/vsockd")
+    assert "BANGER_VSOCK_PORT='1024'" in _debugfs(fc_seed, "cat /vm.env")
+    with pytest.raises(ValueError, match="invalid vsock port"):
+        build_seed(tmp_path / "x.ext4", dataclasses.replace(base, vsockd=helper, vsock_port=0))
 
 
 def test_vsock_build_refuses_a_bad_port(cache: Path) -> None:
