@@ -171,10 +171,12 @@ def _vmm_checks(config: Config, verdict: KVMVerdict) -> list[Check]:
         problems = []
         if shutil.which(config.jailer_bin) is None:
             problems.append(f"{config.jailer_bin} not found")
-        if config.jailer_uid is None or config.jailer_gid is None:
+        # A system install's root helper starts the jailer, dropping to the owner's uid/gid.
+        system = os.geteuid() != 0 and Paths.detect().is_system
+        if not system and (config.jailer_uid is None or config.jailer_gid is None):
             problems.append("jailer_uid / jailer_gid are not set")
-        if os.geteuid() != 0:
-            problems.append("the jailer needs banger to run as root")
+        if os.geteuid() != 0 and not system:
+            problems.append("the jailer needs banger to run as root (or a system install)")
         if problems:
             checks.append(
                 Check(
