@@ -11,6 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from banger.validation import describe
+
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -109,14 +111,8 @@ class Config(_Strict):
 
 
 def _format_error(path: Path, err: ValidationError) -> str:
-    parts = []
-    for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        if e["type"] == "extra_forbidden":
-            parts.append(f"unknown key '{key}' (see docs/config.md for the keys banger knows)")
-        else:
-            parts.append(f"key '{key}': {e['msg']}")
-    return f"{path}: " + "; ".join(parts)
+    hint = " (see docs/config.md for the keys banger knows)"
+    return f"{path}: " + describe(err, noun="key", top="(top level)", unknown_hint=hint)
 
 
 def load_config(path: Path) -> Config:

@@ -7,6 +7,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from banger.rpc.errors import BadRequest
+from banger.validation import describe
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -21,14 +22,7 @@ def parse_params(model: type[M], params: dict[str, Any]) -> M:
     try:
         return model.model_validate(params)
     except ValidationError as e:
-        parts = []
-        for err in e.errors():
-            key = ".".join(str(p) for p in err["loc"]) or "params"
-            if err["type"] == "extra_forbidden":
-                parts.append(f"unknown parameter '{key}'")
-            else:
-                parts.append(f"parameter '{key}': {err['msg']}")
-        raise BadRequest("; ".join(parts)) from None
+        raise BadRequest(describe(e, noun="parameter", top="params")) from None
 
 
 def to_json(value: Any) -> Any:
