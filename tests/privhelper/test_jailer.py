@@ -329,7 +329,10 @@ def test_owner_daemon_boots_the_double_through_the_helper(
     logged = [x for x in jail_helper.log_lines() if x.get("method") == "priv.jailer_launch"]
     assert logged and logged[-1]["msg"] == "helper rpc completed"
     assert logged[-1]["op_id"] == op_id and logged[-1]["caller_uid"] == owner_user.uid
-    assert any(x.get("msg") == "jailed firecracker exited" for x in jail_helper.log_lines())
+    started = [x for x in jail_helper.log_lines() if x.get("msg") == "jailer started"]
+    exited = [x for x in jail_helper.log_lines() if x.get("msg") == "jailed firecracker exited"]
+    assert started[-1]["op_id"] == op_id and started[-1]["pid"] == out["pid"]
+    assert exited[-1]["op_id"] == op_id and exited[-1]["pid"] == out["pid"]
 
 
 def test_jail_is_root_owned_and_files_are_links(
@@ -338,11 +341,24 @@ def test_jail_is_root_owned_and_files_are_links(
     """What the helper builds, seen while the VMM runs (launched by a direct owner call)."""
     root = jail_helper.root
     params = valid_params(root, fake_bins, owner_user)
+    # A stale jail of this VM (a VM that exited while the helper was down), with an owner-made
+    # symlink in its run/: replaced, and the symlink's target untouched.
+    victim = root / "victim"
+    victim.mkdir()
+    (victim / "keep").write_text("x")
+    stale_run = root / "jail/firecracker" / VM_ID / "root/run"
+    stale_run.mkdir(parents=True)
+    for d in stale_run.parents[:4]:
+        d.chmod(0o711)
+    (stale_run / "stale.sock").write_text("")
+    (stale_run / "evil").symlink_to(victim)
     resp = jail_helper.call_as(owner_user, "priv.jailer_launch", params)
     assert resp["ok"] is True, resp
     pid = resp["result"]["pid"]
     jail = Path(resp["result"]["jail_dir"])
     try:
+        assert not (stale_run / "stale.sock").exists() and not (stale_run / "evil").exists()
+        assert (victim / "keep").read_text() == "x"
         assert jail == root / "jail/firecracker" / VM_ID
         for d in (root / "jail", root / "jail/firecracker", jail, jail / "root"):
             st = os.lstat(d)

@@ -29,6 +29,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,10 @@ READ_TIMEOUT = 10.0
 OP_TIMEOUT = 60.0
 MAX_NAT_RULES = 4096
 SOCKET_NAME = "bangerd-root.sock"
+
+
+# The op id of the request being served, for operations' own log lines (jailer start and exit).
+_op_id: ContextVar[str] = ContextVar("helper_op_id", default="")
 
 
 class Unauthorized(RPCError):
@@ -403,7 +408,10 @@ class Helper:
                     os.close(fd)
         self._watch(proc, exec_fd, ident)
         jail_dir = f"{base}/{exec_name}/{ident}"
-        log.info("jailer started", extra={"pid": proc.pid, "id": ident, "jail": jail_dir})
+        log.info(
+            "jailer started",
+            extra={"op_id": _op_id.get(), "pid": proc.pid, "id": ident, "jail": jail_dir},
+        )
         return {"pid": proc.pid, "jail_dir": jail_dir, "chroot": f"{jail_dir}/root"}
 
     def _configured_binary(self, name: str, value: Any, configured: str) -> str:
@@ -426,6 +434,7 @@ class Helper:
         self._jailed[proc.pid] = proc
         pidfd = os.pidfd_open(proc.pid)
         loop = asyncio.get_running_loop()
+        op_id = _op_id.get()  # the launch's: `journalctl --grep op-…` finds start and exit
 
         def exited() -> None:
             if proc.poll() is None:
@@ -438,7 +447,12 @@ class Helper:
             os.close(exec_fd)
             log.info(
                 "jailed firecracker exited",
-                extra={"pid": proc.pid, "id": ident, "returncode": proc.returncode},
+                extra={
+                    "op_id": op_id,
+                    "pid": proc.pid,
+                    "id": ident,
+                    "returncode": proc.returncode,
+                },
             )
 
         loop.add_reader(pidfd, exited)
@@ -468,6 +482,7 @@ class Helper:
                     f"{method!r} is not a root helper operation; it accepts only: "
                     + ", ".join(sorted(self.table))
                 )
+            _op_id.set(op_id)
             async with self._lock:
                 result = await asyncio.wait_for(op(req.params), OP_TIMEOUT)
         except Exception as e:
