@@ -36,6 +36,20 @@ def _fail(
     return OperationFailed(f"{label} {status}: {' | '.join(tail) or '(no output)'}")
 
 
+async def communicate(
+    proc: asyncio.subprocess.Process, input: bytes | None, timeout: float | None
+) -> tuple[bytes, bytes]:
+    """`proc.communicate(input)` within `timeout`. On timeout or cancellation the child is killed
+    and reaped first, then TimeoutError / CancelledError propagates."""
+    try:
+        return await asyncio.wait_for(proc.communicate(input), timeout)
+    except (TimeoutError, asyncio.CancelledError):
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+        raise
+
+
 async def run(
     argv: Sequence[str],
     *,
@@ -56,13 +70,8 @@ async def run(
         cwd=cwd,
     )
     try:
-        stdout, stderr = await asyncio.wait_for(proc.communicate(input), timeout)
-    except (TimeoutError, asyncio.CancelledError) as e:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        await proc.wait()
-        if isinstance(e, asyncio.CancelledError):
-            raise
+        stdout, stderr = await communicate(proc, input, timeout)
+    except TimeoutError:
         raise _fail(argv, None, b"", what) from None
     assert proc.returncode is not None
     if check and proc.returncode != 0:

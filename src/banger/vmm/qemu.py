@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from banger.proc import communicate
 from banger.vmm.accel import resolve_accel
 from banger.vmm.base import DiskSpec, DriverError, VMHandle, VMSpec
 
@@ -134,16 +135,10 @@ class QemuDriver:
             start_new_session=True,
         )
         try:
-            _out, err = await asyncio.wait_for(proc.communicate(), LAUNCH_TIMEOUT_SECONDS)
+            _out, err = await communicate(proc, None, LAUNCH_TIMEOUT_SECONDS)
         except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
             raise DriverError(f"qemu did not start within {LAUNCH_TIMEOUT_SECONDS:.0f}s") from None
         except asyncio.CancelledError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
             # -daemonize may already have forked the VM: do not leave it running.
             pid = _read_pid(spec.runtime_dir / "qemu.pid")
             if pid:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from banger.proc import communicate
 from banger.rpc.errors import OperationFailed
 
 if TYPE_CHECKING:
@@ -81,13 +82,8 @@ async def run_process(
         cwd=str(cwd) if cwd is not None else None,
     )
     try:
-        out, err = await asyncio.wait_for(proc.communicate(data), timeout)
-    except (TimeoutError, asyncio.CancelledError) as e:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        await proc.wait()
-        if isinstance(e, asyncio.CancelledError):
-            raise
+        out, err = await communicate(proc, data, timeout)
+    except TimeoutError:
         raise OperationFailed(f"{what} timed out after {timeout:.0f}s") from None
     assert proc.returncode is not None
     return ExecResult(proc.returncode, out, err)
