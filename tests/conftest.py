@@ -68,31 +68,36 @@ class BangerEnv:
         return c
 
 
-@pytest.fixture
-def banger_env() -> Iterator[BangerEnv]:
-    # Short root under /tmp: sockets live below it and sun_path is limited to 108 bytes.
-    root = Path(tempfile.mkdtemp(prefix="bg-", dir="/tmp"))
+def make_env(prefix: str, *, cache_home: Path | None = None, network: str = "user") -> BangerEnv:
+    """Isolated XDG dirs under a fresh short root in /tmp (sockets live below it and sun_path is
+    limited to 108 bytes). `cache_home` shares an image cache (see `debian_image`)."""
+    root = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
     env = dict(os.environ)
     env.update(
         {
             "XDG_CONFIG_HOME": str(root / "cfg"),
             "XDG_STATE_HOME": str(root / "st"),
-            "XDG_CACHE_HOME": str(root / "cache"),
+            "XDG_CACHE_HOME": str(cache_home or root / "cache"),
             "XDG_RUNTIME_DIR": str(root / "run"),
             "NO_COLOR": "1",
             # Isolated user mode even on a host with a real system install (docs/privileges.md).
             "BANGER_MODE": "user",
             # Test daemons run as root but must never touch the host's network: user-mode unless
             # a test opts into bridged networking inside a namespace it created (tests/network).
-            "BANGER_NETWORK": "user",
+            "BANGER_NETWORK": network,
         }
     )
     env.pop("BANGER_LOG_LEVEL", None)
     (root / "run").mkdir(mode=0o700)
-    be = BangerEnv(root=root, env=env)
+    return BangerEnv(root=root, env=env)
+
+
+@pytest.fixture
+def banger_env() -> Iterator[BangerEnv]:
+    be = make_env("bg-")
     yield be
     _stop_daemon(be)
-    shutil.rmtree(root, ignore_errors=True)
+    shutil.rmtree(be.root, ignore_errors=True)
 
 
 def _stop_daemon(be: BangerEnv) -> None:
@@ -137,27 +142,11 @@ def debian_image() -> Iterator[BuiltImage]:
     """
     import json
 
-    root = Path(tempfile.mkdtemp(prefix="bg-deb-", dir="/tmp"))
-    env = dict(os.environ)
-    env.update(
-        {
-            "XDG_CONFIG_HOME": str(root / "cfg"),
-            "XDG_STATE_HOME": str(root / "st"),
-            "XDG_CACHE_HOME": str(root / "cache"),
-            "XDG_RUNTIME_DIR": str(root / "run"),
-            "NO_COLOR": "1",
-            # Isolated user mode even on a host with a real system install (docs/privileges.md).
-            "BANGER_MODE": "user",
-            "BANGER_NETWORK": "user",
-        }
-    )
-    env.pop("BANGER_LOG_LEVEL", None)
-    (root / "run").mkdir(mode=0o700)
-    be = BangerEnv(root=root, env=env)
+    be = make_env("bg-deb-")
     try:
         p = be.banger("image", "pull", "debian-bookworm", "--json", check=True, timeout=1800)
         rec = json.loads(p.stdout)
     finally:
         _stop_daemon(be)
-    yield BuiltImage(record=rec, rootfs=Path(rec["rootfs"]), cache_home=root / "cache")
-    shutil.rmtree(root, ignore_errors=True)
+    yield BuiltImage(record=rec, rootfs=Path(rec["rootfs"]), cache_home=be.root / "cache")
+    shutil.rmtree(be.root, ignore_errors=True)

@@ -13,7 +13,6 @@ import secrets
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -24,7 +23,7 @@ from typing import Any
 import pytest
 from dnslib import RCODE, DNSRecord
 
-from tests.conftest import BangerEnv, BuiltImage, _stop_daemon
+from tests.conftest import BangerEnv, BuiltImage, _stop_daemon, make_env
 
 pytestmark = pytest.mark.slow
 
@@ -101,21 +100,7 @@ class NsEnv:
 
 
 def _env(cache_home: Path, network: str) -> BangerEnv:
-    root = Path(tempfile.mkdtemp(prefix="bgn-", dir="/tmp"))
-    env = dict(os.environ)
-    env.update(
-        {
-            "XDG_CONFIG_HOME": str(root / "cfg"),
-            "XDG_STATE_HOME": str(root / "st"),
-            "XDG_CACHE_HOME": str(cache_home),
-            "XDG_RUNTIME_DIR": str(root / "run"),
-            "NO_COLOR": "1",
-            "BANGER_NETWORK": network,
-        }
-    )
-    env.pop("BANGER_LOG_LEVEL", None)
-    (root / "run").mkdir(mode=0o700)
-    be = BangerEnv(root=root, env=env)
+    be = make_env("bgn-", cache_home=cache_home, network=network)
     be.write_config('[vm_defaults]\nmemory_mib = 512\ndisk_size = "2G"\n')
     return be
 

@@ -3,33 +3,17 @@ built-in debian-bookworm (from the session `debian_image` fixture), so VM tests 
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import BangerEnv, BuiltImage, _stop_daemon
+from tests.conftest import BangerEnv, BuiltImage, _stop_daemon, make_env
 
 
-def make_env(cache_home: Path) -> BangerEnv:
-    root = Path(tempfile.mkdtemp(prefix="bgvm-", dir="/tmp"))
-    env = dict(os.environ)
-    env.update(
-        {
-            "XDG_CONFIG_HOME": str(root / "cfg"),
-            "XDG_STATE_HOME": str(root / "st"),
-            "XDG_CACHE_HOME": str(cache_home),
-            "XDG_RUNTIME_DIR": str(root / "run"),
-            "NO_COLOR": "1",
-            "BANGER_NETWORK": "user",
-        }
-    )
-    env.pop("BANGER_LOG_LEVEL", None)
-    (root / "run").mkdir(mode=0o700)
-    be = BangerEnv(root=root, env=env)
+def make_vm_env(cache_home: Path) -> BangerEnv:
+    be = make_env("bgvm-", cache_home=cache_home)
     # Lean guests: the host-aware default (RAM/8) is more than these tests need.
     be.write_config('[vm_defaults]\nmemory_mib = 512\ndisk_size = "2G"\n')
     return be
@@ -37,13 +21,13 @@ def make_env(cache_home: Path) -> BangerEnv:
 
 @pytest.fixture(scope="module")
 def vmenv(debian_image: BuiltImage) -> Iterator[BangerEnv]:
-    be = make_env(debian_image.cache_home)
+    be = make_vm_env(debian_image.cache_home)
     be.banger("daemon", "start", check=True, timeout=30)
     yield be
     # Leave no guest behind, whatever the tests did.
     be.banger("vm", "prune", "-f", timeout=120)
     for vm in list_vms(be):
-        be.banger("vm", "delete", vm["name"], timeout=120)
+        be.banger("vm", "delete", str(vm["name"]), timeout=120)
     _stop_daemon(be)
     shutil.rmtree(be.root, ignore_errors=True)
 
