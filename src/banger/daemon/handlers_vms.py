@@ -11,6 +11,7 @@ from banger.daemon.params import Params, parse_params
 from banger.rpc.errors import from_wire
 from banger.vms.service import CreateRequest, for_each
 from banger.vms.spec import VMRecord
+from banger.workspace import records as workspace_records
 
 if TYPE_CHECKING:
     from banger.daemon.app import Daemon
@@ -160,14 +161,23 @@ async def vm_set(d: Daemon, ctx: RequestContext, params: dict[str, Any]) -> Any:
     return await _fan_out(d, p.refs, fn)
 
 
+def _with_workspaces(d: Daemon, vm: VMRecord) -> dict[str, Any]:
+    """The VM as JSON plus `workspaces`: its prepared checkouts (host → guest), newest first."""
+    spaces = [
+        {"host_path": w.host_path, "guest_path": w.guest_path}
+        for w in workspace_records.list_for(d.store, vm.id)
+    ]
+    return {**vm.model_dump(mode="json"), "workspaces": spaces}
+
+
 async def vm_list(d: Daemon, ctx: RequestContext, params: dict[str, Any]) -> Any:
     parse_params(Params, params)
-    return await d.vms.list_vms()
+    return [_with_workspaces(d, vm) for vm in await d.vms.list_vms()]
 
 
 async def vm_show(d: Daemon, ctx: RequestContext, params: dict[str, Any]) -> Any:
     p = parse_params(RefParams, params)
-    return await d.vms.show(p.ref)
+    return _with_workspaces(d, await d.vms.show(p.ref))
 
 
 async def vm_logs(d: Daemon, ctx: RequestContext, params: dict[str, Any]) -> Any:
