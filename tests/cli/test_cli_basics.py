@@ -43,3 +43,14 @@ def test_help_lists_groups(banger_env: BangerEnv) -> None:
     out = banger_env.banger("--help", check=True).stdout
     for group in ("daemon", "doctor", "image", "kernel", "vm"):
         assert group in out
+
+
+def test_failed_daemon_start_reports_only_its_own_error(banger_env: BangerEnv) -> None:
+    banger_env.write_config("vm_defaults = 3\n")
+    first = banger_env.banger("vm", "list")
+    assert first.returncode == 1 and "key 'vm_defaults'" in first.stderr
+    banger_env.write_config('log_level = "loud"\n')
+    second = banger_env.banger("vm", "list")
+    # the boot log keeps both failures; the message names only this start's
+    assert second.returncode == 1 and "key 'log_level'" in second.stderr
+    assert "vm_defaults" not in second.stderr and "Traceback" not in second.stderr

@@ -6,13 +6,12 @@ import json
 import os
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import BangerEnv, BuiltImage, _stop_daemon
+from tests.conftest import BangerEnv, BuiltImage, _stop_daemon, make_env
 from tests.workspace.conftest import BINARY, git, tree_of
 
 pytestmark = pytest.mark.slow
@@ -36,26 +35,12 @@ GUEST_TREE = (
 
 @pytest.fixture(scope="module")
 def env(debian_image: BuiltImage) -> Iterator[BangerEnv]:
-    root = Path(tempfile.mkdtemp(prefix="bgw-", dir="/tmp"))
-    e = dict(os.environ)
-    e.update(
-        {
-            "XDG_CONFIG_HOME": str(root / "cfg"),
-            "XDG_STATE_HOME": str(root / "st"),
-            "XDG_CACHE_HOME": str(debian_image.cache_home),
-            "XDG_RUNTIME_DIR": str(root / "run"),
-            "NO_COLOR": "1",
-            "BANGER_NETWORK": "user",
-        }
-    )
-    e.pop("BANGER_LOG_LEVEL", None)
-    (root / "run").mkdir(mode=0o700)
-    be = BangerEnv(root=root, env=e)
+    be = make_env("bgw-", cache_home=debian_image.cache_home)
     be.banger("image", "pull", "debian-bookworm", check=True, timeout=600)
     yield be
     be.banger("vm", "delete", "wsrt", timeout=120)
     _stop_daemon(be)
-    shutil.rmtree(root, ignore_errors=True)
+    shutil.rmtree(be.root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +78,11 @@ def test_round_trip_through_a_real_guest(
     prepared = json.loads(p.stdout)
     base = git(sample, "rev-parse", "HEAD").strip()
     assert prepared["base_commit"] == base and prepared["guest_path"] == "/root/repo"
+    # `vm list` and `vm show` name the prepared checkout: host path → guest path.
+    listed = env.banger("vm", "list", check=True).stdout
+    assert f"{sample.resolve()} → /root/repo" in listed
+    shown = json.loads(env.banger("vm", "show", vm, "--json", check=True).stdout)
+    assert shown["workspaces"] == [{"host_path": str(sample.resolve()), "guest_path": "/root/repo"}]
 
     p = env.banger(
         "vm", "exec", vm, "--", "sh", "-c", "git status --porcelain; git log --format=%H"

@@ -5,10 +5,17 @@ from __future__ import annotations
 import click
 
 
-@click.command()
+@click.command(short_help="Print the shell completion script for bash, zsh or fish.")
 @click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
 def completion(shell: str) -> None:
-    """Print a completion script. Example: banger completion bash >> ~/.bashrc"""
+    """Print the shell completion script. VM, image and kernel names complete from the running
+    daemon (none is started for it).
+
+    \b
+      banger completion bash >> ~/.bashrc
+      banger completion zsh  >> ~/.zshrc
+      banger completion fish > ~/.config/fish/completions/banger.fish
+    """
     from click.shell_completion import get_completion_class
 
     from banger.cli.main import cli

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import time
+from typing import Any
 
 from banger.paths import Paths, ensure_private_dir
 from banger.rpc.client import Client, DaemonUnreachable
@@ -29,6 +30,8 @@ def start_daemon(paths: Paths) -> dict[str, object]:
     paths.state_dir.mkdir(parents=True, exist_ok=True)
     boot_log = paths.state_dir / "bangerd.stderr.log"
     with open(boot_log, "ab") as err:
+        # The log accumulates across starts: report only what this start wrote.
+        offset = err.tell()
         proc = subprocess.Popen(
             [sys.executable, "-m", "banger.daemon.main"],
             stdin=subprocess.DEVNULL,
@@ -44,7 +47,9 @@ def start_daemon(paths: Paths) -> dict[str, object]:
         if info is not None:
             return info
         if proc.poll() is not None:
-            tail = boot_log.read_text(errors="replace").strip().splitlines()[-5:]
+            with open(boot_log, "rb") as f:
+                f.seek(offset)
+                tail = f.read().decode(errors="replace").strip().splitlines()[-5:]
             detail = "; ".join(tail) or f"exit status {proc.returncode}"
             raise OperationFailed(f"the daemon failed to start: {detail} (log: {boot_log})")
         time.sleep(0.05)
@@ -89,3 +94,10 @@ def client() -> Client:
         start_daemon(paths)
     c.connect()
     return c
+
+
+def call(method: str, params: dict[str, Any] | None = None, **kw: Any) -> Any:
+    """One request on its own connection (starting the daemon when needed); `kw` goes to
+    `Client.call` (on_progress, timeout)."""
+    with client() as c:
+        return c.call(method, params, **kw)

@@ -7,6 +7,7 @@ import time
 import click
 
 from banger.cli.output import print_json
+from banger.cli.types import SECONDS
 from banger.paths import Paths
 
 
@@ -41,7 +42,7 @@ def start() -> None:
 
 
 @daemon.command()
-@click.option("--timeout", default=30.0, show_default=True, help="seconds to wait for exit")
+@click.option("--timeout", type=SECONDS, default=30.0, show_default=True, help="seconds to wait")
 def stop(timeout: float) -> None:
     """Stop the daemon gracefully. Running VMs keep running."""
     from banger.rpc.client import Client, DaemonUnreachable
@@ -59,7 +60,7 @@ def stop(timeout: float) -> None:
     click.echo(f"bangerd stopped (pid {info['pid']})")
 
 
-@daemon.command()
+@daemon.command(short_help="Show whether the daemon runs (pid, socket, log, uptime).")
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 def status(as_json: bool) -> None:
     """Show whether the daemon runs: pid, socket, log path, version, uptime."""

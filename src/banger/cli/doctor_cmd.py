@@ -7,7 +7,7 @@ import click
 from banger.cli.output import print_json, style
 
 
-@click.command()
+@click.command(short_help="Check what this host has and lacks, with hints.")
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 def doctor(as_json: bool) -> None:
     """Check the host: VMM, KVM, disk tools, SSH, networking, state dir."""

@@ -8,22 +8,17 @@ from typing import Any
 
 import click
 
-from banger.cli.output import print_json, print_table
+from banger.cli.complete import image_names, kernel_names
+from banger.cli.connect import call
+from banger.cli.output import age, print_fields, print_json, print_table
 from banger.units import format_bytes
-
-
-def _call(method: str, params: dict[str, Any], **kw: Any) -> Any:
-    from banger.cli.connect import client
-
-    with client() as c:
-        return c.call(method, params, **kw)
 
 
 def _abs(path: str | None) -> str | None:
     return os.path.abspath(path) if path else None
 
 
-@click.group()
+@click.group(short_help="Pull, register and manage root-filesystem images.")
 def image() -> None:
     """Manage images: pull OCI images into ext4 root disks, register your own."""
 
@@ -38,23 +33,9 @@ class _PullProgress:
         self.enabled = sys.stderr.isatty()
         if not self.enabled:
             return
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            DownloadColumn,
-            Progress,
-            TextColumn,
-            TransferSpeedColumn,
-        )
+        from banger.cli.progress import transfer_bars
 
-        self.progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            console=Console(stderr=True),
-            transient=False,
-        )
+        self.progress = transfer_bars(transient=False)
 
     def __enter__(self) -> _PullProgress:
         if self.enabled:
@@ -101,11 +82,11 @@ class _PullProgress:
             self._line(str(ev.get("message") or ev.get("what") or stage))
 
 
-@image.command("pull")
+@image.command("pull", short_help="Pull an OCI image, or build the built-in debian-bookworm.")
 @click.argument("ref")
 @click.option("--name", help="image name (default: derived from the ref, e.g. debian-bookworm)")
 @click.option("--size", help="ext4 size, e.g. 4G (default: content x 1.5, at least 1 GiB)")
-@click.option("--json", "as_json", is_flag=True, help="print the image record as JSON")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
 def pull_cmd(ref: str, name: str | None, size: str | None, as_json: bool) -> None:
     """Pull an OCI image (or build the built-in `debian-bookworm`) into an ext4 root disk."""
     params: dict[str, Any] = {"ref": ref}
@@ -114,7 +95,7 @@ def pull_cmd(ref: str, name: str | None, size: str | None, as_json: bool) -> Non
     if size:
         params["size"] = size
     with _PullProgress() as progress:
-        rec = _call("image.pull", params, on_progress=progress)
+        rec = call("image.pull", params, on_progress=progress)
     if as_json:
         print_json(rec)
         return
@@ -125,15 +106,15 @@ def pull_cmd(ref: str, name: str | None, size: str | None, as_json: bool) -> Non
 
 
 def _image_rows(images: list[dict[str, Any]]) -> list[list[Any]]:
+    # Registered (unmanaged) images say so in SOURCE (`register:/path`); `image show` has it all.
     return [
         [
             i["name"],
             i["id"],
             format_bytes(i["size_bytes"]),
-            "yes" if i["managed"] else "no",
             (i.get("digest") or "-").removeprefix("sha256:")[:12],
             i["source"],
-            i["created_at"],
+            age(i["created_at"]),
         ]
         for i in images
     ]
@@ -143,24 +124,22 @@ def _image_rows(images: list[dict[str, Any]]) -> list[list[Any]]:
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 def list_cmd(as_json: bool) -> None:
     """Images banger knows."""
-    images = _call("image.list", {})
+    images = call("image.list", {})
     if as_json:
         print_json(images)
         return
     if not images:
         click.echo("no images yet: `banger image pull debian-bookworm` builds the default one")
         return
-    print_table(
-        ["NAME", "ID", "SIZE", "MANAGED", "DIGEST", "SOURCE", "CREATED"], _image_rows(images)
-    )
+    print_table(["NAME", "ID", "SIZE", "DIGEST", "SOURCE", "AGE"], _image_rows(images))
 
 
 @image.command("show")
-@click.argument("ref")
+@click.argument("ref", metavar="IMAGE", shell_complete=image_names)
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 def show_cmd(ref: str, as_json: bool) -> None:
     """One image: by name, id or unique id prefix."""
-    i = _call("image.show", {"ref": ref})
+    i = call("image.show", {"ref": ref})
     if as_json:
         print_json(i)
         return
@@ -186,23 +165,23 @@ def show_cmd(ref: str, as_json: bool) -> None:
         ["user", cfg.get("user") or "-"],
         ["env", "; ".join(cfg.get("env") or []) or "-"],
     ]
-    width = max(len(r[0]) for r in rows)
-    for key, value in rows:
-        click.echo(f"{key.ljust(width)}  {value}")
+    print_fields(rows)
 
 
 @image.command("delete")
-@click.argument("ref")
+@click.argument("ref", metavar="IMAGE", shell_complete=image_names)
 def delete_cmd(ref: str) -> None:
     """Delete an image (refused while a VM uses it). Registered images keep their files."""
-    rec = _call("image.delete", {"ref": ref})
+    rec = call("image.delete", {"ref": ref})
     click.echo(f"deleted {rec['name']} ({rec['id']})")
 
 
-@image.command("register")
+@image.command("register", short_help="Record an ext4 image made elsewhere (not copied).")
 @click.option("--name", required=True, help="image name")
 @click.option("--rootfs", required=True, type=click.Path(), help="an ext4 root filesystem image")
-@click.option("--kernel-ref", help="a kernel banger knows (`banger kernel list`)")
+@click.option(
+    "--kernel-ref", shell_complete=kernel_names, help="a kernel banger knows (`banger kernel list`)"
+)
 @click.option("--kernel", type=click.Path(), help="kernel file to boot this image with")
 @click.option("--initrd", type=click.Path(), help="initramfs for --kernel")
 @click.option("--modules", type=click.Path(), help="modules directory for --kernel")
@@ -224,15 +203,15 @@ def register_cmd(
     ):
         if value:
             params[key] = value
-    rec = _call("image.register", params)
+    rec = call("image.register", params)
     click.echo(f"registered {rec['name']} ({rec['id']}) -> {rec['rootfs']}")
 
 
-@image.command("promote")
-@click.argument("ref")
+@image.command("promote", short_help="Copy a registered image into banger's own storage.")
+@click.argument("ref", metavar="IMAGE", shell_complete=image_names)
 def promote_cmd(ref: str) -> None:
     """Copy a registered image into banger's own storage (sparse-aware)."""
-    rec = _call("image.promote", {"ref": ref})
+    rec = call("image.promote", {"ref": ref})
     click.echo(f"promoted {rec['name']} ({rec['id']}) -> {rec['rootfs']}")
 
 
@@ -245,6 +224,6 @@ def cache_group() -> None:
 @click.option("--dry-run", is_flag=True, help="only report what would be freed")
 def prune_cmd(dry_run: bool) -> None:
     """Delete every cached blob (images already pulled are not affected)."""
-    r = _call("image.cache.prune", {"dry_run": dry_run})
+    r = call("image.cache.prune", {"dry_run": dry_run})
     verb = "would free" if r["dry_run"] else "freed"
     click.echo(f"{verb} {format_bytes(r['bytes'])} across {r['blobs']} blob(s) in {r['dir']}")

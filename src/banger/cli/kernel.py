@@ -10,15 +10,10 @@ from typing import Any
 
 import click
 
-from banger.cli.output import print_json, print_table
+from banger.cli.complete import catalog_names, kernel_names
+from banger.cli.connect import call
+from banger.cli.output import print_fields, print_json, print_table
 from banger.units import format_bytes
-
-
-def _call(method: str, params: dict[str, Any], **kw: Any) -> Any:
-    from banger.cli.connect import client
-
-    with client() as c:
-        return c.call(method, params, **kw)
 
 
 def _catalog_table(items: list[dict[str, Any]]) -> None:
@@ -39,7 +34,7 @@ def _catalog_table(items: list[dict[str, Any]]) -> None:
     print_table(["NAME", "STATE", "DISTRO", "VERSION", "SIZE", "DESCRIPTION"], rows)
 
 
-@click.group()
+@click.group(short_help="Import, pull and manage guest kernels.")
 def kernel() -> None:
     """Manage kernels: pull from the catalog, import local or host kernels."""
 
@@ -48,7 +43,11 @@ def kernel() -> None:
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 def catalog_cmd(as_json: bool) -> None:
     """Kernels the catalog offers, each marked pulled or available."""
-    items = _call("kernel.catalog", {})
+    _print_catalog(as_json)
+
+
+def _print_catalog(as_json: bool) -> None:
+    items = call("kernel.catalog", {})
     if as_json:
         print_json(items)
     else:
@@ -61,13 +60,9 @@ def catalog_cmd(as_json: bool) -> None:
 def list_cmd(available: bool, as_json: bool) -> None:
     """Local kernels."""
     if available:
-        items = _call("kernel.catalog", {})
-        if as_json:
-            print_json(items)
-        else:
-            _catalog_table(items)
+        _print_catalog(as_json)
         return
-    kernels = _call("kernel.list", {})
+    kernels = call("kernel.list", {})
     if as_json:
         print_json(kernels)
         return
@@ -110,17 +105,15 @@ def _print_record(k: dict[str, Any]) -> None:
         ),
         ("modules", k.get("modules_dir") or "-"),
     ]
-    width = max(len(f) for f, _ in fields)
-    for f, v in fields:
-        click.echo(f"{f.ljust(width)}  {v}")
+    print_fields(fields)
 
 
 @kernel.command("show")
-@click.argument("name")
+@click.argument("name", metavar="KERNEL", shell_complete=kernel_names)
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 def show_cmd(name: str, as_json: bool) -> None:
     """Details of one local kernel."""
-    k = _call("kernel.show", {"name": name})
+    k = call("kernel.show", {"name": name})
     if as_json:
         print_json(k)
     else:
@@ -141,23 +134,9 @@ def _progress_bar(description: str) -> Iterator[Callable[[dict[str, Any]], None]
 
         yield plain
         return
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TransferSpeedColumn,
-    )
+    from banger.cli.progress import transfer_bars
 
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        console=Console(stderr=True),
-        transient=True,
-    ) as bar:
+    with transfer_bars(transient=True) as bar:
         task = bar.add_task(description, total=None)
 
         def update(p: dict[str, Any]) -> None:
@@ -189,16 +168,16 @@ def _report(result: dict[str, Any], verb: str) -> None:
 
 
 @kernel.command("pull")
-@click.argument("name")
-@click.option("--force", is_flag=True, help="replace a local kernel of the same name")
+@click.argument("name", shell_complete=catalog_names)
+@click.option("-f", "--force", is_flag=True, help="replace a local kernel of the same name")
 def pull_cmd(name: str, force: bool) -> None:
     """Download a catalog kernel, verify its sha256 and install it."""
     with _progress_bar(f"pulling {name}") as cb:
-        result = _call("kernel.pull", {"name": name, "force": force}, on_progress=cb)
+        result = call("kernel.pull", {"name": name, "force": force}, on_progress=cb)
     _report(result, "pulled")
 
 
-@kernel.command("import")
+@kernel.command("import", short_help="Import the host's kernel or kernel files you give.")
 @click.argument("name")
 @click.option("--kernel", "kernel_file", type=click.Path(dir_okay=False), help="bzImage or vmlinux")
 @click.option("--initrd", type=click.Path(dir_okay=False), help="initrd to use as is")
@@ -212,7 +191,7 @@ def pull_cmd(name: str, force: bool) -> None:
     metavar="[VERSION]",
     help="import an installed distro kernel (/boot/vmlinuz-*, newest unless VERSION)",
 )
-@click.option("--force", is_flag=True, help="replace a local kernel of the same name")
+@click.option("-f", "--force", is_flag=True, help="replace a local kernel of the same name")
 def import_cmd(
     name: str,
     kernel_file: str | None,
@@ -231,15 +210,15 @@ def import_cmd(
         if value is not None:
             params[key] = os.path.abspath(value)
     with _progress_bar(f"importing {name}") as cb:
-        result = _call("kernel.import", params, on_progress=cb)
+        result = call("kernel.import", params, on_progress=cb)
     _report(result, "imported")
 
 
 @kernel.command("delete")
-@click.argument("name")
+@click.argument("name", metavar="KERNEL", shell_complete=kernel_names)
 def delete_cmd(name: str) -> None:
     """Delete a local kernel (refused while an image or VM uses it)."""
-    k = _call("kernel.delete", {"name": name})
+    k = call("kernel.delete", {"name": name})
     click.echo(f"deleted kernel {k['name']}")
 
 

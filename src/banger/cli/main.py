@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -62,11 +63,18 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # config errors and the like: one clear line, no traceback
         from banger.cli.output import print_error
         from banger.config import ConfigError
+        from banger.rpc.client import DaemonUnreachable
 
-        if isinstance(e, ConfigError | OSError | ValueError):
+        if isinstance(e, ConfigError | OSError | ValueError | DaemonUnreachable):
             print_error(str(e))
             return 1
-        raise
+        if os.environ.get("BANGER_TRACEBACK"):
+            raise
+        print_error(
+            f"internal error: {type(e).__name__}: {e} "
+            "(a bug in banger; BANGER_TRACEBACK=1 shows the traceback)"
+        )
+        return 1
     return 0
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import calendar
 import json
 import os
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
@@ -38,3 +40,31 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     for n, row in enumerate(cells):
         line = "  ".join(c.ljust(widths[i]) for i, c in enumerate(row)).rstrip()
         print(style(line, "1") if n == 0 else line)
+
+
+def print_fields(rows: Sequence[Sequence[Any]]) -> None:
+    """`key  value` lines (pairs) with the values aligned: the `show` commands."""
+    width = max(len(str(r[0])) for r in rows)
+    for key, value in rows:
+        print(f"{str(key).ljust(width)}  {value}")
+
+
+def age(timestamp: str) -> str:
+    """`3m`, `2h`, `5d`: how long ago a daemon timestamp (UTC, `2026-01-02T03:04:05Z`) was."""
+    try:
+        t = calendar.timegm(time.strptime(timestamp[:19], "%Y-%m-%dT%H:%M:%S"))
+    except ValueError:
+        return "?"
+    s = max(0, int(time.time() - t))
+    for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= n:
+            return f"{s // n}{unit}"
+    return f"{s}s"
+
+
+def home_relative(path: str) -> str:
+    """`~/src/app` for a path under the user's home; other paths unchanged."""
+    home = os.path.expanduser("~")
+    if home not in ("", "/") and (path == home or path.startswith(home + "/")):
+        return "~" + path[len(home) :]
+    return path

@@ -31,10 +31,10 @@ def ensure_base_file(path: Path) -> None:
     sshconfig.write_if_changed(path, sshconfig.render(key, paths.ssh_dir / "known_hosts"))
 
 
-@click.command("ssh-config")
-@click.option("--install", "action", flag_value="install", help="Add the Include to ~/.ssh/config.")
+@click.command("ssh-config", short_help="Make `ssh <name>.vm` work from any tool.")
+@click.option("--install", "action", flag_value="install", help="add the Include to ~/.ssh/config")
 @click.option(
-    "--uninstall", "action", flag_value="uninstall", help="Remove the Include from ~/.ssh/config."
+    "--uninstall", "action", flag_value="uninstall", help="remove the Include from ~/.ssh/config"
 )
 def ssh_config(action: str | None) -> None:
     """Show (or install) the ssh_config that makes `ssh <name>.vm` work."""

@@ -32,7 +32,7 @@ prefix_option = click.option(
 )
 
 
-@click.group()
+@click.group(short_help="Install banger system-wide under systemd.")
 def system() -> None:
     """System install: bangerd as the owner user, bangerd-root as root, under systemd."""
 

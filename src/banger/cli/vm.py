@@ -5,86 +5,20 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
 import click
 
-from banger.cli.output import dim, print_json, print_table, style
+from banger.cli.complete import image_names, kernel_names, vm_names
+from banger.cli.connect import call
+from banger.cli.output import age, home_relative, print_fields, print_json, print_table, style
+from banger.cli.progress import Stages
+from banger.cli.types import MEMORY, SECONDS
 from banger.units import format_bytes
-
-
-def _client() -> Any:
-    from banger.cli.connect import client
-
-    return client()
-
-
-def _call(method: str, params: dict[str, Any], **kw: Any) -> Any:
-    with _client() as c:
-        return c.call(method, params, **kw)
 
 
 def _err(text: str) -> None:
     print(text, file=sys.stderr)
-
-
-class _Stages:
-    """Live stage display on stderr: a rich spinner line on a TTY, plain lines otherwise."""
-
-    LABELS = {
-        "resolve": "resolving image and kernel",
-        "disks": "preparing disks",
-        "boot": "booting",
-        "wait_guest": "waiting for the guest",
-        "wait_ssh": "waiting for SSH",
-        "stop": "stopping",
-    }
-
-    def __init__(self) -> None:
-        self.started = time.monotonic()
-        self.tty = sys.stderr.isatty()
-        self.status: Any = None
-        self.last = ""
-        if self.tty:
-            from rich.console import Console
-
-            self.console = Console(stderr=True)
-            self.status = self.console.status("starting")
-            self.status.start()
-
-    def __call__(self, ev: dict[str, Any]) -> None:
-        stage = str(ev.get("stage", ""))
-        if stage == "spec":
-            self._print(f"spec: {ev.get('detail', '')}")
-            return
-        label = self.LABELS.get(stage)
-        if label is None:
-            # image build / kernel import progress from ensure(): show its message as detail
-            msg = ev.get("message") or ev.get("detail") or ""
-            if msg and self.status is not None:
-                self.status.update(f"{self.last} {dim(str(msg)[:60])}")
-            return
-        cur, total = ev.get("current"), ev.get("total")
-        counter = f"[{cur}/{total}] " if cur and total else ""
-        self.last = f"{counter}{label}"
-        if self.status is not None:
-            self.status.update(self.last)
-        else:
-            _err(self.last)
-
-    def _print(self, text: str) -> None:
-        if self.status is not None:
-            self.console.print(text)
-        else:
-            _err(text)
-
-    def close(self) -> None:
-        if self.status is not None:
-            self.status.stop()
-
-    def elapsed(self) -> float:
-        return time.monotonic() - self.started
 
 
 @click.group()
@@ -118,10 +52,18 @@ def _create_params(
 
 @vm.command()
 @click.option("--name", help="VM name (a DNS label); generated when omitted")
-@click.option("--image", help="image name or id (default: config default_image)")
-@click.option("--kernel", help="kernel name (default: the image's, else config default_kernel)")
+@click.option(
+    "--image",
+    shell_complete=image_names,
+    help="image name or id (default: config default_image)",
+)
+@click.option(
+    "--kernel",
+    shell_complete=kernel_names,
+    help="kernel name (default: the image's, else config default_kernel)",
+)
 @click.option("--vcpu", type=click.IntRange(1, 64), help="vCPUs (default: host-aware)")
-@click.option("--memory", type=click.IntRange(128), help="memory in MiB (default: host-aware)")
+@click.option("--memory", type=MEMORY, help="memory in MiB, or e.g. 2G (default: host-aware)")
 @click.option("--disk-size", help="work disk size, e.g. 8G (default 8G)")
 @click.option(
     "--init",
@@ -149,9 +91,9 @@ def create(
     params = _create_params(name, image, kernel, vcpu, memory, disk_size, init, no_start)
     if nat:
         params["nat"] = True
-    stages = _Stages()
+    stages = Stages()
     try:
-        rec = _call("vm.create", params, on_progress=stages)
+        rec = call("vm.create", params, on_progress=stages)
     finally:
         stages.close()
     if as_json:
@@ -167,11 +109,9 @@ def _each(
     method: str, refs: tuple[str, ...], extra: dict[str, Any], verb: str, stages: bool = False
 ) -> None:
     """Act on several VMs at once; print one line per VM; exit 1 if any failed."""
-    progress: Callable[[dict[str, Any]], None] | None = None
-    display = _Stages() if stages and len(refs) == 1 else None
-    progress = display
+    display = Stages() if stages and len(refs) == 1 else None
     try:
-        result = _call(method, {"refs": list(refs), **extra}, on_progress=progress)
+        result = call(method, {"refs": list(refs), **extra}, on_progress=display)
     finally:
         if display is not None:
             display.close()
@@ -192,29 +132,35 @@ def _each(
 
 
 @vm.command()
-@click.argument("refs", nargs=-1, required=True)
+@click.argument("refs", nargs=-1, required=True, metavar="VM...", shell_complete=vm_names)
 def start(refs: tuple[str, ...]) -> None:
     """Start stopped VMs."""
     _each("vm.start", refs, {}, "running", stages=True)
 
 
 @vm.command()
-@click.argument("refs", nargs=-1, required=True)
-@click.option("--timeout", type=float, default=30.0, show_default=True, help="graceful seconds")
+@click.argument("refs", nargs=-1, required=True, metavar="VM...", shell_complete=vm_names)
+@click.option(
+    "--timeout",
+    type=SECONDS,
+    default=30.0,
+    show_default=True,
+    help="seconds to wait for a clean shutdown",
+)
 def stop(refs: tuple[str, ...], timeout: float) -> None:
     """Stop running VMs gracefully (forced after --timeout)."""
     _each("vm.stop", refs, {"timeout": timeout}, "stopped")
 
 
 @vm.command()
-@click.argument("refs", nargs=-1, required=True)
+@click.argument("refs", nargs=-1, required=True, metavar="VM...", shell_complete=vm_names)
 def restart(refs: tuple[str, ...]) -> None:
     """Stop then start VMs."""
     _each("vm.restart", refs, {}, "restarted", stages=True)
 
 
 @vm.command()
-@click.argument("refs", nargs=-1, required=True)
+@click.argument("refs", nargs=-1, required=True, metavar="VM...", shell_complete=vm_names)
 @click.option(
     "--signal",
     "-s",
@@ -230,7 +176,7 @@ def kill(refs: tuple[str, ...], sig: str) -> None:
 
 
 @vm.command()
-@click.argument("refs", nargs=-1, required=True)
+@click.argument("refs", nargs=-1, required=True, metavar="VM...", shell_complete=vm_names)
 def delete(refs: tuple[str, ...]) -> None:
     """Stop VMs and remove their disks (irreversible)."""
     _each("vm.delete", refs, {}, "deleted")
@@ -240,7 +186,7 @@ def delete(refs: tuple[str, ...]) -> None:
 @click.option("-f", "--force", is_flag=True, help="do not ask for confirmation")
 def prune(force: bool) -> None:
     """Delete every VM that is not running."""
-    vms = [v for v in _call("vm.list", {}) if v["state"] != "running"]
+    vms = [v for v in call("vm.list", {}) if v["state"] != "running"]
     if not vms:
         print("nothing to prune")
         return
@@ -252,11 +198,11 @@ def prune(force: bool) -> None:
     _each("vm.delete", tuple(v["id"] for v in vms), {}, "deleted")
 
 
-@vm.command(name="set")
-@click.argument("refs", nargs=-1, required=True)
-@click.option("--vcpu", type=click.IntRange(1, 64))
-@click.option("--memory", type=click.IntRange(128), help="MiB")
-@click.option("--disk-size", help="grow the work disk to this size (e.g. 16G)")
+@vm.command(name="set", short_help="Change vCPUs, memory, disk size or NAT of VMs.")
+@click.argument("refs", nargs=-1, required=True, metavar="VM...", shell_complete=vm_names)
+@click.option("--vcpu", type=click.IntRange(1, 64), help="vCPUs")
+@click.option("--memory", type=MEMORY, help="memory in MiB, or e.g. 2G")
+@click.option("--disk-size", help="grow the work disk to this size, e.g. 16G")
 @click.option(
     "--nat/--no-nat",
     default=None,
@@ -277,18 +223,6 @@ def set_(
     _each("vm.set", refs, extra, "updated")
 
 
-def _age(created: str) -> str:
-    try:
-        t = time.mktime(time.strptime(created, "%Y-%m-%dT%H:%M:%SZ")) - time.timezone
-    except ValueError:
-        return "?"
-    s = max(0, int(time.time() - t))
-    for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
-        if s >= n:
-            return f"{s // n}{unit}"
-    return f"{s}s"
-
-
 def _endpoint(v: dict[str, Any]) -> str:
     if v["state"] != "running":
         return "-"
@@ -298,12 +232,17 @@ def _endpoint(v: dict[str, Any]) -> str:
 
 
 @vm.command(name="list")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
 def list_(as_json: bool) -> None:
     """List VMs."""
-    vms = _call("vm.list", {})
+    vms = call("vm.list", {})
     if as_json:
         print_json(vms)
+        return
+    if not vms:
+        print(
+            "no VMs yet: `banger vm create` boots one, `banger vm run ./repo` one with a checkout"
+        )
         return
     rows = [
         [
@@ -313,11 +252,25 @@ def list_(as_json: bool) -> None:
             v["vcpus"],
             f"{v['memory_mib']} MiB",
             _endpoint(v),
-            _age(v["created_at"]),
+            age(v["created_at"]),
+            _workspace_cell(v.get("workspaces") or []),
         ]
         for v in vms
     ]
-    print_table(["NAME", "STATE", "IMAGE", "VCPU", "MEMORY", "IP/PORT", "AGE"], rows)
+    headers = ["NAME", "STATE", "IMAGE", "VCPU", "MEMORY", "IP/PORT", "AGE", "WORKSPACE"]
+    print_table(headers, rows)
+
+
+def _workspace(w: dict[str, Any]) -> str:
+    return f"{home_relative(w['host_path'])} → {w['guest_path']}"
+
+
+def _workspace_cell(spaces: list[dict[str, Any]]) -> str:
+    """The newest workspace, and how many more there are."""
+    if not spaces:
+        return "-"
+    more = f" (+{len(spaces) - 1})" if len(spaces) > 1 else ""
+    return _workspace(spaces[0]) + more
 
 
 def _network_line(v: dict[str, Any]) -> str:
@@ -329,11 +282,11 @@ def _network_line(v: dict[str, Any]) -> str:
 
 
 @vm.command()
-@click.argument("ref")
-@click.option("--json", "as_json", is_flag=True)
+@click.argument("ref", metavar="VM", shell_complete=vm_names)
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
 def show(ref: str, as_json: bool) -> None:
     """Show one VM."""
-    v = _call("vm.show", {"ref": ref})
+    v = call("vm.show", {"ref": ref})
     if as_json:
         print_json(v)
         return
@@ -356,20 +309,27 @@ def show(ref: str, as_json: bool) -> None:
         ("started", v.get("started_at") or "-"),
         ("console log", v["console_log"]),
     ]
+    fields += [("workspace", _workspace(w)) for w in v.get("workspaces") or []]
     if v.get("error"):
         fields.append(("error", v["error"]))
-    width = max(len(k) for k, _ in fields)
-    for k, val in fields:
-        print(f"{k.ljust(width)}  {val}")
+    print_fields(fields)
 
 
 @vm.command()
-@click.argument("ref")
+@click.argument("ref", metavar="VM", shell_complete=vm_names)
 @click.option("-f", "--follow", is_flag=True, help="keep printing new console output")
-@click.option("-n", "--bytes", "max_bytes", type=int, default=256 * 1024, show_default=True)
+@click.option(
+    "-n",
+    "--bytes",
+    "max_bytes",
+    type=click.IntRange(0),
+    default=256 * 1024,
+    show_default=True,
+    help="print at most this much of the end of the log first",
+)
 def logs(ref: str, follow: bool, max_bytes: int) -> None:
     """Print a VM's serial console log."""
-    r = _call("vm.logs", {"ref": ref, "max_bytes": max_bytes})
+    r = call("vm.logs", {"ref": ref, "max_bytes": max_bytes})
     sys.stdout.write(r["content"])
     sys.stdout.flush()
     if not follow:
@@ -397,14 +357,17 @@ def logs(ref: str, follow: bool, max_bytes: int) -> None:
         return
 
 
-@vm.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
-@click.argument("ref")
+@vm.command(
+    short_help="SSH into a VM, or run `-- CMD…` there.",
+    context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
+)
+@click.argument("ref", metavar="VM", shell_complete=vm_names)
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def ssh(ref: str, command: tuple[str, ...]) -> None:
     """SSH into a VM; with `-- cmd …` run the command and return its exit status."""
     from banger.guest.ssh import SSHTarget, ssh_argv
 
-    target = SSHTarget.from_json(_call("vm.ssh", {"ref": ref}))
+    target = SSHTarget.from_json(call("vm.ssh", {"ref": ref}))
     remote = list(command) if command else None
     tty = remote is None and sys.stdin.isatty()
     argv = ssh_argv(target, remote, tty=tty)

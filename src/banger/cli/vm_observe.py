@@ -7,35 +7,24 @@ from typing import Any
 
 import click
 
+from banger.cli.complete import vm_names
+from banger.cli.connect import call
 from banger.cli.output import print_json, print_table
-
-
-def _call(method: str, params: dict[str, Any]) -> Any:
-    from banger.cli.connect import client
-
-    with client() as c:
-        return c.call(method, params)
+from banger.units import format_bytes
 
 
 def _size(n: int | None) -> str:
-    if n is None:
-        return "-"
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"
+    return "-" if n is None else format_bytes(n)
 
 
-@click.command("health")
-@click.argument("name")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.command("health", short_help="Check the guest's control channel and SSH.")
+@click.argument("name", metavar="VM", shell_complete=vm_names)
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
 def health(name: str, as_json: bool) -> None:
     """Is the guest up and serving? (control channel and SSH, with latencies)"""
     from banger.cli.main import ExitCode
 
-    result = _call("vm.health", {"ref": name})
+    result = call("vm.health", {"ref": name})
     if as_json:
         print_json(result)
     else:
@@ -54,12 +43,12 @@ def health(name: str, as_json: bool) -> None:
 
 
 @click.command("ping")
-@click.argument("name")
+@click.argument("name", metavar="VM", shell_complete=vm_names)
 def ping(name: str) -> None:
     """Cheap liveness check: does the guest's control channel answer?"""
     from banger.cli.main import ExitCode
 
-    result = _call("vm.ping", {"ref": name})
+    result = call("vm.ping", {"ref": name})
     if result["alive"]:
         click.echo(f"{result['vm']}: alive ({result['latency_ms']:.1f} ms)")
         return
@@ -73,7 +62,7 @@ def _print_stats(s: dict[str, Any]) -> None:
     click.echo(f"{s['vm']}")
     click.echo(
         f"  host   cpu {host['cpu_percent']:.1f}%  rss {_size(host['rss_bytes'])}  "
-        + "  ".join(f"{label} {_size(v)}" for label, v in sorted(disks.items()))
+        + "  ".join(f"{label.replace('_', ' ')} {_size(v)}" for label, v in sorted(disks.items()))
     )
     g = s.get("guest")
     if g is None:
@@ -88,15 +77,21 @@ def _print_stats(s: dict[str, Any]) -> None:
         click.echo(f"  disk   {disk['mount']:<6} {used} / {total}")
 
 
-@click.command("stats")
-@click.argument("name")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-@click.option("--watch", is_flag=True, help="Refresh every --interval seconds until Ctrl-C.")
-@click.option("--interval", default=2.0, show_default=True, type=click.FloatRange(0.5, 3600))
+@click.command("stats", short_help="CPU, memory and disk statistics of a VM.")
+@click.argument("name", metavar="VM", shell_complete=vm_names)
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@click.option("--watch", is_flag=True, help="refresh every --interval seconds until Ctrl-C")
+@click.option(
+    "--interval",
+    default=2.0,
+    show_default=True,
+    type=click.FloatRange(0.5, 3600),
+    help="seconds between refreshes with --watch",
+)
 def stats(name: str, as_json: bool, watch: bool, interval: float) -> None:
     """Host (VMM CPU, memory, disk allocation) and guest (load, memory, disks) statistics."""
     while True:
-        result = _call("vm.stats", {"ref": name})
+        result = call("vm.stats", {"ref": name})
         if as_json:
             print_json(result)
         else:
@@ -108,14 +103,18 @@ def stats(name: str, as_json: bool, watch: bool, interval: float) -> None:
         time.sleep(interval)
 
 
-@click.command("ports")
-@click.argument("names", nargs=-1)
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.command("ports", short_help="Listening sockets in guests, with host URLs.")
+@click.argument("names", nargs=-1, metavar="[VM]...", shell_complete=vm_names)
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
 def ports(names: tuple[str, ...], as_json: bool) -> None:
     """Listening TCP/UDP sockets in guests (all running VMs by default), with host URLs."""
-    rows = _call("vm.ports", {"refs": list(names)})
+    rows = call("vm.ports", {"refs": list(names)})
     if as_json:
         print_json(rows)
+        return
+    if not rows:
+        where = ", ".join(names) if names else "any running VM"
+        click.echo(f"no listening sockets in {where}")
         return
     table = []
     for r in rows:

@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from banger.cli.complete import image_names, vm_names
 from banger.cli.output import dim, print_error
 from banger.cli.workspace import call, local_plan, prepare_options, print_plan, print_prepared
 
@@ -92,32 +93,19 @@ def _kept(vm: str) -> dict[str, Any] | None:
 
 def _create_vm(name: str | None, image: str | None, nat: bool) -> dict[str, Any]:
     """`vm.create` with live stages on stderr; the VM's name comes from its spec line."""
-    from banger.cli.connect import client
+    from banger.cli import connect
+    from banger.cli.progress import Stages
     from banger.rpc.errors import RPCError
 
-    params: dict[str, Any] = {}
-    if name:
-        params["name"] = name
-    if image:
-        params["image"] = image
-    if nat:
-        params["nat"] = True
-    seen = {"name": name}
-    tty = sys.stderr.isatty()
-
-    def show(fields: dict[str, Any]) -> None:
-        stage, detail = fields.get("stage"), str(fields.get("detail") or "")
-        if stage == "spec":
-            seen["name"] = seen["name"] or detail.split(":", 1)[0]
-            click.echo(dim(f"spec: {detail}"), err=True)
-        elif tty and stage:
-            click.echo(dim(f"  {stage}{': ' + detail if detail else ''}"), err=True)
-
+    params: dict[str, Any] = {"name": name, "image": image, "nat": nat or None}
+    stages = Stages(name)
     try:
-        with client() as c:
-            result = c.call("vm.create", params, on_progress=show)
+        with stages:
+            result = connect.call(
+                "vm.create", {k: v for k, v in params.items() if v}, on_progress=stages
+            )
     except RPCError as e:
-        kept = seen["name"]
+        kept = stages.name
         rec = _kept(kept) if kept else None
         if kept and rec is not None:
             log = str(rec.get("console_log") or "")
@@ -133,30 +121,30 @@ def _create_vm(name: str | None, image: str | None, nat: bool) -> dict[str, Any]
     return vm
 
 
-@click.command("run", cls=DashDashCommand)
+@click.command(
+    "run", cls=DashDashCommand, short_help="A new VM with a checkout: shell or `-- CMD…`."
+)
 @click.argument("path", required=False, type=click.Path(exists=True, file_okay=False))
 @click.option("--name", help="name of the new VM (default: generated)")
-@click.option("--image", help="image to boot (default: the configured default image)")
+@click.option(
+    "--image",
+    shell_complete=image_names,
+    help="image to boot (default: the configured default image)",
+)
 @click.option("--rm", "remove", is_flag=True, help="delete the VM when the session or command ends")
 @click.option("--nat", is_flag=True, help="give the VM outbound network access")
 @prepare_options
-@click.option("--guest-path", default="/root/repo", show_default=True)
 @click.pass_context
 def run_cmd(
     ctx: click.Context,
+    /,
     path: str | None,
     name: str | None,
     image: str | None,
     remove: bool,
     nat: bool,
-    include_untracked: bool,
-    readonly: bool,
-    mode: str,
-    branch: str | None,
-    from_ref: str | None,
-    shallow: bool,
     dry_run: bool,
-    guest_path: str,
+    **opts: Any,
 ) -> None:
     """Create and boot a VM, ship PATH into it, then open a shell there or run `-- CMD…`.
 
@@ -167,16 +155,9 @@ def run_cmd(
       banger vm run --rm ./repo -- make   # and delete the VM afterwards
     """
     cmd: list[str] = ctx.meta.get("guest_cmd", [])
-    opts: dict[str, Any] = {
-        "include_untracked": include_untracked,
-        "readonly": readonly,
-        "mode": mode,
-        "branch": branch,
-        "from_ref": from_ref,
-        "shallow": shallow,
-        "guest_path": guest_path,
-    }
-    if path is None and (branch or from_ref or include_untracked or dry_run):
+    if path is None and (
+        opts["branch"] or opts["from_ref"] or opts["include_untracked"] or dry_run
+    ):
         raise click.UsageError("--branch/--from/--include-untracked/--dry-run need a PATH")
     plan = local_plan(path, **opts) if path else None  # refuse a non-repo before booting anything
     if dry_run:
@@ -208,8 +189,8 @@ def run_cmd(
     _exit(status)
 
 
-@click.command("exec", cls=DashDashCommand)
-@click.argument("vm_ref", metavar="VM")
+@click.command("exec", cls=DashDashCommand, short_help="Run `-- CMD…` in a VM's workspace.")
+@click.argument("vm_ref", metavar="VM", shell_complete=vm_names)
 @click.option("--guest-path", help="where to run (default: the last prepared workspace, else ~)")
 @click.option("--auto-prepare", is_flag=True, help="re-sync the workspace when host HEAD moved")
 @click.pass_context

@@ -11,19 +11,21 @@ from typing import Any
 
 import click
 
+from banger.cli.complete import vm_names
 from banger.cli.output import dim, print_json
 
 
+def _show_stage(fields: dict[str, Any]) -> None:
+    stage = fields.get("stage")
+    if stage and sys.stderr.isatty():
+        print(dim(f"  {stage}…"), file=sys.stderr)
+
+
 def call(method: str, params: dict[str, Any], *, progress: bool = False) -> Any:
-    from banger.cli.connect import client
+    """An RPC call; with `progress`, the workspace stages as dim lines on a terminal."""
+    from banger.cli import connect
 
-    def show(fields: dict[str, Any]) -> None:
-        stage = fields.get("stage")
-        if stage and sys.stderr.isatty():
-            print(dim(f"  {stage}…"), file=sys.stderr)
-
-    with client() as c:
-        return c.call(method, params, on_progress=show if progress else None)
+    return connect.call(method, params, on_progress=_show_stage if progress else None)
 
 
 def print_plan(plan: dict[str, Any], *, as_json: bool) -> None:
@@ -53,6 +55,8 @@ def local_plan(path: str, **opts: Any) -> dict[str, Any]:
 
 
 def prepare_options(f: Any) -> Any:
+    """The options of `vm workspace prepare` and `vm run`: the command receives them as keyword
+    arguments named like PrepareOptions' fields, plus `dry_run`."""
     for deco in reversed(
         [
             click.option(
@@ -74,46 +78,30 @@ def prepare_options(f: Any) -> Any:
                 "--shallow", is_flag=True, help="ship HEAD's snapshot only, not its history"
             ),
             click.option("--dry-run", is_flag=True, help="list the files and mode; touch nothing"),
+            click.option(
+                "--guest-path",
+                default="/root/repo",
+                show_default=True,
+                help="where the checkout goes in the guest",
+            ),
         ]
     ):
         f = deco(f)
     return f
 
 
-@click.group("workspace")
+@click.group("workspace", short_help="Ship a checkout into a VM; export its changes as a patch.")
 def workspace() -> None:
     """Ship a git checkout into a VM and export the guest's changes as a patch."""
 
 
 @workspace.command("prepare")
-@click.argument("vm_ref", metavar="VM")
+@click.argument("vm_ref", metavar="VM", shell_complete=vm_names)
 @click.argument("path", type=click.Path(exists=True, file_okay=False))
 @prepare_options
-@click.option("--guest-path", default="/root/repo", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
-def prepare_cmd(
-    vm_ref: str,
-    path: str,
-    include_untracked: bool,
-    readonly: bool,
-    mode: str,
-    branch: str | None,
-    from_ref: str | None,
-    shallow: bool,
-    dry_run: bool,
-    guest_path: str,
-    as_json: bool,
-) -> None:
+def prepare_cmd(vm_ref: str, path: str, as_json: bool, dry_run: bool, **opts: Any) -> None:
     """Copy the checkout at PATH into VM (default /root/repo) as a real git repository."""
-    opts: dict[str, Any] = {
-        "include_untracked": include_untracked,
-        "readonly": readonly,
-        "mode": mode,
-        "branch": branch,
-        "from_ref": from_ref,
-        "shallow": shallow,
-        "guest_path": guest_path,
-    }
     if dry_run:
         print_plan(local_plan(path, **opts), as_json=as_json)
         return
@@ -154,7 +142,7 @@ def write_atomically(path: Path, data: bytes) -> None:
 
 
 @workspace.command("export")
-@click.argument("vm_ref", metavar="VM")
+@click.argument("vm_ref", metavar="VM", shell_complete=vm_names)
 @click.option("--base-commit", help="diff against this commit (default: the prepared HEAD)")
 @click.option("--guest-path", help="which workspace (default: the last one prepared)")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="write the patch here")

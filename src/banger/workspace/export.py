@@ -91,7 +91,7 @@ async def export(guest: GuestExec, guest_path: str, base_commit: str | None) -> 
         raise BadRequest(f"base commit {base_commit!r} must be a hexadecimal commit id")
     res = await guest.run(["sh", "-c", EXPORT, "sh", guest_path, base_commit or ""])
     if res.returncode == 3:
-        raise NotFound(f"{res.err_tail}; run `banger vm workspace prepare` first")
+        raise NotFound(f"{res.err_tail}; run `banger vm workspace prepare VM PATH` first")
     if res.returncode == 4:
         raise BadRequest(f"{res.err_tail}; pass a commit the guest checkout has")
     if res.returncode != 0:

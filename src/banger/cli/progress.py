@@ -1,0 +1,96 @@
+"""Progress display on stderr for the daemon's progress lines: rich on a terminal, plain lines
+when piped. rich is imported only when a terminal needs it (`banger --version` stays fast)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+from banger.cli.output import dim
+
+
+def transfer_bars(*, transient: bool) -> Any:
+    """A rich Progress on stderr with description, bar, bytes and speed columns (not started)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=Console(stderr=True),
+        transient=transient,
+    )
+
+
+class Stages:
+    """VM create/start stages: a rich spinner line on a TTY, one plain line per stage otherwise.
+
+    `name` is the VM's name as soon as the daemon's `spec` line names it (a failed create can
+    then point at the VM it kept).
+    """
+
+    LABELS = {
+        "resolve": "resolving image and kernel",
+        "disks": "preparing disks",
+        "boot": "booting",
+        "wait_guest": "waiting for the guest",
+        "wait_ssh": "waiting for SSH",
+        "stop": "stopping",
+    }
+
+    def __init__(self, name: str | None = None) -> None:
+        self.name = name
+        self.started = time.monotonic()
+        self.status: Any = None
+        self.last = ""
+        if sys.stderr.isatty():
+            from rich.console import Console
+
+            self.console = Console(stderr=True)
+            self.status = self.console.status("starting")
+            self.status.start()
+
+    def __call__(self, ev: dict[str, Any]) -> None:
+        stage = str(ev.get("stage", ""))
+        if stage == "spec":
+            detail = str(ev.get("detail", ""))
+            self.name = self.name or detail.split(":", 1)[0]
+            self._print(f"spec: {detail}")
+            return
+        label = self.LABELS.get(stage)
+        if label is None:
+            # image build / kernel import progress from ensure(): show its message as detail
+            msg = ev.get("message") or ev.get("detail") or ""
+            if msg and self.status is not None:
+                self.status.update(f"{self.last} {dim(str(msg)[:60])}")
+            return
+        cur, total = ev.get("current"), ev.get("total")
+        counter = f"[{cur}/{total}] " if cur and total else ""
+        self.last = f"{counter}{label}"
+        if self.status is not None:
+            self.status.update(self.last)
+        else:
+            print(self.last, file=sys.stderr)
+
+    def _print(self, text: str) -> None:
+        if self.status is not None:
+            self.console.print(text)
+        else:
+            print(text, file=sys.stderr)
+
+    def close(self) -> None:
+        if self.status is not None:
+            self.status.stop()
+            self.status = None
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def __enter__(self) -> Stages:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
