@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -81,6 +82,18 @@ def host_memory_mib() -> int:
     return 0
 
 
+def _pick(
+    flag: int | None, configured: int | None, auto: Callable[[], int], floor: int
+) -> tuple[int, str]:
+    """The flag, else `[vm_defaults]`, else the host-aware value raised to the built-in floor."""
+    if flag is not None:
+        return flag, "flag"
+    if configured is not None:
+        return configured, "config"
+    value = auto()
+    return (value, "auto") if value >= floor else (floor, "builtin")
+
+
 def resolve_sizing(
     config: Config,
     vcpus: int | None = None,
@@ -88,22 +101,13 @@ def resolve_sizing(
     disk_size: str | None = None,
 ) -> Sizing:
     d = config.vm_defaults
-    if vcpus is not None:
-        v, v_from = vcpus, "flag"
-    elif d.vcpu is not None:
-        v, v_from = d.vcpu, "config"
-    else:
-        v, v_from = min(MAX_AUTO_VCPUS, host_cpus() // 4), "auto"
-        if v < BUILTIN_VCPUS:
-            v, v_from = BUILTIN_VCPUS, "builtin"
-    if memory_mib is not None:
-        m, m_from = memory_mib, "flag"
-    elif d.memory_mib is not None:
-        m, m_from = d.memory_mib, "config"
-    else:
-        m, m_from = min(MAX_AUTO_MEMORY_MIB, host_memory_mib() // 8), "auto"
-        if m < BUILTIN_MEMORY_MIB:
-            m, m_from = BUILTIN_MEMORY_MIB, "builtin"
+    v, v_from = _pick(vcpus, d.vcpu, lambda: min(MAX_AUTO_VCPUS, host_cpus() // 4), BUILTIN_VCPUS)
+    m, m_from = _pick(
+        memory_mib,
+        d.memory_mib,
+        lambda: min(MAX_AUTO_MEMORY_MIB, host_memory_mib() // 8),
+        BUILTIN_MEMORY_MIB,
+    )
     if disk_size is not None:
         s, s_from = parse_size(disk_size), "flag"
     elif d.disk_size is not None:
