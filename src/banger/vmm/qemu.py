@@ -297,12 +297,18 @@ async def wait_control_ready(path: str, timeout: float, alive: Any = None) -> st
     `alive` is an optional callable: when it returns False the VM died and we stop waiting.
     """
     deadline = time.monotonic() + timeout
-    while True:
+
+    def left() -> float:
+        """Seconds left to wait; raises once time is up or the VM has died."""
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise DriverError(f"the guest did not report READY within {timeout:.0f}s")
         if alive is not None and not alive():
             raise DriverError("the VM process exited before the guest reported READY")
+        return remaining
+
+    while True:
+        remaining = left()
         try:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_unix_connection(path), min(remaining, 2.0)
@@ -312,11 +318,7 @@ async def wait_control_ready(path: str, timeout: float, alive: Any = None) -> st
             continue
         try:
             while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise DriverError(f"the guest did not report READY within {timeout:.0f}s")
-                if alive is not None and not alive():
-                    raise DriverError("the VM process exited before the guest reported READY")
+                remaining = left()
                 try:
                     raw = await asyncio.wait_for(reader.readline(), min(remaining, 0.5))
                 except TimeoutError:
