@@ -59,3 +59,8 @@ def catalog_names(
     ctx: click.Context, param: click.Parameter, incomplete: str
 ) -> list[CompletionItem]:
     return _items(ctx, param, incomplete, "kernel.catalog", "description")
+
+
+# The VM arguments of the `vm` verbs: one VM, or one or more (acted on together).
+VM_REF = click.argument("ref", metavar="VM", shell_complete=vm_names)
+VM_REFS = click.argument("refs", nargs=-1, required=True, metavar="VM...", shell_complete=vm_names)

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from banger.cli.complete import image_names, kernel_names, vm_names
+from banger.cli.complete import VM_REF, VM_REFS, image_names, kernel_names
 from banger.cli.connect import call
 from banger.cli.output import age, home_relative, print_fields, print_json, print_table, style
 from banger.cli.progress import Stages
@@ -132,14 +132,14 @@ def _each(
 
 
 @vm.command()
-@click.argument("refs", nargs=-1, required=True, metavar="VM...", shell_complete=vm_names)
+@VM_REFS
 def start(refs: tuple[str, ...]) -> None:
     """Start stopped VMs."""
     _each("vm.start", refs, {}, "running", stages=True)
 
 
 @vm.command()
-@click.argument("refs", nargs=-1, required=True, metavar="VM...", shell_complete=vm_names)
+@VM_REFS
 @click.option(
     "--timeout",
     type=SECONDS,
@@ -153,14 +153,14 @@ def stop(refs: tuple[str, ...], timeout: float) -> None:
 
 
 @vm.command()
-@click.argument("refs", nargs=-1, required=True, metavar="VM...", shell_complete=vm_names)
+@VM_REFS
 def restart(refs: tuple[str, ...]) -> None:
     """Stop then start VMs."""
     _each("vm.restart", refs, {}, "restarted", stages=True)
 
 
 @vm.command()
-@click.argument("refs", nargs=-1, required=True, metavar="VM...", shell_complete=vm_names)
+@VM_REFS
 @click.option(
     "--signal",
     "-s",
@@ -176,7 +176,7 @@ def kill(refs: tuple[str, ...], sig: str) -> None:
 
 
 @vm.command()
-@click.argument("refs", nargs=-1, required=True, metavar="VM...", shell_complete=vm_names)
+@VM_REFS
 def delete(refs: tuple[str, ...]) -> None:
     """Stop VMs and remove their disks (irreversible)."""
     _each("vm.delete", refs, {}, "deleted")
@@ -199,7 +199,7 @@ def prune(force: bool) -> None:
 
 
 @vm.command(name="set", short_help="Change vCPUs, memory, disk size or NAT of VMs.")
-@click.argument("refs", nargs=-1, required=True, metavar="VM...", shell_complete=vm_names)
+@VM_REFS
 @click.option("--vcpu", type=click.IntRange(1, 64), help="vCPUs")
 @click.option("--memory", type=MEMORY, help="memory in MiB, or e.g. 2G")
 @click.option("--disk-size", help="grow the work disk to this size, e.g. 16G")
@@ -282,7 +282,7 @@ def _network_line(v: dict[str, Any]) -> str:
 
 
 @vm.command()
-@click.argument("ref", metavar="VM", shell_complete=vm_names)
+@VM_REF
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 def show(ref: str, as_json: bool) -> None:
     """Show one VM."""
@@ -316,7 +316,7 @@ def show(ref: str, as_json: bool) -> None:
 
 
 @vm.command()
-@click.argument("ref", metavar="VM", shell_complete=vm_names)
+@VM_REF
 @click.option("-f", "--follow", is_flag=True, help="keep printing new console output")
 @click.option(
     "-n",
@@ -361,7 +361,7 @@ def logs(ref: str, follow: bool, max_bytes: int) -> None:
     short_help="SSH into a VM, or run `-- CMD…` there.",
     context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
 )
-@click.argument("ref", metavar="VM", shell_complete=vm_names)
+@VM_REF
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def ssh(ref: str, command: tuple[str, ...]) -> None:
     """SSH into a VM; with `-- cmd …` run the command and return its exit status."""
