@@ -121,8 +121,11 @@ def show_cmd(name: str, as_json: bool) -> None:
 
 
 @contextmanager
-def _progress_bar(description: str) -> Iterator[Callable[[dict[str, Any]], None]]:
-    """A rich progress bar fed by the daemon's progress lines (plain lines when not a TTY)."""
+def _progress_bar(
+    description: str, *, downloads: bool = True
+) -> Iterator[Callable[[dict[str, Any]], None]]:
+    """A rich progress bar fed by the daemon's progress lines (plain lines when not a TTY); a
+    spinner with the stage when nothing is downloaded (no empty byte counters)."""
     if not sys.stderr.isatty():
         last_stage: list[str] = []
 
@@ -133,6 +136,17 @@ def _progress_bar(description: str) -> Iterator[Callable[[dict[str, Any]], None]
                 click.echo(f"{description}: {stage}", err=True)
 
         yield plain
+        return
+    if not downloads:
+        from rich.console import Console
+
+        with Console(stderr=True).status(description) as status:
+
+            def stage_only(p: dict[str, Any]) -> None:
+                if p.get("stage"):
+                    status.update(f"{description} ({p['stage']})")
+
+            yield stage_only
         return
     from banger.cli.progress import transfer_bars
 
@@ -209,7 +223,7 @@ def import_cmd(
     for key, value in (("kernel", kernel_file), ("initrd", initrd), ("modules", modules)):
         if value is not None:
             params[key] = os.path.abspath(value)
-    with _progress_bar(f"importing {name}") as cb:
+    with _progress_bar(f"importing {name}", downloads=False) as cb:
         result = call("kernel.import", params, on_progress=cb)
     _report(result, "imported")
 
