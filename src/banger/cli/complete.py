@@ -64,3 +64,15 @@ def catalog_names(
 # The VM arguments of the `vm` verbs: one VM, or one or more (acted on together).
 VM_REF = click.argument("ref", metavar="VM", shell_complete=vm_names)
 VM_REFS = click.argument("refs", nargs=-1, required=True, metavar="VM...", shell_complete=vm_names)
+
+# Options naming a new VM and what it boots (`vm create`, `vm run`).
+NEW_VM_NAME = click.option(
+    "--name", metavar="NAME", help="VM name (a DNS label); generated when omitted"
+)
+IMAGE_OPTION = click.option(
+    "--image",
+    metavar="IMAGE",
+    shell_complete=image_names,
+    help="image name or id (default: config default_image)",
+)
+NAT_OPTION = click.option("--nat", is_flag=True, help="outbound NAT for a bridged VM (masquerade)")

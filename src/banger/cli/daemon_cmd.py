@@ -42,7 +42,14 @@ def start() -> None:
 
 
 @daemon.command()
-@click.option("--timeout", type=SECONDS, default=30.0, show_default=True, help="seconds to wait")
+@click.option(
+    "--timeout",
+    type=SECONDS,
+    metavar="SECONDS",
+    default=30.0,
+    show_default=True,
+    help="how long to wait",
+)
 def stop(timeout: float) -> None:
     """Stop the daemon gracefully. Running VMs keep running."""
     from banger.rpc.client import Client, DaemonUnreachable

@@ -84,8 +84,14 @@ class _PullProgress:
 
 @image.command("pull", short_help="Pull an OCI image, or build the built-in debian-bookworm.")
 @click.argument("ref")
-@click.option("--name", help="image name (default: derived from the ref, e.g. debian-bookworm)")
-@click.option("--size", help="ext4 size, e.g. 4G (default: content x 1.5, at least 1 GiB)")
+@click.option(
+    "--name",
+    metavar="NAME",
+    help="image name (default: derived from the ref, e.g. debian-bookworm)",
+)
+@click.option(
+    "--size", metavar="SIZE", help="ext4 size, e.g. 4G (default: content x 1.5, at least 1 GiB)"
+)
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 def pull_cmd(ref: str, name: str | None, size: str | None, as_json: bool) -> None:
     """Pull an OCI image (or build the built-in `debian-bookworm`) into an ext4 root disk."""
@@ -177,10 +183,13 @@ def delete_cmd(ref: str) -> None:
 
 
 @image.command("register", short_help="Record an ext4 image made elsewhere (not copied).")
-@click.option("--name", required=True, help="image name")
+@click.option("--name", required=True, metavar="NAME", help="image name")
 @click.option("--rootfs", required=True, type=click.Path(), help="an ext4 root filesystem image")
 @click.option(
-    "--kernel-ref", shell_complete=kernel_names, help="a kernel banger knows (`banger kernel list`)"
+    "--kernel-ref",
+    metavar="KERNEL",
+    shell_complete=kernel_names,
+    help="a kernel banger knows (`banger kernel list`)",
 )
 @click.option("--kernel", type=click.Path(), help="kernel file to boot this image with")
 @click.option("--initrd", type=click.Path(), help="initramfs for --kernel")

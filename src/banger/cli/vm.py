@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from banger.cli.complete import VM_REF, VM_REFS, image_names, kernel_names
+from banger.cli.complete import IMAGE_OPTION, NAT_OPTION, NEW_VM_NAME, VM_REF, VM_REFS, kernel_names
 from banger.cli.connect import call
 from banger.cli.output import age, home_relative, print_fields, print_json, print_table, style
 from banger.cli.progress import Stages
@@ -51,20 +51,17 @@ def _create_params(
 
 
 @vm.command()
-@click.option("--name", help="VM name (a DNS label); generated when omitted")
-@click.option(
-    "--image",
-    shell_complete=image_names,
-    help="image name or id (default: config default_image)",
-)
+@NEW_VM_NAME
+@IMAGE_OPTION
 @click.option(
     "--kernel",
+    metavar="KERNEL",
     shell_complete=kernel_names,
     help="kernel name (default: the image's, else config default_kernel)",
 )
-@click.option("--vcpu", type=click.IntRange(1, 64), help="vCPUs (default: host-aware)")
+@click.option("--vcpu", type=click.IntRange(1, 64), metavar="N", help="vCPUs (default: host-aware)")
 @click.option("--memory", type=MEMORY, help="memory in MiB, or e.g. 2G (default: host-aware)")
-@click.option("--disk-size", help="work disk size, e.g. 8G (default 8G)")
+@click.option("--disk-size", metavar="SIZE", help="work disk size, e.g. 8G (default 8G)")
 @click.option(
     "--init",
     type=click.Choice(["auto", "systemd", "minimal"]),
@@ -73,7 +70,7 @@ def _create_params(
     help="guest init: the image's systemd, banger's minimal supervisor, or auto",
 )
 @click.option("--no-start", is_flag=True, help="create the VM without booting it")
-@click.option("--nat", is_flag=True, help="outbound NAT for a bridged VM (masquerade)")
+@NAT_OPTION
 @click.option("--json", "as_json", is_flag=True, help="print the VM as JSON")
 def create(
     name: str | None,
@@ -142,6 +139,7 @@ def start(refs: tuple[str, ...]) -> None:
 @VM_REFS
 @click.option(
     "--timeout",
+    metavar="SECONDS",
     type=SECONDS,
     default=30.0,
     show_default=True,
@@ -200,9 +198,9 @@ def prune(force: bool) -> None:
 
 @vm.command(name="set", short_help="Change vCPUs, memory, disk size or NAT of VMs.")
 @VM_REFS
-@click.option("--vcpu", type=click.IntRange(1, 64), help="vCPUs")
+@click.option("--vcpu", type=click.IntRange(1, 64), metavar="N", help="vCPUs")
 @click.option("--memory", type=MEMORY, help="memory in MiB, or e.g. 2G")
-@click.option("--disk-size", help="grow the work disk to this size, e.g. 16G")
+@click.option("--disk-size", metavar="SIZE", help="grow the work disk to this size, e.g. 16G")
 @click.option(
     "--nat/--no-nat",
     default=None,
@@ -322,6 +320,7 @@ def show(ref: str, as_json: bool) -> None:
     "-n",
     "--bytes",
     "max_bytes",
+    metavar="BYTES",
     type=click.IntRange(0),
     default=256 * 1024,
     show_default=True,

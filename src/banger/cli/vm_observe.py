@@ -83,6 +83,7 @@ def _print_stats(s: dict[str, Any]) -> None:
 @click.option("--watch", is_flag=True, help="refresh every --interval seconds until Ctrl-C")
 @click.option(
     "--interval",
+    metavar="SECONDS",
     default=2.0,
     show_default=True,
     type=click.FloatRange(0.5, 3600),

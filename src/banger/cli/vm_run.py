@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from banger.cli.complete import image_names, vm_names
+from banger.cli.complete import IMAGE_OPTION, NAT_OPTION, NEW_VM_NAME, vm_names
 from banger.cli.output import dim, print_error
 from banger.cli.workspace import call, local_plan, prepare_options, print_plan, print_prepared
 
@@ -125,14 +125,10 @@ def _create_vm(name: str | None, image: str | None, nat: bool) -> dict[str, Any]
     "run", cls=DashDashCommand, short_help="A new VM with a checkout: shell or `-- CMD…`."
 )
 @click.argument("path", required=False, type=click.Path(exists=True, file_okay=False))
-@click.option("--name", help="name of the new VM (default: generated)")
-@click.option(
-    "--image",
-    shell_complete=image_names,
-    help="image to boot (default: the configured default image)",
-)
+@NEW_VM_NAME
+@IMAGE_OPTION
 @click.option("--rm", "remove", is_flag=True, help="delete the VM when the session or command ends")
-@click.option("--nat", is_flag=True, help="give the VM outbound network access")
+@NAT_OPTION
 @prepare_options
 @click.pass_context
 def run_cmd(
