@@ -17,6 +17,7 @@ import asyncio
 import logging
 import os
 import shutil
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -206,9 +207,21 @@ class NetworkService:
             if cur is not None:
                 self.dns.remove(cur.name)
             if self.mode == "bridge" or (cur is not None and cur.tap):
-                await self.privops.delete_tap(tap)
+                await self._delete_tap_when_released(tap)
                 await self._sync_nat()
             self._write_ssh_config()
+
+    async def _delete_tap_when_released(self, tap: str, timeout: float = 5.0) -> None:
+        """Delete the TAP, retrying while a just-killed VMM still holds it open (EBUSY)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                await self.privops.delete_tap(tap)
+                return
+            except Exception:
+                if time.monotonic() >= deadline:
+                    raise
+                await asyncio.sleep(0.1)
 
     async def forget(self, vm_id: str) -> None:
         """The VM is deleted: detach, then release its address for reuse."""

@@ -268,6 +268,11 @@ def _pid_is_our_qemu(pid: int, vm_id: str) -> bool:
     state = stat.rsplit(")", 1)[-1].split()[0] if ")" in stat else "?"
     if state in ("Z", "X"):
         return False
+    if not cmdline:
+        # Mid-exit: the kernel drops the address space (cmdline reads empty) before it closes
+        # the files, so the TAP and disks are still held. Still "alive" until it is a zombie.
+        comm = stat[stat.find("(") + 1 : stat.rfind(")")]
+        return comm.startswith("qemu")
     return not vm_id or f"process=banger-{vm_id}".encode() in cmdline
 
 
