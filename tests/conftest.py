@@ -150,3 +150,22 @@ def debian_image() -> Iterator[BuiltImage]:
         _stop_daemon(be)
     yield BuiltImage(record=rec, rootfs=Path(rec["rootfs"]), cache_home=be.root / "cache")
     shutil.rmtree(be.root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def debian_systemd_image(debian_image: BuiltImage) -> Iterator[BuiltImage]:
+    """The built-in `debian-bookworm-systemd` (debian-bookworm + systemd-sysv), built once per
+    session into `debian_image`'s cache: an env sharing that `cache_home` pulls either image in
+    a fraction of a second (`image pull debian-bookworm-systemd`)."""
+    import json
+
+    be = make_env("bg-debsd-", cache_home=debian_image.cache_home)
+    try:
+        p = be.banger(
+            "image", "pull", "debian-bookworm-systemd", "--json", check=True, timeout=1800
+        )
+        rec = json.loads(p.stdout)
+    finally:
+        _stop_daemon(be)
+    yield BuiltImage(record=rec, rootfs=Path(rec["rootfs"]), cache_home=debian_image.cache_home)
+    shutil.rmtree(be.root, ignore_errors=True)

@@ -40,6 +40,21 @@ def test_debian_bookworm_contents(debian_image: BuiltImage) -> None:
     assert stat_inode(img, "/dev/null")["type"] == "character"
 
 
+def test_debian_bookworm_systemd_contents(
+    debian_image: BuiltImage, debian_systemd_image: BuiltImage
+) -> None:
+    img = debian_systemd_image.rootfs
+    rec = debian_systemd_image.record
+    assert rec["name"] == "debian-bookworm-systemd" and rec["managed"] is True
+    assert rec["digest"] != debian_image.record["digest"]
+    for path in ("/usr/lib/systemd/systemd", "/usr/sbin/sshd", "/usr/bin/git"):
+        assert "Inode:" in debugfs(img, f"stat {path}"), path
+    assert stat_inode(img, "/usr/sbin/init")["type"] == "symlink"  # systemd-sysv
+    # No Recommends: no D-Bus (the guest payload handles the power button instead of logind).
+    assert "dbus.service" not in ls(img, "/usr/lib/systemd/system")
+    assert not [n for n in ls(img, "/etc/ssh") if n.startswith("ssh_host_")]
+
+
 def test_rebuild_from_cache_is_fast(banger_env: BangerEnv, debian_image: BuiltImage) -> None:
     banger_env.env["XDG_CACHE_HOME"] = str(debian_image.cache_home)
     start = time.monotonic()

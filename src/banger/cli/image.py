@@ -94,7 +94,8 @@ class _PullProgress:
 )
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 def pull_cmd(ref: str, name: str | None, size: str | None, as_json: bool) -> None:
-    """Pull an OCI image (or build the built-in `debian-bookworm`) into an ext4 root disk."""
+    """Pull an OCI image (or build the built-in `debian-bookworm`, or `debian-bookworm-systemd`
+    for `vm create --init systemd`) into an ext4 root disk."""
     params: dict[str, Any] = {"ref": ref}
     if name:
         params["name"] = name

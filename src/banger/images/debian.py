@@ -19,6 +19,9 @@ from pathlib import Path
 from banger.rpc.errors import OperationFailed
 
 BUILTIN_NAME = "debian-bookworm"
+# The same image plus systemd as its init (`vm create --init systemd|auto`). No D-Bus (mmdebstrap
+# installs no Recommends), so no logind: the guest payload handles the power button itself.
+SYSTEMD_NAME = "debian-bookworm-systemd"
 SUITE = "bookworm"
 PACKAGES = (
     "openssh-server",
@@ -29,6 +32,8 @@ PACKAGES = (
     "iproute2",
     "less",
 )
+EXTRA_PACKAGES = {BUILTIN_NAME: (), SYSTEMD_NAME: ("systemd-sysv",)}
+BUILTINS = tuple(EXTRA_PACKAGES)
 # Docs, man pages and translations are dead weight in a sandbox (~30 MB).
 DPKG_EXCLUDES = (
     "path-exclude=/usr/share/doc/*",
@@ -50,11 +55,17 @@ ENV = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
 @dataclass(frozen=True)
 class Recipe:
     mirror: str
+    name: str = BUILTIN_NAME
     suite: str = SUITE
     packages: tuple[str, ...] = PACKAGES
     excludes: tuple[str, ...] = DPKG_EXCLUDES
     customize: str = CUSTOMIZE
     extra: tuple[str, ...] = field(default=())
+
+    @classmethod
+    def builtin(cls, name: str, mirror: str) -> Recipe:
+        """The recipe of the built-in image `name` (one of BUILTINS)."""
+        return cls(mirror=mirror, name=name, packages=PACKAGES + EXTRA_PACKAGES[name])
 
     @property
     def key(self) -> str:
@@ -65,7 +76,7 @@ class Recipe:
 
     @property
     def cache_ref(self) -> str:
-        return f"banger.local/{BUILTIN_NAME}:{self.key}"
+        return f"banger.local/{self.name}:{self.key}"
 
     def argv(self, out: Path) -> list[str]:
         argv = [
@@ -134,7 +145,7 @@ async def build_tarball(
     if proc.returncode != 0:
         detail = " | ".join(x for x in tail[-4:] if x) or "(no output)"
         raise OperationFailed(
-            f"building {BUILTIN_NAME} with mmdebstrap from {recipe.mirror} failed "
+            f"building {recipe.name} with mmdebstrap from {recipe.mirror} failed "
             f"(exit {proc.returncode}): {detail}. Check that the mirror is reachable "
             "(config key debian_mirror)"
         )

@@ -60,7 +60,7 @@ def validate_name(name: str) -> str:
 
 def _not_builtin(name: str) -> str:
     # VMs get the built-in image by this name; another image under it would silently replace it.
-    if name == debian.BUILTIN_NAME:
+    if name in debian.BUILTINS:
         raise BadRequest(
             f"the name {name!r} is reserved for banger's built-in offline image "
             f"(`banger image pull {name}`); choose another --name"
@@ -310,7 +310,7 @@ class ImageService:
         try:
             return await self.resolve(name)
         except NotFound:
-            if name != debian.BUILTIN_NAME:
+            if name not in debian.BUILTINS:
                 raise NotFound(
                     f"image {name!r} not found; pull it with `banger image pull <oci-ref> "
                     f"--name {name}` or use the built-in {debian.BUILTIN_NAME!r}"
@@ -318,7 +318,7 @@ class ImageService:
         async with self._build_lock:
             with contextlib.suppress(NotFound):
                 return await self.resolve(name)
-            return await self._build_debian(name, None, ctx)
+            return await self._build_debian(name, name, None, ctx)
 
     # --- pull ---
 
@@ -342,10 +342,10 @@ class ImageService:
     async def pull(
         self, ref_text: str, name: str | None, size_bytes: int | None, ctx: RequestContext
     ) -> ImageRecord:
-        if ref_text == debian.BUILTIN_NAME:
-            target = validate_name(name or debian.BUILTIN_NAME)
+        if ref_text in debian.BUILTINS:
+            target = validate_name(name or ref_text)
             async with self._build_lock:
-                return await self._build_debian(target, size_bytes, ctx)
+                return await self._build_debian(ref_text, target, size_bytes, ctx)
         try:
             ref = parse_reference(ref_text)
         except ReferenceError as e:
@@ -578,9 +578,9 @@ class ImageService:
     # --- the built-in offline image ---
 
     async def _build_debian(
-        self, name: str, size_bytes: int | None, ctx: RequestContext
+        self, builtin: str, name: str, size_bytes: int | None, ctx: RequestContext
     ) -> ImageRecord:
-        recipe = debian.Recipe(mirror=self.d.config.debian_mirror)
+        recipe = debian.Recipe.builtin(builtin, self.d.config.debian_mirror)
         with self._reserve(validate_name(name)):
             self.cache.ensure()
             manifest_digest = self.cache.lookup(recipe.cache_ref)
