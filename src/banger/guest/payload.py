@@ -229,10 +229,25 @@ $BB chmod 0755 /run/sshd
 
 # --- control channel: READY, then commands from the host (stop, ping); protocol in ctl.sh ---
 . /.banger/ctl.sh
+# systemd mode: READY only once systemd has finished starting. Before its control socket
+# exists a guest `systemctl`/`poweroff` fails ("Failed to talk to init daemon") and systemctl
+# returns at once: retry; then --wait blocks until startup ends. A unit hanging the boot must
+# not hide a usable VM: READY anyway after ~100 s of uptime.
+booted() {
+    [ "$mode" = systemd ] || return 0
+    while read -r up _ </proc/uptime && [ "${up%.*}" -lt 100 ]; do
+        case "$($BB timeout 30 systemctl is-system-running --wait 2>/dev/null)" in
+            running | degraded | maintenance | stopping) return 0 ;;
+        esac
+        $BB usleep 100000
+    done
+    return 0
+}
 agent() {
     port=/dev/virtio-ports/banger.ctl
     [ -e "$port" ] || { say "no control port"; return; }
     exec 3<>"$port"
+    booted
     # One session per host connection. ctl_serve's READY write blocks until the host end is
     # connected and its reads block while it stays connected; EOF means it went away. So the
     # agent sleeps in the kernel between connections and answers a new one at once.
@@ -245,6 +260,23 @@ agent </dev/null >/dev/null 2>&1 &
 if [ -x /.banger/bin/vsockd ] && [ -n "$BANGER_VSOCK_PORT" ]; then
     /.banger/bin/vsockd "$BANGER_VSOCK_PORT" "$BB" sh /.banger/ctl.sh "$mode" \
         </dev/null >/dev/console 2>&1 &
+fi
+
+# The ACPI power button (QMP system_powerdown, sent by `vm stop` beside the control channel's
+# `stop`) reaches no one without logind, which needs D-Bus: the minimal init, and systemd images
+# without dbus (minbase). One blocking read of its event device, then the same shutdown as `stop`.
+powerkey() {
+    for e in /sys/class/input/event*; do
+        [ "$($BB cat "$e/device/name" 2>/dev/null)" = "Power Button" ] || continue
+        $BB dd if="/dev/input/${e##*/}" of=/dev/null bs=24 count=1 && stop_guest "$mode"
+        return
+    done
+}
+nodbus() {
+    [ ! -e /lib/systemd/system/dbus.service ] && [ ! -e /usr/lib/systemd/system/dbus.service ]
+}
+if [ "$mode" = minimal ] || nodbus; then
+    powerkey </dev/null >/dev/null 2>&1 &
 fi
 
 # systemctl poweroff/reboot without systemd falls back to the SysV /run/initctl FIFO.
@@ -264,16 +296,26 @@ if [ "$mode" = minimal ]; then
     (while :; do $BB cat /run/initctl >/dev/null 2>&1; $BB kill -USR2 1; $BB sleep 1; done) \
         </dev/null >/dev/null 2>&1 &
 fi
-say "READY mode=$mode"
+if [ "$mode" = systemd ]; then
+    (booted; say "READY mode=$mode") </dev/null >/dev/null 2>&1 &
+else
+    say "READY mode=$mode"
+fi
 
 if [ "$mode" = systemd ]; then
     # banger's sshd is already up: keep the image's from fighting it for port 22, and skip
-    # units that wait for udev events that never come without udev.
+    # units that wait for udev events that never come without udev (the serial getty waits
+    # 90 s for dev-ttyS0.device; no one can log in on a console anyway) or that banger's init
+    # already did (network). No autofs4 module in the image: binfmt_misc's automount fails.
     $BB mkdir -p /run/systemd/system
     for u in ssh.service ssh.socket sshd.service networking.service e2scrub_reap.service \
-        systemd-networkd-wait-online.service; do
+        systemd-networkd-wait-online.service getty.target proc-sys-fs-binfmt_misc.automount; do
         $BB ln -sf /dev/null "/run/systemd/system/$u"
     done
+    # The seed stays mounted until the end (the agent runs from it): not part of umount.target,
+    # or every shutdown shows "Failed unmounting /.banger". It is read-only.
+    d='/run/systemd/system/\x2ebanger.mount.d'
+    $BB mkdir -p "$d" && printf '[Unit]\nDefaultDependencies=no\n' >"$d/keep.conf"
     exec "$systemd"
 fi
 
