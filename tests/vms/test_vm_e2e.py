@@ -123,7 +123,7 @@ def test_lifecycle_create_ssh_stop_start_restart_kill_delete(vmenv: BangerEnv) -
 
     logs = be.banger("vm", "logs", "life", check=True).stdout
     assert logs.count("--- banger: boot of life") == 4
-    assert "banger-guest: READY" in logs
+    assert "banger-guest: READY mode=minimal" in logs  # --init auto, no systemd in the image
 
     vm_dir = Path(_show(be, "life")["dir"])
     assert (vm_dir / "root.qcow2").exists()
