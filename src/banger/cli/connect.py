@@ -77,10 +77,21 @@ def resolve_paths() -> Paths:
     return paths
 
 
+def cancel_notice(method: str) -> None:
+    """Ctrl-C landed during a request whose cancellation takes the daemon a moment."""
+    from banger.cli.output import dim
+
+    print(
+        dim("interrupted; waiting for the daemon to cancel and clean up (Ctrl-C again: stop)"),
+        file=sys.stderr,
+        flush=True,
+    )
+
+
 def client() -> Client:
     """A connected client, starting the daemon first when needed (user mode only)."""
     paths = resolve_paths()
-    c = Client(paths.socket)
+    c = Client(paths.socket, on_cancel_wait=cancel_notice)
     try:
         c.connect()
         return c

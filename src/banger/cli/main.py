@@ -38,6 +38,36 @@ class ExitCode(Exception):
         self.code = code
 
 
+def _suggest_command(e: click.UsageError) -> None:
+    """`No such command 'shwo'.` → `… Did you mean 'show'?` (click 8.1 suggests options only)."""
+    import difflib
+    import re
+
+    m = re.fullmatch(r"No such command '(.+)'\.", e.message)
+    if m is None or e.ctx is None or not isinstance(e.ctx.command, click.Group):
+        return
+    names = e.ctx.command.list_commands(e.ctx)
+    close = difflib.get_close_matches(m.group(1), names, n=3, cutoff=0.6)
+    if close:
+        e.message += " Did you mean " + " or ".join(f"'{c}'" for c in close) + "?"
+
+
+def _interrupted_message(cause: BaseException | None) -> str:
+    """What Ctrl-C did: a request in flight was cancelled by the daemon (see rpc.client)."""
+    from banger.rpc.client import Interrupted
+
+    if not isinstance(cause, Interrupted):
+        return "aborted"
+    if cause.completed:
+        return "interrupted, but the operation had already finished"
+    if cause.cleaned:
+        return "interrupted; the daemon cancelled the operation and cleaned up"
+    return (
+        "interrupted; the daemon is still cancelling the operation "
+        "(`banger daemon status` shows its log)"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     from banger.rpc.errors import RPCError
 
@@ -50,10 +80,12 @@ def main(argv: list[str] | None = None) -> int:
 
         print_error(e.message, e.op_id)
         return 1
-    except click.exceptions.Abort:
-        print("aborted", file=sys.stderr)
+    except click.exceptions.Abort as e:
+        print(_interrupted_message(e.__cause__), file=sys.stderr)
         return 130
     except click.ClickException as e:
+        if isinstance(e, click.UsageError):
+            _suggest_command(e)
         e.show()
         return e.exit_code
     except click.exceptions.Exit as e:

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from banger.cli.output import dim
+
+if TYPE_CHECKING:
+    from banger.rpc.client import Interrupted
 
 
 def transfer_bars(*, transient: bool) -> Any:
@@ -85,6 +88,21 @@ class Stages:
         if self.status is not None:
             self.status.stop()
             self.status = None
+
+    def interrupted(self, e: Interrupted) -> str:
+        """The line for Ctrl-C during a create: what exists now (see rpc.client.Interrupted)."""
+        vm = f"vm {self.name}" if self.name else "the VM"
+        if e.completed:
+            return f"interrupted after {vm} was ready; it runs (`banger vm delete` removes it)"
+        if e.cleaned:
+            return (
+                f"interrupted: {vm} was not created (the daemon cancelled it; no process, "
+                "disks or record are left)"
+            )
+        return (
+            f"interrupted: the daemon is still cancelling the create of {vm}; "
+            "`banger vm list` shows when it is gone"
+        )
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started

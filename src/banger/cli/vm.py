@@ -14,6 +14,7 @@ from banger.cli.connect import call
 from banger.cli.output import age, home_relative, print_fields, print_json, print_table, style
 from banger.cli.progress import Stages
 from banger.cli.types import MEMORY, SECONDS
+from banger.rpc.client import Interrupted
 from banger.units import format_bytes
 
 
@@ -91,6 +92,12 @@ def create(
     stages = Stages()
     try:
         rec = call("vm.create", params, on_progress=stages)
+    except Interrupted as e:
+        stages.close()
+        _err(stages.interrupted(e))
+        from banger.cli.main import ExitCode
+
+        raise ExitCode(130) from None
     finally:
         stages.close()
     if as_json:
@@ -256,7 +263,8 @@ def list_(as_json: bool) -> None:
         for v in vms
     ]
     headers = ["NAME", "STATE", "IMAGE", "VCPU", "MEMORY", "IP/PORT", "AGE", "WORKSPACE"]
-    print_table(headers, rows)
+    # In a narrow terminal sizes and age give way first (`vm show` has them).
+    print_table(headers, rows, droppable=(3, 4, 6))
 
 
 def _workspace(w: dict[str, Any]) -> str:
@@ -337,7 +345,7 @@ def logs(ref: str, follow: bool, max_bytes: int) -> None:
     pos = int(r["size"])
     path = r["path"]
     try:
-        while True:
+        while True:  # until Ctrl-C
             try:
                 with open(path, "rb") as f:
                     f.seek(0, 2)
@@ -353,6 +361,8 @@ def logs(ref: str, follow: bool, max_bytes: int) -> None:
                 sys.stdout.flush()
             time.sleep(0.25)
     except KeyboardInterrupt:
+        # Ctrl-C is how following ends: a clean exit, the prompt on its own line.
+        _err("")
         return
 
 

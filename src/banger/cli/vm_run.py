@@ -95,6 +95,7 @@ def _create_vm(name: str | None, image: str | None, nat: bool) -> dict[str, Any]
     """`vm.create` with live stages on stderr; the VM's name comes from its spec line."""
     from banger.cli import connect
     from banger.cli.progress import Stages
+    from banger.rpc.client import Interrupted
     from banger.rpc.errors import RPCError
 
     params: dict[str, Any] = {"name": name, "image": image, "nat": nat or None}
@@ -104,6 +105,9 @@ def _create_vm(name: str | None, image: str | None, nat: bool) -> dict[str, Any]
             result = connect.call(
                 "vm.create", {k: v for k, v in params.items() if v}, on_progress=stages
             )
+    except Interrupted as e:
+        click.echo(stages.interrupted(e), err=True)
+        raise SystemExit(130) from None
     except RPCError as e:
         kept = stages.name
         rec = _kept(kept) if kept else None
@@ -118,6 +122,8 @@ def _create_vm(name: str | None, image: str | None, nat: bool) -> dict[str, Any]
     vm = result.get("vm", result) if isinstance(result, dict) else {}
     if not isinstance(vm, dict) or "name" not in vm:
         raise click.ClickException(f"vm.create returned no VM name: {result!r}")
+    # The stage spinner vanishes on a terminal: say the boot is done, as `vm create` does.
+    click.echo(f"{vm['name']} ready in {stages.elapsed():.1f}s", err=True)
     return vm
 
 

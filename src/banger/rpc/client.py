@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import select
 import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,14 +16,45 @@ from banger.rpc.errors import OperationFailed, RPCError, from_wire
 ProgressCallback = Callable[[dict[str, Any]], None]
 
 
+# After Ctrl-C, how long to wait for the daemon to finish cancelling the request.
+CANCEL_WAIT_SECONDS = 60.0
+# Say that we are waiting only when the cancellation is not instant.
+CANCEL_NOTICE_AFTER = 0.3
+
+
 class DaemonUnreachable(Exception):
     """Nothing answers on the daemon socket."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a request. The client half-closed the connection, which makes the daemon
+    cancel the request (and undo what it made), then read until the daemon closed its side.
+
+    `cleaned`: the daemon finished (closed the connection) before we stopped waiting.
+    `result`: the request's result when it had completed anyway before the cancel arrived
+    (`completed` tells a None result from none).
+    """
+
+    def __init__(self, method: str, *, cleaned: bool, completed: bool, result: Any = None) -> None:
+        super().__init__(method)
+        self.method = method
+        self.cleaned = cleaned
+        self.completed = completed
+        self.result = result
+
+
 class Client:
-    def __init__(self, socket_path: Path, *, connect_timeout: float = 2.0) -> None:
+    def __init__(
+        self,
+        socket_path: Path,
+        *,
+        connect_timeout: float = 2.0,
+        on_cancel_wait: Callable[[str], None] | None = None,
+    ) -> None:
         self.socket_path = socket_path
         self.connect_timeout = connect_timeout
+        # Called (with the method) when, after Ctrl-C, the daemon's cleanup takes a moment.
+        self.on_cancel_wait = on_cancel_wait
         self._sock: socket.socket | None = None
         self._file: Any = None
 
@@ -70,6 +103,15 @@ class Client:
         if on_progress is not None:
             request["progress"] = True
         self._sock.settimeout(timeout)
+        try:
+            return self._exchange(method, request, on_progress)
+        except KeyboardInterrupt:
+            raise self._abandon(method) from None
+
+    def _exchange(
+        self, method: str, request: dict[str, Any], on_progress: ProgressCallback | None
+    ) -> Any:
+        assert self._sock is not None
         self._sock.sendall(json.dumps(request).encode() + b"\n")
         while True:
             line = self._file.readline()
@@ -88,5 +130,50 @@ class Client:
             err = msg.get("error") or {}
             raise from_wire(err)
 
+    def _abandon(self, method: str) -> Interrupted:
+        """Ctrl-C: half-close so the daemon cancels the request, then wait (bounded; a second
+        Ctrl-C stops waiting) until it closes its side: its cleanup is done by then, so a retry
+        does not race it (e.g. `vm create --name a` again finding the half-made `a`)."""
+        sock = self._sock
+        if sock is None:
+            return Interrupted(method, cleaned=True, completed=False)
+        try:
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:  # the daemon is already gone
+            return Interrupted(method, cleaned=True, completed=False)
+        # Read the socket itself from here on: the buffered file cannot take timeouts.
+        data = bytearray()
+        deadline = time.monotonic() + CANCEL_WAIT_SECONDS
+        notice_at = time.monotonic() + CANCEL_NOTICE_AFTER
+        cleaned = False
+        try:
+            while (now := time.monotonic()) < deadline:
+                if self.on_cancel_wait is not None and notice_at and now >= notice_at:
+                    notice_at = 0.0
+                    self.on_cancel_wait(method)
+                wait = min(deadline, notice_at or deadline) - now
+                readable, _, _ = select.select([sock], [], [], max(0.0, wait))
+                if not readable:
+                    continue
+                try:
+                    chunk = sock.recv(65536)
+                except OSError:
+                    chunk = b""
+                if not chunk:
+                    cleaned = True
+                    break
+                data += chunk
+        except KeyboardInterrupt:
+            pass
+        completed, result = False, None
+        for line in bytes(data).splitlines():
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(msg, dict) and msg.get("ok") is True:
+                completed, result = True, msg.get("result")
+        return Interrupted(method, cleaned=cleaned, completed=completed, result=result)
 
-__all__ = ["Client", "DaemonUnreachable", "RPCError"]
+
+__all__ = ["Client", "DaemonUnreachable", "Interrupted", "RPCError"]
