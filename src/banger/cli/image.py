@@ -138,7 +138,9 @@ def list_cmd(as_json: bool) -> None:
     if not images:
         click.echo("no images yet: `banger image pull debian-bookworm` builds the default one")
         return
-    print_table(["NAME", "ID", "SIZE", "DIGEST", "SOURCE", "AGE"], _image_rows(images))
+    headers = ["NAME", "ID", "SIZE", "DIGEST", "SOURCE", "AGE"]
+    # A narrow terminal: hashes go first (`image show` has them), then SOURCE is shortened.
+    print_table(headers, _image_rows(images), droppable=(1, 3), cut=4)
 
 
 @image.command("show")

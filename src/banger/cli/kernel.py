@@ -83,7 +83,8 @@ def list_cmd(available: bool, as_json: bool) -> None:
         ]
         for k in kernels
     ]
-    print_table(["NAME", "VERSION", "FORMAT", "VMLINUX", "INITRD", "SIZE", "SOURCE"], rows)
+    headers = ["NAME", "VERSION", "FORMAT", "VMLINUX", "INITRD", "SIZE", "SOURCE"]
+    print_table(headers, rows, droppable=(3, 2))  # narrow terminal: boot details go first
 
 
 def _print_record(k: dict[str, Any]) -> None:

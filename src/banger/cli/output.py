@@ -33,12 +33,61 @@ def print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, sort_keys=True))
 
 
-def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    """Aligned columns, two spaces apart; header bold on a TTY. Plain text when piped."""
+# The cut column keeps at least this many characters when a table is fitted to the terminal.
+MIN_CUT_WIDTH = 16
+
+
+def fit_columns(
+    widths: Sequence[int], width: int, droppable: Sequence[int] = (), cut: int = -1
+) -> list[int]:
+    """The columns to show in `width` characters: the `droppable` ones go first (in order) while
+    the rest does not fit with the `cut` column (default: the last) cut to MIN_CUT_WIDTH. All
+    of them when nothing helps (the terminal wraps, as before)."""
+    cut = cut % len(widths)
+
+    def fits(cols: list[int]) -> bool:
+        fixed = sum(widths[i] for i in cols if i != cut)
+        return fixed + min(widths[cut], MIN_CUT_WIDTH) + 2 * (len(cols) - 1) <= width
+
+    cols = list(range(len(widths)))
+    for d in droppable:
+        if fits(cols):
+            break
+        if d in cols and d != cut:
+            cols.remove(d)
+    return cols if fits(cols) else list(range(len(widths)))
+
+
+def print_table(
+    headers: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    *,
+    droppable: Sequence[int] = (),
+    cut: int = -1,
+) -> None:
+    """Aligned columns, two spaces apart; header bold on a TTY. Plain text when piped.
+
+    On a terminal narrower than the table, the `droppable` columns are left out (in order) and
+    the `cut` column's cells (default: the last column) are shortened with `…`, so each row
+    stays on one line. Piped output always has every column in full (scripts parse it)."""
+    import shutil
+
     cells = [[str(c) for c in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    cols = list(range(len(headers)))
+    if sys.stdout.isatty():
+        term = shutil.get_terminal_size().columns
+        if sum(widths) + 2 * (len(widths) - 1) > term:
+            cols = fit_columns(widths, term, droppable, cut)
+            c = cut % len(widths)
+            room = term - sum(widths[i] for i in cols if i != c) - 2 * (len(cols) - 1)
+            if min(widths[c], MIN_CUT_WIDTH) <= room < widths[c]:
+                widths[c] = room
+                for r in cells:
+                    if len(r[c]) > room:
+                        r[c] = r[c][: room - 1] + "…"
     for n, row in enumerate(cells):
-        line = "  ".join(c.ljust(widths[i]) for i, c in enumerate(row)).rstrip()
+        line = "  ".join(row[i].ljust(widths[i]) for i in cols).rstrip()
         print(style(line, "1") if n == 0 else line)
 
 

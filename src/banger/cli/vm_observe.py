@@ -91,17 +91,23 @@ def _print_stats(s: dict[str, Any]) -> None:
 )
 def stats(name: str, as_json: bool, watch: bool, interval: float) -> None:
     """Host (VMM CPU, memory, disk allocation) and guest (load, memory, disks) statistics."""
-    while True:
-        result = call("vm.stats", {"ref": name})
-        if as_json:
-            print_json(result)
-        else:
-            if watch:
-                click.clear()
-            _print_stats(result)
+    try:
+        while True:
+            result = call("vm.stats", {"ref": name})
+            if as_json:
+                print_json(result)
+            else:
+                if watch:
+                    click.clear()
+                _print_stats(result)
+            if not watch:
+                return
+            time.sleep(interval)
+    except KeyboardInterrupt:
         if not watch:
-            return
-        time.sleep(interval)
+            raise
+        # Ctrl-C is how --watch ends: a clean exit, not an error.
+        click.echo("", err=True)
 
 
 @click.command("ports", short_help="Listening sockets in guests, with host URLs.")
