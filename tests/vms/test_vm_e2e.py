@@ -113,6 +113,25 @@ def test_lifecycle_create_ssh_stop_start_restart_kill_delete(vmenv: BangerEnv) -
     assert _show(be, "life")["state"] == "stopped"
     assert not _qemu_alive(pid)
 
+    # The ACPI power button alone (QMP system_powerdown, no control channel) powers it off.
+    p = be.banger("vm", "start", "life", timeout=600)
+    assert p.returncode == 0, p.stderr
+    vm = _show(be, "life")
+    qmp = be.paths.runtime_dir / "vms" / vm["id"] / "qmp.sock"
+    subprocess.run(
+        ["socat", "-t", "2", "-", f"UNIX-CONNECT:{qmp}"],
+        input='{"execute":"qmp_capabilities"}\n{"execute":"system_powerdown"}\n',
+        capture_output=True,
+        timeout=30,
+        check=True,
+        text=True,
+    )
+    deadline = time.monotonic() + 30
+    while _show(be, "life")["state"] == "running" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _show(be, "life")["state"] == "stopped"
+    assert not _qemu_alive(vm["pid"])
+
     p = be.banger("vm", "start", "life", timeout=600)
     assert p.returncode == 0, p.stderr
     pid = _show(be, "life")["pid"]
@@ -122,7 +141,7 @@ def test_lifecycle_create_ssh_stop_start_restart_kill_delete(vmenv: BangerEnv) -
     assert not _qemu_alive(pid)
 
     logs = be.banger("vm", "logs", "life", check=True).stdout
-    assert logs.count("--- banger: boot of life") == 4
+    assert logs.count("--- banger: boot of life") == 5
     assert "banger-guest: READY mode=minimal" in logs  # --init auto, no systemd in the image
 
     vm_dir = Path(_show(be, "life")["dir"])
