@@ -65,6 +65,7 @@ def test_register_promote_delete(daemon: BangerEnv, tmp_path: Path) -> None:
         (["--name", "x4", "--rootfs", str(rootfs), "--initrd", str(kernel)], "need --kernel"),
         (["--name", "mine", "--rootfs", str(rootfs)], "already exists"),
         (["--name", "Bad Name", "--rootfs", str(rootfs)], "image name"),
+        (["--name", "debian-bookworm-systemd", "--rootfs", str(rootfs)], "reserved for banger"),
     ]:  # fmt: skip
         p = daemon.banger("image", "register", *args)
         assert p.returncode == 1 and expect in p.stderr, (args, p.stderr)
