@@ -103,4 +103,9 @@ def test_vm_run_shell_exit_status_export_logs_stats_and_list(
     full = json.loads(be.banger("vm", "list", "--json", check=True).stdout)
     assert any(v["name"] == "tty-run" and v["workspaces"] for v in full)
 
+    # Following the log of a VM that gets deleted ends, saying why (it used to wait forever).
+    child = spawn(be, "vm", "logs", "-f", "tty-run")
+    child.expect("banger-guest: READY")
     be.banger("vm", "delete", "tty-run", check=True, timeout=120)
+    status, out = finish(child, timeout=30)
+    assert status == 0 and "vm tty-run was deleted; stopped following its console log" in out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import os
 import sys
 import time
@@ -344,6 +345,8 @@ def logs(ref: str, follow: bool, max_bytes: int) -> None:
     # The daemon and the CLI share a host: follow the file itself.
     pos = int(r["size"])
     path = r["path"]
+    # Incremental: a chunk may end inside a multi-byte character.
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     try:
         while True:  # until Ctrl-C
             try:
@@ -355,9 +358,13 @@ def logs(ref: str, follow: bool, max_bytes: int) -> None:
                     chunk = f.read()
                     pos = f.tell()
             except FileNotFoundError:
+                if not os.path.isdir(os.path.dirname(path)):
+                    # The VM's directory went with it: nothing more will come.
+                    _err(f"\nvm {r['vm']} was deleted; stopped following its console log")
+                    return
                 chunk = b""
             if chunk:
-                sys.stdout.write(chunk.decode(errors="replace"))
+                sys.stdout.write(decoder.decode(chunk))
                 sys.stdout.flush()
             time.sleep(0.25)
     except KeyboardInterrupt:
