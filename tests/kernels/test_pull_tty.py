@@ -24,6 +24,6 @@ def test_ctrl_c_mid_pull_returns_after_the_cleanup(cat_env: BangerEnv, served: S
     # used to exit at once, leaving the partial download for the daemon to remove later).
     assert _leftovers(cat_env) == []
     assert status == 130, out
-    assert "interrupted; the daemon cancelled the operation and cleaned up" in out
+    assert "interrupted; the daemon cancelled the operation (nothing half-made is left)" in out
     assert "Traceback" not in out and "aborted" not in out
     assert json.loads(cat_env.banger("kernel", "list", "--json", check=True).stdout) == []

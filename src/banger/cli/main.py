@@ -61,7 +61,7 @@ def _interrupted_message(cause: BaseException | None) -> str:
     if cause.completed:
         return "interrupted, but the operation had already finished"
     if cause.cleaned:
-        return "interrupted; the daemon cancelled the operation and cleaned up"
+        return "interrupted; the daemon cancelled the operation (nothing half-made is left)"
     return (
         "interrupted; the daemon is still cancelling the operation "
         "(`banger daemon status` shows its log)"

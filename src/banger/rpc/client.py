@@ -141,8 +141,16 @@ class Client:
             sock.shutdown(socket.SHUT_WR)
         except OSError:  # the daemon is already gone
             return Interrupted(method, cleaned=True, completed=False)
-        # Read the socket itself from here on: the buffered file cannot take timeouts.
+        # Take what the buffered file already read (the answer may be there), without blocking;
+        # then read the socket itself: the buffered file cannot take timeouts.
         data = bytearray()
+        try:
+            sock.setblocking(False)
+            data += self._file.peek(1 << 20)
+        except OSError:
+            pass
+        finally:
+            sock.setblocking(True)
         deadline = time.monotonic() + CANCEL_WAIT_SECONDS
         notice_at = time.monotonic() + CANCEL_NOTICE_AFTER
         cleaned = False
