@@ -81,6 +81,16 @@ def test_vm_run_shell_exit_status_export_logs_stats_and_list(
     assert (repo / "a.txt").read_text() == "hello\nchanged\n"
     assert (repo / "b.txt").read_text() == "new\n"
 
+    # Ctrl-C stops a command at the terminal: its status is 130 (ssh used to report the
+    # signalled session as 255, and banger then claimed the ssh connection had failed).
+    child = spawn(be, "vm", "exec", "tty-run", "--", "sh", "-c", "echo started; sleep 60")
+    child.expect("started")
+    child.sendintr()
+    status, out = finish(child)
+    assert status == 130 and "failed" not in out, out
+    p = be.banger("vm", "exec", "tty-run", "--", "sh", "-c", "kill -TERM $$", timeout=120)
+    assert p.returncode == 143 and "failed" not in p.stderr, p.stderr
+
     # `vm logs -f` and `vm stats --watch` end on Ctrl-C: status 0, no traceback, no "aborted".
     child = spawn(be, "vm", "logs", "-f", "tty-run")
     child.expect("banger-guest: READY")

@@ -48,7 +48,7 @@ def test_exec_needs_a_command(banger_env: BangerEnv) -> None:
 
 def test_remote_script_quotes_the_command() -> None:
     assert remote_script("/root/my repo", ["sh", "-c", "exit 7"]) == (
-        "cd -- '/root/my repo' && exec sh -c 'exit 7'"
+        "cd -- '/root/my repo' && trap : INT QUIT && sh -c 'exit 7'; exit"
     )
     assert remote_script(None, []) == 'exec "${SHELL:-/bin/sh}" -l'
 

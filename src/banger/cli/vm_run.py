@@ -35,7 +35,10 @@ def remote_script(workdir: str | None, cmd: Sequence[str]) -> str:
     """A POSIX sh line: cd into the workspace, then the command (or a login shell)."""
     cd = f"cd -- {shlex.quote(workdir)} && " if workdir else ""
     if cmd:
-        return cd + "exec " + shlex.join(cmd)
+        # Not `exec CMD`: a command killed by a signal (Ctrl-C at the terminal) would end the
+        # session by signal, which ssh reports as 255, its "connection failed" status. The shell
+        # stays (no-op traps: the terminal's INT/QUIT reach it too) and exits 128+N instead.
+        return cd + "trap : INT QUIT && " + shlex.join(cmd) + "; exit"
     return cd + 'exec "${SHELL:-/bin/sh}" -l'
 
 
