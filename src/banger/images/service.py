@@ -58,6 +58,17 @@ def validate_name(name: str) -> str:
     return name
 
 
+def _builtin_hint(ref_text: str) -> str:
+    """A typo of a built-in name (`debian-bookwrm`) goes to Docker Hub and fails there; say what
+    was probably meant."""
+    import difflib
+
+    close = difflib.get_close_matches(ref_text, sorted(debian.BUILTINS), n=1, cutoff=0.8)
+    if not close:
+        return ""
+    return f"; did you mean banger's built-in {close[0]!r} (`banger image pull {close[0]}`)?"
+
+
 def _not_builtin(name: str) -> str:
     # VMs get the built-in image by this name; another image under it would silently replace it.
     if name in debian.BUILTINS:
@@ -384,9 +395,9 @@ class ImageService:
                         downloads.cancel()
                         await asyncio.gather(downloads, return_exceptions=True)
             except ManifestNotFound as e:
-                raise NotFound(str(e)) from None
+                raise NotFound(str(e) + _builtin_hint(ref_text)) from None
             except (AuthRequired, RegistryError, DigestMismatch) as e:
-                raise OperationFailed(str(e)) from None
+                raise OperationFailed(str(e) + _builtin_hint(ref_text)) from None
             self.cache.tag(str(ref), image.manifest_digest, image.manifest_media_type,
                            image.manifest_size)  # fmt: skip
             return rec
