@@ -31,6 +31,22 @@ def test_invalid_names_say_what_and_where(name: str, message: str) -> None:
         validate_name(name)
 
 
+@pytest.mark.parametrize(
+    ("name", "suggested"),
+    [("Bad_Name", "bad-name"), ("my app", "my-app"), ("-web-", "web"), ("Web__1", "web-1")],
+)
+def test_invalid_names_suggest_the_nearest_valid_one(name: str, suggested: str) -> None:
+    with pytest.raises(InvalidName, match=f"; try '{suggested}'$"):
+        validate_name(name)
+    assert validate_name(suggested) == suggested
+
+
+def test_no_suggestion_without_a_usable_name() -> None:
+    with pytest.raises(InvalidName) as info:
+        validate_name("___")
+    assert "try" not in str(info.value)
+
+
 def test_generated_names_are_valid_adjective_noun_and_avoid_taken() -> None:
     taken = {f"{a}-{n}" for a in ADJECTIVES for n in NOUNS} - {"calm-otter"}
     assert generate_name(taken) == "calm-otter"

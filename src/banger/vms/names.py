@@ -44,11 +44,18 @@ def validate_name(name: str) -> str:
         if not ("a" <= ch <= "z" or "0" <= ch <= "9" or ch == "-"):
             raise InvalidName(
                 f"vm name {name!r} has invalid character {ch!r} at position {i} "
-                "(allowed: lowercase a-z, 0-9, '-')"
+                f"(allowed: lowercase a-z, 0-9, '-'){_try(name)}"
             )
     if name.startswith("-") or name.endswith("-"):
-        raise InvalidName(f"vm name {name!r} cannot start or end with '-'")
+        raise InvalidName(f"vm name {name!r} cannot start or end with '-'{_try(name)}")
     return name
+
+
+def _try(name: str) -> str:
+    """`; try 'bad-name'` for `Bad_Name`: the nearest valid name, when there is one."""
+    out = "".join(c if "a" <= c <= "z" or "0" <= c <= "9" else "-" for c in name.lower())
+    out = "-".join(part for part in out.split("-") if part)[:MAX_LEN].strip("-")
+    return f"; try {out!r}" if out and out != name else ""
 
 
 def generate_name(taken: Container[str]) -> str:
