@@ -26,6 +26,9 @@ async def _server(tmp_path: Path, state: dict[str, Any]) -> RPCServer:
         emit({"progress": {"stage": "work"}, "op_id": "op-000000000000"})
         if obj.get("method") == "quick":
             return {"ok": True, "result": "done"}
+        if obj.get("method") == "keep":  # uncancellable: finishes after the disconnect
+            await asyncio.sleep(CLEANUP_SECONDS)
+            return {"ok": True, "result": "kept"}
         try:
             await asyncio.sleep(60)
         except asyncio.CancelledError:
@@ -34,7 +37,10 @@ async def _server(tmp_path: Path, state: dict[str, Any]) -> RPCServer:
             raise
         return {"ok": True, "result": "finished"}
 
-    srv = RPCServer(tmp_path / "s.sock", dispatcher, may_cancel=lambda obj: True)
+    def may_cancel(obj: object) -> bool:
+        return not (isinstance(obj, dict) and obj.get("method") == "keep")
+
+    srv = RPCServer(tmp_path / "s.sock", dispatcher, may_cancel=may_cancel)
     await srv.start()
     return srv
 
@@ -61,6 +67,26 @@ async def test_ctrl_c_waits_for_the_cancelled_requests_cleanup(tmp_path: Path) -
     assert e.cleaned and not e.completed
     assert state["cleaned_at"] <= returned_at  # the cleanup was over when the call returned
     assert notices == ["slow"]  # it took a moment, so the user was told why nothing happens
+
+
+async def test_work_that_finishes_anyway_still_answers_the_half_closed_client(
+    tmp_path: Path,
+) -> None:
+    """An uncancellable request (or one past its point of no return) finishes after Ctrl-C: its
+    answer reaches the client, which then knows the work was done instead of claiming it was
+    cancelled (it used to get no answer at all)."""
+    srv = await _server(tmp_path, {})
+    try:
+
+        def call() -> Interrupted:
+            with Client(srv.socket_path) as c, pytest.raises(Interrupted) as info:
+                c.call("keep", on_progress=_interrupt)
+            return info.value
+
+        e = await asyncio.to_thread(call)
+    finally:
+        await srv.close(grace=1)
+    assert e.cleaned and e.completed and e.result == "kept"
 
 
 def test_ctrl_c_after_the_answer_arrived_reports_the_result(tmp_path: Path) -> None:

@@ -104,6 +104,14 @@ class KernelService:
             )
         return rec
 
+    def _published(self, name: str) -> KernelRecord:
+        """The record just renamed into place, read without an await: the kernel exists from
+        the rename on, so a cancel (Ctrl-C) must not land after it and report the work undone."""
+        rec = self._read(name)
+        if rec is None:
+            raise NotFound(f"kernel {name!r} vanished right after it was installed")
+        return rec
+
     async def catalog(self) -> list[CatalogItem]:
         entries = await catalog_mod.load(self.d.config.kernel_catalog)
         local = {r.name for r in await self.all()}
@@ -185,7 +193,7 @@ class KernelService:
             finally:
                 shutil.rmtree(staged, ignore_errors=True)
         log.info("kernel pulled", extra={"kernel": name, "url": entry.tarball_url})
-        return {"kernel": await self.resolve(name), "warnings": prep.warnings}
+        return {"kernel": self._published(name), "warnings": prep.warnings}
 
     async def import_(
         self,
@@ -241,7 +249,7 @@ class KernelService:
             finally:
                 shutil.rmtree(staged, ignore_errors=True)
         log.info("kernel imported", extra={"kernel": name, "source": source})
-        return {"kernel": await self.resolve(name), "warnings": prep.warnings}
+        return {"kernel": self._published(name), "warnings": prep.warnings}
 
     async def delete(self, name: str) -> KernelRecord:
         async with self._lock(name):

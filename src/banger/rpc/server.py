@@ -183,6 +183,11 @@ class RPCServer:
                     work.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await work
+                # Work that finished anyway (past its point of no return, or uncancellable)
+                # still answers: a half-closed client (the CLI after Ctrl-C) reads it and can
+                # say the work was done. A fully closed one makes the write fail quietly.
+                if not work.cancelled() and work.exception() is None:
+                    return work.result()
                 return None
             return work.result()
         finally:
