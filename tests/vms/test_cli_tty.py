@@ -119,3 +119,16 @@ def test_vm_run_shell_exit_status_export_logs_stats_and_list(
     be.banger("vm", "delete", "tty-run", check=True, timeout=120)
     status, out = finish(child, timeout=30)
     assert status == 0 and "vm tty-run was deleted; stopped following its console log" in out
+
+
+def test_vm_run_with_a_taken_name_does_not_point_at_the_other_vm(vmenv: BangerEnv) -> None:
+    be = vmenv
+    be.banger("vm", "create", "--name", "mine", "--no-start", check=True, timeout=300)
+    p = be.banger("vm", "run", "--name", "mine", "--", "true", timeout=300)
+    assert p.returncode == 1
+    assert "vm 'mine' already exists; choose another --name" in p.stderr
+    # It used to add "(vm mine is kept for inspection; … then `banger vm delete mine`)": advice
+    # to delete the user's existing VM, which this run never touched.
+    assert "kept for inspection" not in p.stderr and "vm delete" not in p.stderr, p.stderr
+    assert [v["state"] for v in list_vms(be) if v["name"] == "mine"] == ["created"]
+    be.banger("vm", "delete", "mine", check=True, timeout=120)

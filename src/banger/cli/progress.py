@@ -46,6 +46,9 @@ class Stages:
 
     def __init__(self, name: str | None = None) -> None:
         self.name = name
+        # True once the daemon named the VM it is creating: only then can a failure have left
+        # *this create's* VM behind (a --name that already exists is someone else's VM).
+        self.spec_seen = False
         self.started = time.monotonic()
         self.status: Any = None
         self.last = ""
@@ -61,6 +64,7 @@ class Stages:
         if stage == "spec":
             detail = str(ev.get("detail", ""))
             self.name = self.name or detail.split(":", 1)[0]
+            self.spec_seen = True
             self._print(f"spec: {detail}")
             return
         label = self.LABELS.get(stage)

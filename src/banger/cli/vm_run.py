@@ -112,7 +112,9 @@ def _create_vm(name: str | None, image: str | None, nat: bool) -> dict[str, Any]
         click.echo(stages.interrupted(e), err=True)
         raise SystemExit(130) from None
     except RPCError as e:
-        kept = stages.name
+        # Only a VM this create made can be "kept"; with an existing --name the error is about
+        # the user's other VM, which must not be pointed at for deletion.
+        kept = stages.name if stages.spec_seen else None
         rec = _kept(kept) if kept else None
         if kept and rec is not None:
             log = str(rec.get("console_log") or "")
