@@ -119,3 +119,27 @@ def test_ctrl_c_after_the_answer_arrived_reports_the_result(tmp_path: Path) -> N
         listener.close()
     e = info.value
     assert e.cleaned and e.completed and e.result == "done"
+
+
+async def test_a_cleanup_longer_than_the_wait_is_reported_unfinished(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import banger.rpc.client as client_mod
+    from banger.cli.main import _interrupted_message
+
+    monkeypatch.setattr(client_mod, "CANCEL_WAIT_SECONDS", CLEANUP_SECONDS / 3)
+    state: dict[str, Any] = {}
+    srv = await _server(tmp_path, state)
+    try:
+
+        def call() -> Interrupted:
+            with Client(srv.socket_path) as c, pytest.raises(Interrupted) as info:
+                c.call("slow", on_progress=_interrupt)
+            return info.value
+
+        e = await asyncio.to_thread(call)
+        assert "cleaned_at" not in state  # the client gave up waiting before the cleanup ended
+    finally:
+        await srv.close(grace=2)
+    assert not e.cleaned and not e.completed
+    assert "still cancelling" in _interrupted_message(e)
