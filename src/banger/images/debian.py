@@ -136,7 +136,11 @@ async def build_tarball(
                 if line.startswith("I: "):
                     on_line(line[3:])
 
-        await asyncio.wait_for(asyncio.gather(pump(), proc.wait()), BUILD_TIMEOUT)
+        waiter = asyncio.gather(pump(), proc.wait())
+        # On cancel or timeout the gather ends with an exception nobody awaits; retrieve it so
+        # asyncio does not log "exception was never retrieved" into the daemon's stderr.
+        waiter.add_done_callback(lambda f: f.cancelled() or f.exception())
+        await asyncio.wait_for(waiter, BUILD_TIMEOUT)
     except BaseException:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, 9)
