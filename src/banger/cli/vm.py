@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import codecs
 import os
+import shlex
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import click
@@ -373,6 +375,18 @@ def logs(ref: str, follow: bool, max_bytes: int) -> None:
         return
 
 
+def remote_line(command: Sequence[str]) -> str:
+    """The line the guest's shell runs for `vm ssh VM -- CMD…`.
+
+    ssh joins its remote words with spaces, so `-- printf '%s\\n' 'a b' 'c;d'` would lose its
+    argument boundaries (and run `d` as a command): several words are quoted one by one. A single
+    word is a shell command line, as with plain ssh (`vm ssh VM -- 'make && make test'`).
+    """
+    if len(command) == 1:
+        return command[0]
+    return shlex.join(command)
+
+
 @vm.command(
     short_help="SSH into a VM, or run `-- CMD…` there.",
     context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
@@ -384,7 +398,7 @@ def ssh(ref: str, command: tuple[str, ...]) -> None:
     from banger.guest.ssh import SSHTarget, ssh_argv
 
     target = SSHTarget.from_json(call("vm.ssh", {"ref": ref}))
-    remote = list(command) if command else None
+    remote = [remote_line(command)] if command else None
     tty = remote is None and sys.stdin.isatty()
     argv = ssh_argv(target, remote, tty=tty)
     sys.stdout.flush()

@@ -1,0 +1,21 @@
+"""`vm ssh VM -- CMD…` keeps argument boundaries in the line the guest's shell runs."""
+
+from __future__ import annotations
+
+import subprocess
+
+from banger.cli.vm import remote_line
+
+
+def _guest_shell(line: str) -> str:
+    # sshd hands the remote line to the login shell as `sh -c LINE`: run it the same way.
+    return subprocess.run(["sh", "-c", line], capture_output=True, text=True, check=True).stdout
+
+
+def test_several_words_keep_their_boundaries_and_metacharacters() -> None:
+    out = _guest_shell(remote_line(["printf", "%s\\n", "a b", "c;d", "$(echo x)", "'q'"]))
+    assert out.splitlines() == ["a b", "c;d", "$(echo x)", "'q'"]
+
+
+def test_one_word_is_a_shell_command_line_like_plain_ssh() -> None:
+    assert _guest_shell(remote_line(["echo a && echo b"])).splitlines() == ["a", "b"]
