@@ -9,7 +9,7 @@ from pydantic import field_validator
 from banger.daemon.context import RequestContext
 from banger.daemon.params import Params, parse_params
 from banger.images.model import ImageRecord
-from banger.units import parse_size
+from banger.units import MAX_SIZE, parse_size
 
 if TYPE_CHECKING:
     from banger.daemon.app import Daemon
@@ -28,6 +28,8 @@ class PullParams(Params):
             return parse_size(v)
         if isinstance(v, int) and v <= 0:
             raise ValueError("size must be greater than zero")
+        if isinstance(v, int) and v > MAX_SIZE:
+            raise ValueError(f"size {v} is larger than the 16 TiB maximum")
         return v
 
 

@@ -12,6 +12,7 @@ from pydantic import BaseModel
 
 from banger.config import Config
 from banger.units import format_bytes, parse_size
+from banger.vms.disks import MIN_WORK_DISK
 
 VMState = Literal["created", "running", "stopped", "error"]
 InitMode = Literal["auto", "systemd", "minimal"]
@@ -114,4 +115,7 @@ def resolve_sizing(
         s, s_from = parse_size(d.disk_size), "config"
     else:
         s, s_from = parse_size(BUILTIN_DISK), "builtin"
+    if s < MIN_WORK_DISK:
+        # Refused before any image or kernel work, as a bad request (not a failed mkfs).
+        raise ValueError(f"work disk must be at least {MIN_WORK_DISK >> 20} MiB (got {s} bytes)")
     return Sizing(v, m, s, v_from, m_from, s_from)
