@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+import stat
 import sys
 import tempfile
 from pathlib import Path
@@ -131,8 +132,26 @@ def print_prepared(result: dict[str, Any]) -> None:
 def write_atomically(path: Path, data: bytes) -> None:
     """Stage next to the target and rename, so a failed write never leaves half a patch."""
     path = path.resolve()
+    try:
+        st: os.stat_result | None = os.stat(path)
+    except FileNotFoundError:
+        st = None
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        # A device, FIFO or terminal (`-o /dev/stdout`, `-o /dev/null`): write through it as `>`
+        # would. Renaming over it would replace the device node itself (as root: /dev/null).
+        with open(path, "wb") as f:
+            f.write(data)
+        return
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        # mkstemp makes 0600: keep an existing file's mode, give a new one the umask's default.
+        if st is not None:
+            mode = stat.S_IMODE(st.st_mode)
+        else:
+            umask = os.umask(0)
+            os.umask(umask)
+            mode = 0o666 & ~umask
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
