@@ -66,6 +66,14 @@ def validate_guest_path(path: str) -> str:
         raise BadRequest(
             f"guest path {path!r} would replace a system directory; use a subdirectory"
         )
+    # banger's payload (sshd, busybox: replacing it cuts the session the prepare runs over),
+    # kernel filesystems and the boot/runtime directories cannot hold a checkout.
+    top = "/" + norm.split("/")[1]
+    if top in ("/.banger", "/proc", "/sys", "/dev", "/run", "/boot", "/lib64"):
+        raise BadRequest(
+            f"guest path {path!r} is inside {top}, which banger or the guest system owns; "
+            "use a path like /root/repo or /srv/NAME"
+        )
     return norm
 
 
