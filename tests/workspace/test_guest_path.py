@@ -17,7 +17,7 @@ def test_ordinary_paths_are_accepted(path: str) -> None:
     "path", ["/.banger", "/.banger/ssh", "/proc/1", "/sys", "/dev/shm/x", "/run/x", "/boot"]
 )
 def test_paths_banger_or_the_guest_system_own_are_refused(path: str) -> None:
-    # /.banger holds the guest's sshd config and busybox: a checkout renamed over it broke ssh.
+    # Accepted before: failed late in the guest (busy/read-only mount) or lived in a tmpfs.
     with pytest.raises(BadRequest, match="which banger or the guest system owns"):
         validate_guest_path(path)
 

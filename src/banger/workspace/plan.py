@@ -66,8 +66,9 @@ def validate_guest_path(path: str) -> str:
         raise BadRequest(
             f"guest path {path!r} would replace a system directory; use a subdirectory"
         )
-    # banger's payload (sshd, busybox: replacing it cuts the session the prepare runs over),
-    # kernel filesystems and the boot/runtime directories cannot hold a checkout.
+    # banger's read-only seed mount and the kernel filesystems fail late with an obscure `mv`
+    # error (busy or read-only mount); /run and /dev are tmpfs, so a checkout there vanished at
+    # the next boot while its record stayed.
     top = "/" + norm.split("/")[1]
     if top in ("/.banger", "/proc", "/sys", "/dev", "/run", "/boot", "/lib64"):
         raise BadRequest(
