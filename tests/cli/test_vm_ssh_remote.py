@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 
-from banger.cli.vm import remote_line
+from banger.cli.vm import remote_line, ssh_remote
 
 
 def _guest_shell(line: str) -> str:
@@ -19,3 +19,12 @@ def test_several_words_keep_their_boundaries_and_metacharacters() -> None:
 
 def test_one_word_is_a_shell_command_line_like_plain_ssh() -> None:
     assert _guest_shell(remote_line(["echo a && echo b"])).splitlines() == ["a", "b"]
+
+
+def test_the_separator_click_keeps_is_dropped() -> None:
+    # It used to reach ssh, which took it as its own end of options; quoted with the command
+    # it made ssh fail with "unknown option -- -".
+    assert ssh_remote(("--", "printf", "%s", "a b")) == ["printf %s 'a b'"]
+    assert ssh_remote(("--", "true")) == ["true"]
+    assert ssh_remote(("--",)) is None and ssh_remote(()) is None
+    assert ssh_remote(("--", "--", "x")) == ["-- x"]  # only the first one is banger's

@@ -81,12 +81,28 @@ def test_seed_refuses_values_that_could_reach_the_guest_shell(tmp_path: Path, kw
 def test_ssh_argv_pins_the_host_key_alias(tmp_path: Path) -> None:
     t = SSHTarget("127.0.0.1", 40001, "root", tmp_path / "id", tmp_path / "kh", "web-1")
     argv = ssh_argv(t, ["echo", "hi"], tty=False)
-    assert argv[0] == "ssh" and argv[-3:] == ["127.0.0.1", "echo", "hi"]
+    assert argv[0] == "ssh" and argv[-4:] == ["--", "127.0.0.1", "echo", "hi"]
     assert "HostKeyAlias=web-1.vm" in argv and "StrictHostKeyChecking=yes" in argv
-    assert "BatchMode=yes" in argv and "-T" in argv and "--" not in argv
+    assert "BatchMode=yes" in argv and "-T" in argv
     assert f"UserKnownHostsFile={tmp_path / 'kh'}" in argv
     assert "-tt" in ssh_argv(t, None, tty=True)
     assert SSHTarget.from_json(t.to_json()) == t
+
+
+def test_a_remote_command_starting_with_a_dash_is_not_an_ssh_option(tmp_path: Path) -> None:
+    # OpenSSH parses options again after the host: without "--" this ran touch on the host.
+    import socket
+    import subprocess
+
+    with socket.socket() as s:  # a port nothing listens on: ssh fails to connect, fast
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    marker = tmp_path / "ran-on-host"
+    t = SSHTarget("127.0.0.1", port, "root", tmp_path / "id", tmp_path / "kh", "web-1")
+    argv = ssh_argv(t, [f"-oProxyCommand=touch {marker}"], tty=False)
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    assert p.returncode == 255 and "Connection refused" in p.stderr, p.stderr
+    assert not marker.exists()
 
 
 def test_known_hosts_pin_replace_forget(tmp_path: Path) -> None:

@@ -65,6 +65,9 @@ def test_lifecycle_create_ssh_stop_start_restart_kill_delete(vmenv: BangerEnv) -
     r = _ssh(be, "life", "hostname; uname -r; echo data > /root/keep; echo sys > /etc/keep; exit 7")
     assert r.returncode == 7, r.stderr
     assert r.stdout.splitlines()[:2] == ["life", bootkit.KVER]  # the imported host kernel
+    # Several words keep their boundaries: 'a b' stays one argument, 'c;d' runs no `d`.
+    r = _ssh(be, "life", "printf", "%s\\n", "a b", "c;d")
+    assert (r.returncode, r.stdout.splitlines()) == (0, ["a b", "c;d"]), r.stderr
     r = _ssh(be, "life", "df -k /root | tail -1; stat -c %a /root")
     assert "/dev/vd" in r.stdout
     size_kib = int(r.stdout.split()[1])

@@ -375,6 +375,13 @@ def logs(ref: str, follow: bool, max_bytes: int) -> None:
         return
 
 
+def ssh_remote(command: Sequence[str]) -> list[str] | None:
+    """The remote part of ssh's argv for `vm ssh VM [-- CMD…]`; None for an interactive shell."""
+    if command[:1] in (["--"], ("--",)):
+        command = command[1:]  # click keeps the separator in an UNPROCESSED argument
+    return [remote_line(command)] if command else None
+
+
 def remote_line(command: Sequence[str]) -> str:
     """The line the guest's shell runs for `vm ssh VM -- CMD…`.
 
@@ -398,7 +405,7 @@ def ssh(ref: str, command: tuple[str, ...]) -> None:
     from banger.guest.ssh import SSHTarget, ssh_argv
 
     target = SSHTarget.from_json(call("vm.ssh", {"ref": ref}))
-    remote = [remote_line(command)] if command else None
+    remote = ssh_remote(command)
     tty = remote is None and sys.stdin.isatty()
     argv = ssh_argv(target, remote, tty=tty)
     sys.stdout.flush()

@@ -76,8 +76,9 @@ def ssh_argv(target: SSHTarget, remote: Sequence[str] | None, *, tty: bool) -> l
         "-o", "KexAlgorithms=curve25519-sha256,curve25519-sha256@libssh.org",
     ]  # fmt: skip
     argv.append("-tt" if tty else "-T")
-    # ssh stops option parsing at the host: no "--" (it would reach the remote shell).
-    argv.append(target.host)
+    # "--" before the host: OpenSSH parses options again after the host when the next word
+    # starts with "-", so a remote command like `-oProxyCommand=…` would run on this machine.
+    argv.extend(["--", target.host])
     if remote:
         argv.extend(remote)
     return argv
