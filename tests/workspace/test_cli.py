@@ -71,3 +71,21 @@ def test_workspace_rpcs_refuse_unknown_vm_and_bad_params(repo: Path, daemon: Ban
             c.call("vm.workspace.export", {"vm": "ghost", "base_commit": "abc"})
         with pytest.raises(BadRequest, match="bogus"):
             c.call("vm.workspace.prepare", {"vm": "ghost", "path": "rel", "bogus": 1})
+
+
+def test_one_word_command_is_a_shell_line_like_vm_ssh(tmp_path: Path) -> None:
+    # `vm run ./repo -- 'make && make test'` runs both commands, as `vm ssh VM -- '…'` does;
+    # several words keep their boundaries.
+    import subprocess
+
+    line = remote_script(str(tmp_path), ["echo one > a && echo two > b"])
+    subprocess.run(["sh", "-c", line], check=True)
+    assert (tmp_path / "a").read_text() == "one\n"
+    assert (tmp_path / "b").read_text() == "two\n"
+    out = subprocess.run(
+        ["sh", "-c", remote_script(None, ["printf", "%s\\n", "a b", "c;d"])],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout == "a b\nc;d\n"

@@ -38,7 +38,10 @@ def remote_script(workdir: str | None, cmd: Sequence[str]) -> str:
         # Not `exec CMD`: a command killed by a signal (Ctrl-C at the terminal) would end the
         # session by signal, which ssh reports as 255, its "connection failed" status. The shell
         # stays (no-op traps: the terminal's INT/QUIT reach it too) and exits 128+N instead.
-        return cd + "trap : INT QUIT && " + shlex.join(cmd) + "; exit"
+        # The same rule as `vm ssh VM -- CMD…`: one word is a shell line, several are quoted.
+        from banger.cli.vm import remote_line
+
+        return cd + "trap : INT QUIT && " + remote_line(cmd) + "; exit"
     return cd + 'exec "${SHELL:-/bin/sh}" -l'
 
 
