@@ -17,6 +17,7 @@ import pytest
 
 from banger.paths import Paths
 from banger.rpc.client import Client
+from tests.skip_policy import pytest_runtest_makereport  # noqa: F401  (the skip policy hook)
 
 
 @dataclass

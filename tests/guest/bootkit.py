@@ -7,23 +7,9 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
+from tests import hostkernel
 
-def _newest_host_kernel() -> str:
-    """The newest /boot/vmlinuz-<v> with /lib/modules/<v>/modules.dep (what banger imports)."""
-    import re
-
-    def key(v: str) -> list[int]:
-        return [int(x) for x in re.findall(r"\d+", v)]
-
-    found = [
-        p.name.removeprefix("vmlinuz-")
-        for p in Path("/boot").glob("vmlinuz-*")
-        if (Path("/lib/modules") / p.name.removeprefix("vmlinuz-") / "modules.dep").is_file()
-    ]
-    return max(found, key=key) if found else "6.1.0-56-amd64"
-
-
-KVER = _newest_host_kernel()
+KVER = hostkernel.newest_version() or "missing"
 KERNEL = Path(f"/boot/vmlinuz-{KVER}")
 MODULES_ROOT = Path(f"/lib/modules/{KVER}")
 BOOT_MODULES = [

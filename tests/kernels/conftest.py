@@ -16,15 +16,21 @@ from pathlib import Path
 import pytest
 
 from banger.kernels import importer, localstore, publish
+from tests import hostkernel
 
-KVER = "6.1.0-56-amd64"
+KVER = hostkernel.newest_version()
 HOST_KERNEL = Path(f"/boot/vmlinuz-{KVER}")
 HOST_MODULES = Path(f"/lib/modules/{KVER}")
 
-needs_host_kernel = pytest.mark.skipif(
-    not (HOST_KERNEL.is_file() and (HOST_MODULES / "modules.dep").is_file()),
-    reason=f"needs the Debian kernel {KVER} (linux-image-amd64) installed",
-)
+
+@pytest.fixture
+def _host_kernel_installed() -> None:
+    """A host without the Debian kernel is a broken set-up: fail, never skip."""
+    if not KVER:
+        pytest.fail(hostkernel.MISSING)
+
+
+needs_host_kernel = pytest.mark.usefixtures("_host_kernel_installed")
 
 
 def import_host_kernel(kernels_dir: Path, staging: Path, name: str) -> Path:
@@ -46,8 +52,8 @@ def import_host_kernel(kernels_dir: Path, staging: Path, name: str) -> Path:
 
 @pytest.fixture(scope="session")
 def host_kernel_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if not HOST_KERNEL.is_file():
-        pytest.skip(f"needs {HOST_KERNEL}")
+    if not KVER:
+        pytest.fail(hostkernel.MISSING)
     root = tmp_path_factory.mktemp("hostkernel")
     return import_host_kernel(root / "kernels", root / "staging", "debian-host")
 
