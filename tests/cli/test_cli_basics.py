@@ -1,12 +1,6 @@
 from __future__ import annotations
 
-from banger import __version__
 from tests.conftest import BangerEnv
-
-
-def test_version(banger_env: BangerEnv) -> None:
-    out = banger_env.banger("--version", check=True).stdout
-    assert out.strip() == f"banger {__version__}"
 
 
 def test_status_when_no_daemon(banger_env: BangerEnv) -> None:

@@ -7,7 +7,6 @@ import sys
 
 import click
 
-from banger import __version__
 from banger.cli.lazy import LazyGroup
 
 COMMANDS = {
@@ -19,12 +18,29 @@ COMMANDS = {
     "completion": "banger.cli.completion:completion",
     "system": "banger.cli.system:system",
     "ssh-config": "banger.cli.ssh_config:ssh_config",
+    "ps": "banger.cli.vm:ps",
+    "version": "banger.cli.version_cmd:version",
 }
 
 
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    from banger.buildinfo import build_info
+
+    click.echo(build_info().line("banger"))
+    ctx.exit()
+
+
 @click.group(cls=LazyGroup, lazy=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(
-    __version__, "--version", "-V", prog_name="banger", message="%(prog)s %(version)s"
+@click.option(
+    "--version",
+    "-V",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_print_version,
+    help="Show the version, commit and build time, and exit.",
 )
 def cli() -> None:
     """One-command development sandboxes on microVMs."""

@@ -270,6 +270,16 @@ def list_(as_json: bool) -> None:
     print_table(headers, rows, droppable=(3, 4, 6))
 
 
+# `banger ps`: the original's top-level alias of `vm list`.
+ps = click.Command(
+    "ps",
+    callback=list_.callback,
+    params=list_.params,
+    help="List VMs (the same as `banger vm list`).",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
 def _workspace(w: dict[str, Any]) -> str:
     return f"{home_relative(w['host_path'])} → {w['guest_path']}"
 

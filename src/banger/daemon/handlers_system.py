@@ -6,7 +6,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from banger import __version__
+from banger.buildinfo import build_info
 from banger.daemon.context import RequestContext
 from banger.daemon.params import Params, parse_params
 
@@ -21,7 +21,7 @@ class _NoParams(Params):
 async def ping(d: Daemon, ctx: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     parse_params(_NoParams, params)
     return {
-        "version": __version__,
+        **build_info().as_dict(),
         "pid": os.getpid(),
         "uptime_seconds": round(time.monotonic() - d.started_monotonic, 3),
         "socket": str(d.paths.socket),
