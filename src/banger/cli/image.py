@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 
@@ -12,6 +13,8 @@ from banger.cli.complete import image_names, kernel_names
 from banger.cli.connect import call
 from banger.cli.output import age, print_fields, print_json, print_table
 from banger.units import format_bytes
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _abs(path: str | None) -> str | None:
@@ -82,6 +85,35 @@ class _PullProgress:
             self._line(str(ev.get("message") or ev.get("what") or stage))
 
 
+def _kernel_options(kernel_help: str) -> Callable[[F], F]:
+    """--kernel-ref, or --kernel with --initrd/--modules (the same on pull and register)."""
+
+    def decorate(f: F) -> F:
+        f = click.option("--modules", type=click.Path(), help="modules directory for --kernel")(f)
+        f = click.option("--initrd", type=click.Path(), help="initramfs for --kernel")(f)
+        f = click.option("--kernel", type=click.Path(), help=f"kernel file {kernel_help}")(f)
+        return click.option(
+            "--kernel-ref",
+            metavar="KERNEL",
+            shell_complete=kernel_names,
+            help="a kernel banger knows (`banger kernel list`)",
+        )(f)
+
+    return decorate
+
+
+def _kernel_params(
+    kernel_ref: str | None, kernel: str | None, initrd: str | None, modules: str | None
+) -> dict[str, str]:
+    given = {
+        "kernel_ref": kernel_ref,
+        "kernel": _abs(kernel),
+        "initrd": _abs(initrd),
+        "modules": _abs(modules),
+    }
+    return {k: v for k, v in given.items() if v}
+
+
 @image.command("pull", short_help="Pull an OCI image, or build the built-in debian-bookworm.")
 @click.argument("ref")
 @click.option(
@@ -92,11 +124,22 @@ class _PullProgress:
 @click.option(
     "--size", metavar="SIZE", help="ext4 size, e.g. 4G (default: content x 1.5, at least 1 GiB)"
 )
+@_kernel_options("to boot this image with (imported under the image's name)")
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
-def pull_cmd(ref: str, name: str | None, size: str | None, as_json: bool) -> None:
+def pull_cmd(
+    ref: str,
+    name: str | None,
+    size: str | None,
+    kernel_ref: str | None,
+    kernel: str | None,
+    initrd: str | None,
+    modules: str | None,
+    as_json: bool,
+) -> None:
     """Pull an OCI image (or build the built-in `debian-bookworm`, or `debian-bookworm-systemd`
-    for `vm create --init systemd`) into an ext4 root disk."""
-    params: dict[str, Any] = {"ref": ref}
+    for `vm create --init systemd`) into an ext4 root disk. `--kernel-ref` or
+    `--kernel/--initrd/--modules` attach the kernel its VMs boot by default."""
+    params: dict[str, Any] = {"ref": ref, **_kernel_params(kernel_ref, kernel, initrd, modules)}
     if name:
         params["name"] = name
     if size:
@@ -188,15 +231,7 @@ def delete_cmd(ref: str) -> None:
 @image.command("register", short_help="Record an ext4 image made elsewhere (not copied).")
 @click.option("--name", required=True, metavar="NAME", help="image name")
 @click.option("--rootfs", required=True, type=click.Path(), help="an ext4 root filesystem image")
-@click.option(
-    "--kernel-ref",
-    metavar="KERNEL",
-    shell_complete=kernel_names,
-    help="a kernel banger knows (`banger kernel list`)",
-)
-@click.option("--kernel", type=click.Path(), help="kernel file to boot this image with")
-@click.option("--initrd", type=click.Path(), help="initramfs for --kernel")
-@click.option("--modules", type=click.Path(), help="modules directory for --kernel")
+@_kernel_options("to boot this image with")
 def register_cmd(
     name: str,
     rootfs: str,
@@ -206,15 +241,11 @@ def register_cmd(
     modules: str | None,
 ) -> None:
     """Record an image made elsewhere (banger does not own or copy its files)."""
-    params: dict[str, Any] = {"name": name, "rootfs": _abs(rootfs)}
-    for key, value in (
-        ("kernel_ref", kernel_ref),
-        ("kernel", _abs(kernel)),
-        ("initrd", _abs(initrd)),
-        ("modules", _abs(modules)),
-    ):
-        if value:
-            params[key] = value
+    params: dict[str, Any] = {
+        "name": name,
+        "rootfs": _abs(rootfs),
+        **_kernel_params(kernel_ref, kernel, initrd, modules),
+    }
     rec = call("image.register", params)
     click.echo(f"registered {rec['name']} ({rec['id']}) -> {rec['rootfs']}")
 

@@ -8,6 +8,7 @@ from pydantic import field_validator
 
 from banger.daemon.context import RequestContext
 from banger.daemon.params import Params, parse_params
+from banger.images import kernel_attach
 from banger.images.model import ImageRecord
 from banger.units import MAX_SIZE, parse_size
 
@@ -20,6 +21,11 @@ class PullParams(Params):
     name: str | None = None
     # Bytes, or a size string like "4G".
     size: int | str | None = None
+    # A kernel to boot the image with: a known kernel, or files imported under the image's name.
+    kernel_ref: str | None = None
+    kernel: str | None = None
+    initrd: str | None = None
+    modules: str | None = None
 
     @field_validator("size")
     @classmethod
@@ -57,7 +63,12 @@ class PruneParams(Params):
 async def image_pull(d: Daemon, ctx: RequestContext, params: dict[str, Any]) -> ImageRecord:
     p = parse_params(PullParams, params)
     size = p.size if isinstance(p.size, int) else None
-    return await d.images.pull(p.ref, p.name, size, ctx)
+    attach = kernel_attach.attachment(p.kernel_ref, p.kernel, p.initrd, p.modules)
+    if attach is None:
+        return await d.images.pull(p.ref, p.name, size, ctx)
+    return await kernel_attach.pull_with_kernel(
+        d.images, d.kernels, p.ref, p.name, size, ctx, attach
+    )
 
 
 async def image_list(d: Daemon, ctx: RequestContext, params: dict[str, Any]) -> list[ImageRecord]:

@@ -801,3 +801,15 @@ class ImageService:
             "blobs": tally.blobs,
             "dir": str(self.cache.root),
         }
+
+    # --- kernels attached at pull time (images/kernel_attach.py) ---
+
+    def check_name_free(self, name: str) -> None:
+        """AlreadyExists when `image pull --name NAME` would be refused."""
+        with self._reserve(name):
+            pass
+
+    async def set_kernel_ref(self, image_id: str, kernel_ref: str) -> ImageRecord:
+        with self.d.store.tx() as c:
+            c.execute("UPDATE images SET kernel_ref = ? WHERE id = ?", (kernel_ref, image_id))
+        return await self.resolve(image_id)
