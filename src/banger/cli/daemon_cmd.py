@@ -82,6 +82,7 @@ def status(as_json: bool) -> None:
         click.echo(f"bangerd is not running (socket {paths.socket})")
         raise SystemExit(3)
     click.echo(f"bangerd {info['version']} running")
+    click.echo(f"  commit  {info.get('commit') or 'unknown'} (built {info.get('built') or '?'})")
     click.echo(f"  pid     {info['pid']}")
     click.echo(f"  socket  {info['socket']}")
     click.echo(f"  log     {info['log']}")
