@@ -383,7 +383,8 @@ class Helper:
                 argv += ["--parent-cgroup", parent]
             if netns:
                 argv += ["--netns", netns]
-            argv += ["--", "--api-sock", api, "--id", ident]
+            # The jailer gives Firecracker `--id` itself; a second one is a DuplicateArgument.
+            argv += ["--", "--api-sock", api]
             proc = subprocess.Popen(
                 argv,
                 stdin=subprocess.DEVNULL,

@@ -370,9 +370,8 @@ class FirecrackerDriver:
 
     def _argv(self, ident: str, lay: _Layout) -> list[str]:
         fc = shutil.which(self.firecracker_bin) or self.firecracker_bin
-        fc_args = ["--api-sock", lay.fc_api, "--id", ident]
         if self.jailer is None:
-            return [fc, *fc_args]
+            return [fc, "--api-sock", lay.fc_api, "--id", ident]
         j = self.jailer
         jailer = shutil.which(j.binary) or j.binary
         argv = [
@@ -390,7 +389,9 @@ class FirecrackerDriver:
             argv += ["--parent-cgroup", j.parent_cgroup]
         if j.netns:
             argv += ["--netns", j.netns]
-        return [*argv, "--", *fc_args]
+        # Not `--id` again: the jailer passes its own `--id` to Firecracker, which refuses a
+        # repeated argument (jailer env.rs exec_command; utils arg_parser.rs DuplicateArgument).
+        return [*argv, "--", "--api-sock", lay.fc_api]
 
     def _prepare_files(
         self, spec: VMSpec, lay: _Layout, disks: list[tuple[str, DiskSpec]]
