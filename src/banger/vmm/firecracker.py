@@ -167,6 +167,8 @@ class JailLauncher(Protocol):
 
     async def jailer_launch(self, params: dict[str, Any]) -> dict[str, Any]: ...
 
+    async def ensure_netns(self, name: str) -> dict[str, Any]: ...
+
 
 # Jailed through the helper, Firecracker's sockets live in the jail's `run/` (the one directory
 # of the root-owned jail its uid, the owner's, may write).
@@ -539,6 +541,9 @@ class FirecrackerDriver:
         assert self.helper is not None and self.jailer is not None
         j = self.jailer
         try:
+            if j.netns:
+                # The helper lets the jailer join only a namespace it made (`banger-<name>`).
+                await self.helper.ensure_netns(os.path.basename(j.netns))
             result = await self.helper.jailer_launch(
                 {
                     "jailer": os.path.realpath(shutil.which(j.binary) or j.binary),
