@@ -9,13 +9,16 @@ and a secret file, whose owner, group, mode and content are compared before and 
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
 import socket
 import stat
 import subprocess
+import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +28,7 @@ import pytest
 
 from banger.privhelper.server import require_root_cgroup
 from banger.rpc.errors import BadRequest
-from tests.privhelper.conftest import Helper, User
+from tests.privhelper.conftest import Helper, User, as_user
 from tests.privhelper.test_jailer import (  # noqa: F401  (fixtures)
     VM_ID,
     fake_bins,
@@ -373,9 +376,47 @@ def test_delegated_parent_cgroup_is_refused(tmp_path: Path, owner_user: User) ->
 
 
 def _wait(cond: Callable[[], bool], timeout: float = 20) -> None:
-    import time
-
     deadline = time.monotonic() + timeout
     while not cond():
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.05)
+
+
+def test_helper_runs_with_umask_077(world: World) -> None:
+    status = Path(f"/proc/{world.helper.proc.pid}/status").read_text()
+    assert "Umask:\t0077" in status.splitlines()
+
+
+def test_owner_daemon_asks_for_its_namespace_before_the_jail(world: World) -> None:
+    """FirecrackerDriver (system mode, jailer_netns set) has the helper make the namespace."""
+    from tests.privhelper.test_jailer import _DAEMON_SIDE, vm_files, write_config
+
+    root = world.helper.root
+    name = f"banger-d{secrets.token_hex(3)}"
+    world.cleanup.append(lambda: _netns_del(name))
+    write_config(root, world.fake_bins)
+    with (root / "etc/banger/config.toml").open("a") as f:
+        f.write(f'jailer_netns = "/var/run/netns/{name}"\n')
+    vm = vm_files(root, world.owner)["console"].parent
+    env = {"PATH": os.environ.get("PATH", ""), "BANGER_SYSTEM_ROOT": str(root), "HOME": "/"}
+    p = subprocess.run(
+        [*as_user(world.owner), sys.executable, "-c", _DAEMON_SIDE, str(vm), "op-00000000beef"],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env=env,
+        cwd="/",
+        check=False,
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert json.loads(p.stdout)["stop"] == "graceful"
+    done = [
+        (x["method"], x["msg"])
+        for x in world.helper.log_lines()
+        if x.get("op_id") == "op-00000000beef" and "method" in x
+    ]
+    assert done == [
+        ("priv.ensure_netns", "helper rpc completed"),
+        ("priv.jailer_launch", "helper rpc completed"),
+    ]
+    assert (root / "run/banger-root/netns" / name).is_file()
