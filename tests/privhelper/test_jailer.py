@@ -357,18 +357,32 @@ def test_jail_is_root_owned_and_files_are_links(
     pid = resp["result"]["pid"]
     jail = Path(resp["result"]["jail_dir"])
     try:
+        # Firecracker's API socket: the jailer has finished with the jail and exec'd.
+        deadline = time.monotonic() + 20
+        while not (jail / "root/run/fc.sock").exists():
+            assert time.monotonic() < deadline, "the jailed double never bound run/fc.sock"
+            time.sleep(0.05)
         assert not (stale_run / "stale.sock").exists() and not (stale_run / "evil").exists()
         assert (victim / "keep").read_text() == "x"
         assert jail == root / "jail/firecracker" / VM_ID
-        for d in (root / "jail", root / "jail/firecracker", jail, jail / "root"):
+        for d in (root / "jail", root / "jail/firecracker", jail):
             st = os.lstat(d)
             assert (st.st_uid, st.st_mode & 0o777) == (0, 0o711), d
-        run = os.lstat(jail / "root/run")
-        assert (run.st_uid, run.st_mode & 0o777) == (owner_user.uid, 0o700)
+        # The jailer hands its chroot's /, /run (and /dev) to --uid, 0700 (env.rs
+        # setup_jailed_folder); the helper built them root's.
+        for d in (jail / "root", jail / "root/run", jail / "root/dev"):
+            st = os.lstat(d)
+            assert (st.st_uid, st.st_mode & 0o777) == (owner_user.uid, 0o700), d
         for name, src in params["files"].items():
             assert (jail / "root" / name).stat().st_ino == Path(src).stat().st_ino, name
+        # The jailer copied Firecracker in (a copy, not a link) and ran that copy.
+        jailed_fc = jail / "root/firecracker"
+        assert jailed_fc.read_bytes() == (fake_bins / "firecracker").read_bytes()
+        assert jailed_fc.stat().st_ino != (fake_bins / "firecracker").stat().st_ino
         argv_ok = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         assert b"--api-sock" in argv_ok and b"run/fc.sock" in argv_ok
+        # One --id, the jailer's, followed by the timing flags it adds.
+        assert argv_ok.count(b"--id") == 1 and b"--start-time-us" in argv_ok
     finally:
         subprocess.run(["kill", "-KILL", str(pid)], check=False, timeout=10)
     deadline = time.monotonic() + 10

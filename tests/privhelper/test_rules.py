@@ -35,9 +35,26 @@ def test_paths_are_matched_by_component_not_by_string_prefix(tmp_path: Path) -> 
     (run / "d").mkdir()
     s = socket.socket(socket.AF_UNIX)
     s.bind(str(run / "d/ok.sock"))
-    with rules.socket_path(str(run / "d/ok.sock"), [run]) as opened:
+    with rules.socket_path(str(run / "d/ok.sock"), [run], os.getuid()) as opened:
         assert opened.st.st_ino == os.stat(run / "d/ok.sock").st_ino
     s.close()
+
+
+def test_jailer_namespace_and_cgroup_names_are_bangers() -> None:
+    assert rules.parent_cgroup(None) is None
+    assert rules.parent_cgroup("banger") == "banger"
+    assert rules.parent_cgroup("banger/vms") == "banger/vms"
+    for foreign in ("system", "user/user-1000", "bangerx", "docker/banger"):
+        with pytest.raises(BadRequest, match="not below banger's own cgroup 'banger'"):
+            rules.parent_cgroup(foreign)
+    assert rules.netns_path("/var/run/netns/banger-fc") == "/var/run/netns/banger-fc"
+    for foreign in ("/var/run/netns/vpn", "/var/run/netns/banger", "/var/run/netns/Banger-x"):
+        with pytest.raises(BadRequest, match="not a network namespace banger created"):
+            rules.netns_path(foreign)
+    assert rules.netns_name("banger-fc-1") == "banger-fc-1"
+    for bad in ("vpn", "banger-", "banger-A", "banger-x/../y", "banger-" + "a" * 30):
+        with pytest.raises(BadRequest, match="not a network namespace name banger creates"):
+            rules.netns_name(bad)
 
 
 def test_addresses() -> None:

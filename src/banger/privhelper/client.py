@@ -130,6 +130,12 @@ class HelperPrivOps:
         """Hand a socket below banger's runtime dir to the owner (0600)."""
         await self.call("priv.ensure_socket_access", {"path": str(path)})
 
+    async def ensure_netns(self, name: str) -> dict[str, Any]:
+        """Have the helper create (once) and record the network namespace `banger-<name>`."""
+        result = await self.call("priv.ensure_netns", {"name": name})
+        assert isinstance(result, dict)
+        return result
+
     async def jailer_launch(self, params: dict[str, Any]) -> dict[str, Any]:
         """Start the configured jailer on a VM's jail (docs/privileges.md `priv.jailer_launch`).
 

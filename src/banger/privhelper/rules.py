@@ -261,12 +261,38 @@ def open_under(value: Any, roots: Sequence[Path], name: str = "path") -> OpenedP
         raise
 
 
-def socket_path(value: Any, roots: Sequence[Path], name: str = "path") -> OpenedPath:
+def socket_path(
+    value: Any, roots: Sequence[Path], owner_uid: int, name: str = "path"
+) -> OpenedPath:
+    """A Unix socket below banger's directories that only banger can have made.
+
+    Reached without following any link (`open_under`), with exactly one name (a hard link to a
+    socket made elsewhere, `/run/docker.sock` say, has two: with fs.protected_hardlinks=0 the
+    owner could otherwise link one in and have it handed over) and owned by root or the owner.
+    """
     opened = open_under(value, roots, name)
-    if not stat.S_ISSOCK(opened.st.st_mode):
+    try:
+        check_socket(opened, owner_uid, name)
+    except BaseException:
         opened.close()
-        raise BadRequest(f"argument {name!r}: {opened.path} is not a Unix socket")
+        raise
     return opened
+
+
+def check_socket(opened: OpenedPath, owner_uid: int, name: str = "path") -> None:
+    st = opened.st
+    if not stat.S_ISSOCK(st.st_mode):
+        raise BadRequest(f"argument {name!r}: {opened.path} is not a Unix socket")
+    if st.st_nlink != 1:
+        raise BadRequest(
+            f"argument {name!r}: {opened.path} has {st.st_nlink} hard links; a socket banger "
+            "made has one (another name for a socket made elsewhere is refused)"
+        )
+    if st.st_uid not in (0, owner_uid):
+        raise BadRequest(
+            f"argument {name!r}: {opened.path} is owned by uid {st.st_uid}, not by root or the "
+            f"banger owner (uid {owner_uid}); refusing to hand it over"
+        )
 
 
 # --- processes ------------------------------------------------------------------------------
@@ -339,7 +365,14 @@ CGROUP_RE = re.compile(
     r"^(cpu|cpuset|memory|io|pids|hugetlb|blkio)\.[a-z][a-z0-9_.]{0,40}=[A-Za-z0-9 ._:,-]{1,64}$"
 )
 PARENT_CGROUP_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}(/[A-Za-z0-9_-]{1,64}){0,3}$")
+# banger's own parent cgroup: the jailer creates `<parent>/<id>` below it (or, cgroup v2 with no
+# settings, moves Firecracker into an existing parent); nothing outside it may be named.
+BANGER_CGROUP = "banger"
+NETNS_DIR = "/var/run/netns"
 NETNS_RE = re.compile(r"^/var/run/netns/[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+# Network namespaces banger creates (`priv.ensure_netns`) are named `banger-<name>`.
+NETNS_PREFIX = "banger-"
+BANGER_NETNS_NAME_RE = re.compile(r"^banger-[a-z0-9][a-z0-9-]{0,22}$")
 # Firecracker's API socket: inside the jail's owner-writable `run/` (the only such directory).
 API_SOCK_RE = re.compile(r"^run/[A-Za-z0-9_-]{1,32}\.sock$")
 # What may be linked into a jail, by its name there.
@@ -382,6 +415,23 @@ def parent_cgroup(value: Any, name: str = "parent_cgroup") -> str | None:
             f"argument {name!r}: {v!r} is not a plain cgroup path "
             "(1-4 components of letters, digits, '_' and '-'; no '..', no leading '/')"
         )
+    if v.split("/")[0] != BANGER_CGROUP:
+        raise BadRequest(
+            f"argument {name!r}: {v!r} is not below banger's own cgroup {BANGER_CGROUP!r}; "
+            f"set jailer_parent_cgroup to {BANGER_CGROUP!r} or '{BANGER_CGROUP}/<name>', "
+            "or leave it unset"
+        )
+    return v
+
+
+def netns_name(value: Any, name: str = "name") -> str:
+    """The name of a network namespace banger creates: `banger-<lowercase name>`."""
+    v = text(name, value, 64)
+    if not BANGER_NETNS_NAME_RE.fullmatch(v):
+        raise BadRequest(
+            f"argument {name!r}: {v!r} is not a network namespace name banger creates "
+            f"({NETNS_PREFIX}<name>: lowercase letters, digits and '-', at most 30 characters)"
+        )
     return v
 
 
@@ -393,6 +443,12 @@ def netns_path(value: Any, name: str = "netns") -> str | None:
         raise BadRequest(
             f"argument {name!r}: {v!r} is not a named network namespace "
             "(/var/run/netns/<name>, the name letters, digits, '_', '.', '-')"
+        )
+    base = v.removeprefix(NETNS_DIR + "/")
+    if not BANGER_NETNS_NAME_RE.fullmatch(base):
+        raise BadRequest(
+            f"argument {name!r}: {v} is not a network namespace banger created "
+            f"({NETNS_DIR}/{NETNS_PREFIX}<name>, made through the helper's priv.ensure_netns)"
         )
     return v
 
@@ -431,6 +487,11 @@ def owned_file(value: Any, roots: Sequence[Path], owner_uid: int, name: str) -> 
     return opened
 
 
+def chmod_opened(fd: int, mode: int) -> None:
+    """chmod the inode an O_PATH descriptor holds (fchmod refuses O_PATH; its magic link not)."""
+    os.chmod(f"/proc/self/fd/{fd}", mode)
+
+
 def root_only_dir(value: Any, owner_writable: Sequence[Path], name: str = "chroot_base") -> int:
     """Open (creating the missing tail, root 0711) a directory no one but root can change.
 
@@ -462,6 +523,7 @@ def root_only_dir(value: Any, owner_writable: Sequence[Path], name: str = "chroo
             except FileNotFoundError:
                 os.mkdir(comp, 0o711, dir_fd=fd)
                 nfd = os.open(comp, flags, dir_fd=fd)
+                chmod_opened(nfd, 0o711)  # past the helper's umask 077: traversable
             except OSError as e:
                 raise BadRequest(
                     f"argument {name!r}: {walked} is a symlink or not a directory "

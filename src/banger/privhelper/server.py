@@ -116,6 +116,7 @@ class Helper:
             "priv.signal_process": self.signal_process,
             "priv.ensure_socket_access": self.ensure_socket_access,
             "priv.jailer_launch": self.jailer_launch,
+            "priv.ensure_netns": self.ensure_netns,
         }
         # Source files for a jail: only below the owner's state and cache directories.
         self.file_roots = [
@@ -275,11 +276,86 @@ class Helper:
 
     async def ensure_socket_access(self, params: dict[str, Any]) -> None:
         _params(params, {"path"})
-        with rules.socket_path(params["path"], self.path_roots) as opened:
-            # Through the O_PATH fd's magic link: the inode validated above, not a new lookup.
+        owner = self.info.owner_uid
+        with rules.socket_path(params["path"], self.path_roots, owner) as opened:
+            # Through the O_PATH fd's magic link: the inode validated above, not a new lookup
+            # (fchown cannot take an O_PATH descriptor).
             target = f"/proc/self/fd/{opened.fd}"
-            os.chown(target, self.info.owner_uid, self.info.owner_gid)
+            before = opened.st
+            os.chown(target, owner, self.info.owner_gid)
             os.chmod(target, 0o600)
+            # Re-verify the inode after the change: a second name made in between is undone.
+            after = os.stat(target)
+            if (after.st_dev, after.st_ino) != (before.st_dev, before.st_ino) or (
+                after.st_nlink != 1
+            ):
+                os.chown(target, before.st_uid, before.st_gid)
+                os.chmod(target, stat.S_IMODE(before.st_mode))
+                raise BadRequest(
+                    f"argument 'path': {opened.path} gained another hard link while it was "
+                    "handed over; undone"
+                )
+
+    # --- network namespaces banger creates ------------------------------------------------------
+
+    @property
+    def _netns_records(self) -> Path:
+        return self.paths.helper_runtime_dir / "netns"
+
+    def _recorded_netns(self, name: str) -> tuple[int, int] | None:
+        try:
+            dev, ino = (self._netns_records / name).read_text().split(":")
+            return int(dev), int(ino)
+        except (OSError, ValueError):
+            return None
+
+    def _record_netns(self, name: str, ident: tuple[int, int]) -> None:
+        d = self._netns_records
+        d.mkdir(mode=0o700, exist_ok=True)
+        st = os.lstat(d)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != 0:
+            raise OperationFailed(f"{d} is not root's directory; remove it")
+        staged = d / f".{name}.tmp"
+        staged.write_text(f"{ident[0]}:{ident[1]}")
+        os.replace(staged, d / name)
+
+    async def ensure_netns(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Create (once) a network namespace `banger-<name>` and record it as banger's.
+
+        Only a namespace recorded here may be given to `priv.jailer_launch`; one that exists
+        under that name but was made by someone else is refused, not adopted.
+        """
+        _params(params, {"name"})
+        name = rules.netns_name(params["name"])
+        path = f"{rules.NETNS_DIR}/{name}"
+        current = _netns_identity(path)
+        if current is not None:
+            if current != self._recorded_netns(name):
+                raise BadRequest(
+                    f"network namespace {name} exists but was not created by banger; delete it "
+                    f"(`ip netns del {name}`) or choose another name"
+                )
+            return {"path": path, "created": False}
+        await self.ops.run(["ip", "netns", "add", name])
+        await self.ops.run(["ip", "-n", name, "link", "set", "lo", "up"])
+        made = _netns_identity(path)
+        if made is None:
+            raise OperationFailed(f"`ip netns add {name}` did not create {path}")
+        self._record_netns(name, made)
+        return {"path": path, "created": True}
+
+    def _require_banger_netns(self, path: str) -> None:
+        name = path.rsplit("/", 1)[1]
+        current = _netns_identity(path)
+        if current is None:
+            raise BadRequest(
+                f"argument 'netns': {path} does not exist; banger creates it (priv.ensure_netns)"
+            )
+        if current != self._recorded_netns(name):
+            raise BadRequest(
+                f"argument 'netns': {path} was not created by banger (no record of it, or it was "
+                "replaced since); the jailer joins only namespaces banger made"
+            )
 
     async def jailer_launch(self, params: dict[str, Any]) -> dict[str, Any]:
         """Build the VM's jail and start the configured jailer on it (docs/privileges.md).
@@ -313,7 +389,11 @@ class Helper:
             raise BadRequest("argument 'cgroup_version' must be 1 or 2")
         cgroups = rules.cgroup_settings(params["cgroups"])
         parent = rules.parent_cgroup(params["parent_cgroup"])
+        if parent:
+            require_root_cgroup(parent)
         netns = rules.netns_path(params["netns"])
+        if netns:
+            self._require_banger_netns(netns)
         api = rules.api_sock(params["api_sock"])
         base = rules.text("chroot_base", params["chroot_base"])
         if base != config.jailer_chroot_base:
@@ -383,7 +463,8 @@ class Helper:
                 argv += ["--parent-cgroup", parent]
             if netns:
                 argv += ["--netns", netns]
-            argv += ["--", "--api-sock", api, "--id", ident]
+            # The jailer gives Firecracker `--id` itself; a second one is a DuplicateArgument.
+            argv += ["--", "--api-sock", api]
             proc = subprocess.Popen(
                 argv,
                 stdin=subprocess.DEVNULL,
@@ -517,11 +598,62 @@ class Helper:
         return envelope.ok(result)
 
 
+def _netns_identity(path: str) -> tuple[int, int] | None:
+    """(device, inode) of a live network namespace bound at `path`; None when nothing is there.
+
+    A plain file (a namespace deleted, or a name someone merely created) is not a namespace.
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    if st.st_dev != os.stat("/proc/self/ns/net").st_dev:
+        raise BadRequest(f"{path} is not a network namespace (not an nsfs mount)")
+    return st.st_dev, st.st_ino
+
+
+def _cgroup_mounts() -> list[str]:
+    """Mount points of every cgroup hierarchy (v2 and each v1 controller) this process sees."""
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return []
+    found = []
+    for line in lines:
+        pre, _, post = line.partition(" - ")
+        if post.split(" ", 1)[0] in ("cgroup", "cgroup2"):
+            found.append(pre.split(" ")[4])
+    return found
+
+
+def require_root_cgroup(parent: str, mounts: list[str] | None = None) -> None:
+    """An existing parent cgroup must be root's alone in every hierarchy: not a subtree
+    delegated to a user (who could then read or loosen the limits banger sets below it)."""
+    for mount in _cgroup_mounts() if mounts is None else mounts:
+        walked = mount
+        for comp in parent.split("/"):
+            walked = f"{walked}/{comp}"
+            try:
+                st = os.lstat(walked)
+            except FileNotFoundError:
+                break  # the jailer creates the rest, root's
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid != 0 or st.st_mode & 0o022:
+                raise BadRequest(
+                    f"argument 'parent_cgroup': {walked} is not a cgroup only root controls "
+                    f"(owner uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):o}); "
+                    "it is not banger's"
+                )
+
+
 def _root_subdir(dir_fd: int, name: str, shown: str) -> int:
     """Open (creating, root 0711) a subdirectory that only root can change; O_PATH fd."""
+    created = False
     with contextlib.suppress(FileExistsError):
         os.mkdir(name, 0o711, dir_fd=dir_fd)
+        created = True
     fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
+    if created:
+        rules.chmod_opened(fd, 0o711)  # umask 077 made it 0700: the owner must traverse it
     st = os.fstat(fd)
     if st.st_uid != 0 or st.st_mode & 0o022:
         os.close(fd)
@@ -699,6 +831,9 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    # Everything the helper creates (records, jails, markers) is root's alone unless it says
+    # otherwise explicitly (the socket, the jail's run/).
+    os.umask(0o077)
     setup_logging(args.log_file)
     asyncio.run(serve(Helper(info)))
     return 0

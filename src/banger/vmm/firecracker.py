@@ -167,6 +167,8 @@ class JailLauncher(Protocol):
 
     async def jailer_launch(self, params: dict[str, Any]) -> dict[str, Any]: ...
 
+    async def ensure_netns(self, name: str) -> dict[str, Any]: ...
+
 
 # Jailed through the helper, Firecracker's sockets live in the jail's `run/` (the one directory
 # of the root-owned jail its uid, the owner's, may write).
@@ -370,9 +372,8 @@ class FirecrackerDriver:
 
     def _argv(self, ident: str, lay: _Layout) -> list[str]:
         fc = shutil.which(self.firecracker_bin) or self.firecracker_bin
-        fc_args = ["--api-sock", lay.fc_api, "--id", ident]
         if self.jailer is None:
-            return [fc, *fc_args]
+            return [fc, "--api-sock", lay.fc_api, "--id", ident]
         j = self.jailer
         jailer = shutil.which(j.binary) or j.binary
         argv = [
@@ -390,7 +391,9 @@ class FirecrackerDriver:
             argv += ["--parent-cgroup", j.parent_cgroup]
         if j.netns:
             argv += ["--netns", j.netns]
-        return [*argv, "--", *fc_args]
+        # Not `--id` again: the jailer passes its own `--id` to Firecracker, which refuses a
+        # repeated argument (jailer env.rs exec_command; utils arg_parser.rs DuplicateArgument).
+        return [*argv, "--", "--api-sock", lay.fc_api]
 
     def _prepare_files(
         self, spec: VMSpec, lay: _Layout, disks: list[tuple[str, DiskSpec]]
@@ -538,6 +541,9 @@ class FirecrackerDriver:
         assert self.helper is not None and self.jailer is not None
         j = self.jailer
         try:
+            if j.netns:
+                # The helper lets the jailer join only a namespace it made (`banger-<name>`).
+                await self.helper.ensure_netns(os.path.basename(j.netns))
             result = await self.helper.jailer_launch(
                 {
                     "jailer": os.path.realpath(shutil.which(j.binary) or j.binary),

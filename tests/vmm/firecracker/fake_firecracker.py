@@ -6,23 +6,29 @@ is simulated only as far as the host can observe it: boot lines on the serial co
 a vsock listener answering `CONNECT <port>` with `OK <n>` and echoing lines, and a reboot (the
 process exits 0) on Ctrl-Alt-Del when the command line has `reboot=k`, as a real guest with an
 i8042 would. Every API call is appended as a JSON line to $BANGER_FC_DOUBLE_LOG when set.
+
+The command line goes through Firecracker's own parser and argument table (`fc_argparser`, from
+firecracker v1.16.1 `src/utils/src/arg_parser.rs` and `src/firecracker/src/main.rs`): an unknown
+or repeated argument (a second `--id`, say) exits 153 with the real message, as Firecracker does.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import socket
 import socketserver
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import fc_argparser
+from fc_argparser import ArgParserError
 from fc_double import FirecrackerDouble
 
 CALL_LOG = os.environ.get("BANGER_FC_DOUBLE_LOG", "")
@@ -142,35 +148,53 @@ class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
 
 
+def _arg_error(e: ArgParserError) -> int:
+    """What firecracker v1.16.1 does on a bad command line (`src/firecracker/src/main.rs` main():
+    the Display through the logger, which writes to stdout before --log-path is applied, the
+    Debug on stderr, exit code `FcExitCode::ArgParsing` = 153)."""
+    now = time.strftime("%Y-%m-%dT%H:%M:%S.000000000")
+    line = f"{now} [anonymous-instance:main] "
+    sys.stdout.write(
+        f"{line}Arguments parsing error: {e} \n\nFor more information try --help.\n"
+        f"{line}Firecracker exiting with error. exit_code=153\n"
+    )
+    sys.stdout.flush()
+    print(f"Error: ParseArguments({e.debug()})", file=sys.stderr)
+    return 153
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="firecracker")
-    p.add_argument("--api-sock")
-    p.add_argument("--id", default="anonymous-instance")
-    p.add_argument("--version", action="store_true")
-    p.add_argument("--enable-pci", action="store_true")
-    p.add_argument("--log-path")
-    p.add_argument("--level")
-    p.add_argument("--metrics-path")
-    p.add_argument("--boot-timer", action="store_true")
-    args = p.parse_args(argv)
-    fc = FirecrackerDouble(instance_id=args.id)
-    if args.version:
+    try:
+        args = fc_argparser.parse(
+            fc_argparser.FIRECRACKER_ARGS, sys.argv[1:] if argv is None else argv
+        )
+    except ArgParserError as e:
+        return _arg_error(e)
+    fc = FirecrackerDouble(instance_id=args.single("id") or "anonymous-instance")
+    if args.flag("version"):
         print(f"Firecracker v{fc.version}\n")
         return 0
-    if not args.api_sock:
-        print("fake firecracker: --api-sock is required here", file=sys.stderr)
+    if args.flag("help"):
+        print(f"Firecracker v{fc.version}\n")
+        return 0
+    bad_id = fc_argparser.validate_instance_id(fc.instance_id)
+    if bad_id:
+        # main.rs: validate_instance_id(...).expect("Invalid instance ID") panics (abort).
+        print(f"Invalid instance ID: {bad_id}", file=sys.stderr)
+        return 134
+    api_sock = args.single("api-sock") or ""
+    if args.flag("no-api") or args.single("config-file"):
+        print("fake firecracker: only the API mode is simulated", file=sys.stderr)
         return 2
-    if os.path.exists(args.api_sock):
-        print(
-            f"Failed to open the API socket at: {args.api_sock}. Address in use.", file=sys.stderr
-        )
+    if os.path.exists(api_sock):
+        print(f"Failed to open the API socket at: {api_sock}. Address in use.", file=sys.stderr)
         return 1
     guest = Guest()
     fc.on_start = guest.on_start
     fc.on_ctrl_alt_del = guest.on_ctrl_alt_del
     fc.on_state = guest.on_state
     fc.on_vsock = guest.on_vsock
-    with Server(args.api_sock, make_handler(fc)) as server:
+    with Server(api_sock, make_handler(fc)) as server:
         server.serve_forever()
     return 0
 
