@@ -277,7 +277,10 @@ async def stream_export(
 
 def limit_text(max_bytes: int, key: str = LIMIT_KEY) -> str:
     """How an export limit is named in errors: the config key and its value."""
-    return f"{key} = {max_bytes} ({format_bytes(max_bytes)})"
+    return (
+        f"{key} = {max_bytes} ({format_bytes(max_bytes)}); raise it in the daemon's config.toml "
+        "(docs/config.md) to export more"
+    )
 
 
 async def export(
