@@ -86,9 +86,6 @@ def main(argv: list[str] | None = None) -> int:
     except click.ClickException as e:
         if isinstance(e, click.UsageError):
             _suggest_command(e)
-        from banger.cli.output import escape_controls
-
-        e.message = escape_controls(e.message)  # it may quote an argument: `vm $'\e[2J'`
         e.show()
         return e.exit_code
     except click.exceptions.Exit as e:

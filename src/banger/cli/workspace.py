@@ -152,7 +152,14 @@ class StagedOutput:
             self.file: BinaryIO = tempfile.TemporaryFile()  # noqa: SIM115 (closed in discard)
             return
         assert self.target is not None
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.target.name}.", dir=self.target.parent)
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.target.name}.", dir=self.target.parent)
+        except OSError as e:
+            from banger.rpc.errors import OperationFailed
+
+            raise OperationFailed(
+                f"cannot write the patch next to {self.target}: {e.strerror}"
+            ) from None
         self._tmp = Path(tmp)
         try:
             # mkstemp makes 0600: keep an existing file's mode, give a new one the umask's.

@@ -20,6 +20,7 @@ from banger.workspace.plan import (
     PrepareOptions,
     check_guest_path_syntax,
     make_plan,
+    validate_guest_path,
 )
 from banger.workspace.ship import prepare
 from banger.workspace.transport import SSHGuestExec
@@ -94,6 +95,16 @@ async def _guest(d: Daemon, ref: str) -> SSHGuestExec:
     return SSHGuestExec(await _vms(d).ssh_target(ref))
 
 
+def check_host_path(path: str) -> None:
+    """The host checkout's path as the CLI sends it: absolute, without NUL, of sane length."""
+    if "\0" in path:
+        raise BadRequest(f"path {path[:200]!r} contains a NUL byte")
+    if not os.path.isabs(path):
+        raise BadRequest(f"path {path[:200]!r} must be absolute (the CLI resolves it)")
+    if len(path.encode(errors="surrogatepass")) > 4095:
+        raise BadRequest(f"path {path[:64]!r}… is longer than 4095 bytes")
+
+
 def _options(p: PrepareParams, rec: records.WorkspaceRecord | None) -> PrepareOptions:
     """Explicit params win; a re-sync without them reuses what the workspace was prepared with."""
     base = rec.options if rec is not None else PrepareOptions()
@@ -112,6 +123,11 @@ def _options(p: PrepareParams, rec: records.WorkspaceRecord | None) -> PrepareOp
 
 async def workspace_prepare(d: Daemon, ctx: RequestContext, params: dict[str, Any]) -> Any:
     p = parse_params(PrepareParams, params)
+    # Every param is checked before the VM is looked up or anything is read.
+    if p.guest_path is not None:
+        validate_guest_path(p.guest_path)
+    if p.path is not None:
+        check_host_path(p.path)
     vm_id, vm_name = await _vm_id(d, p.vm)
     rec = records.find(d.store, vm_id, p.guest_path)
     if p.path is None:
@@ -123,8 +139,6 @@ async def workspace_prepare(d: Daemon, ctx: RequestContext, params: dict[str, An
             )
         host_path = Path(rec.host_path)
     else:
-        if not os.path.isabs(p.path):
-            raise BadRequest(f"path {p.path!r} must be absolute (the CLI resolves it)")
         host_path = Path(p.path)
     opts = _options(p, rec if p.path is None else None)
     try:

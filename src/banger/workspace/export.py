@@ -22,7 +22,7 @@ from pydantic import BaseModel
 
 from banger.rpc.errors import BadRequest, NotFound, OperationFailed, RPCError
 from banger.units import format_bytes
-from banger.workspace.transport import DEFAULT_TIMEOUT, GuestExec
+from banger.workspace.transport import DEFAULT_TIMEOUT, GuestExec, kill_group
 
 # $1 work tree, $2 base commit ("" = the checkout's HEAD). Output: "<n>\n", n bytes of
 # NUL-separated `--name-status` records, then the patch.
@@ -193,6 +193,10 @@ def _status_error(returncode: int, err_tail: str, description: str) -> RPCError:
     return OperationFailed(f"export failed in {description}: {err_tail}")
 
 
+# How much of a failing guest command's stderr an error quotes.
+TAIL_CHARS = 400
+
+
 class _Tail:
     """The last few KiB of a stream (a guest's stderr may be endless)."""
 
@@ -207,7 +211,8 @@ class _Tail:
 
     def text(self) -> str:
         lines = self.data.decode(errors="replace").strip().splitlines()[-3:]
-        return " | ".join(lines) or "(no output)"
+        text = " | ".join(lines) or "(no output)"
+        return text if len(text) <= TAIL_CHARS else "…" + text[-TAIL_CHARS:]
 
 
 def export_argv(guest_path: str, base_commit: str | None) -> list[str]:
@@ -255,10 +260,7 @@ async def stream_export(
             f"export in {guest.description} timed out after {timeout:.0f}s"
         ) from None
     finally:
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
+        await kill_group(proc)  # a no-op kill when it finished; always reaped
         errs.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await errs

@@ -12,6 +12,7 @@ import contextlib
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -67,6 +68,8 @@ class GuestExec(Protocol):
 async def spawn_process(
     argv: Sequence[str], *, env: Mapping[str, str] | None = None, cwd: Path | None = None
 ) -> asyncio.subprocess.Process:
+    # Its own process group, so `kill_group` also stops what it started (a pipeline's members
+    # would otherwise keep the pipes open, and asyncio's wait() waits for the pipes).
     return await asyncio.create_subprocess_exec(
         *argv,
         stdin=subprocess.DEVNULL,
@@ -74,7 +77,16 @@ async def spawn_process(
         stderr=subprocess.PIPE,
         env=dict(env) if env is not None else None,
         cwd=str(cwd) if cwd is not None else None,
+        start_new_session=True,
     )
+
+
+async def kill_group(proc: asyncio.subprocess.Process) -> None:
+    """SIGKILL a process started by `spawn_process` and everything in its group, then reap it."""
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    await proc.wait()
 
 
 async def run_process(
