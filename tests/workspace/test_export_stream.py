@@ -144,3 +144,25 @@ async def test_the_daemons_inline_export_stops_reading_at_its_cap(
     )
     with pytest.raises(OperationFailed, match="ssh to vm x failed"):
         await export(SSHGuestExec(gone), str(repo), None)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(None, 1 << 30), ('"2G"', 2 << 30), ("1048576", 1 << 20), ('"512M"', 512 << 20)],
+)
+def test_the_export_limit_is_a_config_key(tmp_path: Path, value: str | None, expected: int) -> None:
+    from banger.config import load_config
+
+    cfg = tmp_path / "config.toml"
+    cfg.write_text("" if value is None else f"workspace_export_max_bytes = {value}\n")
+    assert load_config(cfg).workspace_export_max_bytes == expected
+
+
+@pytest.mark.parametrize("value", ["0", '"lots"', "-1", '"1e99"'])
+def test_a_bad_export_limit_names_the_key(tmp_path: Path, value: str) -> None:
+    from banger.config import ConfigError, load_config
+
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f"workspace_export_max_bytes = {value}\n")
+    with pytest.raises(ConfigError, match="workspace_export_max_bytes"):
+        load_config(cfg)

@@ -42,11 +42,14 @@ def print_plan(plan: dict[str, Any], *, as_json: bool) -> None:
         f"mode: {plan['mode']}{extra} · {len(plan['files'])} file(s) · "
         f"{format_bytes(plan['total_bytes'])} → {plan['guest_path']}"
     )
-    click.echo(f"repo: {plan['repo_root']} @ {(plan['base_commit'] or 'no commit')[:12]}")
+    click.echo(
+        escape_controls(f"repo: {plan['repo_root']} @ {(plan['base_commit'] or 'no commit')[:12]}")
+    )
+    # File names come from the checkout, which may come from anywhere: escaped.
     for f in plan["files"]:
-        click.echo(f"  {f}")
+        click.echo(f"  {escape_controls(f)}")
     for f in plan["deleted"]:
-        click.echo(f"  (deleted) {f}")
+        click.echo(f"  (deleted) {escape_controls(f)}")
 
 
 def local_plan(path: str, **opts: Any) -> dict[str, Any]:
