@@ -71,6 +71,18 @@ class Config(_Strict):
     dns_port: int = Field(default=42069, ge=1, le=65535)
     default_dns: str = "1.1.1.1"
     vm_defaults: VMDefaults = Field(default_factory=VMDefaults)
+    # The most a `vm workspace export` brings back from a guest (changed-file list + patch),
+    # bytes or a size like "2G": a guest's output is untrusted and may be endless.
+    workspace_export_max_bytes: int = Field(default=1 << 30, ge=1, le=1 << 44)
+
+    @field_validator("workspace_export_max_bytes", mode="before")
+    @classmethod
+    def _export_max(cls, v: object) -> object:
+        if isinstance(v, str):
+            from banger.units import parse_size
+
+            return parse_size(v)
+        return v
 
     @field_validator("bridge_name")
     @classmethod

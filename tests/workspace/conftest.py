@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import os
+import shutil
+import socket
 import subprocess
+import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from banger.guest.ssh import SSHTarget, generate_host_key, pin_host_key
 from banger.workspace.transport import LocalGuestExec
 
 GIT_ENV = {
@@ -82,3 +87,52 @@ def repo(tmp_path: Path) -> Path:
 @pytest.fixture
 def guest(tmp_path: Path) -> Iterator[LocalGuestExec]:
     yield LocalGuestExec(tmp_path / "guest")
+
+
+# A real OpenSSH server on 127.0.0.1 standing in for a guest's (no VM needed).
+SSHD = Path("/usr/sbin/sshd")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def sshd_target() -> Iterator[SSHTarget]:
+    if not SSHD.exists() or os.geteuid() != 0:
+        pytest.skip("needs root and /usr/sbin/sshd")
+    d = Path(tempfile.mkdtemp(prefix="bg-sshd-"))
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "client")], check=True
+    )
+    _priv, host_pub = generate_host_key(d / "host")
+    (d / "authorized_keys").write_text((d / "client.pub").read_text())
+    os.chmod(d / "authorized_keys", 0o600)
+    port = _free_port()
+    config = d / "sshd_config"
+    config.write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d / 'host' / 'ssh_host_ed25519_key'}\n"
+        f"AuthorizedKeysFile {d / 'authorized_keys'}\nUsePAM no\nPidFile none\n"
+        "PermitRootLogin prohibit-password\nStrictModes no\n"
+    )
+    Path("/run/sshd").mkdir(exist_ok=True)
+    proc = subprocess.Popen([str(SSHD), "-D", "-e", "-f", str(config)], stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                if s.recv(4).startswith(b"SSH-"):
+                    break
+        except OSError:
+            time.sleep(0.05)
+    else:
+        proc.kill()
+        pytest.fail("sshd did not come up")
+    known = d / "known_hosts"
+    pin_host_key(known, "wsfake.vm", host_pub)
+    yield SSHTarget("127.0.0.1", port, "root", d / "client", known, "wsfake")
+    proc.terminate()
+    proc.wait(timeout=10)
+    shutil.rmtree(d, ignore_errors=True)

@@ -68,7 +68,7 @@ def test_workspace_rpcs_refuse_unknown_vm_and_bad_params(repo: Path, daemon: Ban
         with pytest.raises(NotFound, match="ghost"):
             c.call("vm.workspace.prepare", {"vm": "ghost", "path": str(repo)})
         with pytest.raises(NotFound, match="ghost"):
-            c.call("vm.workspace.export", {"vm": "ghost", "base_commit": "abc"})
+            c.call("vm.workspace.export", {"vm": "ghost", "base_commit": "abcdef1"})
         with pytest.raises(BadRequest, match="bogus"):
             c.call("vm.workspace.prepare", {"vm": "ghost", "path": "rel", "bogus": 1})
 

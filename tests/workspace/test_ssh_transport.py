@@ -6,70 +6,17 @@ and every byte of history and overlay goes through banger's ssh argv and a real 
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
 import subprocess
-import tempfile
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from banger.guest.ssh import SSHTarget, generate_host_key, pin_host_key
+from banger.guest.ssh import SSHTarget
 from banger.workspace.export import export
 from banger.workspace.plan import PrepareOptions, make_plan
 from banger.workspace.ship import prepare
 from banger.workspace.transport import SSHGuestExec
 from tests.workspace.conftest import git, tree_of
-
-SSHD = Path("/usr/sbin/sshd")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def sshd_target() -> Iterator[SSHTarget]:
-    if not SSHD.exists() or os.geteuid() != 0:
-        pytest.skip("needs root and /usr/sbin/sshd")
-    d = Path(tempfile.mkdtemp(prefix="bg-sshd-"))
-    subprocess.run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "client")], check=True
-    )
-    _priv, host_pub = generate_host_key(d / "host")
-    (d / "authorized_keys").write_text((d / "client.pub").read_text())
-    os.chmod(d / "authorized_keys", 0o600)
-    port = _free_port()
-    config = d / "sshd_config"
-    config.write_text(
-        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d / 'host' / 'ssh_host_ed25519_key'}\n"
-        f"AuthorizedKeysFile {d / 'authorized_keys'}\nUsePAM no\nPidFile none\n"
-        "PermitRootLogin prohibit-password\nStrictModes no\n"
-    )
-    Path("/run/sshd").mkdir(exist_ok=True)
-    proc = subprocess.Popen([str(SSHD), "-D", "-e", "-f", str(config)], stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-                if s.recv(4).startswith(b"SSH-"):
-                    break
-        except OSError:
-            time.sleep(0.05)
-    else:
-        proc.kill()
-        pytest.fail("sshd did not come up")
-    known = d / "known_hosts"
-    pin_host_key(known, "wsfake.vm", host_pub)
-    yield SSHTarget("127.0.0.1", port, "root", d / "client", known, "wsfake")
-    proc.terminate()
-    proc.wait(timeout=10)
-    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.mark.parametrize("multiplex", [False, True])

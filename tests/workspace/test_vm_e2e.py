@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,6 +28,8 @@ head -c 3000 blob.bin > blob.tmp && mv blob.tmp blob.bin
 echo "ignored" > trace.log
 """
 
+EXPORT_LIMIT_MIB = 80
+
 GUEST_TREE = (
     "set -e; i=$(mktemp -d); GIT_INDEX_FILE=$i/index git add -A; "
     "GIT_INDEX_FILE=$i/index git write-tree; rm -rf $i"
@@ -36,6 +39,8 @@ GUEST_TREE = (
 @pytest.fixture(scope="module")
 def env(debian_image: BuiltImage) -> Iterator[BangerEnv]:
     be = make_env("bgw-", cache_home=debian_image.cache_home)
+    # Big enough for the large-export test's ~54 MiB patch, small enough to exceed on purpose.
+    be.write_config(f'workspace_export_max_bytes = "{EXPORT_LIMIT_MIB}M"\n')
     be.banger("image", "pull", "debian-bookworm", check=True, timeout=600)
     yield be
     be.banger("vm", "delete", "wsrt", timeout=120)
@@ -158,3 +163,157 @@ def test_vm_run_exits_with_the_command_status_and_rm_leaves_nothing(
             "SELECT count(*) FROM vm_workspaces WHERE vm_id NOT IN (SELECT id FROM vms)"
         ).fetchone()[0]
     assert orphans == 0
+
+
+def _vm_hwm_reset(pid: int) -> int:
+    """Reset the process's peak RSS (VmHWM) and return its current RSS, in KiB."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+    return _proc_status_kib(pid, "VmRSS")
+
+
+def _proc_status_kib(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {key} in /proc/{pid}/status")
+
+
+def _run_measured(env: BangerEnv, *args: str) -> tuple[int, int, bytes, bytes]:
+    """(exit status, peak RSS in KiB, stdout, stderr) of one CLI run, via wait4."""
+    import tempfile
+
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen([*_cli(env), *args], env=env.env, stdout=out, stderr=err)
+        _pid, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        return proc.returncode, int(usage.ru_maxrss), out.read(), err.read()
+
+
+def test_large_export_streams_with_bounded_memory_and_the_limit_holds(
+    env: BangerEnv, vm: str, sample: Path, tmp_path: Path
+) -> None:
+    gp = "/root/big"
+    env.banger("vm", "workspace", "prepare", vm, str(sample), "--guest-path", gp, check=True)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    small = out_dir / "small.patch"
+    code, small_rss, _o, err = _run_measured(
+        env, "vm", "workspace", "export", vm, "--guest-path", gp, "-o", str(small)
+    )
+    assert code == 0, err
+
+    # ~54 MiB of new text in the guest: base64 lines of random bytes.
+    make_big = f"cd {gp} && head -c 40M /dev/urandom | base64 -w 100 > big.txt"
+    env.banger("vm", "exec", vm, "--", "sh", "-c", make_big, check=True, timeout=600)
+    pid = _daemon_pid(env)
+    rss_before = _vm_hwm_reset(pid)
+    big = out_dir / "big.patch"
+    code, big_rss, _o, err = _run_measured(
+        env, "vm", "workspace", "export", vm, "--guest-path", gp, "-o", str(big)
+    )
+    assert code == 0, err
+    patch_size = big.stat().st_size
+    assert patch_size > 50 * 2**20
+    # The daemon never sees the patch (the CLI streams it over SSH): its peak RSS during the
+    # export stays within a few MiB of where it was (16 MiB: allocator noise, one SSH target).
+    daemon_peak = _proc_status_kib(pid, "VmHWM")
+    assert daemon_peak - rss_before < 16 * 1024, (rss_before, daemon_peak)
+    # The CLI writes 64 KiB chunks to the staged file: its peak grows by far less than the patch.
+    assert big_rss - small_rss < 16 * 1024, (small_rss, big_rss, patch_size)
+    # The patch is whole: it applies at the base and recreates the guest's file.
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(sample), str(clone)], check=True)
+    git(clone, "apply", "--index", str(big))
+    guest_sum = env.banger("vm", "exec", vm, "--", "sha256sum", f"{gp}/big.txt", check=True)
+    import hashlib
+
+    assert (
+        hashlib.sha256((clone / "big.txt").read_bytes()).hexdigest()
+        == (guest_sum.stdout.split()[0])
+    )
+
+    # The inline RPC answer is capped lower (16 MiB), and the daemon stops reading there.
+    from banger.rpc.errors import OperationFailed
+
+    rss_before = _vm_hwm_reset(pid)
+    with env.client() as c, pytest.raises(OperationFailed) as inline:
+        c.call("vm.workspace.export", {"vm": vm, "guest_path": gp})
+    assert "16 MiB an inline vm.workspace.export answer carries" in inline.value.message
+    assert _proc_status_kib(pid, "VmHWM") - rss_before < 48 * 1024
+
+    # Over the configured limit: a clear error naming the key, and nothing at --output.
+    more = f"cd {gp} && head -c 24M /dev/urandom | base64 -w 100 > more.txt"
+    env.banger("vm", "exec", vm, "--", "sh", "-c", more, check=True, timeout=600)
+    before = sorted(os.listdir(out_dir))
+    big_before = big.read_bytes()
+    for target in (out_dir / "over.patch", big):
+        p = env.banger("vm", "workspace", "export", vm, "--guest-path", gp, "-o", str(target))
+        assert p.returncode == 1, p.stderr
+        limit = EXPORT_LIMIT_MIB * 2**20
+        assert (
+            f"the guest's changes are larger than workspace_export_max_bytes = {limit} "
+            f"({EXPORT_LIMIT_MIB}.0 MiB)" in p.stderr
+        ), p.stderr
+        assert "nothing was written" in p.stderr
+        assert sorted(os.listdir(out_dir)) == before  # no staging file, no over.patch
+    assert big.read_bytes() == big_before  # the old patch is untouched
+    # stdout gets nothing either (the patch is staged before it is printed).
+    p = subprocess.run(
+        [*_cli(env), "vm", "workspace", "export", vm, "--guest-path", gp],
+        env=env.env, capture_output=True, timeout=900,
+    )  # fmt: skip
+    assert p.returncode == 1 and p.stdout == b""
+    with env.client() as c:
+        assert c.call("ping")["pid"] == pid
+
+
+def _daemon_pid(env: BangerEnv) -> int:
+    with env.client() as c:
+        return int(c.call("ping")["pid"])
+
+
+CONSOLE_ESCAPES = "\\033]0;pwned\\007\\033[2J\\033[31mred-{tag}\\033[0m\\r\\n"
+
+
+def test_vm_logs_escapes_guest_control_sequences_at_a_terminal_only(
+    env: BangerEnv, vm: str
+) -> None:
+    from tests.tty import finish, spawn, wait_for
+
+    def say(tag: str) -> None:
+        line = f"printf '{CONSOLE_ESCAPES.format(tag=tag)}' > /dev/console"
+        env.banger("vm", "exec", vm, "--", "sh", "-c", line, check=True)
+
+    say("one")
+    raw = b"\x1b]0;pwned\x07\x1b[2J\x1b[31mred-one\x1b[0m"
+    deadline = time.monotonic() + 60
+    while True:
+        piped = subprocess.run(
+            [*_cli(env), "vm", "logs", vm], env=env.env, capture_output=True, timeout=60
+        )
+        if raw in piped.stdout or time.monotonic() > deadline:
+            break
+    # Piped: the raw bytes, exactly as the console log has them.
+    assert piped.returncode == 0 and raw in piped.stdout
+    console_log = json.loads(env.banger("vm", "show", vm, "--json", check=True).stdout)[
+        "console_log"
+    ]
+    assert piped.stdout == Path(console_log).read_bytes()[-len(piped.stdout) :]
+
+    # At a terminal: every control character shown as \xNN, none reaches the terminal.
+    child = spawn(env, "vm", "logs", vm)
+    status, out = finish(child)
+    assert status == 0
+    assert "\\x1b]0;pwned\\x07\\x1b[2J\\x1b[31mred-one\\x1b[0m" in out
+    assert "\x1b" not in out and "\x07" not in out
+
+    child = spawn(env, "vm", "logs", "-f", "-n", "0", vm)
+    say("two")
+    wait_for(child, lambda: "red-two" in str(child.before), timeout=60)
+    child.sendintr()
+    status, rest = finish(child)
+    seen = str(child.before) + rest
+    assert status == 0
+    assert "\\x1b[31mred-two\\x1b[0m" in seen and "\x1b" not in seen

@@ -3,12 +3,67 @@
 from __future__ import annotations
 
 import calendar
+import codecs
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
 from typing import Any, TextIO
+
+# What a guest (or any untrusted text) could drive a terminal with: the C0 controls except
+# newline and tab, DEL, the C1 controls U+0080 to U+009F (U+009B is a one-character CSI), and a
+# carriage return that does not end a line (it would let a line overwrite what came before).
+_UNSAFE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]|\r(?!\n)")
+
+
+def escape_controls(text: str) -> str:
+    """`text` safe for a terminal: each unsafe control character becomes `\\xNN` (ESC is
+    `\\x1b`, BEL `\\x07`, a lone CR `\\x0d`); newline, tab and CR LF stay as they are."""
+    return _UNSAFE.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+class TerminalText:
+    """Bytes in, terminal-safe text out, across chunk boundaries: UTF-8 (invalid sequences as
+    U+FFFD), controls escaped, a CR at the end of a chunk held until the next shows whether a
+    newline follows it."""
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._held = ""
+
+    def feed(self, data: bytes, *, final: bool = False) -> str:
+        text = self._held + self._decoder.decode(data, final)
+        self._held = ""
+        if text.endswith("\r") and not final:
+            text, self._held = text[:-1], "\r"
+        return escape_controls(text)
+
+
+class GuestOutput:
+    """Writes guest-controlled bytes (console logs, patches) to `stream`: byte-exact when it is
+    not a terminal (`banger vm logs X > file` is the raw log), escaped when it is."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream if stream is not None else sys.stdout
+        self.escaped = self.stream.isatty()
+        self._text = TerminalText()
+
+    def _put(self, data: bytes) -> None:
+        self.stream.flush()
+        self.stream.buffer.write(data)
+        self.stream.buffer.flush()
+
+    def write(self, data: bytes) -> None:
+        if not self.escaped:
+            self._put(data)
+        elif out := self._text.feed(data):
+            self._put(out.encode("utf-8", errors="replace"))
+
+    def close(self) -> None:
+        if self.escaped and (out := self._text.feed(b"", final=True)):
+            self._put(out.encode("utf-8", errors="replace"))
 
 
 def use_color(stream: TextIO) -> bool:
@@ -25,8 +80,12 @@ def dim(text: str, stream: TextIO = sys.stderr) -> str:
 
 
 def print_error(message: str, op_id: str = "") -> None:
-    suffix = f" {dim('(' + op_id + ')')}" if op_id else ""
-    print(f"{style('banger:', '1;31', sys.stderr)} {message}{suffix}", file=sys.stderr)
+    # Messages quote names, paths and guest output: never let them drive the terminal.
+    suffix = f" {dim('(' + escape_controls(op_id) + ')')}" if op_id else ""
+    print(
+        f"{style('banger:', '1;31', sys.stderr)} {escape_controls(message)}{suffix}",
+        file=sys.stderr,
+    )
 
 
 def print_json(value: Any) -> None:
@@ -72,7 +131,10 @@ def print_table(
     stays on one line. Piped output always has every column in full (scripts parse it)."""
     import shutil
 
-    cells = [[str(c) for c in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
+    # Cells come from guests and images too (process names, mounts): escaped, on any output.
+    cells = [[str(c) for c in headers]] + [
+        ["" if c is None else escape_controls(str(c)) for c in r] for r in rows
+    ]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     cols = list(range(len(headers)))
     if sys.stdout.isatty():
@@ -95,7 +157,7 @@ def print_fields(rows: Sequence[Sequence[Any]]) -> None:
     """`key  value` lines (pairs) with the values aligned: the `show` commands."""
     width = max(len(str(r[0])) for r in rows)
     for key, value in rows:
-        print(f"{str(key).ljust(width)}  {value}")
+        print(f"{str(key).ljust(width)}  {escape_controls(str(value))}")
 
 
 def age(timestamp: str) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import codecs
 import os
 import shlex
 import sys
@@ -14,7 +13,15 @@ import click
 
 from banger.cli.complete import IMAGE_OPTION, NAT_OPTION, NEW_VM_NAME, VM_REF, VM_REFS, kernel_names
 from banger.cli.connect import call
-from banger.cli.output import age, home_relative, print_fields, print_json, print_table, style
+from banger.cli.output import (
+    GuestOutput,
+    age,
+    home_relative,
+    print_fields,
+    print_json,
+    print_table,
+    style,
+)
 from banger.cli.progress import Stages
 from banger.cli.types import MEMORY, SECONDS
 from banger.rpc.client import Interrupted
@@ -348,17 +355,21 @@ def show(ref: str, as_json: bool) -> None:
     help="print at most this much of the end of the log first",
 )
 def logs(ref: str, follow: bool, max_bytes: int) -> None:
-    """Print a VM's serial console log."""
+    """Print a VM's serial console log.
+
+    At a terminal, control characters the guest wrote (escape sequences, BEL, lone CR) are shown
+    as \\xNN instead of being obeyed; piped or redirected, the log is byte-exact."""
     r = call("vm.logs", {"ref": ref, "max_bytes": max_bytes})
-    sys.stdout.write(r["content"])
-    sys.stdout.flush()
-    if not follow:
-        return
-    # The daemon and the CLI share a host: follow the file itself.
+    # The console is the guest's: at a terminal its escape sequences are shown, not obeyed;
+    # piped, the bytes are exact.
+    out = GuestOutput(sys.stdout)
     pos = int(r["size"])
     path = r["path"]
-    # Incremental: a chunk may end inside a multi-byte character.
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    out.write(_log_tail(path, pos, max_bytes, r["content"]))
+    if not follow:
+        out.close()
+        return
+    # The daemon and the CLI share a host: follow the file itself.
     try:
         while True:  # until Ctrl-C
             try:
@@ -372,17 +383,32 @@ def logs(ref: str, follow: bool, max_bytes: int) -> None:
             except FileNotFoundError:
                 if not os.path.isdir(os.path.dirname(path)):
                     # The VM's directory went with it: nothing more will come.
+                    out.close()
                     _err(f"\nvm {r['vm']} was deleted; stopped following its console log")
                     return
                 chunk = b""
             if chunk:
-                sys.stdout.write(decoder.decode(chunk))
-                sys.stdout.flush()
+                out.write(chunk)
             time.sleep(0.25)
     except KeyboardInterrupt:
         # Ctrl-C is how following ends: a clean exit, the prompt on its own line.
+        out.close()
         _err("")
         return
+
+
+def _log_tail(path: str, size: int, max_bytes: int, content: str) -> bytes:
+    """The log's last `max_bytes` up to `size` as the file has them (the daemon's `content` is
+    decoded text); the daemon's text when the file cannot be read here."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, size - max_bytes))
+            data = f.read(min(size, max_bytes))
+        if len(data) == min(size, max_bytes):
+            return data
+    except OSError:
+        pass
+    return content.encode(errors="surrogateescape")
 
 
 def ssh_remote(command: Sequence[str]) -> list[str] | None:

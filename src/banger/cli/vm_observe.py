@@ -9,8 +9,13 @@ import click
 
 from banger.cli.complete import vm_names
 from banger.cli.connect import call
-from banger.cli.output import print_json, print_table
+from banger.cli.output import escape_controls, print_json, print_table
 from banger.units import format_bytes
+
+
+def _echo(line: str, *, err: bool = False) -> None:
+    # Probe results quote the guest (mount points, errors): never let them drive the terminal.
+    click.echo(escape_controls(line), err=err)
 
 
 def _size(n: int | None) -> str:
@@ -50,31 +55,31 @@ def ping(name: str) -> None:
 
     result = call("vm.ping", {"ref": name})
     if result["alive"]:
-        click.echo(f"{result['vm']}: alive ({result['latency_ms']:.1f} ms)")
+        _echo(f"{result['vm']}: alive ({result['latency_ms']:.1f} ms)")
         return
-    click.echo(f"{result['vm']}: not answering: {result.get('error')}", err=True)
+    _echo(f"{result['vm']}: not answering: {result.get('error')}", err=True)
     raise ExitCode(1)
 
 
 def _print_stats(s: dict[str, Any]) -> None:
     host = s["host"]
     disks = host.get("disk_allocated_bytes") or {}
-    click.echo(f"{s['vm']}")
-    click.echo(
+    _echo(f"{s['vm']}")
+    _echo(
         f"  host   cpu {host['cpu_percent']:.1f}%  rss {_size(host['rss_bytes'])}  "
         + "  ".join(f"{label.replace('_', ' ')} {_size(v)}" for label, v in sorted(disks.items()))
     )
     g = s.get("guest")
     if g is None:
-        click.echo(f"  guest  unavailable: {s.get('guest_error')}")
+        _echo(f"  guest  unavailable: {s.get('guest_error')}")
         return
     load = " ".join(f"{x:.2f}" for x in g["load"])
     mem = f"{_size(g['mem_used_bytes'])} / {_size(g['mem_total_bytes'])}"
     cpu = f"cpu {g['cpu_percent']:.1f}%"
-    click.echo(f"  guest  {cpu}  load {load}  mem {mem}  up {g['uptime_seconds']:.0f}s")
+    _echo(f"  guest  {cpu}  load {load}  mem {mem}  up {g['uptime_seconds']:.0f}s")
     for disk in g["disks"]:
         used, total = _size(disk["used_bytes"]), _size(disk["total_bytes"])
-        click.echo(f"  disk   {disk['mount']:<6} {used} / {total}")
+        _echo(f"  disk   {disk['mount']:<6} {used} / {total}")
 
 
 @click.command("stats", short_help="CPU, memory and disk statistics of a VM.")
@@ -121,7 +126,7 @@ def ports(names: tuple[str, ...], as_json: bool) -> None:
         return
     if not rows:
         where = ", ".join(names) if names else "any running VM"
-        click.echo(f"no listening sockets in {where}")
+        _echo(f"no listening sockets in {where}")
         return
     table = []
     for r in rows:

@@ -7,14 +7,21 @@ import base64
 import inspect
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 
 from banger.daemon.context import RequestContext
 from banger.daemon.params import Params, parse_params
 from banger.rpc.errors import BadRequest, OperationFailed
 from banger.workspace import records
-from banger.workspace.export import export
-from banger.workspace.plan import DEFAULT_GUEST_PATH, Mode, PrepareOptions, make_plan
+from banger.workspace.export import LIMIT_KEY, check_base_commit, export, limit_text
+from banger.workspace.plan import (
+    DEFAULT_GUEST_PATH,
+    Mode,
+    PrepareOptions,
+    check_guest_path_syntax,
+    make_plan,
+    validate_guest_path,
+)
 from banger.workspace.ship import prepare
 from banger.workspace.transport import SSHGuestExec
 
@@ -44,6 +51,14 @@ class ExportParams(Params):
     vm: str
     guest_path: str | None = None
     base_commit: str | None = None
+    # inline: the daemon runs the export and answers with the patch (at most INLINE_EXPORT_MAX);
+    # ssh: the daemon only resolves the workspace and answers where and how to fetch it, and the
+    # caller streams the patch from the guest itself (what the CLI does: no size in the daemon).
+    transfer: Literal["inline", "ssh"] = "inline"
+
+
+# An inline answer holds the patch, its base64 and the JSON line at once: ~3.3x the patch.
+INLINE_EXPORT_MAX = 16 * 1024 * 1024
 
 
 class _VMRecord(Protocol):
@@ -80,6 +95,16 @@ async def _guest(d: Daemon, ref: str) -> SSHGuestExec:
     return SSHGuestExec(await _vms(d).ssh_target(ref))
 
 
+def check_host_path(path: str) -> None:
+    """The host checkout's path as the CLI sends it: absolute, without NUL, of sane length."""
+    if "\0" in path:
+        raise BadRequest(f"path {path[:200]!r} contains a NUL byte")
+    if not os.path.isabs(path):
+        raise BadRequest(f"path {path[:200]!r} must be absolute (the CLI resolves it)")
+    if len(path.encode(errors="surrogatepass")) > 4095:
+        raise BadRequest(f"path {path[:64]!r}… is longer than 4095 bytes")
+
+
 def _options(p: PrepareParams, rec: records.WorkspaceRecord | None) -> PrepareOptions:
     """Explicit params win; a re-sync without them reuses what the workspace was prepared with."""
     base = rec.options if rec is not None else PrepareOptions()
@@ -98,6 +123,11 @@ def _options(p: PrepareParams, rec: records.WorkspaceRecord | None) -> PrepareOp
 
 async def workspace_prepare(d: Daemon, ctx: RequestContext, params: dict[str, Any]) -> Any:
     p = parse_params(PrepareParams, params)
+    # Every param is checked before the VM is looked up or anything is read.
+    if p.guest_path is not None:
+        validate_guest_path(p.guest_path)
+    if p.path is not None:
+        check_host_path(p.path)
     vm_id, vm_name = await _vm_id(d, p.vm)
     rec = records.find(d.store, vm_id, p.guest_path)
     if p.path is None:
@@ -109,8 +139,6 @@ async def workspace_prepare(d: Daemon, ctx: RequestContext, params: dict[str, An
             )
         host_path = Path(rec.host_path)
     else:
-        if not os.path.isabs(p.path):
-            raise BadRequest(f"path {p.path!r} must be absolute (the CLI resolves it)")
         host_path = Path(p.path)
     opts = _options(p, rec if p.path is None else None)
     try:
@@ -161,13 +189,36 @@ async def workspace_prepare(d: Daemon, ctx: RequestContext, params: dict[str, An
 
 async def workspace_export(d: Daemon, ctx: RequestContext, params: dict[str, Any]) -> Any:
     p = parse_params(ExportParams, params)
+    # Every param is checked before the VM is looked up or the guest reached.
+    if p.guest_path is not None:
+        check_guest_path_syntax(p.guest_path)
+    check_base_commit(p.base_commit)
     vm_id, vm_name = await _vm_id(d, p.vm)
     rec = records.find(d.store, vm_id, p.guest_path)
     guest_path = p.guest_path or (rec.guest_path if rec is not None else DEFAULT_GUEST_PATH)
     base = p.base_commit or (rec.base_commit if rec is not None else None)
-    guest = await _guest(d, p.vm)
+    max_bytes = int(getattr(d.config, LIMIT_KEY))
+    target = await _vms(d).ssh_target(p.vm)
+    if p.transfer == "ssh":
+        return {
+            "vm": vm_name,
+            "guest_path": guest_path,
+            "base_commit": base,
+            "max_bytes": max_bytes,
+            "ssh": target.to_json(),
+        }
+    guest = SSHGuestExec(target)
     ctx.progress(stage="export")
-    result = await export(guest, guest_path, base)
+    if max_bytes <= INLINE_EXPORT_MAX:
+        limit = limit_text(max_bytes)
+    else:
+        limit = (
+            f"the {INLINE_EXPORT_MAX >> 20} MiB an inline vm.workspace.export answer carries "
+            '(ask with transfer: "ssh" to stream it, as `banger vm workspace export` does)'
+        )
+    result = await export(
+        guest, guest_path, base, max_bytes=min(max_bytes, INLINE_EXPORT_MAX), limit=limit
+    )
     return {
         "vm": vm_name,
         "guest_path": result.guest_path,

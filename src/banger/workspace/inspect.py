@@ -83,8 +83,53 @@ def _config(root: Path, key: str) -> str | None:
     return value or None
 
 
+def check_git_dir(root: Path) -> None:
+    """A `.git` that is a file or a symlink leads elsewhere: accept it only when that repository
+    says the link is its own (a linked worktree's `gitdir` file, a submodule's `core.worktree`).
+    A checkout unpacked from somewhere else could otherwise carry `gitdir: /home/you/secret/.git`
+    and have banger ship that repository's history into the guest."""
+    dotgit = root / ".git"
+    if dotgit.is_dir() and not dotgit.is_symlink():
+        return
+    out = git(root, "rev-parse", "--absolute-git-dir", check=False).decode(errors="replace")
+    gitdir = Path(out.strip()) if out.strip() else None
+    if gitdir is not None:
+        backlink = gitdir / "gitdir"  # a linked worktree's admin dir points back at our .git
+        if backlink.is_file() and _same(backlink.read_text().strip(), dotgit):
+            return
+        worktree = (
+            git(
+                root,
+                "config",
+                "--file",
+                str(gitdir / "config"),
+                "--get",
+                "core.worktree",
+                check=False,
+            )
+            .decode(errors="replace")
+            .strip()
+        )
+        if worktree and _same(str(gitdir / worktree), root):  # a submodule's git dir
+            return
+    where = gitdir if gitdir is not None else "(unreadable)"
+    raise BadRequest(
+        f"{dotgit} is a {'symlink' if dotgit.is_symlink() else 'file'} leading to {where}, which "
+        "is not a worktree or submodule of this checkout; refusing to ship another repository's "
+        "history (point banger at that repository itself)"
+    )
+
+
+def _same(a: str | Path, b: Path) -> bool:
+    try:
+        return os.path.realpath(a) == os.path.realpath(b)
+    except (OSError, ValueError):
+        return False
+
+
 def inspect_repo(path: Path, *, include_untracked: bool = False) -> RepoInfo:
     root = find_root(path.resolve())
+    check_git_dir(root)
     head_out = git(root, "rev-parse", "--verify", "-q", "HEAD^{commit}", check=False)
     head = head_out.decode().strip() or None
     branch_out = git(root, "symbolic-ref", "-q", "--short", "HEAD", check=False)

@@ -56,12 +56,28 @@ class WorkspacePlan(BaseModel):
     user_email: str | None
 
 
-def validate_guest_path(path: str) -> str:
+# PATH_MAX of Linux, counting the terminating NUL.
+GUEST_PATH_MAX = 4095
+
+
+def check_guest_path_syntax(path: str) -> str:
+    """A normalised absolute path below / without NUL or newline (export needs no more)."""
     if not path.startswith("/") or "\0" in path or "\n" in path:
-        raise BadRequest(f"guest path {path!r} must be an absolute path")
+        raise BadRequest(f"guest path {path[:200]!r} must be an absolute path")
+    try:
+        size = len(path.encode())
+    except UnicodeEncodeError:  # a lone surrogate (JSON allows "\udc80")
+        raise BadRequest(f"guest path {path[:200]!r} is not valid UTF-8") from None
+    if size > GUEST_PATH_MAX:
+        raise BadRequest(f"guest path {path[:64]!r}… is longer than {GUEST_PATH_MAX} bytes")
     norm = posixpath.normpath(path)
     if norm != path.rstrip("/") or ".." in norm.split("/") or norm in ("/", "//"):
         raise BadRequest(f"guest path {path!r} must be a normalised absolute path below /")
+    return norm
+
+
+def validate_guest_path(path: str) -> str:
+    norm = check_guest_path_syntax(path)
     if norm in ("/root", "/etc", "/usr", "/bin", "/sbin", "/lib", "/var", "/tmp", "/home"):
         raise BadRequest(
             f"guest path {path!r} would replace a system directory; use a subdirectory"

@@ -12,6 +12,7 @@ import contextlib
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -54,6 +55,38 @@ class GuestExec(Protocol):
     async def run(
         self, argv: Sequence[str], *, stdin: Stdin = None, timeout: float | None = DEFAULT_TIMEOUT
     ) -> ExecResult: ...
+
+    async def spawn(self, argv: Sequence[str]) -> asyncio.subprocess.Process:
+        """Start `argv` with stdout and stderr as pipes the caller reads (and must reap)."""
+        ...
+
+    def transport_failure(self, returncode: int, err_tail: str) -> OperationFailed | None:
+        """The transport's own failure (not the command's) behind an exit status, if any."""
+        ...
+
+
+async def spawn_process(
+    argv: Sequence[str], *, env: Mapping[str, str] | None = None, cwd: Path | None = None
+) -> asyncio.subprocess.Process:
+    # Its own process group, so `kill_group` also stops what it started (a pipeline's members
+    # would otherwise keep the pipes open, and asyncio's wait() waits for the pipes).
+    return await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=dict(env) if env is not None else None,
+        cwd=str(cwd) if cwd is not None else None,
+        start_new_session=True,
+    )
+
+
+async def kill_group(proc: asyncio.subprocess.Process) -> None:
+    """SIGKILL a process started by `spawn_process` and everything in its group, then reap it."""
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    await proc.wait()
 
 
 async def run_process(
@@ -103,9 +136,7 @@ class LocalGuestExec:
     def description(self) -> str:
         return f"local guest at {self.root}"
 
-    async def run(
-        self, argv: Sequence[str], *, stdin: Stdin = None, timeout: float | None = DEFAULT_TIMEOUT
-    ) -> ExecResult:
+    def _env(self) -> dict[str, str]:
         env = dict(os.environ)
         env.update(
             {
@@ -117,9 +148,25 @@ class LocalGuestExec:
         )
         for var in ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE"):
             env.pop(var, None)
+        return env
+
+    async def run(
+        self, argv: Sequence[str], *, stdin: Stdin = None, timeout: float | None = DEFAULT_TIMEOUT
+    ) -> ExecResult:
         return await run_process(
-            argv, stdin=stdin, timeout=timeout, env=env, cwd=self.root, what=self.description
+            argv,
+            stdin=stdin,
+            timeout=timeout,
+            env=self._env(),
+            cwd=self.root,
+            what=self.description,
         )
+
+    async def spawn(self, argv: Sequence[str]) -> asyncio.subprocess.Process:
+        return await spawn_process(argv, env=self._env(), cwd=self.root)
+
+    def transport_failure(self, returncode: int, err_tail: str) -> OperationFailed | None:
+        return None
 
 
 class SSHGuestExec:
@@ -182,7 +229,16 @@ class SSHGuestExec:
         result = await run_process(
             self.host_argv(argv), stdin=stdin, timeout=timeout, what=self.description
         )
-        if result.returncode == 255:
-            # OpenSSH's own failure (connection refused, host key mismatch…), not the command's.
-            raise OperationFailed(f"{self.description} failed: {result.err_tail}")
+        failed = self.transport_failure(result.returncode, result.err_tail)
+        if failed is not None:
+            raise failed
         return result
+
+    async def spawn(self, argv: Sequence[str]) -> asyncio.subprocess.Process:
+        return await spawn_process(self.host_argv(argv))
+
+    def transport_failure(self, returncode: int, err_tail: str) -> OperationFailed | None:
+        if returncode == 255:
+            # OpenSSH's own failure (connection refused, host key mismatch…), not the command's.
+            return OperationFailed(f"{self.description} failed: {err_tail}")
+        return None
