@@ -225,6 +225,14 @@ def _device_inside(w: Where) -> None:
     assert stat.S_ISCHR(st.st_mode) and os.major(st.st_rdev) == 1 and os.minor(st.st_rdev) == 3
 
 
+def _tree_root_private(w: Where) -> None:
+    st = os.lstat(w.tree)
+    assert stat.S_IMODE(st.st_mode) == 0o700 and (st.st_uid, st.st_gid) == (
+        os.geteuid(),
+        os.getegid(),
+    )
+
+
 D = "dir"
 S = "symlink"
 H = "hardlink"
@@ -265,6 +273,13 @@ CASES = [
     Case(
         "symlink-replaces-root-children-same-layer",
         [[Entry("./", D, mode=0o755), Entry("x/", D, mode=0o777), Entry("x", S, link="{out}")]],
+    ),
+    Case(
+        # The tree holds the image's device nodes as root while it is built: another host user
+        # must not be handed it (mkfs gives the image's root 0755 root:root anyway).
+        "root-entry-cannot-open-the-tree",
+        [[Entry("./", D, mode=0o777, uid=1000, gid=1000), Entry("dev/sda", "block", mode=0o666)]],
+        check=_tree_root_private,
     ),
     # --- members placed through planted symlinks land inside the tree (chroot-style) ---
     Case(

@@ -178,6 +178,8 @@ class Applier:
     ) -> None:
         self.root = os.path.realpath(root)
         self.root_fd = os.open(self.root, _DIR)
+        # Private while the image's files (device nodes included) sit in it as root.
+        os.chmod(self.root_fd, 0o700)
         self.stats = ApplyStats()
         # Bytes the scratch tree may take before build.py moves to the disk (None: unlimited).
         self.budget = budget
@@ -324,10 +326,9 @@ class Applier:
 
     def _apply_member(self, tf: tarfile.TarFile, m: tarfile.TarInfo) -> None:
         parts = self._split(m.name)
-        if not parts:  # "./": the root's own attributes
-            if m.isdir():
-                os.chown(self.root_fd, m.uid, m.gid)
-                self._record_dir((), self.root_fd, m.mode & 0o7777, float(m.mtime))
+        if not parts:
+            # "./": mkfs.ext4 -d makes the image's root 0755 root:root whatever the tree root
+            # says, so the layer's mode and owner would only open the tree to other host users.
             return
         *parent_parts, base = parts
         if len(base.encode()) > 255:
@@ -599,7 +600,7 @@ def apply_layers(
     max_bytes: int | None = None,
     image: str = "",
 ) -> ApplyStats:
-    root.mkdir(parents=True, exist_ok=True)
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
     applier = Applier(root, budget, max_bytes=max_bytes, image=image)
     try:
         for i, layer in enumerate(layers):
