@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 import subprocess
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -225,3 +227,17 @@ def test_hardlinks_symlinks_and_devices_keep_attributes(tmp_path: Path) -> None:
     assert stat.S_ISCHR(tty.st_mode) and stat.S_IMODE(tty.st_mode) == 0o620 and tty.st_gid == 5
     assert stat.S_IMODE(os.lstat(tree / "run/p").st_mode) == 0o640
     assert os.getxattr(tree / "etc/f", "user.banger") == b"v"
+
+
+def test_non_utf8_names_are_kept_byte_exact(tmp_path: Path) -> None:
+    # An old latin-1 package: the name is the bytes b"caf\xe9", not valid UTF-8.
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT, encoding="latin-1") as tf:
+        ti = tarfile.TarInfo("doc/caf\xe9")
+        ti.size = 2
+        tf.addfile(ti, io.BytesIO(b"ok"))
+    blob = tmp_path / "latin1.blob"
+    blob.write_bytes(buf.getvalue())
+    tree = tmp_path / "tree"
+    apply_layers(tree, [Layer(blob, "sha256:latin1")])
+    assert os.listdir(os.fsencode(tree / "doc")) == [b"caf\xe9"]

@@ -331,7 +331,7 @@ class Applier:
             # says, so the layer's mode and owner would only open the tree to other host users.
             return
         *parent_parts, base = parts
-        if len(base.encode()) > 255:
+        if len(os.fsencode(base)) > 255:
             raise self._hostile("name component longer than 255 bytes")
         if base.startswith(WHITEOUT):
             self._whiteout(parent_parts, base)
