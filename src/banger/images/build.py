@@ -4,6 +4,11 @@
 it. When the daemon is not root it runs this under `fakeroot`, so the chowns and mknods of the
 applier and the ownership `mkfs.ext4 -d` copies live in one fakeroot session. Progress and the
 result go to stdout as JSON lines; a failure is one `{"event": "error", ...}` line and exit 2.
+
+The spec names the image (`image`, for errors), the layers, the tree to unpack into (tmpfs
+scratch with `fallback_tree` on the disk and the scratch's `tree_budget`, or the disk directly)
+and `size_bytes` (--size). Whichever tree is used, the layers may unpack to at most
+`unpack_limit(size_bytes)` bytes (`max_bytes` in the spec overrides it).
 """
 
 from __future__ import annotations
@@ -17,7 +22,15 @@ from pathlib import Path
 from typing import Any
 
 from banger.images.ext4 import SizeTooSmall, choose_size, make_ext4, tree_usage
-from banger.images.layers import BudgetExceeded, HostileLayer, Layer, LayerError, apply_layers
+from banger.images.layers import (
+    DEFAULT_MAX_UNPACKED,
+    BudgetExceeded,
+    HostileLayer,
+    Layer,
+    LayerError,
+    TooLarge,
+    apply_layers,
+)
 from banger.rpc.errors import OperationFailed
 
 # The daemon kills this process if a download fails; this only bounds an orphaned child.
@@ -27,6 +40,12 @@ LAYER_WAIT_SECONDS = 3600
 def _emit(**fields: Any) -> None:
     sys.stdout.write(json.dumps(fields) + "\n")
     sys.stdout.flush()
+
+
+def unpack_limit(size_bytes: int | None) -> int:
+    """The most file data an image may unpack to: the default, or a larger requested --size
+    (the user asked for an image that big)."""
+    return max(DEFAULT_MAX_UNPACKED, size_bytes or 0)
 
 
 def run(spec: dict[str, Any]) -> dict[str, Any]:
@@ -47,17 +66,27 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
             time.sleep(0.02)
         _emit(event="layer", index=i, total=len(layers), name=layer.name)
 
+    image = str(spec.get("image") or spec.get("label") or "rootfs")
+    max_bytes = int(spec.get("max_bytes") or unpack_limit(spec.get("size_bytes")))
     fallback = spec.get("fallback_tree")
     try:
-        stats = apply_layers(tree, layers, on_layer, spec.get("tree_budget") if fallback else None)
+        stats = apply_layers(
+            tree,
+            layers,
+            on_layer,
+            spec.get("tree_budget") if fallback else None,
+            max_bytes=max_bytes,
+            image=image,
+        )
     except BudgetExceeded:
         # The estimate from compressed sizes was wrong (highly compressible data): tmpfs is
-        # memory, so start over on the disk rather than fill it.
+        # memory, so start over on the disk rather than fill it. The image's own limit
+        # (TooLarge) is the same on both and is never a reason to fall back.
         assert fallback is not None
         shutil.rmtree(tree, ignore_errors=True)
         _emit(event="fallback", tree=fallback)
         tree = Path(fallback)
-        stats = apply_layers(tree, layers, on_layer)
+        stats = apply_layers(tree, layers, on_layer, max_bytes=max_bytes, image=image)
     usage = tree_usage(tree)
     size = choose_size(usage, spec.get("size_bytes"))
     _emit(event="mkfs", size_bytes=size, content_bytes=usage.bytes)
@@ -79,6 +108,9 @@ def main(argv: list[str]) -> int:
         result = run(spec)
     except HostileLayer as e:
         _emit(event="error", kind="hostile", message=str(e))
+        return 2
+    except TooLarge as e:
+        _emit(event="error", kind="too_large", message=str(e))
         return 2
     except (LayerError, SizeTooSmall, OperationFailed, OSError) as e:
         _emit(event="error", kind="failed", message=str(e))

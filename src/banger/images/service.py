@@ -464,6 +464,7 @@ class ImageService:
                 "out": str(out_dir / ROOTFS_NAME),
                 "size_bytes": size_bytes,
                 "label": "rootfs",
+                "image": name,
             }
             scratch, budget = _scratch_dir(image_id, layers)
             tree = scratch / "tree" if scratch is not None else stage / "tree"
