@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from banger.daemon.context import RequestContext
-from banger.daemon.params import Params, parse_params
+from banger.daemon.params import GitRef, GuestPath, HostPath, Params, Ref, parse_params
 from banger.rpc.errors import BadRequest, OperationFailed
 from banger.workspace import records
 from banger.workspace.export import export
@@ -27,23 +27,23 @@ _locks: dict[tuple[str, str], asyncio.Lock] = {}
 
 
 class PrepareParams(Params):
-    vm: str
+    vm: Ref
     # Host path of the checkout; omitted = re-sync the recorded workspace from where it came.
-    path: str | None = None
-    guest_path: str | None = None
+    path: HostPath | None = None
+    guest_path: GuestPath | None = None
     include_untracked: bool | None = None
     readonly: bool | None = None
     mode: Mode | None = None
-    branch: str | None = None
-    from_ref: str | None = None
+    branch: GitRef | None = None
+    from_ref: GitRef | None = None
     shallow: bool | None = None
     dry_run: bool = False
 
 
 class ExportParams(Params):
-    vm: str
-    guest_path: str | None = None
-    base_commit: str | None = None
+    vm: Ref
+    guest_path: GuestPath | None = None
+    base_commit: GitRef | None = None
 
 
 class _VMRecord(Protocol):
