@@ -97,7 +97,9 @@ async def dispatch(
         method = clip(req.method, 64)  # for messages and log lines; the table lookup uses req's
         handler = table.get(req.method)
         if handler is None:
-            raise UnknownMethod(f"unknown method {quote(method)}; `banger --help` lists what exists")
+            raise UnknownMethod(
+                f"unknown method {quote(method)}; `banger --help` lists what exists"
+            )
         sink = progress_sink if req.progress else None
 
         def emit(fields: dict[str, Any]) -> None:

@@ -14,6 +14,7 @@ from banger.daemon.params import (
     OCIRef,
     Params,
     Ref,
+    Size,
     parse_params,
 )
 from banger.images.model import ImageRecord
@@ -27,7 +28,7 @@ class PullParams(Params):
     ref: OCIRef
     name: ImageName | None = None
     # Bytes, or a size string like "4G".
-    size: int | str | None = None
+    size: int | Size | None = None
 
     @field_validator("size")
     @classmethod

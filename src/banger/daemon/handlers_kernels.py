@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from banger.daemon.context import RequestContext
-from banger.daemon.params import HostPath, KernelName, Params, Token, parse_params
+from banger.daemon.params import HostPath, KernelName, KernelVersion, Params, parse_params
 
 if TYPE_CHECKING:
     from banger.daemon.app import Daemon
@@ -27,7 +27,7 @@ class ImportParams(Params):
     initrd: HostPath | None = None
     modules: HostPath | None = None
     from_host: bool = False
-    host_version: Token | None = None
+    host_version: KernelVersion | None = None
     force: bool = False
 
 

@@ -124,6 +124,19 @@ def _git_ref(value: str) -> str:
     return value
 
 
+_KERNEL_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+~-]*$")
+
+
+def _kernel_version(value: str) -> str:
+    _printable(value)
+    if not _KERNEL_VERSION.match(value):
+        raise ValueError(
+            f"{quote(value)} is not a kernel version (letters, digits and . _ + ~ -, "
+            "e.g. 6.1.0-18-amd64)"
+        )
+    return value
+
+
 _OP_ID = re.compile(r"^op-[0-9a-f]{12}$")
 
 
@@ -152,8 +165,10 @@ GuestPath = Annotated[str, _bounded(MAX_PATH_CHARS), AfterValidator(_via(_guest_
 Size = Annotated[str, _bounded(MAX_TEXT_CHARS), AfterValidator(_size)]
 # A git branch, ref or commit given to the workspace verbs (passed to git as an argument).
 GitRef = Annotated[str, _bounded(256), AfterValidator(_git_ref)]
-# A short word: a signal name, a kernel version.
+# A short word: a signal name.
 Token = Annotated[str, _bounded(128), AfterValidator(_printable)]
+# An installed distro kernel's version (`/boot/vmlinuz-<version>`).
+KernelVersion = Annotated[str, _bounded(128), AfterValidator(_kernel_version)]
 OpId = Annotated[str, _bounded(15), AfterValidator(_op_id)]
 RefList = Annotated[list[Ref], Field(min_length=1, max_length=MAX_LIST_ITEMS)]
 
@@ -162,7 +177,9 @@ class Params(BaseModel):
     """Base for RPC params: unknown fields are an error, so typos do not pass silently; every
     string is bounded and NUL-free even where a field forgets its type."""
 
-    model_config = ConfigDict(extra="forbid", str_max_length=MAX_PATH_CHARS)
+    # strict: JSON types as sent ("yes" is not true, "4" is not 4): a coerced value would run
+    # work nobody asked for (`image.cache.prune {"dry_run": "no"}` pruned for real).
+    model_config = ConfigDict(extra="forbid", strict=True, str_max_length=MAX_PATH_CHARS)
 
     @field_validator("*", mode="after")
     @classmethod
@@ -203,6 +220,7 @@ __all__ = [
     "HostPath",
     "ImageName",
     "KernelName",
+    "KernelVersion",
     "OCIRef",
     "OpId",
     "Params",

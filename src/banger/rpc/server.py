@@ -332,6 +332,8 @@ class RPCServer:
             await asyncio.wait_for(conn.writer.drain(), self.idle_timeout)
         except TimeoutError:
             log.info("closing a connection that does not read its answers")
+            # Not close(): that would wait, socket open, for the unread answers to be taken.
+            conn.writer.transport.abort()
             raise
         conn.last_activity = time.monotonic()
 
