@@ -66,15 +66,11 @@ def _absolute(value: str) -> str:
     return value
 
 
-def _via(check: Callable[[str], object], *, spaces: bool = False) -> Callable[[str], str]:
-    """A service's own name check as a param validator (its error names what is allowed);
-    control characters are refused first (and whitespace unless `spaces`)."""
+def _via(check: Callable[[str], object]) -> Callable[[str], str]:
+    """A service's own check as a param validator: its error says what is allowed."""
 
     def run(value: str) -> str:
-        if spaces:
-            _no_control(value)
-        else:
-            _printable(value)
+        _no_control(value)
         try:
             check(value)
         except RPCError as e:  # the kernel/image checks raise BadRequest
@@ -160,7 +156,7 @@ ImageName = Annotated[str, _bounded(63), AfterValidator(_via(_image_name))]
 KernelName = Annotated[str, _bounded(64), AfterValidator(_via(_kernel_name))]
 # A path on the host (the CLI makes it absolute) or in the guest.
 HostPath = Annotated[str, _bounded(MAX_PATH_CHARS), AfterValidator(_absolute)]
-GuestPath = Annotated[str, _bounded(MAX_PATH_CHARS), AfterValidator(_via(_guest_path, spaces=True))]
+GuestPath = Annotated[str, _bounded(MAX_PATH_CHARS), AfterValidator(_via(_guest_path))]
 # `8G`, `512M`, `1024`: parsed here so an out-of-range size fails before any work.
 Size = Annotated[str, _bounded(MAX_TEXT_CHARS), AfterValidator(_size)]
 # A git branch, ref or commit given to the workspace verbs (passed to git as an argument).
