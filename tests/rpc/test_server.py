@@ -242,3 +242,41 @@ async def test_at_the_cap_with_every_connection_busy_the_newcomer_is_refused(
         assert json.loads(await asyncio.wait_for(reader.readline(), 10))["ok"] is True
     for _, writer in [*conns, (r, w)]:
         writer.close()
+
+
+async def test_the_cli_client_retries_a_busy_answer_on_a_new_connection(
+    limited: RPCServer,
+) -> None:
+    from banger.rpc.client import Client
+
+    c = Client(limited.socket_path)
+    assert await asyncio.to_thread(c.call, "first") == "first"
+    # Eight newer connections: c's, idle the longest, is closed to make room for the last.
+    others = [await asyncio.open_unix_connection(str(limited.socket_path)) for _ in range(8)]
+    for r, w in others:
+        w.write(b'{"method":"echo"}\n')
+        await w.drain()
+        await asyncio.wait_for(r.readline(), 10)
+    # The request goes out on the closed connection, reads `busy`, and is sent again.
+    assert await asyncio.to_thread(c.call, "second") == "second"
+    c.close()
+    for _, w in others:
+        w.close()
+
+
+async def test_the_cli_client_reports_busy_when_every_connection_stays_busy(
+    limited: RPCServer,
+) -> None:
+    from banger.rpc.client import Client
+    from banger.rpc.errors import Busy
+
+    conns = [await asyncio.open_unix_connection(str(limited.socket_path)) for _ in range(8)]
+    for _, w in conns:
+        w.write(b'{"method":"sleep","params":{"seconds":30}}\n')
+        await w.drain()
+    while len(limited.inflight) < 8:
+        await asyncio.sleep(0.01)
+    with pytest.raises(Busy, match="limit of 8 connections, all with requests in flight"):
+        await asyncio.to_thread(Client(limited.socket_path).call, "ping")
+    for _, w in conns:
+        w.close()

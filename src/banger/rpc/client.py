@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 import select
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from banger.rpc import PROTOCOL_VERSION
-from banger.rpc.errors import OperationFailed, RPCError, from_wire
+from banger.rpc.errors import Busy, OperationFailed, RPCError, from_wire
 
 ProgressCallback = Callable[[dict[str, Any]], None]
 
@@ -38,6 +39,9 @@ QUICK_METHODS: frozenset[str] = frozenset(
     }
 )
 ANSWER_TIMEOUT_SECONDS = 30.0
+# A `busy` answer (the daemon at its connection limit) is retried this often, backing off.
+BUSY_RETRIES = 3
+BUSY_BACKOFF_SECONDS = 0.2
 
 
 class _Default(enum.Enum):
@@ -147,9 +151,6 @@ class Client:
         `timeout`: seconds of silence (no answer, no progress line) after which the call fails
         with DaemonTimeout; None waits as long as the work takes. The default depends on the
         method (QUICK_METHODS)."""
-        if self._sock is None:
-            self.connect()
-        assert self._sock is not None
         request: dict[str, Any] = {"version": PROTOCOL_VERSION, "method": method}
         if params:
             request["params"] = params
@@ -157,10 +158,23 @@ class Client:
             request["progress"] = True
         if timeout is DEFAULT_TIMEOUT:
             timeout = ANSWER_TIMEOUT_SECONDS if method in QUICK_METHODS else None
-        # Per socket operation: every progress line the daemon sends restarts the clock.
-        self._sock.settimeout(timeout)
         try:
-            return self._exchange(method, request, on_progress)
+            for attempt in range(BUSY_RETRIES + 1):
+                if self._sock is None:
+                    self.connect()
+                assert self._sock is not None
+                # Per socket operation: every progress line the daemon sends restarts the clock.
+                self._sock.settimeout(timeout)
+                try:
+                    return self._exchange(method, request, on_progress)
+                except Busy:
+                    # The daemon closed this connection at its connection limit before it took
+                    # the request (a request it took is never cut): safe to send it again.
+                    self.close()
+                    if attempt == BUSY_RETRIES:
+                        raise
+                    time.sleep(BUSY_BACKOFF_SECONDS * (attempt + 1))
+            raise AssertionError("unreachable")
         except TimeoutError:
             # The connection is mid-answer and unusable: drop it.
             self.close()
@@ -175,9 +189,14 @@ class Client:
         self, method: str, request: dict[str, Any], on_progress: ProgressCallback | None
     ) -> Any:
         assert self._sock is not None
-        self._sock.sendall(json.dumps(request).encode() + b"\n")
+        # The daemon may have closed this connection: what it said first (`busy`) is still read.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            self._sock.sendall(json.dumps(request).encode() + b"\n")
         while True:
-            line = self._file.readline()
+            try:
+                line = self._file.readline()
+            except ConnectionResetError:
+                line = b""
             if not line:
                 raise OperationFailed(
                     f"the daemon closed the connection during {method}; see `banger daemon status`"
