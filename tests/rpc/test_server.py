@@ -280,3 +280,37 @@ async def test_the_cli_client_reports_busy_when_every_connection_stays_busy(
         await asyncio.to_thread(Client(limited.socket_path).call, "ping")
     for _, w in conns:
         w.close()
+
+
+async def test_progress_to_a_client_that_does_not_read_is_dropped_not_queued(
+    tmp_path: Path,
+) -> None:
+    from banger.rpc.server import PROGRESS_BUFFER_LIMIT
+
+    async def chatty(obj: object, emit: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+        # 8 MiB of progress in one go, while the client reads nothing.
+        for i in range(8192):
+            emit({"progress": {"i": i, "pad": "p" * 1000}, "op_id": "op-000000000000"})
+        return {"ok": True, "result": "done"}
+
+    srv = RPCServer(tmp_path / "c.sock", chatty, may_cancel=lambda _: True)
+    await srv.start()
+    try:
+        reader, writer = await asyncio.open_unix_connection(str(srv.socket_path), limit=1 << 20)
+        writer.write(b'{"method":"chatty"}\n')
+        await writer.drain()
+        lines = []
+        while True:
+            line = await asyncio.wait_for(reader.readline(), 10)
+            msg = json.loads(line)
+            if "ok" in msg:
+                break
+            lines.append(msg)
+        assert msg == {"ok": True, "result": "done"}
+        # What was kept is what the socket and the 1 MiB limit could hold; the rest was dropped.
+        # (socket buffers take a few hundred KiB before the daemon's own buffer fills.)
+        assert 0 < len(lines) < 8192
+        assert sum(len(json.dumps(m)) for m in lines) < PROGRESS_BUFFER_LIMIT + 1024 * 1024
+        writer.close()
+    finally:
+        await srv.close(grace=1)
