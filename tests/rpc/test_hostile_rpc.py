@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import BangerEnv
 from tests.rpc.daemon_proc import Bangerd, bangerd
 
 MIB = 1 << 20
@@ -257,3 +258,15 @@ def _send(d: Bangerd, line: bytes) -> list[bytes]:
 def test_the_corpus_is_big_enough() -> None:
     assert len(CASES) >= 15
     assert len({c.id for c in CASES}) == len(CASES)
+
+
+def test_cli_vm_create_with_a_traversal_kernel_fails_before_any_image_work(
+    daemon: BangerEnv,
+) -> None:
+    # The reported case, as a user types it: refused at once, the default image never built.
+    p = daemon.banger("vm", "create", "--kernel", "../../boot", "--no-start", timeout=60)
+    assert p.returncode == 1
+    assert "parameter 'kernel': invalid kernel name '../../boot'" in p.stderr
+    images = daemon.paths.images_dir
+    assert not images.exists() or list(images.iterdir()) == []
+    assert json.loads(daemon.banger("vm", "list", "--json", check=True).stdout) == []

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 from banger.daemon.context import RequestContext
 from banger.daemon.params import GitRef, GuestPath, HostPath, Params, Ref, parse_params
 from banger.rpc.errors import BadRequest, OperationFailed
+from banger.validation import quote
 from banger.workspace import records
 from banger.workspace.export import export
 from banger.workspace.plan import DEFAULT_GUEST_PATH, Mode, PrepareOptions, make_plan
@@ -110,7 +111,7 @@ async def workspace_prepare(d: Daemon, ctx: RequestContext, params: dict[str, An
         host_path = Path(rec.host_path)
     else:
         if not os.path.isabs(p.path):
-            raise BadRequest(f"path {p.path!r} must be absolute (the CLI resolves it)")
+            raise BadRequest(f"path {quote(p.path)} must be absolute (the CLI resolves it)")
         host_path = Path(p.path)
     opts = _options(p, rec if p.path is None else None)
     try:
