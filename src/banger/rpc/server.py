@@ -132,8 +132,8 @@ class RPCServer:
         )
         self.idle_timeout = idle_timeout or _env_number(IDLE_TIMEOUT_ENV, DEFAULT_IDLE_TIMEOUT)
         self._large_bytes = 0
-        self._refused = 0
-        self._refusal_logged = 0.0
+        self._at_limit = 0
+        self._limit_logged = 0.0
 
     async def start(self) -> None:
         soft = raise_nofile_limit()
@@ -204,17 +204,18 @@ class RPCServer:
         victim.task.cancel()
         return True
 
-    def _log_refusal(self) -> None:
-        # Rate-limited: a flood of connections must not become a flood of log lines.
-        self._refused += 1
+    def _log_limit(self) -> None:
+        """A connection arrived at the cap (one was evicted or it was refused). Rate-limited: a
+        flood of connections must not become a flood of log lines."""
+        self._at_limit += 1
         now = time.monotonic()
-        if now - self._refusal_logged >= 10:
+        if now - self._limit_logged >= 10:
             log.warning(
                 "connection limit reached",
-                extra={"max_connections": self.max_connections, "refused": self._refused},
+                extra={"max_connections": self.max_connections, "at_limit": self._at_limit},
             )
-            self._refusal_logged = now
-            self._refused = 0
+            self._limit_logged = now
+            self._at_limit = 0
 
     def _forget(self, conn: _Conn) -> None:
         if self._conns.pop(conn.task, None) is not None:
@@ -226,8 +227,9 @@ class RPCServer:
     async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
+        if len(self._conns) >= self.max_connections:
+            self._log_limit()
         if len(self._conns) >= self.max_connections and not self._make_room():
-            self._log_refusal()
             with contextlib.suppress(Exception):
                 writer.write(
                     self._busy_line(
