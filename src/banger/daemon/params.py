@@ -92,6 +92,12 @@ def _image_name(value: str) -> object:
     return validate_name(value)
 
 
+def _oci_ref(value: str) -> object:
+    from banger.images.reference import parse_reference
+
+    return parse_reference(value)  # a built-in name (debian-bookworm) parses too
+
+
 def _vm_name(value: str) -> object:
     from banger.vms.names import validate_name
 
@@ -149,7 +155,7 @@ def _bounded(n: int) -> Any:
 # A VM, image or kernel reference (name, id or id prefix): looked up, never used as a path.
 Ref = Annotated[str, _bounded(128), AfterValidator(_printable)]
 # An OCI reference or a built-in image name (`image pull REF`).
-OCIRef = Annotated[str, _bounded(MAX_TEXT_CHARS), AfterValidator(_printable)]
+OCIRef = Annotated[str, _bounded(MAX_TEXT_CHARS), AfterValidator(_via(_oci_ref))]
 # Names that become directory or host names: the owning service's rules, checked up front.
 VMName = Annotated[str, _bounded(63), AfterValidator(_via(_vm_name))]
 ImageName = Annotated[str, _bounded(63), AfterValidator(_via(_image_name))]
