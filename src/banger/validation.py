@@ -1,8 +1,26 @@
-"""One readable line for a pydantic ValidationError (config files and RPC params share it)."""
+"""Readable validation messages: one line for a pydantic ValidationError (config files and RPC
+params share it), and `clip`, which every message or log line quoting user input goes through."""
 
 from __future__ import annotations
 
 from pydantic import ValidationError
+
+# How much of a user-supplied string a message or log line quotes (names are at most 64).
+CLIP_CHARS = 120
+# The longest error message the daemon sends or logs; the rest is cut with `…`.
+MAX_MESSAGE_CHARS = 2000
+
+
+def clip(value: object, limit: int = CLIP_CHARS) -> str:
+    """`value` as text, cut to `limit` characters with `…`: user input quoted in an error or a log
+    line must never echo megabytes back (a 1 MiB name would otherwise return in every answer)."""
+    text = value if isinstance(value, str) else str(value)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def quote(value: object, limit: int = CLIP_CHARS) -> str:
+    """`repr` of the clipped text: `'abc…'` (control characters and NUL escaped)."""
+    return repr(clip(value, limit))
 
 
 def describe(err: ValidationError, *, noun: str, top: str, unknown_hint: str = "") -> str:
@@ -12,9 +30,10 @@ def describe(err: ValidationError, *, noun: str, top: str, unknown_hint: str = "
     """
     parts = []
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or top
+        key = clip(".".join(str(p) for p in e["loc"]) or top, 64)
         if e["type"] == "extra_forbidden":
             parts.append(f"unknown {noun} '{key}'{unknown_hint}")
         else:
-            parts.append(f"{noun} '{key}': {e['msg']}")
-    return "; ".join(parts)
+            msg = e["msg"].removeprefix("Value error, ")
+            parts.append(f"{noun} '{key}': {clip(msg, 300)}")
+    return clip("; ".join(parts), MAX_MESSAGE_CHARS)

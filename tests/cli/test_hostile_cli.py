@@ -39,13 +39,13 @@ CASES = [
         "name-with-osc-title-and-clear-screen",
         ["vm", "show", "\x1b]0;pwned\x07\x1b[2J"],
         1,
-        ["banger: vm '\\x1b]0;pwned\\x07\\x1b[2J' not found"],
+        ["banger: parameter 'ref': must not contain control characters (found '\\x1b')"],
     ),
     Case(
         "name-with-c1-csi-and-lone-cr",
         ["vm", "show", "ok\x9b31m\rfake"],
         1,
-        ["banger: vm 'ok", "not found"],
+        ["banger: parameter 'ref': must not contain control characters (found '\\x9b')"],
     ),
     Case(
         "unknown-command-with-escape",
@@ -57,13 +57,13 @@ CASES = [
         "option-like-name-export",
         ["vm", "workspace", "export", "--", f"-oProxyCommand=touch {PWNED}"],
         1,
-        [f"banger: vm '-oProxyCommand=touch {PWNED}' not found"],
+        [f"banger: parameter 'vm': must not contain whitespace: '-oProxyCommand=touch {PWNED}'"],
     ),
     Case(
         "option-like-name-ssh",
         ["vm", "ssh", "--", f"-oProxyCommand=touch {PWNED}"],
         1,
-        [f"banger: vm '-oProxyCommand=touch {PWNED}' not found"],
+        [f"banger: parameter 'ref': must not contain whitespace: '-oProxyCommand=touch {PWNED}'"],
     ),
     Case(
         "option-like-remote-command-on-missing-vm",
@@ -71,7 +71,12 @@ CASES = [
         1,
         ["banger: vm 'ghost' not found"],
     ),
-    Case("overlong-name", ["vm", "show", "a" * 5000], 1, ["banger: vm 'aaaa", "not found"]),
+    Case(
+        "overlong-name",
+        ["vm", "show", "a" * 5000],
+        1,
+        ["banger: parameter 'ref': String should have at most 128 characters"],
+    ),
     Case(
         "memory-size-with-escape",
         ["vm", "set", "ghost", "--memory", "8G\x1b[2J"],
@@ -100,25 +105,28 @@ CASES = [
         "export-base-commit-shell-injection",
         ["vm", "workspace", "export", "ghost", "--base-commit", f"HEAD;touch {PWNED}"],
         1,
-        [f"banger: base commit 'HEAD;touch {PWNED}' must be a hexadecimal commit id"],
+        [f"banger: parameter 'base_commit': must not contain whitespace: 'HEAD;touch {PWNED}'"],
     ),
     Case(
         "export-base-commit-option-like",
         ["vm", "workspace", "export", "ghost", "--base-commit", f"--output={PWNED}"],
         1,
-        [f"banger: base commit '--output={PWNED}' must be a hexadecimal commit id"],
+        [f"banger: parameter 'base_commit': '--output={PWNED}' cannot start with '-'"],
     ),
     Case(
         "export-guest-path-traversal",
         ["vm", "workspace", "export", "ghost", "--guest-path", "/root/../etc"],
         1,
-        ["banger: guest path '/root/../etc' must be a normalised absolute path below /"],
+        [
+            "banger: parameter 'guest_path': guest path '/root/../etc' must be a normalised "
+            "absolute path below /"
+        ],
     ),
     Case(
         "export-guest-path-with-escape",
         ["vm", "workspace", "export", "ghost", "--guest-path", "rel\x1b[2J"],
         1,
-        ["banger: guest path 'rel\\x1b[2J' must be an absolute path"],
+        ["banger: parameter 'guest_path': must not contain control characters (found '\\x1b')"],
     ),
     Case(
         "export-output-in-missing-dir",

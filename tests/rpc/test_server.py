@@ -149,3 +149,168 @@ async def test_close_lets_inflight_requests_finish(
     await srv.close(grace=5)
     assert (await task)[0]["result"] == "slept"
     assert not srv.socket_path.exists()
+
+
+# --- limits: idle connections, the connection cap -----------------------------------------------
+
+
+async def _eof_within(reader: asyncio.StreamReader, seconds: float) -> list[bytes]:
+    """Every line the server sends until it closes the connection (fails after `seconds`)."""
+    lines = []
+    while True:
+        line = await asyncio.wait_for(reader.readline(), seconds)
+        if not line:
+            return lines
+        lines.append(line)
+
+
+@pytest.fixture
+async def limited(tmp_path: Path) -> AsyncIterator[RPCServer]:
+    async def dispatcher(obj: object, emit: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+        assert isinstance(obj, dict)
+        if obj.get("method") == "sleep":
+            # Long, and silent: no progress line keeps the connection looking active.
+            await asyncio.sleep(float(obj["params"]["seconds"]))
+        return {"ok": True, "result": obj.get("method")}
+
+    srv = RPCServer(
+        tmp_path / "l.sock",
+        dispatcher,
+        may_cancel=lambda _: True,
+        max_connections=8,
+        idle_timeout=0.5,
+    )
+    await srv.start()
+    yield srv
+    await srv.close(grace=1)
+
+
+async def test_idle_connection_is_closed_but_a_long_request_is_not_cut(
+    limited: RPCServer,
+) -> None:
+    idle_r, idle_w = await asyncio.open_unix_connection(str(limited.socket_path))
+    busy_r, busy_w = await asyncio.open_unix_connection(str(limited.socket_path))
+    # Four times the idle timeout without a byte either way: in flight, so never cut.
+    busy_w.write(b'{"method":"sleep","params":{"seconds":2}}\n')
+    await busy_w.drain()
+    assert await _eof_within(idle_r, 10) == []
+    answer = await asyncio.wait_for(busy_r.readline(), 10)
+    assert json.loads(answer) == {"ok": True, "result": "sleep"}
+    # …and once answered, that connection is idle too and goes the same way.
+    assert await _eof_within(busy_r, 10) == []
+    idle_w.close()
+    busy_w.close()
+
+
+async def test_at_the_cap_the_longest_idle_connection_makes_room(limited: RPCServer) -> None:
+    conns = [await asyncio.open_unix_connection(str(limited.socket_path)) for _ in range(8)]
+    # Let the server register all eight before the ninth arrives (its accept order is theirs).
+    for r, w in conns:
+        w.write(b'{"method":"echo"}\n')
+        await w.drain()
+        await asyncio.wait_for(r.readline(), 10)
+    r9, w9 = await asyncio.open_unix_connection(str(limited.socket_path))
+    w9.write(b'{"method":"ping"}\n')
+    await w9.drain()
+    assert json.loads(await asyncio.wait_for(r9.readline(), 10))["result"] == "ping"
+    evicted = await _eof_within(conns[0][0], 10)
+    assert len(evicted) == 1
+    err = json.loads(evicted[0])["error"]
+    assert err["code"] == "busy"
+    assert "limit of 8 connections" in err["message"]
+    assert err["op_id"].startswith("op-")
+    for _, w in [*conns, (r9, w9)]:
+        w.close()
+
+
+async def test_at_the_cap_with_every_connection_busy_the_newcomer_is_refused(
+    limited: RPCServer,
+) -> None:
+    conns = [await asyncio.open_unix_connection(str(limited.socket_path)) for _ in range(8)]
+    for _, w in conns:
+        w.write(b'{"method":"sleep","params":{"seconds":3}}\n')
+        await w.drain()
+    while len(limited.inflight) < 8:  # all eight requests are running
+        await asyncio.sleep(0.01)
+    r, w = await asyncio.open_unix_connection(str(limited.socket_path))
+    lines = await _eof_within(r, 10)
+    err = json.loads(lines[0])["error"]
+    assert err["code"] == "busy"
+    assert "all with requests in flight" in err["message"]
+    # The busy ones were not touched: each gets its answer.
+    for reader, _ in conns:
+        assert json.loads(await asyncio.wait_for(reader.readline(), 10))["ok"] is True
+    for _, writer in [*conns, (r, w)]:
+        writer.close()
+
+
+async def test_the_cli_client_retries_a_busy_answer_on_a_new_connection(
+    limited: RPCServer,
+) -> None:
+    from banger.rpc.client import Client
+
+    c = Client(limited.socket_path)
+    assert await asyncio.to_thread(c.call, "first") == "first"
+    # Eight newer connections: c's, idle the longest, is closed to make room for the last.
+    others = [await asyncio.open_unix_connection(str(limited.socket_path)) for _ in range(8)]
+    for r, w in others:
+        w.write(b'{"method":"echo"}\n')
+        await w.drain()
+        await asyncio.wait_for(r.readline(), 10)
+    # The request goes out on the closed connection, reads `busy`, and is sent again.
+    assert await asyncio.to_thread(c.call, "second") == "second"
+    c.close()
+    for _, w in others:
+        w.close()
+
+
+async def test_the_cli_client_reports_busy_when_every_connection_stays_busy(
+    limited: RPCServer,
+) -> None:
+    from banger.rpc.client import Client
+    from banger.rpc.errors import Busy
+
+    conns = [await asyncio.open_unix_connection(str(limited.socket_path)) for _ in range(8)]
+    for _, w in conns:
+        w.write(b'{"method":"sleep","params":{"seconds":30}}\n')
+        await w.drain()
+    while len(limited.inflight) < 8:
+        await asyncio.sleep(0.01)
+    with pytest.raises(Busy, match="limit of 8 connections, all with requests in flight"):
+        await asyncio.to_thread(Client(limited.socket_path).call, "ping")
+    for _, w in conns:
+        w.close()
+
+
+async def test_progress_to_a_client_that_does_not_read_is_dropped_not_queued(
+    tmp_path: Path,
+) -> None:
+    from banger.rpc.server import PROGRESS_BUFFER_LIMIT
+
+    async def chatty(obj: object, emit: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+        # 8 MiB of progress in one go, while the client reads nothing.
+        for i in range(8192):
+            emit({"progress": {"i": i, "pad": "p" * 1000}, "op_id": "op-000000000000"})
+        return {"ok": True, "result": "done"}
+
+    srv = RPCServer(tmp_path / "c.sock", chatty, may_cancel=lambda _: True)
+    await srv.start()
+    try:
+        reader, writer = await asyncio.open_unix_connection(str(srv.socket_path), limit=1 << 20)
+        writer.write(b'{"method":"chatty"}\n')
+        await writer.drain()
+        lines = []
+        while True:
+            line = await asyncio.wait_for(reader.readline(), 10)
+            msg = json.loads(line)
+            if "ok" in msg:
+                break
+            lines.append(msg)
+        assert msg == {"ok": True, "result": "done"}
+        # What was kept is what the socket and the 1 MiB limit could hold; the rest was dropped.
+        # (socket buffers take a few hundred KiB before the daemon's own buffer fills.)
+        assert 0 < len(lines) < 8192
+        assert sum(len(json.dumps(m)) for m in lines) < PROGRESS_BUFFER_LIMIT + 1024 * 1024
+        writer.close()
+    finally:
+        await srv.close(grace=1)

@@ -23,6 +23,7 @@ from banger.daemon.logs import current_op_id
 from banger.daemon.params import to_json
 from banger.rpc import envelope
 from banger.rpc.errors import RPCError, UnknownMethod
+from banger.validation import MAX_MESSAGE_CHARS, clip, quote
 
 if TYPE_CHECKING:
     from banger.daemon.app import Daemon
@@ -93,10 +94,12 @@ async def dispatch(
         if req.op_id:
             op_id = req.op_id
             current_op_id.set(op_id)
-        method = req.method
-        handler = table.get(method)
+        method = clip(req.method, 64)  # for messages and log lines; the table lookup uses req's
+        handler = table.get(req.method)
         if handler is None:
-            raise UnknownMethod(f"unknown method {method!r}; `banger --help` lists what exists")
+            raise UnknownMethod(
+                f"unknown method {quote(method)}; `banger --help` lists what exists"
+            )
         sink = progress_sink if req.progress else None
 
         def emit(fields: dict[str, Any]) -> None:
@@ -111,14 +114,16 @@ async def dispatch(
         # Service errors carry no op id of their own; stamp this request's on the way out.
         if not e.op_id:
             e.op_id = op_id
-        log.info("request failed", extra={"method": method, "code": e.code, "error": e.message})
-        return envelope.error(e.code, e.message, e.op_id)
+        # Whatever a service quoted, the answer and the log line stay small.
+        message = clip(e.message, MAX_MESSAGE_CHARS)
+        log.info("request failed", extra={"method": method, "code": e.code, "error": message})
+        return envelope.error(e.code, message, e.op_id)
     except asyncio.CancelledError:
         log.info("request cancelled", extra={"method": method})
         raise
     except Exception as e:  # anything untyped is an operation failure with a useful message
         log.exception("request crashed", extra={"method": method})
-        message = str(e) or type(e).__name__
+        message = clip(str(e) or type(e).__name__, MAX_MESSAGE_CHARS)
         return envelope.error("operation_failed", f"{method}: {message}", op_id)
     finally:
         current_op_id.reset(token)

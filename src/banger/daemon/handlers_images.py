@@ -7,7 +7,16 @@ from typing import TYPE_CHECKING, Any
 from pydantic import field_validator
 
 from banger.daemon.context import RequestContext
-from banger.daemon.params import Params, parse_params
+from banger.daemon.params import (
+    HostPath,
+    ImageName,
+    KernelName,
+    OCIRef,
+    Params,
+    Ref,
+    Size,
+    parse_params,
+)
 from banger.images import kernel_attach
 from banger.images.model import ImageRecord
 from banger.units import MAX_SIZE, parse_size
@@ -17,15 +26,15 @@ if TYPE_CHECKING:
 
 
 class PullParams(Params):
-    ref: str
-    name: str | None = None
+    ref: OCIRef
+    name: ImageName | None = None
     # Bytes, or a size string like "4G".
-    size: int | str | None = None
+    size: int | Size | None = None
     # A kernel to boot the image with: a known kernel, or files imported under the image's name.
-    kernel_ref: str | None = None
-    kernel: str | None = None
-    initrd: str | None = None
-    modules: str | None = None
+    kernel_ref: KernelName | None = None
+    kernel: HostPath | None = None
+    initrd: HostPath | None = None
+    modules: HostPath | None = None
 
     @field_validator("size")
     @classmethod
@@ -40,7 +49,7 @@ class PullParams(Params):
 
 
 class RefParams(Params):
-    ref: str
+    ref: Ref
 
 
 class NoParams(Params):
@@ -48,12 +57,12 @@ class NoParams(Params):
 
 
 class RegisterParams(Params):
-    name: str
-    rootfs: str
-    kernel_ref: str | None = None
-    kernel: str | None = None
-    initrd: str | None = None
-    modules: str | None = None
+    name: ImageName
+    rootfs: HostPath
+    kernel_ref: KernelName | None = None
+    kernel: HostPath | None = None
+    initrd: HostPath | None = None
+    modules: HostPath | None = None
 
 
 class PruneParams(Params):

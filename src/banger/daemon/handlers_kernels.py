@@ -6,28 +6,28 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from banger.daemon.context import RequestContext
-from banger.daemon.params import Params, parse_params
+from banger.daemon.params import HostPath, KernelName, KernelVersion, Params, parse_params
 
 if TYPE_CHECKING:
     from banger.daemon.app import Daemon
 
 
 class NameParams(Params):
-    name: str
+    name: KernelName
 
 
 class PullParams(Params):
-    name: str
+    name: KernelName
     force: bool = False
 
 
 class ImportParams(Params):
-    name: str
-    kernel: str | None = None
-    initrd: str | None = None
-    modules: str | None = None
+    name: KernelName
+    kernel: HostPath | None = None
+    initrd: HostPath | None = None
+    modules: HostPath | None = None
     from_host: bool = False
-    host_version: str | None = None
+    host_version: KernelVersion | None = None
     force: bool = False
 
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 from pydantic import Field
 
 from banger.daemon.context import RequestContext
-from banger.daemon.params import Params, parse_params
+from banger.daemon.params import MAX_LIST_ITEMS, Params, Ref, parse_params
 from banger.guest import probes
 from banger.rpc.errors import NotRunning, OperationFailed, RPCError
 from banger.vmm.base import DriverError
@@ -36,12 +36,12 @@ CPU_WINDOW = 0.5  # seconds between two CPU samples when there is no recent earl
 
 
 class RefParams(Params):
-    ref: str = Field(min_length=1)
+    ref: Ref
 
 
 class PortsParams(Params):
     # Empty: every running VM.
-    refs: list[str] = Field(default_factory=list)
+    refs: list[Ref] = Field(default_factory=list, max_length=MAX_LIST_ITEMS)
 
 
 @dataclass(frozen=True)

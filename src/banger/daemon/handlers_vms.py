@@ -7,7 +7,17 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field
 
 from banger.daemon.context import RequestContext
-from banger.daemon.params import Params, parse_params
+from banger.daemon.params import (
+    KernelName,
+    OpId,
+    Params,
+    Ref,
+    RefList,
+    Size,
+    Token,
+    VMName,
+    parse_params,
+)
 from banger.rpc.errors import from_wire
 from banger.vms.service import CreateRequest, for_each
 from banger.vms.spec import VMRecord
@@ -18,12 +28,12 @@ if TYPE_CHECKING:
 
 
 class CreateParams(Params):
-    name: str | None = None
-    image: str | None = None
-    kernel: str | None = None
+    name: VMName | None = None
+    image: Ref | None = None
+    kernel: KernelName | None = None
     vcpu: int | None = Field(default=None, ge=1, le=64)
     memory: int | None = Field(default=None, ge=128, le=1024 * 1024, description="MiB")
-    disk_size: str | None = None
+    disk_size: Size | None = None
     init: Literal["auto", "systemd", "minimal"] = "auto"
     no_start: bool = False
     # outbound NAT for a bridged VM (networking issue); refused in user-mode networking
@@ -44,15 +54,15 @@ class CreateParams(Params):
 
 
 class OpParams(Params):
-    id: str = Field(min_length=1)
+    id: OpId
 
 
 class RefParams(Params):
-    ref: str = Field(min_length=1)
+    ref: Ref
 
 
 class RefsParams(Params):
-    refs: list[str] = Field(min_length=1)
+    refs: RefList
 
 
 class StopParams(RefsParams):
@@ -60,13 +70,13 @@ class StopParams(RefsParams):
 
 
 class KillParams(RefsParams):
-    signal: str = "KILL"
+    signal: Token = "KILL"
 
 
 class SetParams(RefsParams):
     vcpu: int | None = Field(default=None, ge=1, le=64)
     memory: int | None = Field(default=None, ge=128, le=1024 * 1024)
-    disk_size: str | None = None
+    disk_size: Size | None = None
     # outbound NAT (bridged VMs); unlike the sizes it may change while the VM runs
     nat: bool | None = None
 

@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 
 from banger.daemon.context import RequestContext
-from banger.daemon.params import Params, parse_params
+from banger.daemon.params import GitRef, GuestPath, HostPath, Params, Ref, parse_params
 from banger.rpc.errors import BadRequest, OperationFailed
+from banger.validation import quote
 from banger.workspace import records
 from banger.workspace.export import LIMIT_KEY, check_base_commit, export, limit_text
 from banger.workspace.plan import (
@@ -34,23 +35,23 @@ _locks: dict[tuple[str, str], asyncio.Lock] = {}
 
 
 class PrepareParams(Params):
-    vm: str
+    vm: Ref
     # Host path of the checkout; omitted = re-sync the recorded workspace from where it came.
-    path: str | None = None
-    guest_path: str | None = None
+    path: HostPath | None = None
+    guest_path: GuestPath | None = None
     include_untracked: bool | None = None
     readonly: bool | None = None
     mode: Mode | None = None
-    branch: str | None = None
-    from_ref: str | None = None
+    branch: GitRef | None = None
+    from_ref: GitRef | None = None
     shallow: bool | None = None
     dry_run: bool = False
 
 
 class ExportParams(Params):
-    vm: str
-    guest_path: str | None = None
-    base_commit: str | None = None
+    vm: Ref
+    guest_path: GuestPath | None = None
+    base_commit: GitRef | None = None
     # inline: the daemon runs the export and answers with the patch (at most INLINE_EXPORT_MAX);
     # ssh: the daemon only resolves the workspace and answers where and how to fetch it, and the
     # caller streams the patch from the guest itself (what the CLI does: no size in the daemon).
@@ -98,9 +99,9 @@ async def _guest(d: Daemon, ref: str) -> SSHGuestExec:
 def check_host_path(path: str) -> None:
     """The host checkout's path as the CLI sends it: absolute, without NUL, of sane length."""
     if "\0" in path:
-        raise BadRequest(f"path {path[:200]!r} contains a NUL byte")
+        raise BadRequest(f"path {quote(path)} contains a NUL byte")
     if not os.path.isabs(path):
-        raise BadRequest(f"path {path[:200]!r} must be absolute (the CLI resolves it)")
+        raise BadRequest(f"path {quote(path)} must be absolute (the CLI resolves it)")
     if len(path.encode(errors="surrogatepass")) > 4095:
         raise BadRequest(f"path {path[:64]!r}… is longer than 4095 bytes")
 

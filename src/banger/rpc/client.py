@@ -2,19 +2,54 @@
 
 from __future__ import annotations
 
+import contextlib
+import enum
 import json
 import select
 import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from banger.rpc import PROTOCOL_VERSION
-from banger.rpc.errors import OperationFailed, RPCError, from_wire
+from banger.rpc.errors import Busy, OperationFailed, RPCError, from_wire
 
 ProgressCallback = Callable[[dict[str, Any]], None]
 
+
+# Methods that answer from what the daemon already knows (lookups, listings, bounded probes).
+# Unless the caller says otherwise, the client waits ANSWER_TIMEOUT_SECONDS of silence for their
+# answer. Every other method (boots, pulls, builds, imports, guest work) may legitimately take
+# minutes, sends progress when asked, and is waited for as long as it takes.
+QUICK_METHODS: frozenset[str] = frozenset(
+    {
+        "ping",
+        "kernel.list",
+        "kernel.show",
+        "image.list",
+        "image.show",
+        "vm.list",
+        "vm.show",
+        "vm.logs",
+        "vm.ssh",
+        "vm.ping",
+        "vm.create.begin",
+        "vm.create.status",
+    }
+)
+ANSWER_TIMEOUT_SECONDS = 30.0
+# A `busy` answer (the daemon at its connection limit) is retried this often, backing off.
+BUSY_RETRIES = 3
+BUSY_BACKOFF_SECONDS = 0.2
+
+
+class _Default(enum.Enum):
+    TIMEOUT = 0
+
+
+# `Client.call(timeout=DEFAULT_TIMEOUT)`: ANSWER_TIMEOUT_SECONDS for QUICK_METHODS, else none.
+DEFAULT_TIMEOUT: Literal[_Default.TIMEOUT] = _Default.TIMEOUT
 
 # After Ctrl-C, how long to wait for the daemon to finish cancelling the request.
 CANCEL_WAIT_SECONDS = 60.0
@@ -24,6 +59,11 @@ CANCEL_NOTICE_AFTER = 0.3
 
 class DaemonUnreachable(Exception):
     """Nothing answers on the daemon socket."""
+
+
+class DaemonTimeout(OperationFailed):
+    """A daemon is there but did not accept the connection or answer in time. Not
+    DaemonUnreachable: starting another daemon would not help."""
 
 
 class Interrupted(KeyboardInterrupt):
@@ -60,12 +100,25 @@ class Client:
 
     def connect(self) -> None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.connect_timeout)
-        try:
-            sock.connect(str(self.socket_path))
-        except (FileNotFoundError, ConnectionRefusedError, TimeoutError) as e:
-            sock.close()
-            raise DaemonUnreachable(f"no daemon at {self.socket_path}: {e}") from None
+        deadline = time.monotonic() + self.connect_timeout
+        while True:
+            sock.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                sock.connect(str(self.socket_path))
+                break
+            except (FileNotFoundError, ConnectionRefusedError) as e:
+                sock.close()
+                raise DaemonUnreachable(f"no daemon at {self.socket_path}: {e}") from None
+            except (BlockingIOError, TimeoutError):
+                # EAGAIN: the daemon's accept backlog is full (it is alive but swamped).
+                if time.monotonic() >= deadline:
+                    sock.close()
+                    raise DaemonTimeout(
+                        f"the daemon did not accept a connection within "
+                        f"{self.connect_timeout:g} s (socket {self.socket_path}); it may be "
+                        "overloaded: see `banger daemon status`"
+                    ) from None
+                time.sleep(0.02)
         sock.settimeout(None)
         self._sock = sock
         self._file = sock.makefile("rb")
@@ -91,20 +144,44 @@ class Client:
         params: dict[str, Any] | None = None,
         *,
         on_progress: ProgressCallback | None = None,
-        timeout: float | None = None,
+        timeout: float | None | Literal[_Default.TIMEOUT] = DEFAULT_TIMEOUT,
     ) -> Any:
-        """Send one request and return its result; raise the daemon's typed error on failure."""
-        if self._sock is None:
-            self.connect()
-        assert self._sock is not None
+        """Send one request and return its result; raise the daemon's typed error on failure.
+
+        `timeout`: seconds of silence (no answer, no progress line) after which the call fails
+        with DaemonTimeout; None waits as long as the work takes. The default depends on the
+        method (QUICK_METHODS)."""
         request: dict[str, Any] = {"version": PROTOCOL_VERSION, "method": method}
         if params:
             request["params"] = params
         if on_progress is not None:
             request["progress"] = True
-        self._sock.settimeout(timeout)
+        if timeout is DEFAULT_TIMEOUT:
+            timeout = ANSWER_TIMEOUT_SECONDS if method in QUICK_METHODS else None
         try:
-            return self._exchange(method, request, on_progress)
+            for attempt in range(BUSY_RETRIES + 1):
+                if self._sock is None:
+                    self.connect()
+                assert self._sock is not None
+                # Per socket operation: every progress line the daemon sends restarts the clock.
+                self._sock.settimeout(timeout)
+                try:
+                    return self._exchange(method, request, on_progress)
+                except Busy:
+                    # The daemon closed this connection at its connection limit before it took
+                    # the request (a request it took is never cut): safe to send it again.
+                    self.close()
+                    if attempt == BUSY_RETRIES:
+                        raise
+                    time.sleep(BUSY_BACKOFF_SECONDS * (attempt + 1))
+            raise AssertionError("unreachable")
+        except TimeoutError:
+            # The connection is mid-answer and unusable: drop it.
+            self.close()
+            raise DaemonTimeout(
+                f"the daemon did not answer {method} within {timeout:g} s "
+                f"(socket {self.socket_path}); see `banger daemon status` for its log"
+            ) from None
         except KeyboardInterrupt:
             raise self._abandon(method) from None
 
@@ -112,9 +189,14 @@ class Client:
         self, method: str, request: dict[str, Any], on_progress: ProgressCallback | None
     ) -> Any:
         assert self._sock is not None
-        self._sock.sendall(json.dumps(request).encode() + b"\n")
+        # The daemon may have closed this connection: what it said first (`busy`) is still read.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            self._sock.sendall(json.dumps(request).encode() + b"\n")
         while True:
-            line = self._file.readline()
+            try:
+                line = self._file.readline()
+            except ConnectionResetError:
+                line = b""
             if not line:
                 raise OperationFailed(
                     f"the daemon closed the connection during {method}; see `banger daemon status`"
@@ -184,4 +266,4 @@ class Client:
         return Interrupted(method, cleaned=cleaned, completed=completed, result=result)
 
 
-__all__ = ["Client", "DaemonUnreachable", "Interrupted", "RPCError"]
+__all__ = ["Client", "DaemonTimeout", "DaemonUnreachable", "Interrupted", "RPCError"]

@@ -15,6 +15,7 @@ CODES = (
     "already_exists",
     "not_running",
     "conflict",
+    "busy",
     "operation_failed",
 )
 
@@ -59,6 +60,12 @@ class Conflict(RPCError):
     code = "conflict"
 
 
+class Busy(RPCError):
+    """The daemon is at its connection limit (sent on a connection it then closes)."""
+
+    code = "busy"
+
+
 class OperationFailed(RPCError):
     code = "operation_failed"
 
@@ -73,6 +80,7 @@ _BY_CODE: dict[str, type[RPCError]] = {
         AlreadyExists,
         NotRunning,
         Conflict,
+        Busy,
         OperationFailed,
     )
 }

@@ -364,6 +364,9 @@ class VMService:
             except ValueError as e:
                 raise BadRequest(str(e)) from None
             report("resolve", "image and kernel")
+            if req.kernel and req.kernel != self.d.config.default_kernel:
+                # Fail fast: a kernel that is not there is refused before any image is built.
+                await self.d.kernels.ensure(req.kernel, ctx)
             image_name = req.image or self.d.config.default_image
             image = await self.d.images.ensure(image_name, ctx)
             kernel_name = req.kernel or image.kernel_ref or self.d.config.default_kernel
