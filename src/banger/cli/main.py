@@ -19,6 +19,7 @@ COMMANDS = {
     "completion": "banger.cli.completion:completion",
     "system": "banger.cli.system:system",
     "ssh-config": "banger.cli.ssh_config:ssh_config",
+    "mcp": "banger.mcpserver.cli:mcp",
 }
 
 
