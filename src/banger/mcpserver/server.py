@@ -42,6 +42,9 @@ prepare_workspace (it lands at /root/repo by default), run commands there, then 
 returns the changes as a patch for `git apply`. Delete sandboxes you no longer need."""
 
 
+SandboxName = Annotated[str, Field(min_length=1, max_length=64, description="sandbox name")]
+
+
 class SandboxView(BaseModel):
     name: str
     state: str
@@ -179,8 +182,6 @@ def build_server(
         lifespan=lifespan,
         log_level="WARNING",
     )
-
-    SandboxName = Annotated[str, Field(min_length=1, max_length=64, description="sandbox name")]
 
     @server.tool()
     async def create_sandbox(

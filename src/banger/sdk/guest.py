@@ -173,15 +173,21 @@ class GuestSession:
         out: OutputSink,
         err: OutputSink,
     ) -> int:
-        conn = await self.connection()
-        try:
-            session = _RunSession(out, err)
-            chan, _ = await conn.create_session(lambda: session, PGID_PRELUDE + line, encoding=None)
-        except (asyncssh.Error, OSError) as e:
-            await self._forget(conn)
-            raise GuestConnectionError(
-                f"sandbox {self.name}: cannot start a command: {e}"
-            ) from None
+        session = _RunSession(out, err)
+        for attempt in (1, 2):
+            conn = await self.connection()
+            try:
+                chan, _ = await conn.create_session(
+                    lambda: session, PGID_PRELUDE + line, encoding=None
+                )
+                break
+            except (asyncssh.Error, OSError) as e:
+                # A cached connection may have died unnoticed (VM restarted): reconnect once.
+                await self._forget(conn)
+                if attempt == 2:
+                    raise GuestConnectionError(
+                        f"sandbox {self.name}: cannot start a command: {e}"
+                    ) from None
         if stdin:
             chan.write(stdin)
         chan.write_eof()
