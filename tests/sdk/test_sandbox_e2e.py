@@ -153,6 +153,7 @@ def test_files_round_trip_text_and_binary(sbx: Sandbox) -> None:
     blob = bytes(range(256)) * 1000 + b"\r\n\x00"
     assert sbx.files.write("/root/f/deep/blob.bin", blob, mode=0o600) == len(blob)
     assert sbx.files.read("/root/f/deep/blob.bin") == blob
+    assert sbx.files.read("/root/f/deep/blob.bin", limit=10) == blob[:10]
     assert sbx.run("stat -c %a /root/f/deep/blob.bin").stdout == "600\n"
     sbx.files.write("/root/f/note.txt", "héllo\n")
     assert sbx.files.read_text("/root/f/note.txt") == "héllo\n"
@@ -212,6 +213,7 @@ def test_directory_upload_and_download(sbx: Sandbox, tmp_path: Path) -> None:
     assert (out / "a" / "b" / "bin.dat").read_bytes() == bytes(range(256))
     assert (out / "a" / "new.txt").read_text() == "guest\n"
     assert (out / "top.txt").read_text() == "top\n"
+    assert os.access(out / "a" / "run.sh", os.X_OK)  # modes travel both ways
     with pytest.raises(AlreadyExists):
         sbx.files.download("/root/up/tree", out)
     sbx.files.remove("/root/up", recursive=True)

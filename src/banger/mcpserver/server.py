@@ -266,31 +266,12 @@ def build_server(
         max_bytes: Annotated[int, Field(ge=0, le=MAX_READ_BYTES)] = DEFAULT_READ_BYTES,
     ) -> FileContent:
         """Read a file: UTF-8 text when it is valid text, base64 otherwise; capped at max_bytes."""
-        import io
-
-        class _Capped(io.RawIOBase):
-            def __init__(self) -> None:
-                self.data = bytearray()
-                self.total = 0
-
-            def writable(self) -> bool:
-                return True
-
-            def write(self, b: Any) -> int:
-                n = len(b)
-                room = max_bytes - len(self.data)
-                if room > 0:
-                    self.data += bytes(b[:room])
-                self.total += n
-                return n
-
-        sink = _Capped()
         try:
             sbx = await sandboxes.get(sandbox)
-            await sbx.files.download(path, sink)  # type: ignore[arg-type]
+            head = await sbx.files.read(path, limit=max_bytes + 1)
         except BangerError as e:
             raise tool_error(e) from None
-        data = bytes(sink.data)
+        data = head[:max_bytes]
         try:
             text, encoding = data.decode("utf-8"), "utf-8"
         except UnicodeDecodeError:
@@ -300,7 +281,7 @@ def build_server(
             encoding=encoding,  # type: ignore[arg-type]
             content=text,
             size=len(data),
-            truncated=sink.total > len(data),
+            truncated=len(head) > max_bytes,
         )
 
     @server.tool()

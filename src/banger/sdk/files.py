@@ -106,15 +106,24 @@ class AsyncFiles:
                 raise _translate(self._guest.name, path, e) from None
         raise AssertionError("unreachable")
 
-    async def read(self, path: str) -> bytes:
-        """The whole file's bytes (use `download` for files too big to hold in memory)."""
+    async def read(self, path: str, *, limit: int | None = None) -> bytes:
+        """The file's bytes, or its first `limit` bytes (use `download` to stream big files)."""
         _check_path(path)
+        if limit is not None and limit < 0:
+            raise BadRequest(f"limit must be >= 0 bytes, not {limit}")
 
         async def go(sftp: asyncssh.SFTPClient) -> bytes:
             parts: list[bytes] = []
+            left = limit
             async with sftp.open(path, "rb") as f:
-                while chunk := cast(bytes, await f.read(CHUNK)):
+                while left is None or left > 0:
+                    want = CHUNK if left is None else min(CHUNK, left)
+                    chunk = cast(bytes, await f.read(want))
+                    if not chunk:
+                        break
                     parts.append(chunk)
+                    if left is not None:
+                        left -= len(chunk)
             return b"".join(parts)
 
         return await self._do(path, go)
@@ -236,7 +245,7 @@ class AsyncFiles:
                 parent, f".{posixpath.basename(remote.rstrip('/'))}.banger-{secrets.token_hex(4)}"
             )
             try:
-                await sftp.put(str(src), staged, recurse=True, preserve=False)
+                await sftp.put(str(src), staged, recurse=True, preserve=True)
                 await sftp.posix_rename(staged, remote)
             except BaseException:
                 with contextlib.suppress(Exception):
@@ -263,7 +272,7 @@ class AsyncFiles:
                     raise AlreadyExists(f"{dest} already exists on this host; choose a new path")
                 staged = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
                 try:
-                    await sftp.get(remote, str(staged / "d"), recurse=True, preserve=False)
+                    await sftp.get(remote, str(staged / "d"), recurse=True, preserve=True)
                     os.rename(staged / "d", dest)
                 finally:
                     shutil.rmtree(staged, ignore_errors=True)

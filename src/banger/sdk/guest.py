@@ -29,9 +29,13 @@ KILL_GRACE_SECONDS = 5.0
 
 
 # The first thing every command does: print its shell's pid (= its process group: sshd puts each
-# session in a new session and group) on stderr, so a timeout can kill the whole group. The SDK
-# strips this line before anyone sees stderr.
-PGID_PRELUDE = "printf '%s\\n' \"$$\" >&2\n"
+# session in a new session and group) on stderr behind a marker, so a timeout can kill the whole
+# group. The SDK takes that line out of stderr; anything the login shell printed before it (a
+# locale warning, say) is passed on.
+PGID_MARKER = b"\x1ebanger-pgid:"
+PGID_PRELUDE = "printf '\\036banger-pgid:%s\\n' \"$$\" >&2\n"
+# Stop looking for the marker after this much other stderr (it comes first in practice).
+PGID_SCAN_LIMIT = 4096
 
 
 class _RunSession(asyncssh.SSHClientSession[bytes]):
@@ -53,13 +57,21 @@ class _RunSession(asyncssh.SSHClientSession[bytes]):
             return
         if not self._head_done:
             self._head += data
-            line, sep, rest = self._head.partition(b"\n")
-            if not sep:
-                return
-            self._head_done, self._head = True, b""
-            with contextlib.suppress(ValueError):
-                self.pgid = int(line)
-            data = rest
+            while not self._head_done:
+                line, sep, rest = self._head.partition(b"\n")
+                if not sep:
+                    if len(self._head) > PGID_SCAN_LIMIT:
+                        self._head_done = True
+                        break
+                    return
+                self._head = rest
+                if line.startswith(PGID_MARKER):
+                    self._head_done = True
+                    with contextlib.suppress(ValueError):
+                        self.pgid = int(line[len(PGID_MARKER) :])
+                else:
+                    self.err.feed(line + sep)
+            data, self._head = self._head, b""
             if not data:
                 return
         self.err.feed(data)

@@ -89,9 +89,9 @@ class Files:
     def __init__(self, files: AsyncFiles) -> None:
         self._files = files
 
-    def read(self, path: str) -> bytes:
-        """The whole file's bytes. `>>> sbx.files.read("/etc/hostname")`"""
-        return _portal.call(self._files.read(path))
+    def read(self, path: str, *, limit: int | None = None) -> bytes:
+        """The file's bytes (at most `limit`). `>>> sbx.files.read("/etc/hostname")`"""
+        return _portal.call(self._files.read(path, limit=limit))
 
     def read_text(self, path: str, encoding: str = "utf-8") -> str:
         return _portal.call(self._files.read_text(path, encoding))
