@@ -160,7 +160,7 @@ async def test_a_sandbox_from_create_to_delete(mcp_env: BangerEnv, tmp_path: Pat
         assert w == {"path": "/root/n/hello.txt", "bytes_written": 3}
         got = await ok(s, "read_file", {"sandbox": "agent1", "path": "/root/n/hello.txt"})
         assert (got["encoding"], got["content"], got["truncated"]) == ("utf-8", "hi\n", False)
-        blob = bytes(range(256))
+        blob = bytes(range(255, -1, -1))  # starts with 0xff: not UTF-8, so base64
         await ok(
             s,
             "write_file",
