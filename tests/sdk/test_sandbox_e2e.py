@@ -20,11 +20,13 @@ from banger.sdk import (
     BadRequest,
     CommandFailed,
     CommandTimeout,
+    GuestConnectionError,
     LocalDaemon,
     NotFound,
     NotRunning,
     Sandbox,
 )
+from banger.sdk.daemon import connect_guest_ssh
 from tests.workspace.conftest import git
 
 pytestmark = pytest.mark.slow
@@ -263,6 +265,25 @@ def test_daemon_errors_carry_their_code_and_op_id(sbx: Sandbox, daemon_conn: Loc
     with pytest.raises(BadRequest) as br:
         Sandbox.create(name="x", vcpu=0, daemon=daemon_conn)
     assert br.value.code == "bad_request" and OP_ID.match(br.value.op_id)
+
+
+async def test_only_the_pinned_host_key_is_accepted(
+    sbx: Sandbox, daemon_conn: LocalDaemon, tmp_path: Path
+) -> None:
+    daemon = LocalDaemon(socket_path=daemon_conn.socket_path)
+    target = await daemon.call("vm.ssh", {"ref": "sdk1"})
+    conn = await connect_guest_ssh(target)  # banger's own known_hosts: accepted
+    conn.close()
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "k")], check=True
+    )
+    other_key = " ".join((tmp_path / "k.pub").read_text().split()[:2])
+    (tmp_path / "wrong").write_text(f"sdk1.vm {other_key}\n")
+    (tmp_path / "empty").write_text("")
+    for known in ("wrong", "empty"):  # a changed key, and no key at all (never accept-new)
+        with pytest.raises(GuestConnectionError, match="not the one banger pinned"):
+            await connect_guest_ssh({**target, "known_hosts_path": str(tmp_path / known)})
+    assert (tmp_path / "empty").read_text() == ""  # nothing was learned
 
 
 def test_context_manager_of_a_connected_sandbox_keeps_it(

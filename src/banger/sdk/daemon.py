@@ -178,8 +178,8 @@ async def connect_guest_ssh(
         )
     except asyncssh.HostKeyNotVerifiable as e:
         raise GuestConnectionError(
-            f"sandbox {name}: its SSH host key does not match the one banger pinned ({e.reason}); "
-            "refusing to connect"
+            f"sandbox {name}: its SSH host key is not the one banger pinned for {alias} in "
+            f"{known_hosts} ({e.reason}); refusing to connect"
         ) from None
     except (OSError, asyncssh.Error, TimeoutError) as e:
         detail = getattr(e, "reason", "") or str(e) or type(e).__name__
