@@ -20,6 +20,7 @@ COMMANDS = {
     "ssh-config": "banger.cli.ssh_config:ssh_config",
     "ps": "banger.cli.vm:ps",
     "version": "banger.cli.version_cmd:version",
+    "mcp": "banger.mcpserver.cli:mcp",
 }
 
 
