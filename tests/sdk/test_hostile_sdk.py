@@ -87,9 +87,9 @@ BIG = "a" * (MAX_WRITE_BYTES + 1)
 CASES: list[tuple[str, Action, str]] = [
     ("connect-traversal-name", connect("../../etc/passwd"), "not_found"),
     ("connect-empty-name", connect(""), "bad_request"),
-    ("connect-newline-name", connect("a\nb"), "not_found"),
+    ("connect-newline-name", connect("a\nb"), "bad_request"),
     ("connect-command-substitution", connect("$(reboot)"), "not_found"),
-    ("connect-huge-name", connect("x" * 5000), "not_found"),
+    ("connect-huge-name", connect("x" * 5000), "bad_request"),
     ("create-name-with-space", create(name="bad name!"), "bad_request"),
     ("create-name-traversal", create(name="../x"), "bad_request"),
     ("create-name-too-long", create(name="x" * 200), "bad_request"),
