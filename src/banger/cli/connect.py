@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import time
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 
 from banger.paths import Paths, ensure_private_dir
 from banger.rpc.client import Client, DaemonUnreachable
 from banger.rpc.errors import OperationFailed
 
 START_TIMEOUT_SECONDS = 15.0
+# bangerd.stderr.log (what a detached daemon printed before its own log took over) is capped.
+BOOT_LOG_MAX_BYTES = 1024 * 1024
 
 
 def ping(paths: Paths) -> dict[str, object] | None:
@@ -24,12 +28,40 @@ def ping(paths: Paths) -> dict[str, object] | None:
         return None
 
 
-def start_daemon(paths: Paths) -> dict[str, object]:
-    """Spawn `bangerd` detached from this terminal and wait until it answers ping."""
+def _open_boot_log(path: Path) -> BinaryIO:
+    """The detached daemon's stderr: 0600, never through a planted link, capped across starts
+    (the previous one is kept as `.1`)."""
+    from banger.daemon.lock import check_own_plain_file
+
+    with contextlib.suppress(FileNotFoundError):
+        if os.lstat(path).st_size > BOOT_LOG_MAX_BYTES:
+            os.replace(path, path.with_name(path.name + ".1"))
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+    try:
+        fd = os.open(path, flags, 0o600)
+    except OSError as e:
+        raise OperationFailed(f"cannot open {path}: {e.strerror}; remove it and retry") from None
+    try:
+        check_own_plain_file(path, os.fstat(fd))
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return open(fd, "ab")
+
+
+def start_daemon(paths: Paths) -> tuple[dict[str, object], bool]:
+    """Spawn `bangerd` detached from this terminal and wait until a daemon answers ping.
+
+    Returns (ping answer, whether this call's daemon is the one that answers). Several CLIs may
+    auto-start at once: the daemons that lose the state dir's lock exit EXIT_ALREADY_RUNNING, and
+    their CLIs connect to the winner."""
+    from banger.daemon.lock import EXIT_ALREADY_RUNNING
+
     ensure_private_dir(paths.runtime_dir)
-    paths.state_dir.mkdir(parents=True, exist_ok=True)
-    boot_log = paths.state_dir / "bangerd.stderr.log"
-    with open(boot_log, "ab") as err:
+    paths.ensure_state_dir()
+    boot_log = paths.boot_log
+    with _open_boot_log(boot_log) as err:
         # The log accumulates across starts: report only what this start wrote.
         offset = err.tell()
         proc = subprocess.Popen(
@@ -42,20 +74,37 @@ def start_daemon(paths: Paths) -> dict[str, object]:
             env=os.environ.copy(),
         )
     deadline = time.monotonic() + START_TIMEOUT_SECONDS
+    lost_race = False
     while time.monotonic() < deadline:
         info = ping(paths)
         if info is not None:
-            return info
-        if proc.poll() is not None:
-            with open(boot_log, "rb") as f:
-                f.seek(offset)
-                tail = f.read().decode(errors="replace").strip().splitlines()[-5:]
-            detail = "; ".join(tail) or f"exit status {proc.returncode}"
-            raise OperationFailed(f"the daemon failed to start: {detail} (log: {boot_log})")
+            return info, info.get("pid") == proc.pid
+        if not lost_race and proc.poll() is not None:
+            if proc.returncode == EXIT_ALREADY_RUNNING:
+                # Another CLI's daemon holds the lock: wait for it to answer (it may be migrating).
+                lost_race = True
+                continue
+            raise OperationFailed(
+                f"the daemon failed to start: {_tail(boot_log, offset, proc.returncode)} "
+                f"(log: {boot_log})"
+            )
         time.sleep(0.05)
+    if lost_race:
+        raise OperationFailed(
+            f"another daemon holds the state dir but does not answer on {paths.socket} "
+            f"within {START_TIMEOUT_SECONDS:.0f}s: {_tail(boot_log, offset, proc.returncode)}"
+        )
     raise OperationFailed(
         f"the daemon did not answer within {START_TIMEOUT_SECONDS:.0f}s (log: {paths.daemon_log})"
     )
+
+
+def _tail(boot_log: Path, offset: int, returncode: int | None) -> str:
+    """What this start wrote to the boot log (its last lines), else the exit status."""
+    with open(boot_log, "rb") as f:
+        f.seek(offset)
+        tail = f.read().decode(errors="replace").strip().splitlines()[-5:]
+    return "; ".join(tail) or f"exit status {returncode}"
 
 
 def resolve_paths() -> Paths:

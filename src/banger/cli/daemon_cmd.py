@@ -37,7 +37,11 @@ def start() -> None:
     if info is not None:
         click.echo(f"bangerd already running (pid {info['pid']})")
         return
-    info = start_daemon(paths)
+    info, started = start_daemon(paths)
+    if not started:
+        # Another CLI started it a moment before us (we lost the state dir's lock to it).
+        click.echo(f"bangerd already running (pid {info['pid']})")
+        return
     click.echo(f"bangerd started (pid {info['pid']}, socket {paths.socket})")
 
 
