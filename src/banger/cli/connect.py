@@ -78,7 +78,13 @@ def start_daemon(paths: Paths) -> tuple[dict[str, object], bool]:
     while time.monotonic() < deadline:
         info = ping(paths)
         if info is not None:
-            return info, info.get("pid") == proc.pid
+            if info.get("pid") == proc.pid:
+                return info, True
+            # Another CLI's daemon won; ours is about to find the lock taken: let it go first,
+            # so no second bangerd outlives this command, even for a moment.
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            return info, False
         if not lost_race and proc.poll() is not None:
             if proc.returncode == EXIT_ALREADY_RUNNING:
                 # Another CLI's daemon holds the lock: wait for it to answer (it may be migrating).

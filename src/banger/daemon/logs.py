@@ -68,13 +68,20 @@ class PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
         return open(fd, "a", encoding=self.encoding, errors=self.errors)
 
 
-def setup_logging(log_file: Path, level: str, *, also_stderr: bool = False) -> None:
+def setup_logging(
+    log_file: Path,
+    level: str,
+    *,
+    also_stderr: bool = False,
+    max_bytes: int = LOG_MAX_BYTES,
+    backup_count: int = LOG_BACKUP_COUNT,
+) -> None:
     root = logging.getLogger("banger")
     root.handlers.clear()
     root.setLevel(level.upper())
     root.propagate = False
     handler: logging.Handler = PrivateRotatingFileHandler(
-        log_file, maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUP_COUNT, encoding="utf-8"
+        log_file, maxBytes=max_bytes, backupCount=backup_count, encoding="utf-8"
     )
     handler.setFormatter(JSONFormatter())
     root.addHandler(handler)

@@ -54,7 +54,8 @@ def render(key_path: Path, known_hosts: Path, aliases: Sequence[UserModeAlias] =
         f"  IdentityFile {_q(key_path)}",
         "  IdentitiesOnly yes",
         f"  UserKnownHostsFile {_q(known_hosts)}",
-        "  StrictHostKeyChecking accept-new",
+        # Every VM's host key is pinned in banger's known_hosts at create: never learn one here.
+        "  StrictHostKeyChecking yes",
         "  ConnectTimeout 10",
         "  LogLevel ERROR",
         "",
