@@ -280,5 +280,11 @@ def _make_private_file(path: Path) -> None:
         st = os.lstat(path)
     except FileNotFoundError:
         return
-    if stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and st.st_mode & 0o077:
+    # Never through a second hard link: that chmod would change a file outside banger's dirs.
+    if (
+        stat.S_ISREG(st.st_mode)
+        and st.st_uid == os.geteuid()
+        and st.st_nlink == 1
+        and st.st_mode & 0o077
+    ):
         os.chmod(path, stat.S_IMODE(st.st_mode) & 0o700)

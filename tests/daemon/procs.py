@@ -29,8 +29,8 @@ def ping_pid(socket: Path) -> int | None:
     try:
         with Client(socket) as c:
             info = c.call("ping", timeout=5)
-    except DaemonUnreachable:
-        return None
+    except (DaemonUnreachable, TimeoutError, ConnectionError):
+        return None  # nothing, or something that is not a daemon (never answers), listens
     assert isinstance(info, dict)
     return int(info["pid"])
 

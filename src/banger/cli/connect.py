@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from banger.paths import Paths, ensure_private_dir
+from banger.paths import Paths, UnsafePathError, ensure_private_dir
 from banger.rpc.client import Client, DaemonUnreachable
 from banger.rpc.errors import OperationFailed
 
@@ -58,10 +58,14 @@ def start_daemon(paths: Paths) -> tuple[dict[str, object], bool]:
     their CLIs connect to the winner."""
     from banger.daemon.lock import EXIT_ALREADY_RUNNING
 
-    ensure_private_dir(paths.runtime_dir)
-    paths.ensure_state_dir()
     boot_log = paths.boot_log
-    with _open_boot_log(boot_log) as err:
+    try:
+        ensure_private_dir(paths.runtime_dir)
+        paths.ensure_state_dir()
+        err = _open_boot_log(boot_log)
+    except UnsafePathError as e:
+        raise OperationFailed(str(e)) from None
+    with err:
         # The log accumulates across starts: report only what this start wrote.
         offset = err.tell()
         proc = subprocess.Popen(
