@@ -207,3 +207,32 @@ def test_log_handler_keeps_a_bounded_number_of_private_files(tmp_path: Path) -> 
         assert p.stat().st_mode & 0o777 == 0o600
     last = json.loads(log.read_text().splitlines()[-1])
     assert last["msg"].startswith("line 199 ")
+
+
+def test_cli_with_another_runtime_dir_names_the_running_daemon(banger_env: BangerEnv) -> None:
+    """Same state dir, other XDG_RUNTIME_DIR: the auto-start loses the lock, and the CLI says at
+    once where the running daemon listens instead of waiting for an answer that cannot come."""
+    be = banger_env
+    first = start_bangerd(be.env, be.paths.socket)
+    try:
+        assert first.returncode is None, first.stderr
+        other_run = be.root / "run-other"
+        other_run.mkdir(mode=0o700)
+        env = {**be.env, "XDG_RUNTIME_DIR": str(other_run)}
+        p = subprocess.run(
+            [sys.executable, "-m", "banger.cli.main", "vm", "list"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert p.returncode == 1
+        assert (
+            f"bangerd: bangerd is already running (pid {first.proc.pid}, socket "
+            f"{be.paths.socket}); this banger looks for it at {other_run}/banger/bangerd.sock"
+        ) in p.stderr
+        assert ping_pid(be.paths.socket) == first.proc.pid
+        assert bangerd_pids_for(be.env["XDG_STATE_HOME"]) == [first.proc.pid]
+    finally:
+        assert stop(first.proc) == 0

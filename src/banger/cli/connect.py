@@ -91,6 +91,13 @@ def start_daemon(paths: Paths) -> tuple[dict[str, object], bool]:
             return info, False
         if not lost_race and proc.poll() is not None:
             if proc.returncode == EXIT_ALREADY_RUNNING:
+                said = _tail(boot_log, offset, proc.returncode)
+                if f"socket {paths.socket})" not in said:
+                    # The holder serves another socket (another XDG_RUNTIME_DIR): waiting is moot.
+                    raise OperationFailed(
+                        f"{said}; this banger looks for it at {paths.socket}: use the same "
+                        "XDG_RUNTIME_DIR as the running daemon, or stop it (`banger daemon stop`)"
+                    )
                 # Another CLI's daemon holds the lock: wait for it to answer (it may be migrating).
                 lost_race = True
                 continue
