@@ -146,6 +146,15 @@ def test_generated_config_connects_to_a_real_guest_only_with_its_pinned_key(
         via_cli = be.banger("vm", "ssh", "sshc", "--", "echo via-cli", timeout=120)
         assert via_cli.returncode == 0, via_cli.stderr
         assert via_cli.stdout == "via-cli\n"
+        # The daemon's umask 077 stays on the host: the guest's own tree keeps its usual modes.
+        modes = _ssh(conf, "sshc.vm", "stat -c '%a %n' / /tmp /etc/passwd /.banger /.banger/bin")
+        assert modes.stdout.splitlines() == [
+            "755 /",
+            "1777 /tmp",
+            "644 /etc/passwd",
+            "755 /.banger",
+            "755 /.banger/bin",
+        ], modes.stderr
 
         # The same config with an empty known_hosts: no pin, no connection, nothing learned.
         empty = be.root / "empty_known_hosts"
