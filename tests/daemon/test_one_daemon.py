@@ -236,3 +236,34 @@ def test_cli_with_another_runtime_dir_names_the_running_daemon(banger_env: Bange
         assert bangerd_pids_for(be.env["XDG_STATE_HOME"]) == [first.proc.pid]
     finally:
         assert stop(first.proc) == 0
+
+
+def test_auto_start_right_after_a_shutdown_waits_for_the_lock_and_starts_afresh(
+    banger_env: BangerEnv,
+) -> None:
+    """A daemon on its way out still holds the lock for a moment: a CLI auto-starting then loses
+    to it, sees it let go, and starts a new one (never two at once, never an error)."""
+    be = banger_env
+    for _ in range(3):
+        be.banger("daemon", "start", check=True, timeout=60)
+        old = ping_pid(be.paths.socket)
+        with be.client() as c:
+            c.call("shutdown", timeout=30)
+        r = be.banger("vm", "list", "--json", timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout) == []
+        pids = bangerd_pids_for(be.env["XDG_STATE_HOME"])
+        assert len(pids) == 1
+        assert ping_pid(be.paths.socket) == pids[0] != old
+
+
+def test_daemon_stop_returns_once_the_state_dir_is_free(daemon: BangerEnv) -> None:
+    from banger.daemon.lock import holder
+
+    pid = ping_pid(daemon.paths.socket)
+    assert pid is not None and holder(daemon.paths.lock_file) == pid
+    out = daemon.banger("daemon", "stop", check=True, timeout=60)
+    assert out.stdout == f"bangerd stopped (pid {pid})\n"
+    assert holder(daemon.paths.lock_file) is None
+    started = daemon.banger("daemon", "start", check=True, timeout=60).stdout
+    assert started.startswith("bangerd started (pid ")

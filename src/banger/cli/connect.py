@@ -55,14 +55,63 @@ def start_daemon(paths: Paths) -> tuple[dict[str, object], bool]:
 
     Returns (ping answer, whether this call's daemon is the one that answers). Several CLIs may
     auto-start at once: the daemons that lose the state dir's lock exit EXIT_ALREADY_RUNNING, and
-    their CLIs connect to the winner."""
-    from banger.daemon.lock import EXIT_ALREADY_RUNNING
+    their CLIs connect to the winner. A holder that is on its way out (a `daemon stop` a moment
+    ago) answers nothing: once it has let go of the lock, this spawns again."""
+    from banger.daemon.lock import EXIT_ALREADY_RUNNING, holder
 
     boot_log = paths.boot_log
+    deadline = time.monotonic() + START_TIMEOUT_SECONDS
+    while True:
+        proc, offset = _spawn(paths)
+        while time.monotonic() < deadline and proc.poll() is None:
+            info = ping(paths)
+            if info is not None:
+                if info.get("pid") == proc.pid:
+                    return info, True
+                break  # another CLI's daemon won the race: ours is about to exit 3
+            time.sleep(0.05)
+        else:
+            if proc.returncode is None:
+                raise OperationFailed(
+                    f"the daemon did not answer within {START_TIMEOUT_SECONDS:.0f}s "
+                    f"(log: {paths.daemon_log})"
+                )
+            if proc.returncode != EXIT_ALREADY_RUNNING:
+                raise OperationFailed(
+                    f"the daemon failed to start: {_tail(boot_log, offset, proc.returncode)} "
+                    f"(log: {boot_log})"
+                )
+            said = _tail(boot_log, offset, proc.returncode)
+            if f"socket {paths.socket})" not in said:
+                # The holder serves another socket (another XDG_RUNTIME_DIR): waiting is moot.
+                raise OperationFailed(
+                    f"{said}; this banger looks for it at {paths.socket}: use the same "
+                    "XDG_RUNTIME_DIR as the running daemon, or stop it (`banger daemon stop`)"
+                )
+        # Lost the lock: wait for the holder to answer (it may be migrating), or to let go.
+        while time.monotonic() < deadline:
+            info = ping(paths)
+            if info is not None:
+                # Let ours go first, so no second bangerd outlives this command even briefly.
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+                return info, False
+            if proc.poll() is not None and holder(paths.lock_file) is None:
+                break  # the holder is gone without answering: try again
+            time.sleep(0.05)
+        else:
+            raise OperationFailed(
+                f"another daemon holds {paths.lock_file} but does not answer on {paths.socket} "
+                f"within {START_TIMEOUT_SECONDS:.0f}s: {_tail(boot_log, offset, proc.returncode)}"
+            )
+
+
+def _spawn(paths: Paths) -> tuple[subprocess.Popen[bytes], int]:
+    """Start `bangerd` with its stderr appended to the boot log; (process, log offset)."""
     try:
         ensure_private_dir(paths.runtime_dir)
         paths.ensure_state_dir()
-        err = _open_boot_log(boot_log)
+        err = _open_boot_log(paths.boot_log)
     except UnsafePathError as e:
         raise OperationFailed(str(e)) from None
     with err:
@@ -77,43 +126,7 @@ def start_daemon(paths: Paths) -> tuple[dict[str, object], bool]:
             close_fds=True,
             env=os.environ.copy(),
         )
-    deadline = time.monotonic() + START_TIMEOUT_SECONDS
-    lost_race = False
-    while time.monotonic() < deadline:
-        info = ping(paths)
-        if info is not None:
-            if info.get("pid") == proc.pid:
-                return info, True
-            # Another CLI's daemon won; ours is about to find the lock taken: let it go first,
-            # so no second bangerd outlives this command, even for a moment.
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-            return info, False
-        if not lost_race and proc.poll() is not None:
-            if proc.returncode == EXIT_ALREADY_RUNNING:
-                said = _tail(boot_log, offset, proc.returncode)
-                if f"socket {paths.socket})" not in said:
-                    # The holder serves another socket (another XDG_RUNTIME_DIR): waiting is moot.
-                    raise OperationFailed(
-                        f"{said}; this banger looks for it at {paths.socket}: use the same "
-                        "XDG_RUNTIME_DIR as the running daemon, or stop it (`banger daemon stop`)"
-                    )
-                # Another CLI's daemon holds the lock: wait for it to answer (it may be migrating).
-                lost_race = True
-                continue
-            raise OperationFailed(
-                f"the daemon failed to start: {_tail(boot_log, offset, proc.returncode)} "
-                f"(log: {boot_log})"
-            )
-        time.sleep(0.05)
-    if lost_race:
-        raise OperationFailed(
-            f"another daemon holds the state dir but does not answer on {paths.socket} "
-            f"within {START_TIMEOUT_SECONDS:.0f}s: {_tail(boot_log, offset, proc.returncode)}"
-        )
-    raise OperationFailed(
-        f"the daemon did not answer within {START_TIMEOUT_SECONDS:.0f}s (log: {paths.daemon_log})"
-    )
+    return proc, offset
 
 
 def _tail(boot_log: Path, offset: int, returncode: int | None) -> str:

@@ -110,6 +110,26 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def holder(path: Path) -> int | None:
+    """The pid holding the lock on `path`, or None. Read from /proc/locks, without touching the
+    lock: even a brief shared flock taken to test it would make a starting daemon give up."""
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return None
+    ident = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        with open("/proc/locks") as f:
+            for line in f:
+                fields = line.split()
+                # "N: FLOCK ADVISORY WRITE PID MAJ:MIN:INODE 0 EOF" ("N: -> FLOCK …" waits).
+                if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == ident:
+                    return int(fields[4])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
 def acquire(path: Path, socket: Path) -> DaemonLock:
     """Take the lock or raise AlreadyRunning naming the holder; record our pid and socket."""
     fd = _open_lock_file(path)

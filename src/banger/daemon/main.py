@@ -70,9 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         paths.ensure()
         setup_logging(paths.daemon_log, config.log_level, also_stderr=args.log_stderr)
         Daemon.check_socket_path(paths.socket)
-    except (UnsafePathError, AlreadyRunning) as e:
+    except UnsafePathError as e:
         print(f"bangerd: {e}", file=sys.stderr)
-        return EXIT_ALREADY_RUNNING if isinstance(e, AlreadyRunning) else 2
+        lock.release()
+        return 2
     try:
         daemon = Daemon(paths, config)
         asyncio.run(daemon.run())
