@@ -122,8 +122,9 @@ def holder(path: Path) -> int | None:
         with open("/proc/locks") as f:
             for line in f:
                 fields = line.split()
-                # "N: FLOCK ADVISORY WRITE PID MAJ:MIN:INODE 0 EOF" ("N: -> FLOCK …" waits).
-                if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == ident:
+                # "N: FLOCK ADVISORY WRITE PID MAJ:MIN:INODE 0 EOF" ("N: -> FLOCK …" waits;
+                # NFS emulates flock with a POSIX lock).
+                if len(fields) >= 6 and fields[1] in ("FLOCK", "POSIX") and fields[5] == ident:
                     return int(fields[4])
     except (OSError, ValueError):
         return None
