@@ -27,7 +27,7 @@ class Store:
             self.path, check_same_thread=False, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000
         )
         conn.row_factory = sqlite3.Row
-        conn.execute("PRAGMA journal_mode=WAL")
+        _set_wal(conn)
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         conn.execute("PRAGMA synchronous=NORMAL")
@@ -70,6 +70,20 @@ class Store:
         """Run one statement in its own transaction; returns the number of changed rows."""
         with self.tx() as conn:
             return conn.execute(sql, args).rowcount
+
+
+def _set_wal(conn: sqlite3.Connection) -> None:
+    """Switch to WAL. SQLite answers `database is locked` at once, without its busy handler, while
+    another connection opens the same fresh file: retry for the busy timeout."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
 
 
 def applied_versions(conn: sqlite3.Connection) -> list[int]:
