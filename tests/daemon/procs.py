@@ -4,15 +4,15 @@ exit, stop it, and find every bangerd serving a given state dir."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
-from banger.rpc.client import Client, DaemonUnreachable
 
 START_DEADLINE_SECONDS = 30.0
 
@@ -24,15 +24,24 @@ class Outcome:
     stderr: str
 
 
-def ping_pid(socket: Path) -> int | None:
-    """The pid the daemon on `socket` reports, or None when nothing answers."""
+def ping_pid(socket_path: Path, timeout: float = 5.0) -> int | None:
+    """The pid the daemon on `socket_path` reports, or None when nothing answers (no socket,
+    a stale one, or something that is not a daemon and stays silent). Raw wire, no client."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
     try:
-        with Client(socket) as c:
-            info = c.call("ping", timeout=5)
-    except (DaemonUnreachable, TimeoutError, ConnectionError):
-        return None  # nothing, or something that is not a daemon (never answers), listens
-    assert isinstance(info, dict)
-    return int(info["pid"])
+        s.connect(str(socket_path))
+        s.sendall(b'{"version":1,"method":"ping"}\n')
+        line = s.makefile("rb").readline()
+    except OSError:  # refused, missing, timed out, reset
+        return None
+    finally:
+        s.close()
+    if not line:
+        return None
+    answer = json.loads(line)
+    assert answer.get("ok") is True, answer
+    return int(answer["result"]["pid"])
 
 
 def start_bangerd(env: dict[str, str], socket: Path) -> Outcome:
