@@ -13,6 +13,7 @@ Documented exceptions (docs/security.md):
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import stat
@@ -89,6 +90,11 @@ def test_every_file_is_private_after_a_real_workload(workload_env: BangerEnv) ->
     assert _open_modes(be) == []
 
     be.banger("vm", "start", "fm", check=True, timeout=600)
+    # The VMM outlives a daemon restart: it must not hold the state dir's lock (O_CLOEXEC).
+    vmm_pid = json.loads(be.banger("vm", "show", "fm", "--json", check=True).stdout)["pid"]
+    vmm_fds = {os.readlink(fd) for fd in Path(f"/proc/{vmm_pid}/fd").iterdir()}
+    assert str(be.paths.lock_file) not in vmm_fds
+    assert any(fd.endswith("seed.ext4") for fd in vmm_fds)  # (the listing is the VMM's)
     assert _walked(be) > 30  # the walk saw the daemon's, the image's and the VM's files
     assert _open_modes(be) == []
     for d in (be.paths.state_dir, be.paths.cache_dir, be.paths.runtime_dir):
