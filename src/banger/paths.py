@@ -8,6 +8,7 @@ test prefix. `Paths.detect()` picks the mode the CLI and daemon should use.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import tomllib
@@ -204,23 +205,86 @@ class Paths:
     def oci_cache_dir(self) -> Path:
         return self.cache_dir / "oci"
 
+    @property
+    def lock_file(self) -> Path:
+        """Held (flock) by the one daemon serving this state dir, for its whole life."""
+        return self.state_dir / "bangerd.lock"
+
+    @property
+    def boot_log(self) -> Path:
+        """The detached daemon's stderr, written by the CLI that started it."""
+        return self.state_dir / "bangerd.stderr.log"
+
+    def ensure_state_dir(self) -> None:
+        """The state dir alone (the lock lives in it): 0700, ours."""
+        ensure_private_dir(self.state_dir, allow_own_symlink=True)
+
     def ensure(self) -> None:
-        """Create the directories the daemon writes to, with private modes where it matters."""
-        for d in (self.config_dir, self.state_dir, self.cache_dir):
-            d.mkdir(parents=True, exist_ok=True)
-        for d in (self.images_dir, self.kernels_dir, self.vms_dir, self.staging_dir):
-            d.mkdir(parents=True, exist_ok=True)
-        self.ssh_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        """Create the directories the daemon writes to: 0700 and ours. An older install made
+        them 0755: their modes are fixed here (what is below is only reachable through them)."""
+        if not self.is_system:
+            # /etc/banger is root's in system mode; in user mode the config dir is ours.
+            self.config_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        ensure_private_dir(self.state_dir, allow_own_symlink=True)
+        ensure_private_dir(self.cache_dir, allow_own_symlink=True)
+        for d in (self.images_dir, self.kernels_dir, self.vms_dir, self.staging_dir, self.ssh_dir):
+            ensure_private_dir(d)
         ensure_private_dir(self.runtime_dir)
+        for f in (self.db_file, self.daemon_log, self.boot_log):
+            _make_private_file(f)
 
 
-def ensure_private_dir(path: Path) -> None:
-    """Create `path` as a 0700 directory we own; refuse one someone else owns or a symlink."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+class UnsafePathError(RuntimeError):
+    """A banger directory or file is not what banger created: someone else's, a link, ..."""
+
+
+def ensure_private_dir(path: Path, *, allow_own_symlink: bool = False) -> None:
+    """Create `path` as a 0700 directory we own (fixing the mode of an existing one); refuse one
+    someone else owns or a symlink. With `allow_own_symlink`, a symlink we own to a directory we
+    own is accepted (a state dir moved to a bigger disk)."""
+    uid = os.geteuid()
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except FileNotFoundError:
+        # Missing ancestors (~/.local/state) get the default modes; only banger's own dir is 0700.
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(path, 0o700)
     st = os.lstat(path)
-    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
-        raise RuntimeError(f"{path} is not a directory; remove it and retry")
-    if st.st_uid != os.getuid():
-        raise RuntimeError(f"{path} is owned by uid {st.st_uid}, not by you; remove it and retry")
+    if stat.S_ISLNK(st.st_mode):
+        if not allow_own_symlink:
+            raise UnsafePathError(f"{path} is a symlink, not a directory; remove it and retry")
+        if st.st_uid != uid:
+            raise UnsafePathError(
+                f"{path} is a symlink owned by uid {st.st_uid}, not by you; remove it and retry"
+            )
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            raise UnsafePathError(f"{path} is a dangling symlink; remove it and retry") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise UnsafePathError(f"{path} is not a directory; remove it and retry")
+    if st.st_uid != uid:
+        raise UnsafePathError(
+            f"{path} is owned by uid {st.st_uid}, not by you (uid {uid}); remove it and retry"
+        )
     if stat.S_IMODE(st.st_mode) != 0o700:
         os.chmod(path, 0o700)
+
+
+def _make_private_file(path: Path) -> None:
+    """0600 for a file banger made that an older install left group/other-readable."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    # Never through a second hard link: that chmod would change a file outside banger's dirs.
+    if (
+        stat.S_ISREG(st.st_mode)
+        and st.st_uid == os.geteuid()
+        and st.st_nlink == 1
+        and st.st_mode & 0o077
+    ):
+        os.chmod(path, stat.S_IMODE(st.st_mode) & 0o700)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import stat
@@ -148,6 +149,7 @@ def fuzz_daemon() -> Iterator[Path]:
     yield sock
     proc.terminate()
     proc.wait(timeout=15)
+    shutil.rmtree(root, ignore_errors=True)
 
 
 json_values = st.recursive(

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from banger.network import sshconfig
 from banger.network.sshconfig import UserModeAlias
-from tests.conftest import BangerEnv
+from tests.conftest import BangerEnv, BuiltImage, _stop_daemon
+from tests.vms.conftest import make_vm_env
 
 
 def ssh_g(host: str, *, config: Path) -> dict[str, str]:
@@ -39,7 +43,7 @@ def test_rendered_config_routes_vm_names(tmp_path: Path) -> None:
     assert bridged["user"] == "root"
     assert bridged["identityfile"] == str(key)
     assert bridged["userknownhostsfile"] == str(kh)
-    assert bridged["stricthostkeychecking"] == "accept-new"
+    assert bridged["stricthostkeychecking"] == "true"
 
     user_mode = ssh_g("usr.vm", config=conf)
     assert user_mode["hostname"] == "127.0.0.1" and user_mode["port"] == "40123"
@@ -118,3 +122,62 @@ def test_install_creates_ssh_dir_and_follows_symlink(banger_env: BangerEnv) -> N
     banger_env.banger("ssh-config", "--install", check=True)
     assert (home / ".ssh" / "config").is_symlink()
     assert dotfiles.read_text().startswith(sshconfig.BEGIN)
+
+
+@pytest.mark.slow
+def test_generated_config_connects_to_a_real_guest_only_with_its_pinned_key(
+    debian_image: BuiltImage,
+) -> None:
+    """`ssh <name>.vm` through the generated file reaches a real guest (its key was pinned at
+    create), `banger vm ssh` too; and with the pin gone OpenSSH refuses instead of learning the
+    key (`StrictHostKeyChecking yes`, not `accept-new`)."""
+    be = make_vm_env(debian_image.cache_home)
+    try:
+        be.banger("image", "pull", "debian-bookworm", check=True, timeout=600)
+        be.banger("vm", "create", "--name", "sshc", check=True, timeout=600)
+        conf = be.paths.config_dir / "ssh_config"
+        known_hosts = be.paths.ssh_dir / "known_hosts"
+        assert "StrictHostKeyChecking yes" in conf.read_text()
+        assert "sshc.vm " in known_hosts.read_text()
+
+        plain = _ssh(conf, "sshc.vm", "echo via-config-$(hostname)")
+        assert plain.returncode == 0, plain.stderr
+        assert plain.stdout == "via-config-sshc\n"
+        via_cli = be.banger("vm", "ssh", "sshc", "--", "echo via-cli", timeout=120)
+        assert via_cli.returncode == 0, via_cli.stderr
+        assert via_cli.stdout == "via-cli\n"
+        # The daemon's umask 077 stays on the host: the guest's own tree keeps its usual modes.
+        modes = _ssh(conf, "sshc.vm", "stat -c '%a %n' / /tmp /etc/passwd /.banger /.banger/bin")
+        assert modes.stdout.splitlines() == [
+            "755 /",
+            "1777 /tmp",
+            "644 /etc/passwd",
+            "755 /.banger",
+            "755 /.banger/bin",
+        ], modes.stderr
+
+        # The same config with an empty known_hosts: no pin, no connection, nothing learned.
+        empty = be.root / "empty_known_hosts"
+        empty.write_text("")
+        unpinned = be.root / "ssh_config_unpinned"
+        unpinned.write_text(conf.read_text().replace(str(known_hosts), str(empty)))
+        refused = _ssh(unpinned, "sshc.vm", "echo should-not-run")
+        assert refused.returncode == 255
+        assert "should-not-run" not in refused.stdout
+        assert "Host key verification failed" in refused.stderr
+        assert empty.read_text() == ""
+    finally:
+        be.banger("vm", "delete", "sshc", timeout=120)
+        _stop_daemon(be)
+        shutil.rmtree(be.root, ignore_errors=True)
+
+
+def _ssh(config: Path, host: str, command: str) -> subprocess.CompletedProcess[str]:
+    """Plain OpenSSH with only `config` (BatchMode: a prompt would be a failure)."""
+    return subprocess.run(
+        ["ssh", "-F", str(config), "-o", "BatchMode=yes", host, "--", command],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )

@@ -37,7 +37,11 @@ def start() -> None:
     if info is not None:
         click.echo(f"bangerd already running (pid {info['pid']})")
         return
-    info = start_daemon(paths)
+    info, started = start_daemon(paths)
+    if not started:
+        # Another CLI started it a moment before us (we lost the state dir's lock to it).
+        click.echo(f"bangerd already running (pid {info['pid']})")
+        return
     click.echo(f"bangerd started (pid {info['pid']}, socket {paths.socket})")
 
 
@@ -61,8 +65,13 @@ def stop(timeout: float) -> None:
     except DaemonUnreachable:
         click.echo("bangerd is not running")
         return
+    from banger.daemon.lock import holder
+
+    # Stopped means the state dir is free: the socket goes first, the lock when the process ends.
     deadline = time.monotonic() + timeout
-    while paths.socket.exists() and time.monotonic() < deadline:
+    while time.monotonic() < deadline and (
+        paths.socket.exists() or holder(paths.lock_file) == info["pid"]
+    ):
         time.sleep(0.05)
     click.echo(f"bangerd stopped (pid {info['pid']})")
 

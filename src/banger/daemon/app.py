@@ -7,20 +7,48 @@ import contextlib
 import logging
 import os
 import signal
+import socket
+import stat
+import struct
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Protocol
 
 from banger import __version__
 from banger.config import Config
 from banger.daemon import dispatch as dispatch_mod
-from banger.paths import Paths
+from banger.paths import Paths, UnsafePathError
 from banger.rpc.server import RPCServer
 from banger.store.db import Store
 
 log = logging.getLogger("banger.daemon")
 
 SHUTDOWN_GRACE_SECONDS = 10.0
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISLNK(mode):
+        return "a symlink"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISREG(mode):
+        return "a regular file"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    return "a special file"
+
+
+def write_pid_file(path: Path) -> None:
+    """Informational only (the lock decides who runs). Staged and renamed: whatever was at the
+    path (a stale file, a planted link) is replaced, never written through."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(f"{os.getpid()}\n")
+    os.rename(tmp, path)
 
 
 class Service(Protocol):
@@ -73,6 +101,35 @@ class Daemon:
         self.vms = VMService(self)
         self.services.append(self.vms)
 
+    @staticmethod
+    def check_socket_path(path: Path) -> None:
+        """Before binding (the lock is ours): a leftover socket nobody answers on is stale and the
+        server replaces it; a live one belongs to someone else (a bangerd on another state dir
+        sharing this runtime dir), and anything that is not a socket is not banger's to remove."""
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISSOCK(st.st_mode):
+            raise UnsafePathError(
+                f"{path} is {_kind(st.st_mode)}, not a socket; remove it and retry"
+            )
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(2)
+        try:
+            s.connect(str(path))
+        except OSError:
+            return  # nobody listens: stale
+        else:
+            creds = s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+            pid = struct.unpack("3i", creds)[0]
+            raise UnsafePathError(
+                f"{path} is served by another process (pid {pid}): a bangerd for another state "
+                "dir sharing this runtime dir? Stop it or give each its own XDG_RUNTIME_DIR"
+            )
+        finally:
+            s.close()
+
     def references(self, kind: str, ident: str) -> list[str]:
         return [name for check in self.reference_checks for name in check(kind, ident)]
 
@@ -109,7 +166,7 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_shutdown)
         await self.server.start()
-        self.paths.pid_file.write_text(f"{os.getpid()}\n")
+        write_pid_file(self.paths.pid_file)
         log.info(
             "daemon ready",
             extra={"version": __version__, "pid": os.getpid(), "socket": str(self.paths.socket)},

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextvars
+import errno
 import json
 import logging
 import logging.handlers
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -35,12 +37,52 @@ class JSONFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
-def setup_logging(log_file: Path, level: str, *, also_stderr: bool = False) -> None:
+# The daemon log rotates by size: bangerd.log, then bangerd.log.1 … .N (oldest dropped).
+LOG_MAX_BYTES = 10 * 1024 * 1024
+LOG_BACKUP_COUNT = 3
+
+
+class PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
+    """RotatingFileHandler that opens its file 0600 without following a link, and refuses a file
+    that is not our own plain file (a planted symlink or hard link would send log lines, and the
+    rotation's renames, outside the state dir)."""
+
+    def _open(self) -> Any:
+        from banger.daemon.lock import check_own_plain_file
+        from banger.paths import UnsafePathError
+
+        path = Path(self.baseFilename)
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(path, flags | os.O_NONBLOCK, 0o600)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise UnsafePathError(f"{path} is a symlink; remove it and retry") from None
+            raise UnsafePathError(f"cannot open the daemon log {path}: {e.strerror}") from None
+        try:
+            check_own_plain_file(path, os.fstat(fd))
+            os.set_blocking(fd, True)
+        except BaseException:
+            os.close(fd)
+            raise
+        return open(fd, "a", encoding=self.encoding, errors=self.errors)
+
+
+def setup_logging(
+    log_file: Path,
+    level: str,
+    *,
+    also_stderr: bool = False,
+    max_bytes: int = LOG_MAX_BYTES,
+    backup_count: int = LOG_BACKUP_COUNT,
+) -> None:
     root = logging.getLogger("banger")
     root.handlers.clear()
     root.setLevel(level.upper())
     root.propagate = False
-    handler: logging.Handler = logging.handlers.WatchedFileHandler(log_file)
+    handler: logging.Handler = PrivateRotatingFileHandler(
+        log_file, maxBytes=max_bytes, backupCount=backup_count, encoding="utf-8"
+    )
     handler.setFormatter(JSONFormatter())
     root.addHandler(handler)
     if also_stderr:

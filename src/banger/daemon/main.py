@@ -20,11 +20,15 @@ def main(argv: list[str] | None = None) -> int:
         help="system mode (bangerd.service): /etc, /var/lib, /run paths, run as the install owner",
     )
     args = parser.parse_args(argv)
+    # Everything the daemon (and the tools it runs) creates is the owner's alone: the database,
+    # logs, disks, seed.ext4 with the guest's SSH host key (docs/security.md).
+    os.umask(0o077)
 
     from banger.config import ConfigError, load_config
     from banger.daemon.app import Daemon
+    from banger.daemon.lock import EXIT_ALREADY_RUNNING, AlreadyRunning, acquire
     from banger.daemon.logs import setup_logging
-    from banger.paths import Paths
+    from banger.paths import Paths, UnsafePathError
 
     paths = Paths.from_env()
     if args.system:
@@ -52,10 +56,29 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"bangerd: {e}", file=sys.stderr)
         return 2
-    paths.ensure()
-    setup_logging(paths.daemon_log, config.log_level, also_stderr=args.log_stderr)
-    daemon = Daemon(paths, config)
-    asyncio.run(daemon.run())
+    try:
+        # The lock comes before anything else touches the state dir, the database or the socket.
+        paths.ensure_state_dir()
+        lock = acquire(paths.lock_file, paths.socket)
+    except AlreadyRunning as e:
+        print(f"bangerd: {e}", file=sys.stderr)
+        return EXIT_ALREADY_RUNNING
+    except UnsafePathError as e:
+        print(f"bangerd: {e}", file=sys.stderr)
+        return 2
+    try:
+        paths.ensure()
+        setup_logging(paths.daemon_log, config.log_level, also_stderr=args.log_stderr)
+        Daemon.check_socket_path(paths.socket)
+    except UnsafePathError as e:
+        print(f"bangerd: {e}", file=sys.stderr)
+        lock.release()
+        return 2
+    try:
+        daemon = Daemon(paths, config)
+        asyncio.run(daemon.run())
+    finally:
+        lock.release()
     return 0
 
 

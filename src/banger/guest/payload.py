@@ -381,6 +381,9 @@ def build_seed(out: Path, cfg: SeedConfig, *, busybox: Path = Path("/bin/busybox
         tree = Path(tmp) / "tree"
         (tree / "bin").mkdir(parents=True)
         (tree / "ssh").mkdir(mode=0o700)
+        # The guest's view (/.banger), whatever the daemon's umask 077 made on the host.
+        os.chmod(tree, 0o755)
+        os.chmod(tree / "bin", 0o755)
         shutil.copyfile(busybox, tree / "bin/busybox")
         os.chmod(tree / "bin/busybox", 0o755)
         _write(tree / "init", INIT_SCRIPT, 0o755)

@@ -84,8 +84,17 @@ def ssh_argv(target: SSHTarget, remote: Sequence[str] | None, *, tty: bool) -> l
     return argv
 
 
+# Concurrent creates (worker threads of one daemon: same pid, same temp name) generate it once.
+_CLIENT_KEY_LOCK = threading.Lock()
+
+
 def ensure_client_key(key_path: Path) -> str:
     """Create banger's ed25519 client key when missing; return the public key line."""
+    with _CLIENT_KEY_LOCK:
+        return _ensure_client_key(key_path)
+
+
+def _ensure_client_key(key_path: Path) -> str:
     pub = key_path.with_name(key_path.name + ".pub")
     if not key_path.exists():
         key_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)

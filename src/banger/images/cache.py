@@ -90,6 +90,8 @@ class BlobCache:
     def commit(self, tmp: Path, digest: str) -> Path:
         """Move a verified temp file into place."""
         final = self.path(digest)
+        # A file moved in (mmdebstrap's tarball) keeps its tool's 0644: blobs are private too.
+        os.chmod(tmp, 0o600)
         os.replace(tmp, final)
         return final
 

@@ -54,7 +54,8 @@ def render(key_path: Path, known_hosts: Path, aliases: Sequence[UserModeAlias] =
         f"  IdentityFile {_q(key_path)}",
         "  IdentitiesOnly yes",
         f"  UserKnownHostsFile {_q(known_hosts)}",
-        "  StrictHostKeyChecking accept-new",
+        # Every VM's host key is pinned in banger's known_hosts at create: never learn one here.
+        "  StrictHostKeyChecking yes",
         "  ConnectTimeout 10",
         "  LogLevel ERROR",
         "",
@@ -69,7 +70,7 @@ def write_if_changed(path: Path, text: str) -> bool:
             return False
     except FileNotFoundError:
         pass
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:

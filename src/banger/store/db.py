@@ -27,7 +27,7 @@ class Store:
             self.path, check_same_thread=False, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000
         )
         conn.row_factory = sqlite3.Row
-        conn.execute("PRAGMA journal_mode=WAL")
+        _set_wal(conn)
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         conn.execute("PRAGMA synchronous=NORMAL")
@@ -72,6 +72,20 @@ class Store:
             return conn.execute(sql, args).rowcount
 
 
+def _set_wal(conn: sqlite3.Connection) -> None:
+    """Switch to WAL. SQLite answers `database is locked` at once, without its busy handler, while
+    another connection opens the same fresh file: retry for the busy timeout."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
+
+
 def applied_versions(conn: sqlite3.Connection) -> list[int]:
     conn.execute(
         "CREATE TABLE IF NOT EXISTS schema_migrations ("
@@ -81,34 +95,39 @@ def applied_versions(conn: sqlite3.Connection) -> list[int]:
 
 
 def migrate(conn: sqlite3.Connection, migrations: Sequence[Migration] = MIGRATIONS) -> list[int]:
-    """Apply every migration newer than the database, each in its own transaction."""
+    """Apply every migration newer than the database, each in its own transaction.
+
+    The applied versions are read inside each migration's `BEGIN IMMEDIATE` transaction (which
+    holds SQLite's write lock), so two processes opening a fresh database at once never both
+    apply one: the second sees the first's row and skips it.
+    """
     versions = [m.version for m in migrations]
     if versions != sorted(set(versions)):
         raise RuntimeError("migrations must have unique, increasing version numbers")
-    done = set(applied_versions(conn))
     newest_known = max(versions, default=0)
-    if done and max(done) > newest_known:
-        raise RuntimeError(
-            f"database schema version {max(done)} is newer than this banger knows "
-            f"({newest_known}); upgrade banger"
-        )
     applied = []
-    for m in migrations:
-        if m.version in done:
-            continue
+    steps: list[Migration | None] = [*migrations] or [None]  # None: only the version check
+    for m in steps:
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for statement in _split_sql(m.sql):
-                conn.execute(statement)
-            conn.execute(
-                "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
-                (m.version, m.name, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())),
-            )
+            done = set(applied_versions(conn))
+            if done and max(done) > newest_known:
+                raise RuntimeError(
+                    f"database schema version {max(done)} is newer than this banger knows "
+                    f"({newest_known}); upgrade banger"
+                )
+            if m is not None and m.version not in done:
+                for statement in _split_sql(m.sql):
+                    conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                    (m.version, m.name, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())),
+                )
+                applied.append(m.version)
         except BaseException:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
-        applied.append(m.version)
     return applied
 
 
