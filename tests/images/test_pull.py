@@ -111,6 +111,9 @@ def test_pull_builds_ext4_with_layer_semantics(
     wall = stat_inode(img, "/usr/bin/wall")
     assert (wall["mode"], wall["gid"]) == (0o2755, 5)
     assert stat_inode(img, "/tmp")["mode"] == 0o1777
+    # The daemon's umask 077 must not reach the guest's `/` (the tree root is staged 0700).
+    root = stat_inode(img, "/")
+    assert (root["mode"], root["uid"], root["gid"]) == (0o755, 0, 0)
     alice = stat_inode(img, "/home/alice")
     assert (alice["mode"], alice["uid"], alice["gid"]) == (0o750, 1000, 1000)
     notes = stat_inode(img, "/home/alice/notes.txt")

@@ -87,6 +87,9 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         _emit(event="fallback", tree=fallback)
         tree = Path(fallback)
         stats = apply_layers(tree, layers, on_layer, max_bytes=max_bytes, image=image)
+    # The guest's `/` is 0755 whatever mkfs.ext4 -d copies from the tree root (the daemon's umask
+    # made it 0700; its staging parent stays private to the owner).
+    os.chmod(tree, 0o755)
     usage = tree_usage(tree)
     size = choose_size(usage, spec.get("size_bytes"))
     _emit(event="mkfs", size_bytes=size, content_bytes=usage.bytes)
