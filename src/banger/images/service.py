@@ -31,7 +31,7 @@ from banger.images.registry import (
     RegistryClient,
     RegistryError,
 )
-from banger.proc import run
+from banger.proc import kill_tree, run, spawn
 from banger.rpc.errors import AlreadyExists, BadRequest, Conflict, NotFound, OperationFailed
 
 if TYPE_CHECKING:
@@ -538,13 +538,8 @@ class ImageService:
                     "(apt-get install fakeroot) or run the daemon as root"
                 )
             argv = [fakeroot, "--", *argv]
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,
-        )
+        # Guarded: the builder, fakeroot's faked and mkfs die with the daemon (`banger.proc`).
+        proc = await spawn(argv)
         result: dict[str, Any] | None = None
         error: dict[str, Any] | None = None
         try:
@@ -575,8 +570,7 @@ class ImageService:
             await proc.wait()
             stderr = await stderr_task
         except BaseException:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, 9)
+            kill_tree(proc)
             await proc.wait()
             raise
         if error is not None:
