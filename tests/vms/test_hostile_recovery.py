@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 from collections.abc import Callable, Iterator
@@ -85,8 +86,6 @@ def planted() -> Iterator[Planted]:
                 os.killpg(p.pid, signal.SIGKILL)
             p.wait()
         _stop_daemon(be)
-        import shutil
-
         shutil.rmtree(be.root, ignore_errors=True)
 
 
@@ -165,7 +164,7 @@ def _runtime_dir_of_no_vm(pl: Planted) -> Callable[[], None]:
 
 def _qemu_of_another_state_dir(pl: Planted) -> Callable[[], None]:
     other = make_env("bg-hrec-other-")
-    pl.cleanup.append(lambda: __import__("shutil").rmtree(other.root, ignore_errors=True))
+    pl.cleanup.append(lambda: shutil.rmtree(other.root, ignore_errors=True))
     vm_id = _vm_id()
     p = _fake_vmm("qemu-system-x86_64", *_qemu_args(other.paths.vms_dir, vm_id))
     pl.procs.append(p)
