@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -124,6 +125,28 @@ def _faked_children(guard: int) -> list[int]:
 def test_kill_9_of_banger_kills_the_whole_tool_tree(argv: list[str]) -> None:
     """The daemon's `kill -9` reaches grandchildren (fakeroot's shell -> builder -> tool) and a
     faked that daemonized into its own session: nothing of the tool outlives banger."""
+    _kill_parent_and_check(argv)
+
+
+def test_kill_9_kills_the_image_builder_waiting_under_fakeroot(tmp_path: Path) -> None:
+    """The issue's case: `fakeroot -- python -m banger.images.build` waiting for a layer that
+    will never arrive (it watched its parent pid, fakeroot's shell, for up to an hour)."""
+    spec = tmp_path / "spec.json"
+    spec.write_text(
+        json.dumps(
+            {
+                "layers": [{"path": str(tmp_path / "never"), "name": "sha256:never"}],
+                "tree": str(tmp_path / "tree"),
+                "out": str(tmp_path / "rootfs.ext4"),
+            }
+        )
+    )
+    _kill_parent_and_check(
+        ["fakeroot", "--", sys.executable, "-m", "banger.images.build", str(spec)]
+    )
+
+
+def _kill_parent_and_check(argv: list[str]) -> None:
     parent = subprocess.Popen(
         [sys.executable, "-c", _PARENT, *argv], stdout=subprocess.PIPE, text=True
     )
