@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -26,7 +27,7 @@ import pytest
 from banger.network.tap import tap_name
 from banger.rpc.errors import NotFound
 from banger.vms import recovery
-from tests.conftest import BangerEnv, BuiltImage, _stop_daemon
+from tests.conftest import BangerEnv, BuiltImage, _stop_daemon, make_env
 from tests.vms.conftest import list_vms, make_vm_env
 
 pytestmark = pytest.mark.slow
@@ -393,3 +394,67 @@ def make_repo(root: Path) -> Path:
     subprocess.run([*git, "add", "-A"], check=True)
     subprocess.run([*git, "commit", "-q", "-m", "init"], check=True)
     return root
+
+
+# --- bridged networking: the TAP of a VM caught mid-create is freed ------------------------------
+
+
+def test_crash_at_boot_in_bridged_mode_frees_the_tap(debian_image: BuiltImage) -> None:
+    """The daemon runs in a network namespace this test creates (its bridge, TAPs and nftables
+    never touch the host), as tests/network does."""
+    if os.geteuid() != 0 or not os.path.exists("/dev/net/tun"):
+        pytest.skip("bridged networking needs root and /dev/net/tun")
+    ns = f"bgt-{secrets.token_hex(4)}"
+    subprocess.run(["ip", "netns", "add", ns], check=True, timeout=20)
+    be = make_env("bgcr-br-", cache_home=debian_image.cache_home, network="bridge")
+    be.write_config('[vm_defaults]\nmemory_mib = 512\ndisk_size = "2G"\n')
+
+    def in_ns(env: BangerEnv, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["ip", "netns", "exec", ns, *banger_cli(), *args],
+            env=env.env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+
+    def taps() -> str:
+        return subprocess.run(
+            ["ip", "-n", ns, "-o", "link"], capture_output=True, text=True, check=True
+        ).stdout
+
+    try:
+        subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True, timeout=20)
+        # The daemon must start with the hold set (a CLI command would auto-start one without).
+        p = in_ns(with_env(be, "boot"), "daemon", "start")
+        assert p.returncode == 0, p.stderr
+        p = in_ns(be, "image", "pull", "debian-bookworm")
+        assert p.returncode == 0, p.stderr
+        begin_create(be, "cr-br")
+        wait_for((be.paths.runtime_dir / "test-hold-boot").exists, "the boot hold point")
+        rec = show(be, "cr-br")
+        assert rec is not None
+        tap = tap_name(str(rec["id"]))
+        assert f" {tap}:" in taps()
+        qemu = [p for p in recovery.vmm_processes(be.paths) if p.vm_id == rec["id"]]
+        assert len(qemu) == 1
+        kill_daemon(be)
+        assert alive(qemu[0].pid) and f" {tap}:" in taps()  # both outlive the daemon...
+        for flag in be.paths.runtime_dir.glob("test-hold-*"):
+            flag.unlink()
+        p = in_ns(be, "daemon", "start")
+        assert p.returncode == 0, p.stderr
+        # ...until the restart: the VMM is stopped and its TAP deleted.
+        assert not alive(qemu[0].pid)
+        assert f" {tap}:" not in taps()
+        assert_recovered(be)
+        assert_caught(be, "cr-br", "boot")
+        p = be.banger("vm", "delete", "cr-br", timeout=180)
+        assert p.returncode == 0, p.stderr
+    finally:
+        _stop_daemon(be)
+        for vmm in recovery.vmm_processes(be.paths):  # only when the test failed midway
+            os.kill(vmm.pid, signal.SIGKILL)
+        subprocess.run(["ip", "netns", "del", ns], check=False, timeout=20)
+        shutil.rmtree(be.root, ignore_errors=True)
