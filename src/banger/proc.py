@@ -1,14 +1,30 @@
-"""Run host tools without a shell; failures become OperationFailed naming the tool and stderr."""
+"""Run host tools without a shell; failures become OperationFailed naming the tool and stderr.
+
+Every tool child (mkfs, qemu-img, mmdebstrap, fakeroot, git, ssh, ...) is started through
+`procguard.py` in its own process group, so it and everything it starts die with this process,
+even on `kill -9` (see `procguard`). VMMs are *not* started here: a running VM outlives the daemon
+by design and is re-adopted at the next start.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import os
+import shutil
+import signal
 import subprocess
+import sys
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from banger.rpc.errors import OperationFailed
+
+GUARD = Path(__file__).with_name("procguard.py")
 
 
 @dataclass(frozen=True)
@@ -27,6 +43,76 @@ class Result:
         return self.stderr.decode(errors="replace")
 
 
+_lifeline_lock = threading.Lock()
+_lifeline: tuple[int, int] | None = None
+_lifeline_pid = 0
+
+
+def lifeline_fd() -> int:
+    """The read end of this process's lifeline pipe (created once; re-created after a fork).
+
+    Only this process holds the write end (both ends are close-on-exec; the read end is handed to
+    each guard through `pass_fds`), so the guards read EOF exactly when this process is gone."""
+    global _lifeline, _lifeline_pid
+    with _lifeline_lock:
+        if _lifeline is None or _lifeline_pid != os.getpid():
+            _lifeline = os.pipe()
+            _lifeline_pid = os.getpid()
+        return _lifeline[0]
+
+
+def guarded_argv(argv: Sequence[str]) -> tuple[list[str], int]:
+    """`argv` wrapped in the guard, and the fd to pass to it. FileNotFoundError (as Popen would
+    raise it) when the tool is not installed."""
+    if not argv:
+        raise ValueError("empty argv")
+    if shutil.which(argv[0]) is None:
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), argv[0])
+    fd = lifeline_fd()
+    return [sys.executable, "-I", "-S", str(GUARD), str(fd), "--", *argv], fd
+
+
+async def spawn(
+    argv: Sequence[str],
+    *,
+    stdin: int | None = subprocess.DEVNULL,
+    stdout: int | None = subprocess.PIPE,
+    stderr: int | None = subprocess.PIPE,
+    env: Mapping[str, str] | None = None,
+    cwd: str | None = None,
+) -> asyncio.subprocess.Process:
+    """Start a guarded tool (its own process group); stop it with `kill_tree`."""
+    full, fd = guarded_argv(argv)
+    return await asyncio.create_subprocess_exec(
+        *full,
+        stdin=stdin,
+        stdout=stdout,
+        stderr=stderr,
+        env=dict(env) if env is not None else None,
+        cwd=cwd,
+        pass_fds=(fd,),
+        start_new_session=True,
+    )
+
+
+def popen(argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+    """Blocking twin of `spawn`: a guarded `subprocess.Popen` (stop it with `kill_tree`)."""
+    full, fd = guarded_argv(argv)
+    return subprocess.Popen(full, pass_fds=(fd,), start_new_session=True, **kwargs)
+
+
+def kill_tree(proc: asyncio.subprocess.Process | subprocess.Popen[bytes]) -> None:
+    """SIGKILL the child's whole process group (a guarded tool and what it started); a child
+    that does not lead a group of its own is killed alone."""
+    if proc.returncode is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+
+
 def _fail(
     argv: Sequence[str], code: int | None, stderr: bytes, what: str | None
 ) -> OperationFailed:
@@ -39,13 +125,13 @@ def _fail(
 async def communicate(
     proc: asyncio.subprocess.Process, input: bytes | None, timeout: float | None
 ) -> tuple[bytes, bytes]:
-    """`proc.communicate(input)` within `timeout`. On timeout or cancellation the child is killed
-    and reaped first, then TimeoutError / CancelledError propagates."""
+    """`proc.communicate(input)` within `timeout`. On timeout or cancellation the child (and its
+    process group, when it leads one) is killed and reaped first, then TimeoutError /
+    CancelledError propagates."""
     try:
         return await asyncio.wait_for(proc.communicate(input), timeout)
     except (TimeoutError, asyncio.CancelledError):
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
+        kill_tree(proc)
         await proc.wait()
         raise
 
@@ -61,12 +147,10 @@ async def run(
     what: str | None = None,
 ) -> Result:
     """Run `argv` asynchronously; on cancellation or timeout the child is killed."""
-    proc = await asyncio.create_subprocess_exec(
-        *argv,
+    proc = await spawn(
+        argv,
         stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=dict(env) if env is not None else None,
+        env=env,
         cwd=cwd,
     )
     try:
@@ -90,18 +174,24 @@ def run_sync(
     what: str | None = None,
 ) -> Result:
     """Blocking twin of `run` for code already on a worker thread (or the CLI)."""
+    p = popen(
+        argv,
+        stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=dict(env) if env is not None else None,
+        cwd=cwd,
+    )
     try:
-        p = subprocess.run(
-            list(argv),
-            input=input,
-            capture_output=True,
-            timeout=timeout,
-            env=dict(env) if env is not None else None,
-            cwd=cwd,
-            check=False,
-        )
+        stdout, stderr = p.communicate(input, timeout=timeout)
     except subprocess.TimeoutExpired:
+        kill_tree(p)
+        p.communicate()
         raise _fail(argv, None, b"", what) from None
+    except BaseException:
+        kill_tree(p)
+        p.wait()
+        raise
     if check and p.returncode != 0:
-        raise _fail(argv, p.returncode, p.stderr, what)
-    return Result(tuple(argv), p.returncode, p.stdout, p.stderr)
+        raise _fail(argv, p.returncode, stderr, what)
+    return Result(tuple(argv), p.returncode, stdout, stderr)

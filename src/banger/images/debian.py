@@ -8,7 +8,6 @@ image after `image delete` takes seconds.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import os
@@ -16,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from banger.proc import kill_tree, spawn
 from banger.rpc.errors import OperationFailed
 
 BUILTIN_NAME = "debian-bookworm"
@@ -115,14 +115,8 @@ async def build_tarball(
         # namespace those mounts die with it, even when it is killed: none can leak into the
         # host's mount table (where deleting the work dir would then reach the host's /dev).
         argv = ["unshare", "--mount", "--propagation", "private", "--", *argv]
-    proc = await asyncio.create_subprocess_exec(
-        *argv,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
-        start_new_session=True,
-    )
+    # Guarded: mmdebstrap and the apt/dpkg it runs die with the daemon (`banger.proc`).
+    proc = await spawn(argv, stdout=asyncio.subprocess.DEVNULL, env=env)
     tail: list[str] = []
     try:
         assert proc.stderr is not None
@@ -142,8 +136,7 @@ async def build_tarball(
         waiter.add_done_callback(lambda f: f.cancelled() or f.exception())
         await asyncio.wait_for(waiter, BUILD_TIMEOUT)
     except BaseException:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, 9)
+        kill_tree(proc)
         await proc.wait()
         raise
     if proc.returncode != 0:

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from banger import fsutil
 from banger.daemon.context import RequestContext
 from banger.images import debian
 from banger.images.cache import BlobCache, DigestMismatch
@@ -31,7 +32,7 @@ from banger.images.registry import (
     RegistryClient,
     RegistryError,
 )
-from banger.proc import run
+from banger.proc import kill_tree, run, spawn
 from banger.rpc.errors import AlreadyExists, BadRequest, Conflict, NotFound, OperationFailed
 
 if TYPE_CHECKING:
@@ -141,29 +142,14 @@ def _alive(pid: str) -> bool:
 DEBIAN_SCRATCH_NEED = 2 << 30
 
 
-def _mounts_under(path: Path) -> list[str]:
-    prefix = os.path.realpath(path) + "/"
-    try:
-        lines = Path("/proc/self/mountinfo").read_text().splitlines()
-    except OSError:
-        return []
-    # Field 5 is the mount point (octal escapes for spaces and the like).
-    points = [line.split()[4].encode().decode("unicode_escape") for line in lines]
-    return [p for p in points if p.startswith(prefix)]
+# Kept under these names for callers and tests; the mechanism lives in `banger.fsutil`.
+_mounts_under = fsutil.mounts_under
 
 
 def rmtree_no_mounts(path: Path) -> None:
-    """Delete `path` unless something is mounted below it (a leaked chroot bind mount of /dev
-    or /proc would make rmtree delete the host's files): then leave it and log loudly."""
-    mounts = _mounts_under(path)
-    if mounts:
-        log.error(
-            "not deleting %s: mounts below it (%s); unmount them and delete it by hand",
-            path,
-            ", ".join(mounts[:5]),
-        )
-        return
-    shutil.rmtree(path, ignore_errors=True)
+    """Delete `path` (a symlink is unlinked, never followed) unless something is mounted below
+    it (a leaked chroot bind mount of /dev or /proc): then leave it and log loudly."""
+    fsutil.remove_entry(path)
 
 
 def _mem_available() -> int:
@@ -242,11 +228,13 @@ class ImageService:
         for entry in self.cache.root.parent.glob(f".{self.cache.root.name}.pruning-*"):
             await asyncio.to_thread(shutil.rmtree, entry, True)
         known = {r["id"] for r in self.d.store.query("SELECT id FROM images")}
-        if paths.images_dir.is_dir():
+        if paths.images_dir.is_dir() and not paths.images_dir.is_symlink():
             for entry in paths.images_dir.iterdir():
-                if entry.is_dir() and entry.name not in known:
+                if entry.name not in known:
+                    # A crash between the rename into place and the record (or a planted
+                    # entry): nothing points at it. A symlink is unlinked, never followed.
                     log.info("removing orphaned image dir", extra={"path": str(entry)})
-                    await asyncio.to_thread(shutil.rmtree, entry, True)
+                    await asyncio.to_thread(fsutil.remove_entry, entry)
 
     async def stop(self) -> None:
         return None
@@ -504,7 +492,9 @@ class ImageService:
                     self.cache.keep_rootfs(digest, size_bytes, out)
             config = parse_image_config(self.cache.read_bytes(config_digest))
             paths.images_dir.mkdir(parents=True, exist_ok=True)
-            os.rename(out_dir, final_dir)
+            # On disk before the record that points at it (a power cut cannot leave a row
+            # naming an ext4 whose blocks were never written).
+            await asyncio.to_thread(fsutil.publish, out_dir, final_dir)
             rec = ImageRecord(
                 id=image_id,
                 name=name,
@@ -539,13 +529,8 @@ class ImageService:
                     "(apt-get install fakeroot) or run the daemon as root"
                 )
             argv = [fakeroot, "--", *argv]
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,
-        )
+        # Guarded: the builder, fakeroot's faked and mkfs die with the daemon (`banger.proc`).
+        proc = await spawn(argv)
         result: dict[str, Any] | None = None
         error: dict[str, Any] | None = None
         try:
@@ -576,8 +561,7 @@ class ImageService:
             await proc.wait()
             stderr = await stderr_task
         except BaseException:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, 9)
+            kill_tree(proc)
             await proc.wait()
             raise
         if error is not None:
@@ -768,7 +752,7 @@ class ImageService:
                         ["cp", "-a", "--", str(src), str(stage / dest)], what=f"copying {key}"
                     )
                     new[key] = final_dir / dest
-            os.rename(stage, final_dir)
+            await asyncio.to_thread(fsutil.publish, stage, final_dir)
             try:
                 with self.d.store.tx() as conn:
                     conn.execute(

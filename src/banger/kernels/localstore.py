@@ -7,8 +7,8 @@ Layout of a kernel directory:
   initrd.img      optional: banger's generated initramfs or a user-given initrd
   modules/        optional: the kernel's /lib/modules/<version> tree
 
-Directories are built under the staging dir and renamed into place, so a directory either has a
-complete manifest or does not exist.
+Directories are built under the staging dir, fsynced and renamed into place, so a directory either
+has a complete manifest or does not exist.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from banger import fsutil
 from banger.kernels.model import MANIFEST, KernelFormat, KernelRecord, validate_name
 
 KERNEL_BZIMAGE = "vmlinuz"
@@ -83,9 +84,9 @@ def write_manifest(
         "files": files,
         "initrd_generated": initrd_generated,
     }
-    tmp = staged / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, staged / MANIFEST)
+    fsutil.write_durable(
+        staged / MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+    )
     return manifest
 
 
@@ -153,7 +154,9 @@ def publish(staged: Path, kernels_dir: Path, name: str, *, replace: bool) -> Pat
         old = staged.parent / f"{staged.name}.old"
         os.rename(target, old)
     try:
-        os.rename(staged, target)
+        # Durable before it is visible: the manifest is the record, and it must never name
+        # files whose blocks a power cut lost.
+        fsutil.publish(staged, target)
     except OSError:
         if old is not None:
             os.rename(old, target)

@@ -13,16 +13,19 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import secrets
 import shutil
 import signal as signal_mod
 import sqlite3
+import stat as stat_mod
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from banger import fsutil
 from banger.daemon.context import RequestContext
 from banger.guest import payload
 from banger.guest.ssh import (
@@ -45,7 +48,7 @@ from banger.rpc.errors import (
 from banger.vmm.base import DiskSpec, Driver, DriverError, NetworkSpec, VMHandle, VMSpec
 from banger.vmm.qemu import wait_control_ready
 from banger.vmm.select import driver_by_name
-from banger.vms import disks, rootdisk
+from banger.vms import disks, recovery, rootdisk
 from banger.vms.names import InvalidName, generate_name, validate_name
 from banger.vms.operations import Operation, Operations
 from banger.vms.spec import InitMode, VMRecord, resolve_sizing
@@ -66,6 +69,10 @@ KERNEL_ARGS = (
     "root=/dev/vda rootfstype=ext4 banger.seed=LABEL=banger-seed banger.init=/.banger/init"
 )
 CREATE_STAGES = ("resolve", "disks", "boot", "wait_guest", "wait_ssh")
+# Test-only: hold a create at a named point (disks, boot, wait_ssh) so a crash test can kill the
+# daemon there; it touches `<runtime>/test-hold-<point>` when it gets there (docs/vms.md).
+TEST_HOLD_ENV = "BANGER_TEST_HOLD_AT"
+VMM_EXIT_TIMEOUT = 10.0
 
 Report = Callable[[str, str], None]
 
@@ -116,7 +123,9 @@ class VMService:
     # --- service lifecycle ---------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Re-adopt VMs whose QEMU still runs; mark the others stopped. Never kills anything."""
+        """Recover from a crash (`_recover`), then re-adopt VMs whose VMM still runs and mark
+        the others stopped. A running VM's VMM is never killed here."""
+        await self._recover()
         running = []
         for vm in self._all():
             if vm.state != "running":
@@ -150,6 +159,105 @@ class VMService:
                     ]
                 )
         self._monitor = asyncio.create_task(self._monitor_loop())
+
+    async def _recover(self) -> None:
+        """Undo what a daemon killed mid-work left behind (docs/vms.md, "Crash recovery").
+
+        Runs before the RPC server accepts anything, so no create or delete is in flight.
+        """
+        paths = self.d.paths
+        procs = await asyncio.to_thread(recovery.vmm_processes, paths)
+        for vm in self._all():
+            if recovery.marked(vm.dir, recovery.DELETING) is not None:
+                # A delete was cut short: finish it.
+                log.warning("finishing an interrupted delete", extra={"vm": vm.name})
+                await self._stop_vmms(vm.id, [p for p in procs if p.vm_id == vm.id])
+                await self._purge(vm.id)
+                continue
+            stage = recovery.marked(vm.dir, recovery.CREATING)
+            if stage is None:
+                continue
+            # A create was cut short: its VM may be half-booted. Stop it, keep it as an error.
+            log.warning("marking an interrupted create failed", extra={"vm": vm.name})
+            await self._stop_vmms(vm.id, [p for p in procs if p.vm_id == vm.id])
+            reason = (
+                f"interrupted: bangerd stopped while creating this VM (stage {stage or '?'}); "
+                f"delete it (`banger vm delete {vm.name}`) and create it again"
+            )
+            self._update(vm.id, state="error", error=reason, handle=None)
+            recovery.clear(vm.dir, recovery.CREATING)
+            shutil.rmtree(self.runtime_dir(vm.id), ignore_errors=True)
+        # VMMs of this state dir that no running record owns: a VM whose record is gone, or one
+        # launched by a boot the crash cut off before it recorded the handle.
+        owned: dict[str, int] = {}
+        for vm in self._all():
+            handle = self._handle(vm.id) if vm.state == "running" else None
+            if handle is not None:
+                owned[vm.id] = handle.pid
+        stray = [p for p in procs if owned.get(p.vm_id) != p.pid]
+        for p in stray:
+            log.warning("stopping a VMM no VM owns", extra={"pid": p.pid, "vm_id": p.vm_id})
+        await self._kill_processes([(p.pid, p.vm_id) for p in stray])
+        # Workspace SSH masters of the dead daemon (they daemonize out of the guard's reach).
+        masters = await asyncio.to_thread(recovery.ssh_masters, self.known_hosts)
+        await self._kill_processes([(m.pid, "ControlMaster=yes") for m in masters])
+        for m in masters:
+            await asyncio.to_thread(_remove_own_dir, m.control_dir)
+        await asyncio.to_thread(self._sweep_dirs, set(owned))
+
+    def _sweep_dirs(self, running: set[str]) -> None:
+        """Remove VM dirs without a record, runtime dirs of VMs not running, and every staging
+        entry (VMs, images, kernels: nothing is in flight at start). Symlinks are unlinked,
+        never followed; a directory that is itself a symlink is not swept at all."""
+        paths = self.d.paths
+        known = {r["id"] for r in self.d.store.query("SELECT id FROM vms")}
+        for parent, keep in (
+            (paths.vms_dir, known),
+            (paths.runtime_dir / "vms", running),
+            (paths.staging_dir, set[str]()),
+        ):
+            if not _real_dir(parent):
+                if os.path.lexists(parent):
+                    log.error("not sweeping %s: it is not a directory (a symlink?)", parent)
+                continue
+            for entry in parent.iterdir():
+                if entry.name in keep:
+                    continue
+                log.info("removing leftover", extra={"path": str(entry)})
+                fsutil.remove_entry(entry)
+
+    async def _stop_vmms(self, vm_id: str, procs: Sequence[recovery.VMMProcess]) -> None:
+        """Stop every VMM of `vm_id`: the recorded one through its driver, then any other."""
+        handle = self._handle(vm_id)
+        if handle is not None:
+            with contextlib.suppress(DriverError, OSError):
+                await self._driver_for(handle).force_stop(handle)
+        await self._kill_processes([(p.pid, p.vm_id) for p in procs])
+
+    async def _kill_processes(self, victims: Sequence[tuple[int, str]]) -> None:
+        """SIGKILL each (pid, needle) whose command line still holds the needle (guards against
+        pid reuse since the scan) and wait until they are gone (TAPs and disks released)."""
+        pids = []
+        for pid, needle in victims:
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if needle.encode() not in cmdline:
+                continue
+            try:
+                os.kill(pid, signal_mod.SIGKILL)
+            except (ProcessLookupError, PermissionError) as e:
+                log.warning("cannot stop pid %d: %s", pid, e)
+                continue
+            pids.append(pid)
+        deadline = time.monotonic() + VMM_EXIT_TIMEOUT
+        while pids and time.monotonic() < deadline:
+            pids = [pid for pid in pids if _running(pid)]
+            if pids:
+                await asyncio.sleep(0.05)
+        for pid in pids:
+            log.error("pid %d survived SIGKILL", pid)
 
     async def stop(self) -> None:
         """Daemon shutdown: stop watching; running VMs keep running (a restart re-adopts them)."""
@@ -347,12 +455,18 @@ class VMService:
         total = len(CREATE_STAGES) if req.start else 2
         step = 0
 
+        marker_dir: Path | None = None
+
         def report(stage: str, detail: str = "") -> None:
             nonlocal step
             step += 1
             ctx.progress(stage=stage, detail=detail, current=step, total=total)
             if op is not None:
                 op.update(stage, detail, done=step - 1, total=total)
+            if marker_dir is not None:
+                # Where a crash would find this create (the reason `vm show` gives after it).
+                with contextlib.suppress(OSError):
+                    recovery.mark(marker_dir, recovery.CREATING, stage)
 
         name = self._reserve_name(req.name)
         vm_id = secrets.token_hex(6)
@@ -384,6 +498,8 @@ class VMService:
             staged = self.d.paths.staging_dir / f"vm-{vm_id}"
             made_dir = staged
             staged.mkdir(parents=True)
+            # The VM dir is renamed into place with this marker: a crash finds it (recovery).
+            recovery.mark(staged, recovery.CREATING, "disks")
             try:
                 # qcow2 overlay for QEMU; a raw reflink/sparse copy when Firecracker runs VMs.
                 await rootdisk.make_root_disk(
@@ -393,10 +509,13 @@ class VMService:
                 raise BadRequest(str(e)) from None
             await disks.create_work_disk(staged / "work.ext4", sizing.disk_size_bytes)
             priv, pub = await asyncio.to_thread(generate_host_key, staged)
+            (staged / "console.log").touch()
+            await self._hold_for_test("disks")
             final = self.vm_dir(vm_id)
-            staged.rename(final)
+            # Disks and marker on disk before the rename, the rename before the record.
+            await asyncio.to_thread(fsutil.publish, staged, final)
             made_dir = final
-            (final / "console.log").touch()
+            marker_dir = final
             net_kind = self._network_kind()
             now = _now()
             with self.d.store.tx() as c:
@@ -425,6 +544,7 @@ class VMService:
         finally:
             self._reserved.discard(name)
         if not req.start:
+            await asyncio.to_thread(recovery.clear, self.vm_dir(vm_id), recovery.CREATING)
             if op is not None:
                 op.update("done", "created", done=total, total=total)
             return self._get_by_id(vm_id)
@@ -435,6 +555,10 @@ class VMService:
             # A cancelled create leaves nothing behind: no process, no disks, no record.
             await asyncio.shield(self._purge(vm_id))
             raise
+        finally:
+            # Finished, failed (the record says why) or purged: no longer an interrupted create.
+            marker_dir = None
+            await asyncio.to_thread(recovery.clear, self.vm_dir(vm_id), recovery.CREATING)
         if op is not None:
             op.update("ready", "", done=total, total=total)
         return vm
@@ -541,6 +665,7 @@ class VMService:
             )
             driver = plan.driver
             launched = await driver.launch(spec)
+            await self._hold_for_test("boot")
             self._update(
                 vm.id,
                 state="running",
@@ -563,6 +688,7 @@ class VMService:
             else:
                 await wait_control_ready(handle.control_socket, GUEST_READY_TIMEOUT, alive=alive)
             report("wait_ssh", f"{handle.ssh_host}:{handle.ssh_port}")
+            await self._hold_for_test("wait_ssh")
             await wait_ssh_banner(handle.ssh_host, handle.ssh_port, SSH_READY_TIMEOUT, alive)
         except asyncio.CancelledError:
             if launched is not None and driver is not None:
@@ -586,6 +712,14 @@ class VMService:
             with contextlib.suppress(Exception):
                 await net.published(vm.id, vm.name, vm.network, handle.ssh_host, handle.ssh_port)
         return self._get_by_id(vm.id)
+
+    async def _hold_for_test(self, point: str) -> None:
+        """Test-only (BANGER_TEST_HOLD_AT=point): stop here until the daemon dies."""
+        if os.environ.get(TEST_HOLD_ENV) != point:
+            return
+        (self.d.paths.runtime_dir / f"test-hold-{point}").touch()
+        log.warning("holding a create for a test", extra={"point": point})
+        await asyncio.Event().wait()
 
     async def _attach_network(
         self, vm: VMRecord
@@ -701,6 +835,9 @@ class VMService:
         vm = self.resolve(ref)
         async with self._lock(vm.id):
             vm = await self._refresh(self._get_by_id(vm.id))
+            # A crash from here on is finished by the next start (recovery), not left half-done.
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(recovery.mark, vm.dir, recovery.DELETING, "", durable=True)
             if vm.state == "running":
                 await self._stop_locked(vm, 10.0)
             await self._purge(vm.id)
@@ -832,6 +969,32 @@ async def for_each(
             return {"vm": vm.name, "ok": False, "error": {"code": e.code, "message": e.message}}
 
     return list(await asyncio.gather(*(one(vm) for vm in refs)))
+
+
+def _running(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return False
+    return stat.rsplit(b")", 1)[-1].split()[0] not in (b"Z", b"X")
+
+
+def _real_dir(path: Path) -> bool:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat_mod.S_ISDIR(st.st_mode)
+
+
+def _remove_own_dir(path: Path) -> None:
+    """Remove an SSH control dir we made (under /tmp: only a real dir we own)."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return
+    if stat_mod.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid():
+        fsutil.remove_entry(path)
 
 
 def _console_tail(path: Path, lines: int = CONSOLE_TAIL_LINES) -> str:
