@@ -17,6 +17,7 @@ PACKAGES=(
   xfsprogs                            # a loop-mounted XFS: real reflink clones in the Firecracker raw-disk tests
   systemd util-linux passwd           # systemd-analyze verify (units), setpriv + useradd (helper tests)
   gcc libc6-dev                       # gcc -static: the guest vsock helper (Firecracker control channel)
+  python3                             # /usr/bin/python3: runs proc's guard when the owner cannot exec ours
 )
 
 missing=()

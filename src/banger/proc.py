@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import os
 import shutil
 import signal
@@ -25,6 +26,17 @@ from typing import Any
 from banger.rpc.errors import OperationFailed
 
 GUARD = Path(__file__).with_name("procguard.py")
+# The guard needs only the standard library: any python3 runs it.
+SYSTEM_PYTHONS = ("/usr/bin/python3", "/usr/local/bin/python3")
+
+
+@functools.cache
+def guard_python() -> str:
+    """Our own interpreter, unless this uid cannot execute it — e.g. the system-mode owner daemon
+    from a virtualenv whose python lives under root's 0700 home: then the system's python3."""
+    if os.access(sys.executable, os.X_OK):
+        return sys.executable
+    return next((p for p in SYSTEM_PYTHONS if os.access(p, os.X_OK)), sys.executable)
 
 
 @dataclass(frozen=True)
@@ -69,7 +81,7 @@ def guarded_argv(argv: Sequence[str]) -> tuple[list[str], int]:
     if shutil.which(argv[0]) is None:
         raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), argv[0])
     fd = lifeline_fd()
-    return [sys.executable, "-I", "-S", str(GUARD), str(fd), "--", *argv], fd
+    return [guard_python(), "-I", "-S", str(GUARD), str(fd), "--", *argv], fd
 
 
 async def spawn(

@@ -10,6 +10,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from tests.netns import add_netns
+
 
 def _ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True, timeout=20)
@@ -24,9 +26,8 @@ def make_netns() -> Iterator[Callable[[], str]]:
 
     def make() -> str:
         name = f"bgt-{secrets.token_hex(4)}"
-        _ip("netns", "add", name)
+        add_netns(name)
         made.append(name)
-        _ip("-n", name, "link", "set", "lo", "up")
         return name
 
     try:

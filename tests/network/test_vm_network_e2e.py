@@ -24,6 +24,7 @@ import pytest
 from dnslib import RCODE, DNSRecord
 
 from tests.conftest import BangerEnv, BuiltImage, _stop_daemon, make_env
+from tests.netns import add_netns
 
 pytestmark = pytest.mark.slow
 
@@ -110,8 +111,7 @@ def bridged(debian_image: BuiltImage) -> Iterator[NsEnv]:
     if os.geteuid() != 0 or not os.path.exists("/dev/net/tun"):
         pytest.skip("bridged networking needs root and /dev/net/tun")
     ns = f"bgt-{secrets.token_hex(4)}"
-    subprocess.run(["ip", "netns", "add", ns], check=True, timeout=20)
-    subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True, timeout=20)
+    add_netns(ns)
     env = NsEnv(_env(debian_image.cache_home, "bridge"), ns)
     try:
         env.banger("image", "pull", "debian-bookworm", check=True, timeout=600)

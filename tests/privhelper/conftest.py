@@ -24,6 +24,8 @@ from typing import Any
 
 import pytest
 
+from tests.netns import add_netns
+
 VENV_BIN = Path(sys.executable).parent
 HELPER_START_TIMEOUT = 15.0
 
@@ -226,10 +228,7 @@ def stop_helper(h: Helper) -> None:
 @pytest.fixture
 def netns() -> Iterator[str]:
     name = f"bgph-{secrets.token_hex(3)}"
-    subprocess.run(["ip", "netns", "add", name], check=True, timeout=30)
-    subprocess.run(
-        ["ip", "netns", "exec", name, "ip", "link", "set", "lo", "up"], check=True, timeout=30
-    )
+    add_netns(name)
     yield name
     subprocess.run(["ip", "netns", "del", name], check=False, timeout=30)
 

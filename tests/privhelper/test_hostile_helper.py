@@ -28,6 +28,7 @@ import pytest
 
 from banger.privhelper.server import require_root_cgroup
 from banger.rpc.errors import BadRequest
+from tests.netns import add_netns
 from tests.privhelper.conftest import Helper, User, as_user
 from tests.privhelper.test_jailer import (  # noqa: F401  (fixtures)
     VM_ID,
@@ -64,7 +65,7 @@ class World:
         return {**valid_params(self.helper.root, self.fake_bins, self.owner), **change}
 
     def host_netns(self, name: str) -> str:
-        subprocess.run(["ip", "netns", "add", name], check=True, timeout=30)
+        add_netns(name)
         self.cleanup.append(lambda: _netns_del(name))
         return f"/var/run/netns/{name}"
 

@@ -28,6 +28,7 @@ from banger.network.tap import tap_name
 from banger.rpc.errors import NotFound
 from banger.vms import recovery
 from tests.conftest import BangerEnv, BuiltImage, _stop_daemon, make_env
+from tests.netns import add_netns
 from tests.vms.conftest import list_vms, make_vm_env
 
 pytestmark = pytest.mark.slow
@@ -405,7 +406,7 @@ def test_crash_at_boot_in_bridged_mode_frees_the_tap(debian_image: BuiltImage) -
     if os.geteuid() != 0 or not os.path.exists("/dev/net/tun"):
         pytest.skip("bridged networking needs root and /dev/net/tun")
     ns = f"bgt-{secrets.token_hex(4)}"
-    subprocess.run(["ip", "netns", "add", ns], check=True, timeout=20)
+    add_netns(ns)
     be = make_env("bgcr-br-", cache_home=debian_image.cache_home, network="bridge")
     be.write_config('[vm_defaults]\nmemory_mib = 512\ndisk_size = "2G"\n')
 

@@ -31,22 +31,12 @@ def ping(paths: Paths) -> dict[str, object] | None:
 def _open_boot_log(path: Path) -> BinaryIO:
     """The detached daemon's stderr: 0600, never through a planted link, capped across starts
     (the previous one is kept as `.1`)."""
-    from banger.daemon.lock import check_own_plain_file
+    from banger.daemon.lock import open_own_file
 
     with contextlib.suppress(FileNotFoundError):
         if os.lstat(path).st_size > BOOT_LOG_MAX_BYTES:
             os.replace(path, path.with_name(path.name + ".1"))
-    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
-    try:
-        fd = os.open(path, flags, 0o600)
-    except OSError as e:
-        raise OperationFailed(f"cannot open {path}: {e.strerror}; remove it and retry") from None
-    try:
-        check_own_plain_file(path, os.fstat(fd))
-        os.set_blocking(fd, True)
-    except BaseException:
-        os.close(fd)
-        raise
+    fd = open_own_file(path, os.O_WRONLY | os.O_APPEND, "the daemon's boot log")
     return open(fd, "ab")
 
 

@@ -46,10 +46,11 @@ class DaemonLock:
             self.fd = -1
 
 
-def _open_lock_file(path: Path) -> int:
-    """Open (creating 0600) without following a link; refuse anything but our own plain file:
-    truncating a hard link or a FIFO someone planted would write outside the state dir."""
-    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+def open_own_file(path: Path, flags: int, what: str) -> int:
+    """Open `path` (creating it 0600) without following a link, blocking, close-on-exec; refuse
+    anything but our own plain file with one link: writing through a symlink, hard link or FIFO
+    someone planted would land outside banger's directories. `what` names it in errors."""
+    flags |= os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK  # no hang on a FIFO
     try:
         fd = os.open(path, flags, 0o600)
     except OSError as e:
@@ -57,15 +58,20 @@ def _open_lock_file(path: Path) -> int:
             raise UnsafePathError(f"{path} is a symlink; remove it and retry") from None
         if e.errno == errno.EISDIR:
             raise UnsafePathError(
-                f"{path} is a directory, not a lock file; remove it and retry"
+                f"{path} is a directory, not {what}; remove it and retry"
             ) from None
-        raise UnsafePathError(f"cannot open the lock file {path}: {e.strerror}") from None
+        raise UnsafePathError(f"cannot open {what} {path}: {e.strerror}") from None
     try:
         check_own_plain_file(path, os.fstat(fd))
+        os.set_blocking(fd, True)
     except BaseException:
         os.close(fd)
         raise
     return fd
+
+
+def _open_lock_file(path: Path) -> int:
+    return open_own_file(path, os.O_RDWR, "the lock file")
 
 
 def check_own_plain_file(path: Path, st: os.stat_result) -> None:

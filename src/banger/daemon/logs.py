@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextvars
-import errno
 import json
 import logging
 import logging.handlers
@@ -48,23 +47,10 @@ class PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
     rotation's renames, outside the state dir)."""
 
     def _open(self) -> Any:
-        from banger.daemon.lock import check_own_plain_file
-        from banger.paths import UnsafePathError
+        from banger.daemon.lock import open_own_file
 
         path = Path(self.baseFilename)
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-        try:
-            fd = os.open(path, flags | os.O_NONBLOCK, 0o600)
-        except OSError as e:
-            if e.errno == errno.ELOOP:
-                raise UnsafePathError(f"{path} is a symlink; remove it and retry") from None
-            raise UnsafePathError(f"cannot open the daemon log {path}: {e.strerror}") from None
-        try:
-            check_own_plain_file(path, os.fstat(fd))
-            os.set_blocking(fd, True)
-        except BaseException:
-            os.close(fd)
-            raise
+        fd = open_own_file(path, os.O_WRONLY | os.O_APPEND, "the daemon log")
         return open(fd, "a", encoding=self.encoding, errors=self.errors)
 
 
