@@ -382,7 +382,7 @@ class NetworkService:
         qname = str(q.qname).rstrip(".").lower()
         rules = policy.name_rules(qname)
         if not policy.restricted or not rules:
-            log.info("egress: name refused", extra={"vm": vm.name, "name": qname})
+            log.info("egress: name refused", extra={"vm": vm.name, "qname": qname})
             await asyncio.to_thread(
                 self.egress.record_denied, vm.vm_id, qname[:253], 53, "dns", "name not allowed"
             )
@@ -393,7 +393,7 @@ class NetworkService:
         try:
             upstream = DNSRecord.parse(await ask_upstream(data, self._upstreams()))
         except Exception as e:
-            log.warning("egress: upstream DNS failed", extra={"name": qname, "error": str(e)})
+            log.warning("egress: upstream DNS failed", extra={"qname": qname, "error": str(e)})
             reply.header.rcode = RCODE.SERVFAIL
             return bytes(reply.pack())
         if upstream.header.rcode != RCODE.NOERROR:
@@ -415,7 +415,7 @@ class NetworkService:
             admits += [Admit(ip, r.port, ttl) for r in rules]
             reply.add_answer(rr)
         for ip in refused:
-            log.info("egress: private answer refused", extra={"name": qname, "address": ip})
+            log.info("egress: private answer refused", extra={"qname": qname, "address": ip})
             await asyncio.to_thread(
                 self.egress.record_denied, vm.vm_id, f"{qname[:200]} -> {ip}", 53, "dns",
                 "answer is a private, loopback or link-local address",

@@ -364,7 +364,12 @@ class VMService:
 
         if req.allow or req.egress is not None:
             # Bad rules fail before any work: same checks as `vm set --allow`.
-            updated(Policy("open"), req.allow, (), req.egress)
+            policy = updated(Policy("open"), req.allow, (), req.egress)
+            if policy.restricted and self._network_kind() != "tap":
+                raise BadRequest(
+                    "egress rules need bridged networking (the host enforces them on banger's "
+                    'bridge), but this daemon uses user-mode networking; set `network = "bridge"`'
+                )
         name = self._reserve_name(req.name)
         vm_id = secrets.token_hex(6)
         made_dir: Path | None = None
