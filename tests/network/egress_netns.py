@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import secrets
 import subprocess
 import sys
@@ -47,7 +48,7 @@ class World:
             subprocess.run(["ip", "netns", "del", ns], check=False, timeout=20)
 
 
-def make_world() -> World:
+def make_world(log: Path | None = None) -> World:
     tag = secrets.token_hex(3)
     vm_ns, net_ns = f"bgt-eg-{tag}", f"bgt-in-{tag}"
     made: list[str] = []
@@ -65,9 +66,11 @@ def make_world() -> World:
         _ip("-n", net_ns, "link", "set", "eg-b", "up")
         for addr in (ALLOWED_IP, OTHER_IP, RAW_IP, LATER_IP):
             _ip("-n", net_ns, "addr", "add", f"{addr}/32", "dev", "lo")
+        env = dict(os.environ, EGRESS_WORLD_LOG=str(log) if log else "")
         server = subprocess.Popen(
             ["ip", "netns", "exec", net_ns, sys.executable, str(WORLD), NET_SIDE,
              json.dumps(RECORDS)],
+            env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

@@ -8,13 +8,15 @@ Serves, until killed:
 - HTTP on :80 of every address: `hello from <address it was reached on>`; `/bytes/N` sends N
   bytes (throughput bench).
 - TCP :9000: a stream of lines `tick <unix time>` every 0.1 s (established-connection tests).
-Prints `ready` once every socket listens.
+Prints `ready` once every socket listens. With EGRESS_WORLD_LOG=FILE, each HTTP request is
+appended to FILE as `<unix time> <address reached> <path>`.
 """
 
 from __future__ import annotations
 
 import http.server
 import json
+import os
 import socket
 import socketserver
 import sys
@@ -49,6 +51,9 @@ class Web(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.0"
 
     def do_GET(self) -> None:
+        if LOG:
+            with open(LOG, "a") as f:  # when each request arrived (the bench's stopwatch)
+                f.write(f"{time.time():.6f} {self.connection.getsockname()[0]} {self.path}\n")
         if self.path.startswith("/bytes/"):
             n = int(self.path.split("/")[2])
             self.send_response(200)
@@ -90,6 +95,7 @@ class TickServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
 
 
 ready = threading.Semaphore(0)
+LOG = os.environ.get("EGRESS_WORLD_LOG", "")
 
 if __name__ == "__main__":
     resolver_ip, records_json = sys.argv[1], sys.argv[2]
