@@ -92,8 +92,12 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bg-egb-"))
     log = work / "requests.log"
     log.touch()
+    # The image is built outside the namespaces (it needs the Debian mirror), then shared.
+    builder = make_env("bgeb-img-")
+    builder.banger("image", "pull", "debian-bookworm", check=True, timeout=1800)
+    _stop_daemon(builder)
     world = make_world(log)
-    be = make_env("bgeb-", network="bridge")
+    be = make_env("bgeb-", network="bridge", cache_home=builder.root / "cache")
     be.write_config(
         f'upstream_dns = ["{NET_SIDE}"]\n[vm_defaults]\nmemory_mib = 512\ndisk_size = "2G"\n'
     )
@@ -130,6 +134,7 @@ def main() -> None:
         _stop_daemon(be)
         world.close()
         shutil.rmtree(be.root, ignore_errors=True)
+        shutil.rmtree(builder.root, ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)
 
 

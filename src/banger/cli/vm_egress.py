@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from banger.cli.complete import vm_names
+from banger.cli.complete import VM_REF
 from banger.cli.connect import call
 from banger.cli.output import escape_controls, print_json, print_table
 
@@ -60,13 +60,13 @@ def _denied_row(d: dict[str, Any]) -> list[Any]:
 
 
 @click.command("egress", short_help="A VM's egress policy, resolved names, denied attempts.")
-@click.argument("name", shell_complete=vm_names)
+@VM_REF
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 @click.option("-f", "--follow", is_flag=True, help="then print each new denied attempt (Ctrl-C)")
-def egress_cmd(name: str, as_json: bool, follow: bool) -> None:
+def egress_cmd(ref: str, as_json: bool, follow: bool) -> None:
     """The VM's egress policy, the names resolved for it and what it was denied (seen on the
     host: banger's resolver and the nftables drop rule)."""
-    r = call("vm.egress", {"ref": name})
+    r = call("vm.egress", {"ref": ref})
     if as_json and not follow:
         print_json(r)
         return
@@ -80,7 +80,7 @@ def egress_cmd(name: str, as_json: bool, follow: bool) -> None:
     try:
         while True:
             time.sleep(FOLLOW_INTERVAL)
-            for d in call("vm.egress", {"ref": name})["denied"]:
+            for d in call("vm.egress", {"ref": ref})["denied"]:
                 key = (d["target"], d["port"], d["proto"])
                 if seen.get(key) == d["count"]:
                     continue
