@@ -11,7 +11,8 @@ boots a restricted VM `r` (allowed.test) and an open NAT VM `o`. Measures:
 - throughput: the same HTTP download in `r` (allowed address) and `o` (open NAT), timed in
   the guest, medians of --runs; ratio r/o (goal >= 0.95);
 - DNS: --queries lookups in a guest loop (busybox nslookup): through banger's resolver (`r`)
-  vs the upstream directly (`o`); per-query time, process start included on both sides.
+  vs the upstream directly (`o`); per-query time, process start included on both sides; and
+  one cold lookup of a newly allowed name (upstream + admission in nftables).
 Needs root, /dev/net/tun, and the debian-bookworm image (built on first use, ~1 min).
 """
 
@@ -52,10 +53,10 @@ def download_ms(e: NsEnv, vm: str, mib: int) -> float:
     return int(guest(e, vm, script).strip().splitlines()[-1]) / 1000
 
 
-def dns_ms(e: NsEnv, vm: str, server: str, n: int) -> float:
+def dns_ms(e: NsEnv, vm: str, server: str, n: int, name: str = "allowed.test") -> float:
     script = (
         f"s=$(date +%s%N); i=0; while [ $i -lt {n} ]; do "
-        f"/.banger/bin/busybox nslookup allowed.test {server} >/dev/null || exit 1; "
+        f"/.banger/bin/busybox nslookup {name} {server} >/dev/null || exit 1; "
         "i=$((i+1)); done; e=$(date +%s%N); echo $(( (e - s) / 1000 ))"
     )
     return int(guest(e, vm, script).strip().splitlines()[-1]) / 1000 / n
@@ -122,6 +123,12 @@ def main() -> None:
               f"   ratio {r_mbs / o_mbs:5.2f}"
               f"   ({args.mib} MiB, median of {args.runs})")  # fmt: skip
 
+        # Cold: the first answer for a newly allowed name (upstream + admission in nftables).
+        e.banger("vm", "set", "r", "--allow", "other.test", check=True)
+        cold = dns_ms(e, "r", "172.16.0.1", 1, "other.test")
+        cold_direct = dns_ms(e, "o", NET_SIDE, 1, "other.test")
+        print(f"dns (cold)     banger {cold:7.1f} ms/query   upstream {cold_direct:7.1f} ms/query"
+              "   (first answer: upstream + nft admission)")  # fmt: skip
         ours = dns_ms(e, "r", "172.16.0.1", args.queries)
         direct = dns_ms(e, "o", NET_SIDE, args.queries)
         print(f"dns            banger {ours:7.1f} ms/query   upstream {direct:7.1f} ms/query"

@@ -159,7 +159,7 @@ def test_live_allow_then_disallow_cuts_established(env: NsEnv) -> None:
     assert "later.test" not in env.json("vm", "show", "r")["egress_rules"]
 
 
-def test_cidr_rule_and_policy_survive_daemon_restart(env: NsEnv) -> None:
+def test_cidr_rule_and_policy_survive_daemon_restart_and_stop_start(env: NsEnv) -> None:
     env.banger("vm", "set", "r", "--allow", f"{OTHER_IP}/32:80", check=True)
     assert fetch(env, "r", OTHER_IP) == f"hello from {OTHER_IP}"
     _stop_daemon(env.be)
@@ -172,6 +172,13 @@ def test_cidr_rule_and_policy_survive_daemon_restart(env: NsEnv) -> None:
         f"{OTHER_IP}/32:80",
     ]
     assert fetch(env, "r", OTHER_IP) == f"hello from {OTHER_IP}"
+    assert fetch(env, "r", "allowed.test") == f"hello from {ALLOWED_IP}"
+    assert fetch(env, "r", RAW_IP) is None
+    # And a stop/start: the policy comes back with the VM.
+    env.banger("vm", "stop", "r", check=True, timeout=120)
+    assert egress(env, "r")["enforced"] is False
+    env.banger("vm", "start", "r", check=True, timeout=600)
+    assert egress(env, "r")["enforced"] is True
     assert fetch(env, "r", "allowed.test") == f"hello from {ALLOWED_IP}"
     assert fetch(env, "r", RAW_IP) is None
     # Back to open: everything is reachable again, from the same running guest.

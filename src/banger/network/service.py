@@ -426,12 +426,21 @@ class NetworkService:
             return bytes(reply.pack())
         if admits:
             async with self._lock:
-                if vm.vm_id in self._rendered:
-                    await self.privops.egress_admit(vm.vm_id, sorted(set(admits)))
-                expires = time.monotonic()
+                now = time.monotonic()
                 known = self._admitted.setdefault(vm.vm_id, {})
-                for a in admits:
-                    known[(a.ip, a.port)] = (expires + a.timeout, qname)
+                # Only what is new or past half its admission goes to nft (a process per call):
+                # a guest asking the same name again is answered without touching the table.
+                stale = sorted(
+                    {
+                        a
+                        for a in admits
+                        if known.get((a.ip, a.port), (0.0, ""))[0] - now < a.timeout / 2
+                    }
+                )
+                if stale and vm.vm_id in self._rendered:
+                    await self.privops.egress_admit(vm.vm_id, stale)
+                for a in stale:
+                    known[(a.ip, a.port)] = (now + a.timeout, qname)
         return bytes(reply.pack())
 
     async def _harvest(self, vm_id: str) -> None:
