@@ -131,19 +131,21 @@ def upstream() -> Iterator[int]:
 
 @pytest.fixture
 async def service(
-    tmp_path: Path, upstream: int, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, upstream: int, netns: str, caplog: pytest.LogCaptureFixture
 ) -> AsyncIterator[NetworkService]:
     caplog.set_level(logging.INFO, "banger.network")  # as in the daemon: log calls must not fail
     store = Store(tmp_path / "banger.db")
     store.open()
     paths = Paths(tmp_path / "cfg", tmp_path / "st", tmp_path / "cache", tmp_path / "run")
     cfg = Config(network="bridge", upstream_dns=[f"127.0.0.1:{upstream}"])
-    svc = NetworkService(FakeDaemon(paths, cfg, store), LocalPrivOps())  # type: ignore[arg-type]
+    # Policy changes rebuild the table: in the test namespace, never on the host.
+    svc = NetworkService(FakeDaemon(paths, cfg, store), LocalPrivOps(netns))  # type: ignore[arg-type]
     svc._active[VM_ID] = _Active(VM_ID, "box", "tap", GUEST, "tap-bg-00000001", GUEST, 22)
     await asyncio.to_thread(
         svc.egress.set_policy, VM_ID, updated(Policy("open"), ["pypi.org", "*.example.com"])
     )
     yield svc
+    await svc.stop()
     store.close()
 
 
