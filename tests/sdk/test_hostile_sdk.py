@@ -180,8 +180,11 @@ CASES: list[tuple[str, Action, str]] = [
     ),  # fmt: skip
     ("mcp-create-bad-name", tool("create_sandbox", {"name": "a;b"}), "tool:code bad_request"),
     ("mcp-create-vcpu-zero", tool("create_sandbox", {"vcpu": 0}), "tool:vcpu"),
-    ("mcp-create-allow-bad-rule", tool("create_sandbox", {"allow": ["a..b"]}),
-     "tool:code bad_request"),  # fmt: skip
+    (
+        "mcp-create-allow-bad-rule",
+        tool("create_sandbox", {"allow": ["a..b"]}),
+        "tool:code bad_request",
+    ),  # fmt: skip
     ("mcp-delete-missing", tool("delete_sandbox", {"sandbox": "ghost"}), "tool:code not_found"),
     ("mcp-export-missing", tool("export_patch", {"sandbox": "ghost"}), "tool:code not_found"),
     ("mcp-unknown-tool", tool("format_host_disk", {}), "tool:Unknown tool"),
