@@ -30,13 +30,19 @@ from dnslib import QTYPE, RCODE, DNSRecord
 
 from banger.network import sshconfig
 from banger.network.dns import DNSServer
-from banger.network.egress import MAX_RULES, Policy, unsafe_address, updated
 from banger.network.egress import Mode as EgressMode
+from banger.network.egress import Policy, unsafe_address, updated
 from banger.network.egress_dns import EgressResolver, ask_upstream, host_nameservers, parse_upstream
 from banger.network.egress_store import EgressStore
 from banger.network.ipam import IPAM
 from banger.network.nat import Admit, DnsRedirect, EgressSpec, NatRule
-from banger.network.privops import LocalPrivOps, PrivOps, validate_bridge, validate_interface
+from banger.network.privops import (
+    MAX_ADMITS,
+    LocalPrivOps,
+    PrivOps,
+    validate_bridge,
+    validate_interface,
+)
 from banger.network.tap import guest_mac, tap_name
 from banger.rpc.errors import BadRequest
 
@@ -428,6 +434,8 @@ class NetworkService:
             async with self._lock:
                 now = time.monotonic()
                 known = self._admitted.setdefault(vm.vm_id, {})
+                for key in [k for k, (exp, _) in known.items() if exp <= now]:
+                    del known[key]  # expired in nftables too: forget it here
                 # Only what is new or past half its admission goes to nft (a process per call):
                 # a guest asking the same name again is answered without touching the table.
                 stale = sorted(
@@ -437,6 +445,7 @@ class NetworkService:
                         if known.get((a.ip, a.port), (0.0, ""))[0] - now < a.timeout / 2
                     }
                 )
+                stale = stale[:MAX_ADMITS]  # one answer is bounded; so is one admission
                 if stale and vm.vm_id in self._rendered:
                     await self.privops.egress_admit(vm.vm_id, stale)
                 for a in stale:
@@ -497,7 +506,7 @@ class NetworkService:
                 if exp - now >= 1
             )
             cidrs = tuple((r.value, r.port) for r in policy.cidr_rules())
-            specs.append(EgressSpec(a.vm_id, a.ip, gen, cidrs, admitted[: MAX_RULES * 4]))
+            specs.append(EgressSpec(a.vm_id, a.ip, gen, cidrs, admitted[:MAX_ADMITS]))
         return specs
 
     def guest_ip(self, vm_id: str) -> str | None:
