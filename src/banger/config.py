@@ -70,6 +70,9 @@ class Config(_Strict):
     cidr: int = Field(default=24, ge=8, le=30)
     dns_port: int = Field(default=42069, ge=1, le=65535)
     default_dns: str = "1.1.1.1"
+    # Where banger's egress resolver asks for names a restricted VM may reach: `IP` or `IP:port`.
+    # Empty (the default): the host's /etc/resolv.conf nameservers.
+    upstream_dns: list[str] = Field(default_factory=list, max_length=8)
     vm_defaults: VMDefaults = Field(default_factory=VMDefaults)
     # The most a `vm workspace export` brings back from a guest (changed-file list + patch),
     # bytes or a size like "2G": a guest's output is untrusted and may be endless.
@@ -113,6 +116,15 @@ class Config(_Strict):
         for item in v:
             if not re.fullmatch(r"[a-z0-9_]+\.[a-z0-9_.]+=\S.*", item):
                 raise ValueError(f"{item!r} is not a cgroup setting like 'cpu.max=50000 100000'")
+        return v
+
+    @field_validator("upstream_dns")
+    @classmethod
+    def _upstream(cls, v: list[str]) -> list[str]:
+        from banger.network.egress_dns import parse_upstream
+
+        for item in v:
+            parse_upstream(item)
         return v
 
     @field_validator("default_dns")

@@ -97,6 +97,10 @@ CASES: list[tuple[str, Action, str]] = [
     ("create-vcpu-65", create(name="x", vcpu=65), "bad_request"),
     ("create-memory-tiny", create(name="x", memory=1), "bad_request"),
     ("create-image-traversal", create(name="x", image="../../etc"), "not_found"),
+    # Egress rules (egress issue): checked by the daemon like `vm create --allow`.
+    ("create-allow-tld-wildcard", create(name="x", allow=["*.com"]), "bad_request"),
+    ("create-allow-nft-injection", create(name="x", allow=['a.com"} flush']), "bad_request"),
+    ("create-allow-in-user-mode", create(name="x", allow=["pypi.org"]), "bad_request"),
     ("run-empty-line", sdk(lambda s: s.run("   ")), "bad_request"),
     ("run-empty-argv", sdk(lambda s: s.run([])), "bad_request"),
     ("run-nul-in-argv", sdk(lambda s: s.run(["echo", "a\0b"])), "bad_request"),
@@ -176,6 +180,11 @@ CASES: list[tuple[str, Action, str]] = [
     ),  # fmt: skip
     ("mcp-create-bad-name", tool("create_sandbox", {"name": "a;b"}), "tool:code bad_request"),
     ("mcp-create-vcpu-zero", tool("create_sandbox", {"vcpu": 0}), "tool:vcpu"),
+    (
+        "mcp-create-allow-bad-rule",
+        tool("create_sandbox", {"allow": ["a..b"]}),
+        "tool:code bad_request",
+    ),  # fmt: skip
     ("mcp-delete-missing", tool("delete_sandbox", {"sandbox": "ghost"}), "tool:code not_found"),
     ("mcp-export-missing", tool("export_patch", {"sandbox": "ghost"}), "tool:code not_found"),
     ("mcp-unknown-tool", tool("format_host_disk", {}), "tool:Unknown tool"),

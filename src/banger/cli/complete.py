@@ -76,3 +76,11 @@ IMAGE_OPTION = click.option(
     help="image name or id (default: config default_image)",
 )
 NAT_OPTION = click.option("--nat", is_flag=True, help="outbound NAT for a bridged VM (masquerade)")
+ALLOW_OPTION = click.option(
+    "--allow",
+    "allow",
+    multiple=True,
+    metavar="RULE",
+    help="restrict egress to this (repeatable; implies --nat): a name (pypi.org), *.wildcard, "
+    "IPv4 address or CIDR, optional :PORT",
+)

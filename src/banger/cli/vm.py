@@ -11,7 +11,15 @@ from typing import Any
 
 import click
 
-from banger.cli.complete import IMAGE_OPTION, NAT_OPTION, NEW_VM_NAME, VM_REF, VM_REFS, kernel_names
+from banger.cli.complete import (
+    ALLOW_OPTION,
+    IMAGE_OPTION,
+    NAT_OPTION,
+    NEW_VM_NAME,
+    VM_REF,
+    VM_REFS,
+    kernel_names,
+)
 from banger.cli.connect import call
 from banger.cli.output import (
     GuestOutput,
@@ -82,6 +90,7 @@ def _create_params(
 )
 @click.option("--no-start", is_flag=True, help="create the VM without booting it")
 @NAT_OPTION
+@ALLOW_OPTION
 @click.option("--json", "as_json", is_flag=True, help="print the VM as JSON")
 def create(
     name: str | None,
@@ -93,12 +102,15 @@ def create(
     init: str,
     no_start: bool,
     nat: bool,
+    allow: tuple[str, ...],
     as_json: bool,
 ) -> None:
     """Create a VM (and boot it, waiting until SSH answers)."""
     params = _create_params(name, image, kernel, vcpu, memory, disk_size, init, no_start)
     if nat:
         params["nat"] = True
+    if allow:
+        params["allow"] = list(allow)
     stages = Stages()
     try:
         rec = call("vm.create", params, on_progress=stages)
@@ -213,7 +225,7 @@ def prune(force: bool) -> None:
     _each("vm.delete", tuple(v["id"] for v in vms), {}, "deleted")
 
 
-@vm.command(name="set", short_help="Change vCPUs, memory, disk size or NAT of VMs.")
+@vm.command(name="set", short_help="Change vCPUs, memory, disk size, NAT or egress of VMs.")
 @VM_REFS
 @click.option("--vcpu", type=click.IntRange(1, 64), metavar="N", help="vCPUs")
 @click.option("--memory", type=MEMORY, help="memory in MiB, or e.g. 2G")
@@ -223,18 +235,42 @@ def prune(force: bool) -> None:
     default=None,
     help="outbound NAT for a bridged VM (applied at once, even while it runs)",
 )
+@click.option(
+    "--allow", multiple=True, metavar="RULE", help="add an egress allow rule (repeatable; live)"
+)
+@click.option(
+    "--disallow", multiple=True, metavar="RULE", help="remove an egress allow rule (repeatable)"
+)
+@click.option(
+    "--egress",
+    type=click.Choice(["open", "restricted"]),
+    help="open: NAT without rules; restricted: only what the rules allow (none: nothing)",
+)
 def set_(
     refs: tuple[str, ...],
     vcpu: int | None,
     memory: int | None,
     disk_size: str | None,
     nat: bool | None,
+    allow: tuple[str, ...],
+    disallow: tuple[str, ...],
+    egress: str | None,
 ) -> None:
-    """Change vCPUs, memory or work disk size of stopped VMs, or NAT of any VM."""
+    """Change vCPUs, memory or work disk size of stopped VMs, or NAT and egress of any VM."""
     extra: dict[str, Any] = {}
-    for k, v in (("vcpu", vcpu), ("memory", memory), ("disk_size", disk_size), ("nat", nat)):
+    for k, v in (
+        ("vcpu", vcpu),
+        ("memory", memory),
+        ("disk_size", disk_size),
+        ("nat", nat),
+        ("egress", egress),
+    ):
         if v is not None:
             extra[k] = v
+    if allow:
+        extra["allow"] = list(allow)
+    if disallow:
+        extra["disallow"] = list(disallow)
     _each("vm.set", refs, extra, "updated")
 
 
@@ -304,6 +340,9 @@ def _network_line(v: dict[str, Any]) -> str:
     if v["network"] != "tap":
         return str(v["network"])
     extra = [f"{v['name']}.vm"] + (["NAT"] if v.get("nat") else [])
+    if v.get("egress") == "restricted":
+        rules = v.get("egress_rules") or []
+        extra.append(f"egress restricted: {', '.join(rules) if rules else 'nothing allowed'}")
     return f"tap {v.get('ip') or '(no address yet)'} ({', '.join(extra)})"
 
 
@@ -459,3 +498,8 @@ from banger.cli.vm_observe import COMMANDS as _OBSERVE_COMMANDS  # noqa: E402
 
 for _cmd in _OBSERVE_COMMANDS:
     vm.add_command(_cmd)
+
+# `vm egress` (the egress policy report) lives in cli/vm_egress.py.
+from banger.cli.vm_egress import egress_cmd as _egress_cmd  # noqa: E402
+
+vm.add_command(_egress_cmd)

@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from banger.cli.complete import IMAGE_OPTION, NAT_OPTION, NEW_VM_NAME, vm_names
+from banger.cli.complete import ALLOW_OPTION, IMAGE_OPTION, NAT_OPTION, NEW_VM_NAME, vm_names
 from banger.cli.output import dim, print_error
 from banger.cli.workspace import call, local_plan, prepare_options, print_plan, print_prepared
 
@@ -97,14 +97,21 @@ def _kept(vm: str) -> dict[str, Any] | None:
     return rec if isinstance(rec, dict) else None
 
 
-def _create_vm(name: str | None, image: str | None, nat: bool) -> dict[str, Any]:
+def _create_vm(
+    name: str | None, image: str | None, nat: bool, allow: tuple[str, ...] = ()
+) -> dict[str, Any]:
     """`vm.create` with live stages on stderr; the VM's name comes from its spec line."""
     from banger.cli import connect
     from banger.cli.progress import Stages
     from banger.rpc.client import Interrupted
     from banger.rpc.errors import RPCError
 
-    params: dict[str, Any] = {"name": name, "image": image, "nat": nat or None}
+    params: dict[str, Any] = {
+        "name": name,
+        "image": image,
+        "nat": nat or None,
+        "allow": list(allow) or None,
+    }
     stages = Stages(name)
     try:
         with stages:
@@ -143,6 +150,7 @@ def _create_vm(name: str | None, image: str | None, nat: bool) -> dict[str, Any]
 @IMAGE_OPTION
 @click.option("--rm", "remove", is_flag=True, help="delete the VM when the session or command ends")
 @NAT_OPTION
+@ALLOW_OPTION
 @prepare_options
 @click.pass_context
 def run_cmd(
@@ -153,6 +161,7 @@ def run_cmd(
     image: str | None,
     remove: bool,
     nat: bool,
+    allow: tuple[str, ...],
     dry_run: bool,
     **opts: Any,
 ) -> None:
@@ -174,7 +183,7 @@ def run_cmd(
         assert plan is not None
         print_plan(plan, as_json=False)
         return
-    vm = _create_vm(name, image, nat)
+    vm = _create_vm(name, image, nat, allow)
     vm_name = str(vm["name"])
     status = 0
     try:

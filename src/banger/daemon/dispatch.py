@@ -58,6 +58,7 @@ RPC_HANDLERS: dict[str, Handler] = {
     "vm.kill": handlers_vms.vm_kill,
     "vm.delete": handlers_vms.vm_delete,
     "vm.set": handlers_vms.vm_set,
+    "vm.egress": handlers_vms.vm_egress,
     "vm.list": handlers_vms.vm_list,
     "vm.show": handlers_vms.vm_show,
     "vm.logs": handlers_vms.vm_logs,

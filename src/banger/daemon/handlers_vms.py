@@ -8,6 +8,7 @@ from pydantic import Field
 
 from banger.daemon.context import RequestContext
 from banger.daemon.params import (
+    EgressRules,
     KernelName,
     OpId,
     Params,
@@ -38,6 +39,9 @@ class CreateParams(Params):
     no_start: bool = False
     # outbound NAT for a bridged VM (networking issue); refused in user-mode networking
     nat: bool = False
+    # egress allow rules (egress issue): any rule makes egress restricted (and implies NAT)
+    allow: EgressRules = Field(default_factory=list)
+    egress: Literal["open", "restricted"] | None = None
 
     def request(self) -> CreateRequest:
         return CreateRequest(
@@ -50,6 +54,8 @@ class CreateParams(Params):
             init=self.init,
             start=not self.no_start,
             nat=self.nat,
+            allow=tuple(self.allow),
+            egress=self.egress,
         )
 
 
@@ -79,6 +85,10 @@ class SetParams(RefsParams):
     disk_size: Size | None = None
     # outbound NAT (bridged VMs); unlike the sizes it may change while the VM runs
     nat: bool | None = None
+    # egress policy changes (live, like NAT)
+    allow: EgressRules = Field(default_factory=list)
+    disallow: EgressRules = Field(default_factory=list)
+    egress: Literal["open", "restricted"] | None = None
 
 
 class LogsParams(RefParams):
@@ -166,7 +176,16 @@ async def vm_set(d: Daemon, ctx: RequestContext, params: dict[str, Any]) -> Any:
     p = parse_params(SetParams, params)
 
     async def fn(vm: VMRecord) -> VMRecord:
-        return await d.vms.set_vm(vm.id, p.vcpu, p.memory, p.disk_size, nat=p.nat)
+        return await d.vms.set_vm(
+            vm.id,
+            p.vcpu,
+            p.memory,
+            p.disk_size,
+            nat=p.nat,
+            allow=p.allow,
+            disallow=p.disallow,
+            egress=p.egress,
+        )
 
     return await _fan_out(d, p.refs, fn)
 
@@ -198,3 +217,16 @@ async def vm_logs(d: Daemon, ctx: RequestContext, params: dict[str, Any]) -> Any
 async def vm_ssh(d: Daemon, ctx: RequestContext, params: dict[str, Any]) -> Any:
     p = parse_params(RefParams, params)
     return (await d.vms.ssh_target(p.ref)).to_json()
+
+
+async def vm_egress(d: Daemon, ctx: RequestContext, params: dict[str, Any]) -> Any:
+    """The VM's egress policy, the names resolved for it and what it was denied."""
+    p = parse_params(RefParams, params)
+    vm = d.vms.resolve(p.ref)
+    net = getattr(d, "network", None)
+    if net is None:
+        return {
+            "vm": vm.name, "mode": "open", "rules": [], "nat": False, "enforced": False,
+            "running": vm.state == "running", "resolved": [], "denied": [],
+        }  # fmt: skip
+    return await net.egress_report(vm.id, vm.name)

@@ -110,6 +110,12 @@ def _guest_path(value: str) -> object:
     return validate_guest_path(value)
 
 
+def _egress_rule(value: str) -> object:
+    from banger.network.egress import parse_rule
+
+    return parse_rule(value)
+
+
 def _size(value: str) -> str:
     from banger.units import parse_size
 
@@ -173,6 +179,9 @@ Token = Annotated[str, _bounded(128), AfterValidator(_printable)]
 KernelVersion = Annotated[str, _bounded(128), AfterValidator(_kernel_version)]
 OpId = Annotated[str, _bounded(15), AfterValidator(_op_id)]
 RefList = Annotated[list[Ref], Field(min_length=1, max_length=MAX_LIST_ITEMS)]
+# An egress allow rule: name, *.wildcard, IPv4 address or CIDR, optional :port.
+EgressRule = Annotated[str, _bounded(260), AfterValidator(_via(_egress_rule))]
+EgressRules = Annotated[list[EgressRule], Field(max_length=MAX_LIST_ITEMS)]
 
 
 class Params(BaseModel):
@@ -217,6 +226,8 @@ def to_json(value: Any) -> Any:
 
 
 __all__ = [
+    "EgressRule",
+    "EgressRules",
     "GitRef",
     "GuestPath",
     "HostPath",

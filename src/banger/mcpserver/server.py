@@ -192,6 +192,14 @@ def build_server(
         memory_mib: Annotated[int | None, Field(ge=128, le=1024 * 1024)] = None,
         disk_size: Annotated[str | None, Field(description='work disk size, e.g. "4G"')] = None,
         nat: Annotated[bool, Field(description="outbound network (bridged mode)")] = False,
+        allow: Annotated[
+            list[str] | None,
+            Field(
+                description="egress allow rules (pypi.org, *.githubusercontent.com, "
+                "10.0.0.0/8:443); any rule restricts outbound network to them (implies nat)",
+                max_length=256,
+            ),
+        ] = None,
     ) -> SandboxView:
         """Create and boot a sandbox VM; returns when it accepts commands."""
         try:
@@ -203,6 +211,7 @@ def build_server(
                 memory=memory_mib,
                 disk_size=disk_size,
                 nat=nat,
+                allow=allow or (),
                 keep=True,
                 daemon=sandboxes.daemon,
             )

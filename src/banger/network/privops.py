@@ -17,7 +17,7 @@ from banger.network import bridge as bridge_mod
 from banger.network import nat as nat_mod
 from banger.network import tap as tap_mod
 from banger.network.cmd import Runner
-from banger.network.nat import NatRule
+from banger.network.nat import Admit, Denied, DnsRedirect, EgressSpec, NatRule
 from banger.network.tap import TAP_RE
 from banger.rpc.errors import BadRequest
 
@@ -67,6 +67,66 @@ def validate_nat_rule(rule: NatRule) -> NatRule:
     return rule
 
 
+MAX_ADMITS = 1024
+MAX_CIDRS = 256
+
+
+def validate_tag(tag: str) -> str:
+    if not isinstance(tag, str) or not nat_mod.TAG_RE.fullmatch(tag):
+        raise BadRequest(f"egress tag {tag!r} is not a VM id (12 hex digits)")
+    return tag
+
+
+def _port(port: object, what: str) -> int | None:
+    if port is None:
+        return None
+    if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+        raise BadRequest(f"{what} {port!r} is not a port (1-65535)")
+    return port
+
+
+def _ipv4(value: object, what: str) -> str:
+    try:
+        return str(ipaddress.IPv4Address(value))
+    except (ValueError, TypeError):
+        raise BadRequest(f"{what} {value!r} is not an IPv4 address") from None
+
+
+def validate_admit(a: Admit) -> Admit:
+    t = a.timeout
+    if not isinstance(t, int) or isinstance(t, bool) or not 1 <= t <= nat_mod.MAX_TIMEOUT:
+        raise BadRequest(f"admission timeout {t!r} must be 1..{nat_mod.MAX_TIMEOUT} seconds")
+    return Admit(_ipv4(a.ip, "admitted address"), _port(a.port, "admitted port"), t)
+
+
+def validate_egress(e: EgressSpec) -> EgressSpec:
+    validate_tag(e.tag)
+    _private_ipv4(e.ip, "guest address")
+    g = e.generation
+    if not isinstance(g, int) or isinstance(g, bool) or not 1 <= g < 2**31:
+        raise BadRequest(f"egress generation {g!r} must be 1..2^31-1")
+    if len(e.cidrs) > MAX_CIDRS or len(e.admitted) > MAX_ADMITS:
+        raise BadRequest(f"at most {MAX_CIDRS} CIDR rules and {MAX_ADMITS} admitted addresses")
+    cidrs = []
+    for net, port in e.cidrs:
+        try:
+            parsed = ipaddress.IPv4Network(net, strict=True)
+        except (ValueError, TypeError):
+            raise BadRequest(f"egress CIDR {net!r} is not an IPv4 network") from None
+        cidrs.append((str(parsed), _port(port, "CIDR port")))
+    admitted = tuple(validate_admit(a) for a in e.admitted)
+    return EgressSpec(e.tag, e.ip, g, tuple(cidrs), admitted)
+
+
+def validate_dns(d: DnsRedirect) -> DnsRedirect:
+    _private_ipv4(d.gateway, "resolver address")
+    if _port(d.port, "resolver port") is None:
+        raise BadRequest("resolver port is required")
+    if len(d.resolvers) > 8:
+        raise BadRequest("at most 8 guest resolver addresses")
+    return DnsRedirect(d.gateway, d.port, tuple(_ipv4(r, "guest resolver") for r in d.resolvers))
+
+
 def validate_uid(uid: int) -> int:
     if not isinstance(uid, int) or uid < 0 or uid > 2**31:
         raise BadRequest(f"owner uid {uid!r} is not a valid uid")
@@ -85,8 +145,22 @@ class PrivOps(Protocol):
 
     async def list_taps(self) -> list[str]: ...
 
-    async def sync_nat(self, bridge: str, rules: Sequence[NatRule]) -> None:
-        """Make banger's nftables table hold exactly `rules` (atomic, idempotent)."""
+    async def sync_nat(
+        self,
+        bridge: str,
+        rules: Sequence[NatRule],
+        egress: Sequence[EgressSpec] = (),
+        dns: DnsRedirect | None = None,
+    ) -> None:
+        """Make banger's nftables table hold exactly `rules` and the egress policies (atomic)."""
+        ...
+
+    async def egress_admit(self, tag: str, items: Sequence[Admit]) -> None:
+        """Admit resolver answers for one VM (its sets, with timeouts)."""
+        ...
+
+    async def egress_denied(self, tag: str) -> list[Denied]:
+        """What the VM's egress drop rule counted."""
         ...
 
     async def remove_nat_table(self) -> None: ...
@@ -124,9 +198,26 @@ class LocalPrivOps:
     async def list_taps(self) -> list[str]:
         return await tap_mod.list_taps(self.run)
 
-    async def sync_nat(self, bridge: str, rules: Sequence[NatRule]) -> None:
+    async def sync_nat(
+        self,
+        bridge: str,
+        rules: Sequence[NatRule],
+        egress: Sequence[EgressSpec] = (),
+        dns: DnsRedirect | None = None,
+    ) -> None:
         checked = [validate_nat_rule(r) for r in rules]
-        await nat_mod.apply(self.run, validate_bridge(bridge), checked)
+        policies = [validate_egress(e) for e in egress]
+        redirect = validate_dns(dns) if dns is not None else None
+        await nat_mod.apply(self.run, validate_bridge(bridge), checked, policies, redirect)
+
+    async def egress_admit(self, tag: str, items: Sequence[Admit]) -> None:
+        if len(items) > MAX_ADMITS:
+            raise BadRequest(f"at most {MAX_ADMITS} addresses per admission")
+        checked = [validate_admit(a) for a in items]
+        await nat_mod.admit(self.run, validate_tag(tag), checked)
+
+    async def egress_denied(self, tag: str) -> list[Denied]:
+        return await nat_mod.denied_entries(self.run, validate_tag(tag))
 
     async def remove_nat_table(self) -> None:
         await nat_mod.remove_table(self.run)

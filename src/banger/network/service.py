@@ -14,7 +14,10 @@ ssh_config rebuilt). Every privileged step goes through `self.privops`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ipaddress
 import logging
+import math
 import os
 import shutil
 import time
@@ -23,11 +26,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from dnslib import QTYPE, RCODE, DNSRecord
+
 from banger.network import sshconfig
 from banger.network.dns import DNSServer
+from banger.network.egress import Mode as EgressMode
+from banger.network.egress import Policy, unsafe_address, updated
+from banger.network.egress_dns import EgressResolver, ask_upstream, host_nameservers, parse_upstream
+from banger.network.egress_store import EgressStore
 from banger.network.ipam import IPAM
-from banger.network.nat import NatRule
-from banger.network.privops import LocalPrivOps, PrivOps, validate_bridge, validate_interface
+from banger.network.nat import Admit, DnsRedirect, EgressSpec, NatRule
+from banger.network.privops import (
+    MAX_ADMITS,
+    LocalPrivOps,
+    PrivOps,
+    validate_bridge,
+    validate_interface,
+)
 from banger.network.tap import guest_mac, tap_name
 from banger.rpc.errors import BadRequest
 
@@ -39,6 +54,10 @@ log = logging.getLogger("banger.network")
 Mode = Literal["bridge", "user"]
 # network_meta key: set while banger (not the admin) turned ip_forward on, so only banger undoes it.
 _FORWARD_KEY = "ip_forward_enabled_by_banger"
+# An answer is admitted for at least this long, so a connection opened right after it gets through.
+ADMIT_MIN_SECONDS = 30
+ADMIT_MAX_SECONDS = 86400
+HARVEST_INTERVAL = 2.0  # how often the drop rule's counters are read into `vm egress`
 
 
 @dataclass(frozen=True)
@@ -112,6 +131,14 @@ class NetworkService:
             self.mode = "bridge"  # bangerd-root administers the network for the owner daemon
         self._active: dict[str, _Active] = {}
         self._lock = asyncio.Lock()
+        self.egress = EgressStore(d.store)
+        self.resolver = EgressResolver(self._egress_answer)
+        # vm id -> (address, port) -> (expiry on the monotonic clock, the name it answered)
+        self._admitted: dict[str, dict[tuple[str, int | None], tuple[float, str]]] = {}
+        # vm id -> (address, proto, port) -> packets already counted from its denied set
+        self._baseline: dict[str, dict[tuple[str, str, int], int]] = {}
+        self._rendered: set[str] = set()  # VMs whose egress chain is in the table right now
+        self._harvester: asyncio.Task[None] | None = None
 
     @staticmethod
     def _resolve_mode(setting: str) -> Mode:
@@ -142,6 +169,7 @@ class NetworkService:
         # Only bridged VMs have names to serve; a user-mode daemon leaves the port alone.
         if self.mode == "bridge":
             await self._start_dns()
+            self._harvester = asyncio.create_task(self._harvest_loop())
         self._write_ssh_config()
         log.info(
             "network ready",
@@ -157,8 +185,13 @@ class NetworkService:
             log.warning(self.dns_error)
 
     async def stop(self) -> None:
-        # VMs outlive the daemon: their TAPs and rules stay; only the DNS socket goes.
+        # VMs outlive the daemon: their TAPs and rules stay; only the DNS sockets go.
+        if self._harvester is not None:
+            self._harvester.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._harvester
         await self.dns.stop()
+        await self.resolver.stop()
 
     # --- per-VM hooks (called by the VM service) -----------------------------------------------
 
@@ -203,6 +236,7 @@ class NetworkService:
         """The VM stopped (or never started): remove its TAP, NAT rules and DNS record."""
         async with self._lock:
             cur = self._active.pop(vm_id, None)
+            self._admitted.pop(vm_id, None)  # a restarted VM asks its resolver again
             tap = cur.tap if cur and cur.tap else tap_name(vm_id)
             if cur is not None:
                 self.dns.remove(cur.name)
@@ -227,6 +261,7 @@ class NetworkService:
         """The VM is deleted: detach, then release its address for reuse."""
         await self.detach(vm_id)
         await asyncio.to_thread(self.ipam.release, vm_id)
+        await asyncio.to_thread(self.egress.forget, vm_id)
 
     async def rename(self, vm_id: str, new_name: str) -> None:
         async with self._lock:
@@ -253,6 +288,226 @@ class NetworkService:
             await asyncio.to_thread(self.ipam.set_nat, vm_id, enabled)
             if vm_id in self._active:
                 await self._sync_nat()
+
+    # --- egress policy ---------------------------------------------------------------------------
+
+    def policy(self, vm_id: str) -> Policy:
+        return self.egress.policy(vm_id)[0]
+
+    async def set_egress(
+        self,
+        vm_id: str,
+        allow: Sequence[str] = (),
+        disallow: Sequence[str] = (),
+        mode: EgressMode | None = None,
+    ) -> Policy:
+        """Change the VM's policy; applied at once (one table rebuild) when it runs bridged.
+
+        An allow rule needs NAT (the policy limits NAT egress), so it turns NAT on."""
+        async with self._lock:
+            current = self.policy(vm_id)
+            new = updated(current, allow, disallow, mode)
+            if new.restricted and self.mode != "bridge":
+                raise BadRequest(
+                    "egress rules need bridged networking (the host enforces them on banger's "
+                    'bridge), but this daemon uses user-mode networking; set `network = "bridge"`'
+                )
+            if new == current and mode is None and not allow and not disallow:
+                return current
+            await asyncio.to_thread(self.egress.set_policy, vm_id, new)
+            if new.restricted and not self.ipam.nat(vm_id):
+                await asyncio.to_thread(self.ipam.set_nat, vm_id, True)
+            # Addresses admitted for names no rule allows any more (or on another port) go now.
+            keep = {
+                key: (exp, name)
+                for key, (exp, name) in self._admitted.get(vm_id, {}).items()
+                if any(r.port == key[1] for r in new.name_rules(name))
+            }
+            self._admitted[vm_id] = keep
+            if vm_id in self._active:
+                await self._sync_nat()
+            return new
+
+    async def egress_report(self, vm_id: str, name: str) -> dict[str, Any]:
+        """`vm egress`: the policy, the names resolved for the VM, what it was denied."""
+        policy, _ = self.egress.policy(vm_id)
+        async with self._lock:
+            if vm_id in self._rendered:
+                await self._harvest(vm_id)
+        active = self._active.get(vm_id)
+        now = time.monotonic()
+        names: dict[str, dict[str, float]] = {}
+        for (ip, _port), (expires, qname) in self._admitted.get(vm_id, {}).items():
+            if expires > now:
+                left = names.setdefault(qname, {})
+                left[ip] = max(left.get(ip, 0.0), expires - now)
+        return {
+            "vm": name,
+            "mode": policy.mode,
+            "rules": [r.text for r in policy.rules],
+            "nat": self.nat(vm_id),
+            "enforced": vm_id in self._rendered,
+            "running": active is not None,
+            "resolved": [
+                {
+                    "name": qname,
+                    "addresses": sorted(ips, key=ipaddress.IPv4Address),
+                    "expires_in": math.ceil(max(ips.values())),
+                }
+                for qname, ips in sorted(names.items())
+            ],
+            "denied": [row.to_json() for row in self.egress.denied(vm_id)],
+        }
+
+    def _upstreams(self) -> list[tuple[str, int]]:
+        configured = self.d.config.upstream_dns
+        if configured:
+            return [parse_upstream(u) for u in configured]
+        return host_nameservers()
+
+    def _vm_by_ip(self, ip: str) -> _Active | None:
+        for a in self._active.values():
+            if a.ip == ip and a.tap:
+                return a
+        return None
+
+    async def _egress_answer(self, data: bytes, src: str) -> bytes | None:
+        """Answer one query from a guest: the policy decides, admitted addresses go in first."""
+        try:
+            request = DNSRecord.parse(data)
+        except Exception:
+            return None
+        reply = request.reply()
+        reply.header.aa = 0
+        vm = self._vm_by_ip(src)
+        if vm is None or len(request.questions) != 1:
+            reply.header.rcode = RCODE.REFUSED
+            return bytes(reply.pack())
+        policy = self.policy(vm.vm_id)
+        q = request.questions[0]
+        qname = str(q.qname).rstrip(".").lower()
+        rules = policy.name_rules(qname)
+        if not policy.restricted or not rules:
+            log.info("egress: name refused", extra={"vm": vm.name, "qname": qname})
+            await asyncio.to_thread(
+                self.egress.record_denied, vm.vm_id, qname[:253], 53, "dns", "name not allowed"
+            )
+            reply.header.rcode = RCODE.REFUSED
+            return bytes(reply.pack())
+        if q.qtype != QTYPE.A:
+            return bytes(reply.pack())  # IPv4 only: other types get an empty answer
+        try:
+            upstream = DNSRecord.parse(await ask_upstream(data, self._upstreams()))
+        except Exception as e:
+            log.warning("egress: upstream DNS failed", extra={"qname": qname, "error": str(e)})
+            reply.header.rcode = RCODE.SERVFAIL
+            return bytes(reply.pack())
+        if upstream.header.rcode != RCODE.NOERROR:
+            reply.header.rcode = upstream.header.rcode
+            return bytes(reply.pack())
+        admits: list[Admit] = []
+        refused: list[str] = []
+        for rr in upstream.rr:
+            if rr.rtype == QTYPE.CNAME:
+                reply.add_answer(rr)
+                continue
+            if rr.rtype != QTYPE.A:
+                continue
+            ip = str(rr.rdata)
+            if unsafe_address(ip) and not policy.covered_by_cidr(ip):
+                refused.append(ip)  # DNS rebinding: an allowed name must not lead inside
+                continue
+            ttl = min(max(int(rr.ttl), ADMIT_MIN_SECONDS), ADMIT_MAX_SECONDS)
+            admits += [Admit(ip, r.port, ttl) for r in rules]
+            reply.add_answer(rr)
+        for ip in refused:
+            log.info("egress: private answer refused", extra={"qname": qname, "address": ip})
+            await asyncio.to_thread(
+                self.egress.record_denied, vm.vm_id, f"{qname[:200]} -> {ip}", 53, "dns",
+                "answer is a private, loopback or link-local address",
+            )  # fmt: skip
+        if refused and not admits:
+            del reply.rr[:]
+            reply.header.rcode = RCODE.REFUSED
+            return bytes(reply.pack())
+        if admits:
+            async with self._lock:
+                now = time.monotonic()
+                known = self._admitted.setdefault(vm.vm_id, {})
+                for key in [k for k, (exp, _) in known.items() if exp <= now]:
+                    del known[key]  # expired in nftables too: forget it here
+                # Only what is new or past half its admission goes to nft (a process per call):
+                # a guest asking the same name again is answered without touching the table.
+                stale = sorted(
+                    {
+                        a
+                        for a in admits
+                        if known.get((a.ip, a.port), (0.0, ""))[0] - now < a.timeout / 2
+                    }
+                )
+                stale = stale[:MAX_ADMITS]  # one answer is bounded; so is one admission
+                if stale and vm.vm_id in self._rendered:
+                    await self.privops.egress_admit(vm.vm_id, stale)
+                for a in stale:
+                    known[(a.ip, a.port)] = (now + a.timeout, qname)
+        return bytes(reply.pack())
+
+    async def _harvest(self, vm_id: str) -> None:
+        """Read the VM's denied set into the store (caller holds the lock)."""
+        try:
+            found = await self.privops.egress_denied(vm_id)
+        except Exception as e:
+            log.warning("egress: cannot read denied set", extra={"vm_id": vm_id, "error": str(e)})
+            return
+        base = self._baseline.setdefault(vm_id, {})
+        for d in found:
+            key = (d.ip, d.proto, d.port)
+            delta = d.packets - base.get(key, 0)
+            base[key] = d.packets
+            if delta > 0:
+                reason = "DNS outside banger's resolver" if d.port == 53 else "address not allowed"
+                await asyncio.to_thread(
+                    self.egress.record_denied, vm_id, d.ip, d.port, d.proto, reason, delta
+                )
+
+    async def _harvest_loop(self) -> None:
+        while True:
+            await asyncio.sleep(HARVEST_INTERVAL)
+            try:
+                async with self._lock:
+                    for vm_id in sorted(self._rendered):
+                        await self._harvest(vm_id)
+            except Exception:
+                log.exception("egress harvest failed")
+
+    async def _ensure_resolver(self) -> bool:
+        if self.resolver.running:
+            return True
+        try:
+            await self.resolver.start(self.gateway)
+            return True
+        except OSError as e:
+            # Restricted guests then get no DNS at all (the policy fails closed), and it is said.
+            log.error("egress resolver not started", extra={"error": str(e)})
+            return False
+
+    def _egress_specs(self, nat_ips: set[str]) -> list[EgressSpec]:
+        now = time.monotonic()
+        specs = []
+        for a in self._active.values():
+            if not a.tap or not a.ip or a.ip not in nat_ips:
+                continue
+            policy, gen = self.egress.policy(a.vm_id)
+            if not policy.restricted:
+                continue
+            admitted = tuple(
+                Admit(ip, port, min(ADMIT_MAX_SECONDS, math.ceil(exp - now)))
+                for (ip, port), (exp, _) in self._admitted.get(a.vm_id, {}).items()
+                if exp - now >= 1
+            )
+            cidrs = tuple((r.value, r.port) for r in policy.cidr_rules())
+            specs.append(EgressSpec(a.vm_id, a.ip, gen, cidrs, admitted[:MAX_ADMITS]))
+        return specs
 
     def guest_ip(self, vm_id: str) -> str | None:
         """The running VM's address, else the one it keeps for its next bridged start."""
@@ -298,10 +553,19 @@ class NetworkService:
         """Make the nftables table and ip_forward match the running bridged VMs' NAT wishes."""
         bridged = [a for a in self._active.values() if a.tap and a.ip]
         rules = [NatRule(a.ip, a.tap) for a in bridged if a.ip and a.tap and self.ipam.nat(a.vm_id)]
+        # The rebuild resets the drop counters: read them first so no denied attempt is lost.
+        for vm_id in sorted(self._rendered):
+            await self._harvest(vm_id)
+        egress = self._egress_specs({r.ip for r in rules})
+        dns: DnsRedirect | None = None
+        if egress and await self._ensure_resolver():
+            dns = DnsRedirect(self.gateway, self.resolver.port, (self.d.config.default_dns,))
         if bridged:
-            await self.privops.sync_nat(self.bridge, rules)
+            await self.privops.sync_nat(self.bridge, rules, egress, dns)
         else:
             await self.privops.remove_nat_table()
+        self._rendered = {e.tag for e in egress}
+        self._baseline = {}
         await self._sync_forwarding(bool(rules))
 
     async def _sync_forwarding(self, needed: bool) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from banger.daemon.logs import current_op_id
-from banger.network.nat import NatRule
+from banger.network.nat import Admit, Denied, DnsRedirect, EgressSpec, NatRule, admit_to_wire
 from banger.rpc import PROTOCOL_VERSION, envelope
 from banger.rpc.errors import OperationFailed, from_wire
 
@@ -101,11 +101,35 @@ class HelperPrivOps:
     async def list_taps(self) -> list[str]:
         return [str(n) for n in await self.call("priv.list_taps")]
 
-    async def sync_nat(self, bridge: str, rules: Sequence[NatRule]) -> None:
+    async def sync_nat(
+        self,
+        bridge: str,
+        rules: Sequence[NatRule],
+        egress: Sequence[EgressSpec] = (),
+        dns: DnsRedirect | None = None,
+    ) -> None:
+        params: dict[str, Any] = {
+            "bridge": bridge,
+            "rules": [{"ip": r.ip, "tap": r.tap} for r in rules],
+        }
+        if egress:
+            params["egress"] = [e.to_wire() for e in egress]
+        if dns is not None:
+            params["dns"] = {
+                "gateway": dns.gateway,
+                "port": dns.port,
+                "resolvers": list(dns.resolvers),
+            }
+        await self.call("priv.sync_nat", params)
+
+    async def egress_admit(self, tag: str, items: Sequence[Admit]) -> None:
         await self.call(
-            "priv.sync_nat",
-            {"bridge": bridge, "rules": [{"ip": r.ip, "tap": r.tap} for r in rules]},
+            "priv.egress_admit", {"tag": tag, "items": [admit_to_wire(a) for a in items]}
         )
+
+    async def egress_denied(self, tag: str) -> list[Denied]:
+        rows = await self.call("priv.egress_denied", {"tag": tag})
+        return [Denied(r["ip"], r["proto"], int(r["port"]), int(r["packets"])) for r in rows]
 
     async def remove_nat_table(self) -> None:
         await self.call("priv.remove_nat_table")

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from banger.network import privops, tap
+from banger.network.nat import Admit, DnsRedirect, EgressSpec
 from banger.rpc.errors import BadRequest, NotFound
 
 IFNAMSIZ = 15  # usable bytes of a Linux interface name
@@ -543,3 +544,71 @@ def root_only_dir(value: Any, owner_writable: Sequence[Path], name: str = "chroo
     except BaseException:
         os.close(fd)
         raise
+
+
+def _object(value: Any, name: str, keys: set[str]) -> dict[str, Any]:
+    if not isinstance(value, dict) or set(value) != keys:
+        raise BadRequest(f"argument {name!r} must be an object with {', '.join(sorted(keys))}")
+    return value
+
+
+def _list(value: Any, name: str, limit: int) -> list[Any]:
+    if not isinstance(value, list) or len(value) > limit:
+        raise BadRequest(f"argument {name!r} must be a list of at most {limit} items")
+    return value
+
+
+def egress_tag(value: Any, name: str = "tag") -> str:
+    v = text(name, value, 64)
+    try:
+        return privops.validate_tag(v)
+    except BadRequest as e:
+        raise BadRequest(f"argument {name!r}: {e.message}") from None
+
+
+def admits(value: Any, name: str) -> list[Admit]:
+    out = []
+    for i, raw in enumerate(_list(value, name, privops.MAX_ADMITS)):
+        obj = _object(raw, f"{name}[{i}]", {"ip", "port", "timeout"})
+        try:
+            out.append(privops.validate_admit(Admit(obj["ip"], obj["port"], obj["timeout"])))
+        except BadRequest as e:
+            raise BadRequest(f"argument '{name}[{i}]': {e.message}") from None
+    return out
+
+
+def egress_specs(value: Any, name: str = "egress") -> list[EgressSpec]:
+    out = []
+    for i, raw in enumerate(_list(value, name, 4096)):
+        where = f"{name}[{i}]"
+        obj = _object(raw, where, {"tag", "ip", "generation", "cidrs", "admitted"})
+        cidrs = []
+        for j, pair in enumerate(_list(obj["cidrs"], f"{where}.cidrs", privops.MAX_CIDRS)):
+            if not isinstance(pair, list) or len(pair) != 2:
+                raise BadRequest(f"argument '{where}.cidrs[{j}]' must be [network, port|null]")
+            cidrs.append((pair[0], pair[1]))
+        spec = EgressSpec(
+            tag=egress_tag(obj["tag"], f"{where}.tag"),
+            ip=str(guest_address(obj["ip"], f"{where}.ip")),
+            generation=obj["generation"],
+            cidrs=tuple(cidrs),
+            admitted=tuple(admits(obj["admitted"], f"{where}.admitted")),
+        )
+        try:
+            out.append(privops.validate_egress(spec))
+        except BadRequest as e:
+            raise BadRequest(f"argument {where!r}: {e.message}") from None
+    return out
+
+
+def dns_redirect(value: Any, name: str = "dns") -> DnsRedirect:
+    obj = _object(value, name, {"gateway", "port", "resolvers"})
+    resolvers = _list(obj["resolvers"], f"{name}.resolvers", 8)
+    try:
+        return privops.validate_dns(
+            DnsRedirect(
+                str(guest_address(obj["gateway"], f"{name}.gateway")), obj["port"], tuple(resolvers)
+            )
+        )
+    except BadRequest as e:
+        raise BadRequest(f"argument {name!r}: {e.message}") from None

@@ -111,6 +111,8 @@ class Helper:
             "priv.sync_nat": self.sync_nat,
             "priv.remove_nat_table": self.remove_nat_table,
             "priv.list_nat": self.list_nat,
+            "priv.egress_admit": self.egress_admit,
+            "priv.egress_denied": self.egress_denied,
             "priv.get_ip_forward": self.get_ip_forward,
             "priv.set_ip_forward": self.set_ip_forward,
             "priv.signal_process": self.signal_process,
@@ -213,7 +215,9 @@ class Helper:
         return await self.ops.list_taps()
 
     async def sync_nat(self, params: dict[str, Any]) -> None:
-        _params(params, {"bridge", "rules"})
+        # egress/dns are optional (a helper older callers talk to takes bridge+rules only).
+        optional = {"egress", "dns"} & set(params)
+        _params(params, {"bridge", "rules", *optional})
         bridge = rules.bridge_name(params["bridge"])
         raw = params["rules"]
         if not isinstance(raw, list) or len(raw) > MAX_NAT_RULES:
@@ -228,7 +232,26 @@ class Helper:
         subnet = await self._bridge_subnet(bridge)
         for rule in checked:
             rules.require_in_subnet(ipaddress.IPv4Address(rule.ip), subnet, bridge)
-        await self.ops.sync_nat(bridge, checked)
+        egress = rules.egress_specs(params.get("egress", []))
+        for e in egress:
+            rules.require_in_subnet(ipaddress.IPv4Address(e.ip), subnet, bridge)
+        dns = rules.dns_redirect(params["dns"]) if "dns" in params else None
+        if dns is not None:
+            gateway = ipaddress.IPv4Address(dns.gateway)
+            if subnet is None or gateway not in subnet:
+                raise BadRequest(f"argument 'dns.gateway': {gateway} is not on {bridge}")
+        await self.ops.sync_nat(bridge, checked, egress, dns)
+
+    async def egress_admit(self, params: dict[str, Any]) -> None:
+        _params(params, {"tag", "items"})
+        await self.ops.egress_admit(
+            rules.egress_tag(params["tag"]), rules.admits(params["items"], "items")
+        )
+
+    async def egress_denied(self, params: dict[str, Any]) -> list[dict[str, Any]]:
+        _params(params, {"tag"})
+        found = await self.ops.egress_denied(rules.egress_tag(params["tag"]))
+        return [{"ip": d.ip, "proto": d.proto, "port": d.port, "packets": d.packets} for d in found]
 
     async def remove_nat_table(self, params: dict[str, Any]) -> None:
         _params(params, set())

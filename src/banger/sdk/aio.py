@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import builtins
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -113,6 +113,7 @@ class AsyncSandbox:
         memory: int | None = None,
         disk_size: str | None = None,
         nat: bool = False,
+        allow: Sequence[str] = (),
         init: Literal["auto", "systemd", "minimal"] = "auto",
         keep: bool = False,
         daemon: DaemonConnection | None = None,
@@ -120,13 +121,19 @@ class AsyncSandbox:
         """Create and boot a sandbox; returns once it answers SSH.
 
         `image`/`kernel` default to the config's defaults (offline Debian, the host's kernel),
-        `memory` is MiB, `disk_size` the work disk (e.g. "4G"). `keep=True`: leaving a `with`
-        block does not delete it.
+        `memory` is MiB, `disk_size` the work disk (e.g. "4G"). `allow`: egress rules (names,
+        `*.wildcards`, IPv4 CIDRs, optional `:port`); any rule restricts the sandbox's egress to
+        them (bridged networking; implies `nat`). `keep=True`: leaving a `with` block does not
+        delete it.
 
         >>> sbx = await AsyncSandbox.create(name="ci-1", vcpu=2, memory=1024)
         """
         d = _resolve_daemon(daemon)
         params: dict[str, Any] = {"init": init, "nat": nat}
+        if isinstance(allow, str):
+            raise TypeError("allow must be a list of rules, e.g. allow=['pypi.org']")
+        if allow:
+            params["allow"] = list(allow)
         for key, value in (
             ("name", name),
             ("image", image),

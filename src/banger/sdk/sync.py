@@ -18,7 +18,7 @@ import builtins
 import contextlib
 import os
 import threading
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine, Mapping, Sequence
 from typing import IO, Any, Literal, TypeVar
 
 from banger.sdk.aio import _UNSET, AsyncSandbox, AsyncWorkspace
@@ -199,6 +199,7 @@ class Sandbox:
         memory: int | None = None,
         disk_size: str | None = None,
         nat: bool = False,
+        allow: Sequence[str] = (),
         init: Literal["auto", "systemd", "minimal"] = "auto",
         keep: bool = False,
         daemon: DaemonConnection | None = None,
@@ -218,6 +219,7 @@ class Sandbox:
                     memory=memory,
                     disk_size=disk_size,
                     nat=nat,
+                    allow=allow,
                     init=init,
                     keep=keep,
                     daemon=daemon,

@@ -115,4 +115,33 @@ MIGRATIONS: list[Migration] = [
         ) STRICT;
         """,
     ),
+    Migration(
+        7,
+        "egress",
+        """
+        -- Per-VM egress policy (networking: egress issue): open or restricted, the allow rules
+        -- (a JSON list of rule texts) and a generation bumped on every change (flows admitted
+        -- under an older one are checked again, so a disallowed destination is cut).
+        CREATE TABLE vm_egress (
+            vm_id       TEXT PRIMARY KEY,
+            mode        TEXT NOT NULL CHECK (mode IN ('open', 'restricted')),
+            rules       TEXT NOT NULL,
+            generation  INTEGER NOT NULL,
+            updated_at  TEXT NOT NULL
+        ) STRICT;
+        -- What a restricted VM tried and was denied, seen on the host (banger's resolver and the
+        -- nftables drop rule's counters), aggregated per destination.
+        CREATE TABLE vm_egress_denied (
+            vm_id       TEXT NOT NULL,
+            target      TEXT NOT NULL,
+            port        INTEGER NOT NULL,
+            proto       TEXT NOT NULL,
+            reason      TEXT NOT NULL,
+            count       INTEGER NOT NULL,
+            first_seen  TEXT NOT NULL,
+            last_seen   TEXT NOT NULL,
+            PRIMARY KEY (vm_id, target, port, proto)
+        ) STRICT;
+        """,
+    ),
 ]

@@ -23,7 +23,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from banger import fsutil
 from banger.daemon.context import RequestContext
@@ -36,6 +36,7 @@ from banger.guest.ssh import (
     pin_host_key,
     wait_ssh_banner,
 )
+from banger.network.egress import Policy, updated
 from banger.rpc.errors import (
     AlreadyExists,
     BadRequest,
@@ -92,6 +93,8 @@ class CreateRequest:
     init: InitMode = "auto"
     start: bool = True
     nat: bool = False
+    allow: tuple[str, ...] = ()  # egress allow rules: any one makes the VM's egress restricted
+    egress: Literal["open", "restricted"] | None = None
 
 
 class VMService:
@@ -289,11 +292,14 @@ class VMService:
         vm_dir = self.vm_dir(r["id"])
         ip = None
         nat = False
+        egress, egress_rules = "open", []
         net = getattr(self.d, "network", None)
         if net is not None and r["network"] == "tap":
             with contextlib.suppress(Exception):
                 ip = net.guest_ip(r["id"])
                 nat = net.nat(r["id"])
+                policy = net.policy(r["id"])
+                egress, egress_rules = policy.mode, [rule.text for rule in policy.rules]
         return VMRecord(
             id=r["id"],
             name=r["name"],
@@ -315,6 +321,8 @@ class VMService:
             ssh_port=handle["ssh_port"] if handle else None,
             ip=ip,
             nat=nat,
+            egress=egress,
+            egress_rules=egress_rules,
             vmm=handle["driver"] if handle else None,
             root_disk=rootdisk.describe_root_disk(vm_dir),
             dir=vm_dir,
@@ -468,6 +476,14 @@ class VMService:
                 with contextlib.suppress(OSError):
                     recovery.mark(marker_dir, recovery.CREATING, stage)
 
+        if req.allow or req.egress is not None:
+            # Bad rules fail before any work: same checks as `vm set --allow`.
+            policy = updated(Policy("open"), req.allow, (), req.egress)
+            if policy.restricted and self._network_kind() != "tap":
+                raise BadRequest(
+                    "egress rules need bridged networking (the host enforces them on banger's "
+                    'bridge), but this daemon uses user-mode networking; set `network = "bridge"`'
+                )
         name = self._reserve_name(req.name)
         vm_id = secrets.token_hex(6)
         made_dir: Path | None = None
@@ -530,11 +546,13 @@ class VMService:
                     ),
                 )  # fmt: skip
             inserted = True
-            if req.nat:
+            if req.nat or req.allow or req.egress == "restricted":
                 net = getattr(self.d, "network", None)
                 if net is None:
                     raise BadRequest("--nat needs the network service")
                 await net.set_nat(vm_id, True)
+                if req.allow or req.egress is not None:
+                    await net.set_egress(vm_id, req.allow, (), req.egress)
             await asyncio.to_thread(pin_host_key, self.known_hosts, f"{name}.vm", pub)
             del priv
         except BaseException:
@@ -868,14 +886,34 @@ class VMService:
         memory_mib: int | None,
         disk_size: str | None,
         nat: bool | None = None,
+        allow: Sequence[str] = (),
+        disallow: Sequence[str] = (),
+        egress: Literal["open", "restricted"] | None = None,
     ) -> VMRecord:
-        if vcpus is None and memory_mib is None and disk_size is None and nat is None:
+        egress_change = bool(allow or disallow or egress is not None)
+        if (
+            vcpus is None
+            and memory_mib is None
+            and disk_size is None
+            and nat is None
+            and not egress_change
+        ):
             raise BadRequest(
-                "nothing to change: give --vcpu, --memory, --disk-size or --nat/--no-nat"
+                "nothing to change: give --vcpu, --memory, --disk-size, --nat/--no-nat, "
+                "--allow, --disallow or --egress"
             )
         vm = self.resolve(ref)
         async with self._lock(vm.id):
             vm = await self._refresh(self._get_by_id(vm.id))
+            if egress_change:
+                # Host-side only, like NAT: applied at once to a running VM.
+                net = getattr(self.d, "network", None)
+                if net is None:
+                    raise BadRequest("--allow/--disallow/--egress need the network service")
+                await net.set_egress(vm.id, allow, disallow, egress)
+                if vcpus is None and memory_mib is None and disk_size is None and nat is None:
+                    self._update(vm.id)
+                    return self._get_by_id(vm.id)
             if nat is not None:
                 # NAT is host-side only: the network service applies it at once if the VM runs.
                 net = getattr(self.d, "network", None)

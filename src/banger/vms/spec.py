@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from banger.config import Config
 from banger.units import format_bytes, parse_size
@@ -46,6 +46,9 @@ class VMRecord(BaseModel):
     ip: str | None = None
     # outbound NAT wish (bridged networking; kept by the network service)
     nat: bool = False
+    # Egress policy (bridged NAT VMs): "open", or "restricted" to the allow rules.
+    egress: str = "open"
+    egress_rules: list[str] = Field(default_factory=list)
     vmm: str | None = None  # the driver running it ("qemu" | "firecracker"); None when stopped
     root_disk: str | None = None  # "qcow2 overlay" | "raw copy (reflink)" | "raw copy (sparse)"
     dir: Path
