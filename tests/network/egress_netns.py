@@ -14,6 +14,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.netns import add_netns
+
 VM_SIDE = "198.51.100.1"  # vm_ns end of the veth (TEST-NET-2): its default route
 NET_SIDE = "198.51.100.2"  # net_ns end: the upstream resolver
 ALLOWED_IP = "203.0.113.10"  # TEST-NET-3 "public" web servers
@@ -54,9 +56,8 @@ def make_world(log: Path | None = None) -> World:
     made: list[str] = []
     try:
         for ns in (vm_ns, net_ns):
-            _ip("netns", "add", ns)
+            add_netns(ns)
             made.append(ns)
-            _ip("-n", ns, "link", "set", "lo", "up")
         _ip("-n", vm_ns, "link", "add", "eg-a", "type", "veth", "peer", "name", "eg-b",
             "netns", net_ns)  # fmt: skip
         _ip("-n", vm_ns, "addr", "add", f"{VM_SIDE}/24", "dev", "eg-a")
