@@ -219,6 +219,11 @@ def export_argv(guest_path: str, base_commit: str | None) -> list[str]:
     return ["sh", "-c", EXPORT, "sh", guest_path, base_commit or ""]
 
 
+async def _discard(stream: asyncio.StreamReader) -> None:
+    while await stream.read(CHUNK):
+        pass
+
+
 async def stream_export(
     guest: GuestExec,
     guest_path: str,
@@ -260,7 +265,13 @@ async def stream_export(
             f"export in {guest.description} timed out after {timeout:.0f}s"
         ) from None
     finally:
+        # A pump stopped mid-stream (the size limit) leaves stdout paused with data in it, and
+        # asyncio's wait() returns only once the pipes are closed: read it to its end meanwhile.
+        rest = asyncio.create_task(_discard(proc.stdout))
         await kill_group(proc)  # a no-op kill when it finished; always reaped
+        rest.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await rest
         errs.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await errs
