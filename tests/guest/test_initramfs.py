@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import shutil
-import time
 from pathlib import Path
 
 import pytest
@@ -77,7 +76,6 @@ def test_boots_debian_kernel_to_root_and_seed(initrd: Path, tmp_path: Path) -> N
     seed = tmp_path / "seed.ext4"
     bootkit.make_ext4(seed, seed_tree, size_mib=4)
     console = tmp_path / "console.log"
-    started = time.monotonic()
     res = bootkit.boot(
         initrd,
         [root, seed],
@@ -90,7 +88,6 @@ def test_boots_debian_kernel_to_root_and_seed(initrd: Path, tmp_path: Path) -> N
     assert "SEED-MOUNT /dev/vdb /.banger ext4 ro" in log, log
     assert "SEED-FILE from-seed" in log, log
     assert "banger-initramfs:" not in log
-    assert time.monotonic() - started < 60
 
 
 @pytest.mark.slow

@@ -88,7 +88,7 @@ def test_systemd_guest_lifecycle(vmenv: BangerEnv, debian_systemd_image: BuiltIm
     p, took = _timed(be, "vm", "stop", "sd")
     assert p.returncode == 0 and "sd: stopped" in p.stdout, p.stderr
     print(f"systemd guest: vm stop {took:.1f}s")
-    assert took < 15
+    assert "graceful stop timed out" not in be.paths.daemon_log.read_text()
     assert _work_disk_clean(_show(be, "sd"))
     logs = be.banger("vm", "logs", "sd", check=True).stdout
     assert "reboot: Power down" in logs

@@ -77,11 +77,10 @@ def test_lifecycle_create_ssh_stop_start_restart_kill_delete(vmenv: BangerEnv) -
     p = be.banger("vm", "set", "life", "--memory", "600")
     assert p.returncode == 1 and "is running; stop it first" in p.stderr
 
-    started = time.monotonic()
     p = be.banger("vm", "stop", "life", timeout=120)
     assert p.returncode == 0 and "life: stopped" in p.stdout, p.stderr
-    # Graceful: the guest's own fast shutdown path ran (not the forced one after the timeout).
-    assert time.monotonic() - started < 15
+    # Graceful: the guest's own shutdown path ran (not the forced one after the timeout).
+    assert "graceful stop timed out" not in be.paths.daemon_log.read_text()
     logs = be.banger("vm", "logs", "life", check=True).stdout
     assert "banger-guest: shutting down" in logs and "reboot: Power down" in logs
     vm = _show(be, "life")
