@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from banger.rpc.errors import CODES
-from tests.conftest import BangerEnv
+from tests.conftest import BangerEnv, make_env
 
 
 def _send(sock_path: Path, payload: bytes, timeout: float = 10) -> list[dict[str, object]]:
@@ -130,26 +130,18 @@ def test_bad_config_names_the_key(banger_env: BangerEnv) -> None:
 
 @pytest.fixture(scope="module")
 def fuzz_daemon() -> Iterator[Path]:
-    import tempfile
-
-    root = Path(tempfile.mkdtemp(prefix="bgf-", dir="/tmp"))
-    env = dict(os.environ)
-    env.update(
-        XDG_CONFIG_HOME=str(root / "c"),
-        XDG_STATE_HOME=str(root / "s"),
-        XDG_CACHE_HOME=str(root / "k"),
-        XDG_RUNTIME_DIR=str(root / "r"),
-    )
-    (root / "r").mkdir(mode=0o700)
-    proc = subprocess.Popen([sys.executable, "-m", "banger.daemon.main"], env=env)
-    sock = root / "r" / "banger" / "bangerd.sock"
+    # make_env: user mode and user networking — a root daemon left to "auto" would build the
+    # host's bridge and bind the fixed DNS port (42069) on the host.
+    be = make_env("bgf-")
+    proc = subprocess.Popen([sys.executable, "-m", "banger.daemon.main"], env=be.env)
+    sock = be.paths.socket
     deadline = time.monotonic() + 15
     while not sock.exists() and time.monotonic() < deadline:
         time.sleep(0.02)
     yield sock
     proc.terminate()
     proc.wait(timeout=15)
-    shutil.rmtree(root, ignore_errors=True)
+    shutil.rmtree(be.root, ignore_errors=True)
 
 
 json_values = st.recursive(
