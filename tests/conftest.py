@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +16,24 @@ import pytest
 
 from banger.paths import Paths
 from banger.rpc.client import Client
-from tests.skip_policy import pytest_runtest_makereport  # noqa: F401  (the skip policy hook)
+from tests.skip_policy import apply_skip_policy as _apply_skip_policy
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, None]:
+    """The skip policy; and a failing test keeps its daemon and console logs in the report."""
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()
+    _apply_skip_policy(report)
+    if report.failed and report.when in ("call", "teardown"):
+        from tests.evidence import failure_sections
+
+        values = getattr(item, "funcargs", {}).values()
+        envs = {id(v): v for v in values if isinstance(v, BangerEnv)}
+        for env in envs.values():
+            report.sections.extend(failure_sections(env.paths.state_dir))
 
 
 @dataclass
@@ -101,21 +117,25 @@ def banger_env() -> Iterator[BangerEnv]:
     shutil.rmtree(be.root, ignore_errors=True)
 
 
-def _stop_daemon(be: BangerEnv) -> None:
+def _stop_daemon(be: BangerEnv, *, check_leftovers: bool = True) -> None:
+    """Stop the env's daemon; then nothing may refer to its root any more (no bangerd, QEMU or
+    tool process, no mount): whatever is found is killed and fails the test (tests/evidence.py).
+    Callers that keep VMs running on purpose delete them first, as a user would."""
+    from tests.evidence import leftovers
+
     pid_file = be.paths.pid_file
-    if not pid_file.exists():
-        return
-    try:
-        with be.client() as c:
-            c.call("shutdown", timeout=30)
-    except Exception:
-        pass
-    deadline = time.monotonic() + 30
-    while pid_file.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
     if pid_file.exists():
-        with contextlib.suppress(ValueError, ProcessLookupError):
-            os.kill(int(pid_file.read_text()), 9)
+        try:
+            with be.client() as c:
+                c.call("shutdown", timeout=30)
+        except Exception as e:  # the daemon may already be gone: say so, the check below judges
+            print(f"shutdown of the test daemon in {be.root}: {e}")
+        deadline = time.monotonic() + 30
+        while pid_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    if check_leftovers:
+        left = leftovers(be.root)
+        assert not left, "left behind by the test or by banger:\n" + "\n".join(left)
 
 
 @pytest.fixture

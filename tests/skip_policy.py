@@ -31,12 +31,8 @@ def _skip_reason(report: pytest.TestReport) -> str:
     return str(longrepr)
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(
-    item: pytest.Item, call: pytest.CallInfo[None]
-) -> Generator[None, pytest.TestReport, None]:
-    outcome = yield
-    report: pytest.TestReport = outcome.get_result()
+def apply_skip_policy(report: pytest.TestReport) -> None:
+    """Turn a skip that is not allowed into a failure naming its reason."""
     if not report.skipped or hasattr(report, "wasxfail"):
         return
     reason = _skip_reason(report)
@@ -47,3 +43,12 @@ def pytest_runtest_makereport(
         f"skip not allowed: {reason!r}. Only what cannot exist on these machines may skip "
         f"(tests/skip_policy.py ALLOWED_SKIPS); install what is missing (scripts/setup-host.sh)."
     )
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, None]:
+    """The policy as a hook of its own (tests/conftest.py calls apply_skip_policy in its hook)."""
+    outcome = yield
+    apply_skip_policy(outcome.get_result())
