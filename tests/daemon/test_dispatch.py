@@ -61,12 +61,18 @@ SEED_METHODS = [
 ]  # fmt: skip
 
 
+# Methods beyond the seed's, each pinned here by the work that added it.
+EXTENSIONS = [
+    "vm.workspace.record",  # remote daemons: a client-shipped workspace (docs/remote.md)
+]
+
+
 def test_rpc_handlers_match_documented_methods() -> None:
-    assert sorted(RPC_HANDLERS) == sorted(EXPECTED)
+    assert sorted(RPC_HANDLERS) == sorted(EXPECTED + EXTENSIONS)
 
 
 def test_implemented_methods_are_all_seed_methods() -> None:
-    assert set(RPC_HANDLERS) <= set(SEED_METHODS)
+    assert set(RPC_HANDLERS) - set(EXTENSIONS) <= set(SEED_METHODS)
     assert len(SEED_METHODS) == 35
 
 

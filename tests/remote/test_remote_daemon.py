@@ -56,7 +56,9 @@ def test_banger_ssh_command_replaces_ssh(
 ) -> None:
     record = tmp_path / "called"
     wrapper = tmp_path / "my-ssh"
-    wrapper.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" >> {record}\nexec {remote.ssh_command} "$@"\n')
+    wrapper.write_text(
+        f'#!/bin/sh\nprintf "%s\\n" "$@" >> {record}\nexec {remote.ssh_command} "$@"\n'
+    )
     wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
     client_env.env["BANGER_SSH_COMMAND"] = f"{wrapper} -o ConnectTimeout=20"
     p = client_env.banger("vm", "list", "--json", timeout=60)

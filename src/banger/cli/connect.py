@@ -35,6 +35,7 @@ def remote_ping() -> dict[str, object] | None:
         result = c.call("ping", timeout=30)
     return result if isinstance(result, dict) else None
 
+
 # bangerd.stderr.log (what a detached daemon printed before its own log took over) is capped.
 BOOT_LOG_MAX_BYTES = 1024 * 1024
 

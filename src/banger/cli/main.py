@@ -111,9 +111,8 @@ def _on_host(message: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from banger.rpc.errors import RPCError
-
     from banger.cli import connect
+    from banger.rpc.errors import RPCError
 
     connect.set_remote(None)
     try:

@@ -359,5 +359,10 @@ class Client:
 
 __all__ = [
     "Client",
+    "DaemonTimeout",
+    "DaemonUnreachable",
+    "Interrupted",
+    "RPCError",
     "SocketTransport",
-    "Transport", "DaemonTimeout", "DaemonUnreachable", "Interrupted", "RPCError"]
+    "Transport",
+]
