@@ -82,3 +82,10 @@ def test_daemon_stop_stops_the_remote_one(remote: Remote, client_env: BangerEnv)
         time.sleep(0.05)
     assert not os.path.exists(remote.env.paths.socket)
     assert_no_local_daemon(client_env)
+
+
+def test_local_only_commands_refuse_a_host(remote: Remote, client_env: BangerEnv) -> None:
+    p = client_env.banger("doctor", timeout=60)
+    assert p.returncode == 2
+    assert "`banger doctor` is about the machine it runs on, not a daemon" in p.stderr
+    assert_no_local_daemon(client_env)

@@ -118,7 +118,7 @@ def status(as_json: bool) -> None:
     click.echo(f"  uptime  {info['uptime_seconds']}s")
 
 
-@daemon.command("dial-stdio")
+@daemon.command("dial-stdio", short_help="Pipe stdin/stdout to the local daemon (for --host).")
 def dial_stdio() -> None:
     """Connect stdin/stdout to this machine's daemon socket (what a remote `--host` runs over
     ssh), starting the daemon first as the CLI would (user mode). Always the local daemon."""

@@ -24,6 +24,10 @@ COMMANDS = {
 }
 
 
+# Commands about this machine (its install, its tools, its ssh config), never a remote daemon's.
+LOCAL_ONLY = frozenset({"system", "doctor", "ssh-config"})
+
+
 def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
     if not value or ctx.resilient_parsing:
         return
@@ -50,8 +54,15 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     metavar="ssh://[USER@]HOST[:PORT]",
     help="Use the daemon on this host, over OpenSSH (env BANGER_HOST; docs/remote.md).",
 )
-def cli(host: str | None) -> None:
+@click.pass_context
+def cli(ctx: click.Context, host: str | None) -> None:
     """One-command development sandboxes on microVMs."""
+    if host and ctx.invoked_subcommand in LOCAL_ONLY:
+        raise click.UsageError(
+            f"`banger {ctx.invoked_subcommand}` is about the machine it runs on, not a daemon: "
+            f"run it on the host itself (`ssh HOST banger {ctx.invoked_subcommand}`), or unset "
+            "--host / BANGER_HOST"
+        )
     if host:
         from banger.cli.connect import set_remote
         from banger.remote.host import parse_host
