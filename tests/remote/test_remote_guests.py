@@ -142,7 +142,8 @@ def test_vm_logs_follows_through_the_remote_daemon(setup: Setup) -> None:
         check=False,
     )
     assert p.returncode == 0, p.stderr
-    assert b"Linux version" in p.stdout
+    assert b"--- banger: boot of rvm at " in p.stdout
+    assert b"banger-guest: READY" in p.stdout
     assert on_remote.startswith(p.stdout)
     marker = f"remote-follow-{os.getpid()}"
     follow = subprocess.Popen(
