@@ -89,3 +89,20 @@ def test_local_only_commands_refuse_a_host(remote: Remote, client_env: BangerEnv
     assert p.returncode == 2
     assert "`banger doctor` is about the machine it runs on, not a daemon" in p.stderr
     assert_no_local_daemon(client_env)
+
+
+def test_a_login_that_prints_text_is_named_not_parsed(
+    remote: Remote, client_env: BangerEnv, tmp_path: Path
+) -> None:
+    # A wrapper standing in for a chatty shell rc: text on stdout before dial-stdio's stream.
+    wrapper = tmp_path / "chatty-ssh"
+    wrapper.write_text(f"#!/bin/sh\necho 'Welcome to buildbox'\nexec {remote.ssh_command} \"$@\"\n")
+    wrapper.chmod(0o755)
+    client_env.env["BANGER_SSH_COMMAND"] = str(wrapper)
+    p = client_env.banger("vm", "list", timeout=60)
+    assert p.returncode == 1
+    assert p.stderr.startswith(
+        f"banger: on {remote.url}: {remote.url} answered vm.list with something that is not "
+        "banger's RPC: b'Welcome to buildbox\\n'"
+    ), p.stderr
+    assert_no_local_daemon(client_env)

@@ -90,6 +90,24 @@ def test_vm_run_ships_the_client_checkout_to_the_remote_guest(setup: Setup) -> N
     assert_no_local_daemon(setup.client)
 
 
+def test_vm_create_show_delete_on_the_remote(setup: Setup) -> None:
+    # --no-start: a second VM record without a second boot.
+    p = setup.client.banger("vm", "create", "--no-start", "--name", "cold", timeout=300)
+    assert p.returncode == 0, p.stderr
+    show = json.loads(setup.client.banger("vm", "show", "cold", "--json", check=True).stdout)
+    assert show["name"] == "cold"
+    assert show["state"] != "running"
+    # Its files are in the remote daemon's state dir.
+    assert Path(show["console_log"]).is_relative_to(setup.remote.env.paths.state_dir)
+    p = setup.client.banger("vm", "delete", "cold", timeout=300)
+    assert p.returncode == 0, p.stderr
+    p = setup.client.banger("vm", "show", "cold", timeout=60)
+    assert p.returncode == 1
+    assert p.stderr.startswith(f"banger: on {setup.remote.url}: ")
+    assert "cold" in p.stderr
+    assert_no_local_daemon(setup.client)
+
+
 def test_vm_ssh_runs_in_the_remote_guest(setup: Setup) -> None:
     p = setup.client.banger("vm", "ssh", VM, "--", "printf", "%s|", "a b", "c;d", timeout=120)
     assert p.returncode == 0, p.stderr
@@ -194,6 +212,11 @@ def test_the_sdk_takes_a_host(setup: Setup, monkeypatch: pytest.MonkeyPatch) -> 
         assert result.stdout == "hello from the client, uncommitted\n"
         sbx.files.write("/root/sdk.bin", b"\x00\x01binary\xff")
         assert sbx.files.read("/root/sdk.bin") == b"\x00\x01binary\xff"
+        # workspace.prepare ships the checkout from this machine (the remote cannot read it).
+        ws = sbx.workspace.prepare(setup.repo, guest_path="/root/sdkrepo")
+        assert ws.guest_path == "/root/sdkrepo"
+        shown = sbx.run("cat new.txt hello.txt", cwd="/root/sdkrepo")
+        assert shown.stdout == "committed later\nhello from the client, uncommitted\n"
     with pytest.raises(NotFound) as info:
         Sandbox.connect("ghost", host=url)
     assert info.value.message.startswith(f"on {url}: ")

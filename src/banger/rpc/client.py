@@ -309,7 +309,16 @@ class Client:
                     f"the daemon closed the connection during {method}; see `banger daemon status`"
                     " for its log"
                 )
-            msg = json.loads(line)
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                msg = None
+            if not isinstance(msg, dict):
+                # Over ssh: something on the remote printed to stdout (a shell rc file, a banner).
+                raise OperationFailed(
+                    f"{self.transport.where} answered {method} with something that is not "
+                    f"banger's RPC: {line[:80]!r}; does the login print text (shell rc files)?"
+                )
             if "progress" in msg and "ok" not in msg:
                 if on_progress is not None:
                     on_progress(msg["progress"])
