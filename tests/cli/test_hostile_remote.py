@@ -225,3 +225,36 @@ def test_hostile_remote_client_params(
         assert c.call("ping")["pid"] > 0
     assert _snapshot(sentinel) == before
     assert os.listdir(daemon_env.paths.state_dir)  # the daemon's own dir is where it writes
+
+
+SDK_HOSTS = [
+    ("sdk-host-is-an-option", "ssh://-oProxyCommand=x", "a host name may not start with '-'"),
+    ("sdk-host-with-password", "ssh://me:pw@h", "carries a password"),
+    ("sdk-host-not-ssh", "http://h", "only ssh:// hosts are supported, not http://"),
+]
+
+
+@pytest.mark.parametrize(("url", "says"), [c[1:] for c in SDK_HOSTS], ids=[c[0] for c in SDK_HOSTS])
+def test_hostile_sdk_host_is_refused(url: str, says: str, sentinel: Path) -> None:
+    from banger.sdk import BadRequest, Sandbox
+
+    before = _snapshot(sentinel)
+    with pytest.raises(BadRequest) as info:
+        Sandbox.list(host=url)
+    assert info.value.code == "bad_request"
+    assert says in info.value.message
+    assert _snapshot(sentinel) == before
+
+
+def test_hostile_mcp_host_is_refused(sentinel: Path) -> None:
+    fresh = make_env("bghm-")  # the module's env has a daemon by now (RPC cases)
+    try:
+        before = _snapshot(sentinel)
+        p = fresh.banger("mcp", "--host", "ssh://-oProxyCommand=x", timeout=60)
+        assert p.returncode == 2
+        assert "Invalid value for --host: " in p.stderr
+        assert "a host name may not start with '-'" in " ".join(p.stderr.split())
+        _no_daemon_started(fresh)
+        assert _snapshot(sentinel) == before
+    finally:
+        shutil.rmtree(fresh.root, ignore_errors=True)

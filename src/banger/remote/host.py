@@ -67,6 +67,16 @@ class RemoteHost:
             argv.append(shlex.join(remote))
         return argv
 
+    def forward_argv(self, host: str, port: int, env: Mapping[str, str] | None = None) -> list[str]:
+        """`ssh [opts] -W HOST:PORT -- remote`: this process's stdio to HOST:PORT as the remote
+        host sees it (the SDK's proxy command to a remote daemon's guest)."""
+        argv = ssh_program(env)
+        if self.user:
+            argv += ["-l", self.user]
+        if self.port is not None:
+            argv += ["-p", str(self.port)]
+        return [*argv, "-W", f"{host}:{port}", "--", self.host]
+
     def __str__(self) -> str:
         return self.url
 

@@ -144,9 +144,7 @@ class RemoteDaemon:
         key = await self.read_remote_file(str(target["key_path"]))
         known = await self.read_remote_file(str(target["known_hosts_path"]))
         # -W: ssh on this machine forwards its stdio to the guest's port as the remote sees it.
-        proxy = self.remote.ssh_argv([])
-        proxy = [*proxy[: proxy.index("--")], "-W", f"{host}:{port}", "--", self.remote.host]
-        proxy.remove("-T")
+        proxy = self.remote.forward_argv(host, port)
         try:
             return await connect_guest_ssh(
                 target,
