@@ -117,6 +117,43 @@ def test_vm_ssh_runs_in_the_remote_guest(setup: Setup) -> None:
     assert_no_local_daemon(setup.client)
 
 
+def test_interactive_vm_ssh_gets_a_terminal_through_the_remote(setup: Setup) -> None:
+    import pty
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "banger.cli.main", "vm", "ssh", VM],
+        env=setup.client.env,
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        start_new_session=True,
+    )
+    os.close(slave)
+    try:
+        # A tty on both hops: the guest shell sees a terminal, and the line is echoed back.
+        os.write(master, b"tty >/dev/null && echo TTY-$((6*7)); exit\n")
+        got = b""
+        deadline = time.monotonic() + 120
+        while b"TTY-42" not in got and time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 1.0)
+            if ready:
+                try:
+                    chunk = os.read(master, 4096)
+                except OSError:  # EIO: the session ended
+                    break
+                if not chunk:
+                    break
+                got += chunk
+        assert b"TTY-42" in got, got
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+
+
 def test_vm_exec_runs_in_the_recorded_workspace(setup: Setup) -> None:
     p = setup.client.banger("vm", "exec", VM, "--", "pwd", timeout=120)
     assert p.returncode == 0, p.stderr
