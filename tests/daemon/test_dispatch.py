@@ -53,6 +53,7 @@ EXPECTED = [
 # Methods beyond the seed's 35, each pinned by the issue that added it.
 EXTENSIONS = [
     "vm.egress",  # issue 16: egress policy report
+    "vm.workspace.record",  # issue 15, remote daemons: a client-shipped workspace (docs/remote.md)
 ]
 
 # The seed's TestRPCHandlersMatchDocumentedMethods list: where the table must end up.

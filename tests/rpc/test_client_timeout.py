@@ -55,7 +55,7 @@ def test_quick_call_to_a_silent_daemon_fails_with_a_clear_error(
         "see `banger daemon status` for its log"
     )
     # The half-read connection was dropped; the next call opens a fresh one.
-    assert c._sock is None
+    assert not c._open
 
 
 def test_an_explicit_timeout_applies_to_any_method(silent: Path) -> None:

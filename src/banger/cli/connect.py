@@ -8,13 +8,34 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from banger.paths import Paths, UnsafePathError, ensure_private_dir
 from banger.rpc.client import Client, DaemonUnreachable
 from banger.rpc.errors import OperationFailed
 
+if TYPE_CHECKING:
+    from banger.remote.host import RemoteHost
+
 START_TIMEOUT_SECONDS = 15.0
+
+# The remote host this command talks to (`--host` / BANGER_HOST, set by the root group), or None
+# for the daemon on this machine. While it is set, no local daemon is ever started or asked.
+REMOTE: RemoteHost | None = None
+
+
+def set_remote(remote: RemoteHost | None) -> None:
+    global REMOTE
+    REMOTE = remote
+
+
+def remote_ping() -> dict[str, object] | None:
+    """The remote daemon's ping answer (the remote dial-stdio starts it when needed)."""
+    with client() as c:
+        result = c.call("ping", timeout=30)
+    return result if isinstance(result, dict) else None
+
+
 # bangerd.stderr.log (what a detached daemon printed before its own log took over) is capped.
 BOOT_LOG_MAX_BYTES = 1024 * 1024
 
@@ -158,7 +179,15 @@ def cancel_notice(method: str) -> None:
 
 
 def client() -> Client:
-    """A connected client, starting the daemon first when needed (user mode only)."""
+    """A connected client, starting the daemon first when needed (user mode only). With a
+    remote host: a client over ssh to its `banger daemon dial-stdio` (which starts the remote's
+    daemon when needed); nothing local is started."""
+    if REMOTE is not None:
+        from banger.remote.transport import SSHTransport
+
+        remote_client = Client(transport=SSHTransport(REMOTE), on_cancel_wait=cancel_notice)
+        remote_client.connect()
+        return remote_client
     paths = resolve_paths()
     c = Client(paths.socket, on_cancel_wait=cancel_notice)
     try:

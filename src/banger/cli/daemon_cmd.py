@@ -30,7 +30,14 @@ def _user_mode_paths(verb: str) -> Paths:
 @daemon.command()
 def start() -> None:
     """Start the daemon in the background (no-op when it runs)."""
+    from banger.cli import connect
     from banger.cli.connect import ping, start_daemon
+
+    if connect.REMOTE is not None:
+        # The remote's dial-stdio starts its daemon as the CLI's auto-start would.
+        remote_info = connect.remote_ping() or {}
+        click.echo(f"bangerd running on {connect.REMOTE.url} (pid {remote_info.get('pid')})")
+        return
 
     paths = _user_mode_paths("start")
     info = ping(paths)
@@ -56,8 +63,14 @@ def start() -> None:
 )
 def stop(timeout: float) -> None:
     """Stop the daemon gracefully. Running VMs keep running."""
+    from banger.cli import connect
     from banger.rpc.client import Client, DaemonUnreachable
 
+    if connect.REMOTE is not None:
+        with connect.client() as remote:
+            info = remote.call("shutdown", timeout=timeout)
+        click.echo(f"bangerd on {connect.REMOTE.url} stopped (pid {info['pid']})")
+        return
     paths = _user_mode_paths("stop")
     try:
         with Client(paths.socket) as c:
@@ -80,15 +93,22 @@ def stop(timeout: float) -> None:
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 def status(as_json: bool) -> None:
     """Show whether the daemon runs: pid, socket, log path, version, uptime."""
+    from banger.cli import connect
     from banger.cli.connect import ping, resolve_paths
 
-    paths = resolve_paths()  # the system daemon's socket under a system install
-    info = ping(paths)
+    if connect.REMOTE is not None:
+        info = connect.remote_ping()
+        paths = None
+    else:
+        paths = resolve_paths()  # the system daemon's socket under a system install
+        info = ping(paths)
     if as_json:
-        print_json({"running": info is not None, **(info or {"socket": str(paths.socket)})})
+        socket = str(paths.socket) if paths is not None else ""
+        print_json({"running": info is not None, **(info or {"socket": socket})})
         return
     if info is None:
-        click.echo(f"bangerd is not running (socket {paths.socket})")
+        socket = str(paths.socket) if paths is not None else "?"
+        click.echo(f"bangerd is not running (socket {socket})")
         raise SystemExit(3)
     click.echo(f"bangerd {info['version']} running")
     click.echo(f"  commit  {info.get('commit') or 'unknown'} (built {info.get('built') or '?'})")
@@ -96,3 +116,12 @@ def status(as_json: bool) -> None:
     click.echo(f"  socket  {info['socket']}")
     click.echo(f"  log     {info['log']}")
     click.echo(f"  uptime  {info['uptime_seconds']}s")
+
+
+@daemon.command("dial-stdio", short_help="Pipe stdin/stdout to the local daemon (for --host).")
+def dial_stdio() -> None:
+    """Connect stdin/stdout to this machine's daemon socket (what a remote `--host` runs over
+    ssh), starting the daemon first as the CLI would (user mode). Always the local daemon."""
+    from banger.remote.dial import dial_stdio as run
+
+    run()

@@ -24,6 +24,10 @@ COMMANDS = {
 }
 
 
+# Commands about this machine (its install, its tools, its ssh config), never a remote daemon's.
+LOCAL_ONLY = frozenset({"system", "doctor", "ssh-config"})
+
+
 def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
     if not value or ctx.resilient_parsing:
         return
@@ -43,8 +47,31 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     callback=_print_version,
     help="Show the version, commit and build time, and exit.",
 )
-def cli() -> None:
+@click.option(
+    "--host",
+    "-H",
+    envvar="BANGER_HOST",
+    metavar="ssh://[USER@]HOST[:PORT]",
+    help="Use the daemon on this host, over OpenSSH (env BANGER_HOST; docs/remote.md).",
+)
+@click.pass_context
+def cli(ctx: click.Context, host: str | None) -> None:
     """One-command development sandboxes on microVMs."""
+    if host and ctx.invoked_subcommand in LOCAL_ONLY:
+        raise click.UsageError(
+            f"`banger {ctx.invoked_subcommand}` is about the machine it runs on, not a daemon: "
+            f"run it on the host itself (`ssh HOST banger {ctx.invoked_subcommand}`), or unset "
+            "--host / BANGER_HOST"
+        )
+    if host:
+        from banger.cli.connect import set_remote
+        from banger.remote.host import parse_host
+        from banger.rpc.errors import BadRequest
+
+        try:
+            set_remote(parse_host(host))
+        except BadRequest as e:
+            raise click.BadParameter(e.message, param_hint="--host / BANGER_HOST") from None
 
 
 class ExitCode(Exception):
@@ -85,9 +112,20 @@ def _interrupted_message(cause: BaseException | None) -> str:
     )
 
 
+def _on_host(message: str) -> str:
+    """Errors name the remote host the command talked to (`on ssh://u@h:p: …`)."""
+    from banger.cli import connect
+
+    if connect.REMOTE is None:
+        return message
+    return f"on {connect.REMOTE.url}: {message}"
+
+
 def main(argv: list[str] | None = None) -> int:
+    from banger.cli import connect
     from banger.rpc.errors import RPCError
 
+    connect.set_remote(None)
     try:
         cli.main(args=argv, prog_name="banger", standalone_mode=False)
     except ExitCode as e:
@@ -95,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     except RPCError as e:
         from banger.cli.output import print_error
 
-        print_error(e.message, e.op_id)
+        print_error(_on_host(e.message), e.op_id)
         return 1
     except click.exceptions.Abort as e:
         print(_interrupted_message(e.__cause__), file=sys.stderr)
@@ -103,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     except click.ClickException as e:
         if isinstance(e, click.UsageError):
             _suggest_command(e)
+        else:
+            e.message = _on_host(e.message)
         e.show()
         return e.exit_code
     except click.exceptions.Exit as e:
@@ -115,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         from banger.rpc.client import DaemonUnreachable
 
         if isinstance(e, ConfigError | OSError | ValueError | DaemonUnreachable):
-            print_error(str(e))
+            print_error(_on_host(str(e)))
             return 1
         if os.environ.get("BANGER_TRACEBACK"):
             raise

@@ -15,10 +15,13 @@ def version(as_json: bool) -> None:
     """Version, commit and build time of this CLI, and of the daemon if it runs (never starts
     one: a daemon older than the CLI shows up here as a different commit)."""
     from banger.buildinfo import build_info
-    from banger.cli.connect import ping, resolve_paths
+    from banger.cli import connect
 
     cli_info = build_info()
-    daemon = ping(resolve_paths())
+    if connect.REMOTE is not None:
+        daemon = connect.remote_ping()  # the remote's daemon (its dial-stdio starts it)
+    else:
+        daemon = connect.ping(connect.resolve_paths())
     if as_json:
         print_json(
             {"cli": {**cli_info.as_dict(), "python": platform.python_version()}, "daemon": daemon}

@@ -398,6 +398,11 @@ def logs(ref: str, follow: bool, max_bytes: int) -> None:
 
     At a terminal, control characters the guest wrote (escape sequences, BEL, lone CR) are shown
     as \\xNN instead of being obeyed; piped or redirected, the log is byte-exact."""
+    from banger.cli import connect
+
+    if connect.REMOTE is not None:
+        _remote_logs(ref, follow, max_bytes)
+        return
     r = call("vm.logs", {"ref": ref, "max_bytes": max_bytes})
     # The console is the guest's: at a terminal its escape sequences are shown, not obeyed;
     # piped, the bytes are exact.
@@ -434,6 +439,48 @@ def logs(ref: str, follow: bool, max_bytes: int) -> None:
         out.close()
         _err("")
         return
+
+
+# `vm logs -f` over a remote host: how much one poll may bring, and how often it asks.
+REMOTE_LOG_CHUNK = 1024 * 1024
+REMOTE_LOG_POLL_SECONDS = 0.5
+
+
+def _remote_logs(ref: str, follow: bool, max_bytes: int) -> None:
+    """The console log through the remote daemon (its file is on the remote host): the tail,
+    then, with -f, `vm.logs` with an offset on one connection until Ctrl-C or the VM goes."""
+    import base64
+
+    from banger.cli import connect
+    from banger.rpc.errors import NotFound
+
+    out = GuestOutput(sys.stdout)
+    with connect.client() as c:
+        size = int(c.call("vm.logs", {"ref": ref, "max_bytes": 0})["size"])
+        pos = max(0, size - max_bytes)
+        try:
+            while True:  # the tail, then (with -f) until Ctrl-C
+                try:
+                    r = c.call(
+                        "vm.logs", {"ref": ref, "max_bytes": REMOTE_LOG_CHUNK, "offset": pos}
+                    )
+                except NotFound:
+                    out.close()
+                    _err(f"\nvm {ref} was deleted; stopped following its console log")
+                    return
+                data = base64.b64decode(r["data_base64"])
+                pos = int(r["offset"]) + len(data)
+                if data:
+                    out.write(data)
+                if not follow and (not data or pos >= size):
+                    out.close()
+                    return
+                if len(data) < REMOTE_LOG_CHUNK and follow:
+                    time.sleep(REMOTE_LOG_POLL_SECONDS)
+        except KeyboardInterrupt:
+            out.close()
+            _err("")
+            return
 
 
 def _log_tail(path: str, size: int, max_bytes: int, content: str) -> bytes:
@@ -478,11 +525,13 @@ def remote_line(command: Sequence[str]) -> str:
 def ssh(ref: str, command: tuple[str, ...]) -> None:
     """SSH into a VM; with `-- cmd …` run the command and return its exit status."""
     from banger.guest.ssh import SSHTarget, ssh_argv
+    from banger.remote.guest import via_remote
 
     target = SSHTarget.from_json(call("vm.ssh", {"ref": ref}))
     remote = ssh_remote(command)
     tty = remote is None and sys.stdin.isatty()
-    argv = ssh_argv(target, remote, tty=tty)
+    # A remote daemon's guest: the same ssh runs on the remote host, through it (remote.guest).
+    argv = via_remote(ssh_argv(target, remote, tty=tty), tty=tty)
     sys.stdout.flush()
     sys.stderr.flush()
     os.execvp(argv[0], argv)

@@ -15,7 +15,14 @@ import click
 
 from banger.cli.complete import ALLOW_OPTION, IMAGE_OPTION, NAT_OPTION, NEW_VM_NAME, vm_names
 from banger.cli.output import dim, print_error
-from banger.cli.workspace import call, local_plan, prepare_options, print_plan, print_prepared
+from banger.cli.workspace import (
+    call,
+    local_plan,
+    prepare_options,
+    prepare_workspace,
+    print_plan,
+    print_prepared,
+)
 
 
 class DashDashCommand(click.Command):
@@ -47,11 +54,12 @@ def remote_script(workdir: str | None, cmd: Sequence[str]) -> str:
 
 def ssh_command(vm: str, script: str, *, tty: bool) -> list[str]:
     from banger.guest.ssh import SSHTarget, ssh_argv
+    from banger.remote.guest import via_remote
 
     info = call("vm.ssh", {"ref": vm})
     target = SSHTarget.from_json(info.get("target", info))
     # ssh joins remote words with spaces for the login shell: pass one pre-quoted line.
-    return ssh_argv(target, [script], tty=tty)
+    return via_remote(ssh_argv(target, [script], tty=tty), tty=tty)
 
 
 @contextlib.contextmanager
@@ -189,11 +197,7 @@ def run_cmd(
     try:
         workdir = None
         if path:
-            result = call(
-                "vm.workspace.prepare",
-                {"vm": vm_name, "path": str(Path(path).resolve()), **opts},
-                progress=True,
-            )
+            result = prepare_workspace(vm_name, path, opts)
             print_prepared(result)
             workdir = result["guest_path"]
         status = run_ssh(vm_name, workdir, cmd, tty=attached() if cmd else True)
@@ -222,6 +226,10 @@ def exec_cmd(ctx: click.Context, vm_ref: str, guest_path: str | None, auto_prepa
     if guest_path:
         params["guest_path"] = guest_path
     state = call("vm.workspace.prepare", params)
+    from banger.cli import connect
+
+    if connect.REMOTE is not None:
+        state = _remote_exec_state(state)
     recorded = state.get("recorded")
     if state.get("warning"):
         click.echo(f"warning: cannot check the host checkout: {state['warning']}", err=True)
@@ -231,11 +239,17 @@ def exec_cmd(ctx: click.Context, vm_ref: str, guest_path: str | None, auto_prepa
         new = ((state.get("plan") or {}).get("head_commit") or "none")[:12]
         if auto_prepare:
             click.echo(dim(f"host HEAD moved ({old} → {new}); re-syncing the workspace"), err=True)
-            result = call(
-                "vm.workspace.prepare",
-                {"vm": vm_ref, "guest_path": recorded["guest_path"]},
-                progress=True,
-            )
+            if connect.REMOTE is not None:
+                opts = dict(recorded.get("options") or {})
+                opts.pop("from_ref", None)
+                opts["guest_path"] = recorded["guest_path"]
+                result = prepare_workspace(vm_ref, recorded["host_path"], opts)
+            else:
+                result = call(
+                    "vm.workspace.prepare",
+                    {"vm": vm_ref, "guest_path": recorded["guest_path"]},
+                    progress=True,
+                )
             print_prepared(result)
         else:
             click.echo(
@@ -244,6 +258,25 @@ def exec_cmd(ctx: click.Context, vm_ref: str, guest_path: str | None, auto_prepa
                 err=True,
             )
     _exit(run_ssh(vm_ref, workdir, cmd, tty=attached()))
+
+
+def _remote_exec_state(state: dict[str, Any]) -> dict[str, Any]:
+    """Over a remote host the recorded checkout is on THIS machine: whether its HEAD moved is
+    checked here (the remote daemon's own answer about that path is about its disk)."""
+    from banger.workspace.inspect import find_root, host_head
+
+    recorded = state.get("recorded")
+    out: dict[str, Any] = {"recorded": recorded, "head_moved": False, "plan": None}
+    if not recorded:
+        return out
+    try:
+        head = host_head(find_root(Path(recorded["host_path"])))
+    except Exception as e:  # a vanished checkout is a warning, as locally
+        out["warning"] = getattr(e, "message", None) or str(e)
+        return out
+    out["head_moved"] = head != recorded.get("head_commit")
+    out["plan"] = {"head_commit": head}
+    return out
 
 
 def register(group: click.Group) -> None:

@@ -111,15 +111,28 @@ def prepare_cmd(vm_ref: str, path: str, as_json: bool, dry_run: bool, **opts: An
     if dry_run:
         print_plan(local_plan(path, **opts), as_json=as_json)
         return
-    result = call(
-        "vm.workspace.prepare",
-        {"vm": vm_ref, "path": str(Path(path).resolve()), **opts},
-        progress=True,
-    )
+    result = prepare_workspace(vm_ref, path, opts)
     if as_json:
         print_json(result)
         return
     print_prepared(result)
+
+
+def prepare_workspace(vm: str, path: str, opts: dict[str, Any]) -> dict[str, Any]:
+    """Ship the checkout at `path`: the daemon reads it when it runs here; a remote daemon
+    cannot, so the CLI streams it to the guest through the remote host (remote.guest)."""
+    from banger.cli import connect
+
+    if connect.REMOTE is not None:
+        from banger.remote.guest import prepare_from_client
+
+        return prepare_from_client(vm, path, opts, lambda stage: _show_stage({"stage": stage}))
+    result: dict[str, Any] = call(
+        "vm.workspace.prepare",
+        {"vm": vm, "path": str(Path(path).resolve()), **opts},
+        progress=True,
+    )
+    return result
 
 
 def print_prepared(result: dict[str, Any]) -> None:
@@ -236,10 +249,12 @@ def fetch_patch(info: dict[str, Any], stage: StagedOutput) -> dict[str, Any]:
     import asyncio
 
     from banger.guest.ssh import SSHTarget
+    from banger.remote.guest import guest_wrapper
     from banger.workspace.export import limit_text, stream_export
     from banger.workspace.transport import SSHGuestExec
 
-    guest = SSHGuestExec(SSHTarget.from_json(info["ssh"]))
+    # Over a remote host the stream comes through it (remote.guest).
+    guest = SSHGuestExec(SSHTarget.from_json(info["ssh"]), via=guest_wrapper())
     max_bytes = int(info["max_bytes"])
     meta = asyncio.run(
         stream_export(

@@ -18,6 +18,7 @@ from banger.daemon import (
     handlers_vms,
 )
 from banger.daemon.context import RequestContext
+from banger.daemon.handlers_remote import workspace_record
 from banger.daemon.handlers_workspace import workspace_export, workspace_prepare
 from banger.daemon.logs import current_op_id
 from banger.daemon.params import to_json
@@ -69,6 +70,8 @@ RPC_HANDLERS: dict[str, Handler] = {
     "vm.ports": handlers_network.vm_ports,
     "vm.workspace.prepare": workspace_prepare,
     "vm.workspace.export": workspace_export,
+    # Extensions beyond the seed's methods.
+    "vm.workspace.record": workspace_record,
 }
 
 # Methods whose work must finish even when the client goes away: cancelling them half way would

@@ -93,6 +93,9 @@ class SetParams(RefsParams):
 
 class LogsParams(RefParams):
     max_bytes: int = Field(default=256 * 1024, ge=0, le=64 * 1024 * 1024)
+    # Read from this byte on (`vm logs -f` over a remote host): the answer's `offset` and
+    # exact `data_base64` (at most max_bytes) instead of the tail.
+    offset: int | None = Field(default=None, ge=0, le=1 << 62)
 
 
 async def vm_create(d: Daemon, ctx: RequestContext, params: dict[str, Any]) -> Any:
@@ -211,7 +214,7 @@ async def vm_show(d: Daemon, ctx: RequestContext, params: dict[str, Any]) -> Any
 
 async def vm_logs(d: Daemon, ctx: RequestContext, params: dict[str, Any]) -> Any:
     p = parse_params(LogsParams, params)
-    return await d.vms.logs(p.ref, p.max_bytes)
+    return await d.vms.logs(p.ref, p.max_bytes, offset=p.offset)
 
 
 async def vm_ssh(d: Daemon, ctx: RequestContext, params: dict[str, Any]) -> Any:

@@ -10,7 +10,7 @@ import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from banger.rpc import PROTOCOL_VERSION
 from banger.rpc.errors import Busy, OperationFailed, RPCError, from_wire
@@ -83,22 +83,46 @@ class Interrupted(KeyboardInterrupt):
         self.result = result
 
 
-class Client:
-    def __init__(
-        self,
-        socket_path: Path,
-        *,
-        connect_timeout: float = 2.0,
-        on_cancel_wait: Callable[[str], None] | None = None,
-    ) -> None:
+class Transport(Protocol):
+    """A byte stream to a daemon: a Unix socket here, or an ssh subprocess's pipes to a remote
+    `banger daemon dial-stdio`. Reads are buffered here so a timeout applies to every kind."""
+
+    @property
+    def where(self) -> str:
+        """For messages: "socket /run/…/bangerd.sock" or "ssh://u@h:p"."""
+        ...
+
+    def open(self) -> None: ...
+    def send(self, data: bytes) -> None: ...
+    def fileno(self) -> int: ...
+    def recv(self) -> bytes:
+        """Some bytes (b"" at end of stream); called when fileno() is readable."""
+        ...
+
+    def half_close(self) -> bool:
+        """Tell the daemon no more requests come (Ctrl-C); False when it is gone already."""
+        ...
+
+    def closed_reason(self) -> str | None:
+        """Why the stream ended, when the transport knows better than the daemon (ssh failed)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class SocketTransport:
+    """The local daemon's Unix socket."""
+
+    def __init__(self, socket_path: Path, connect_timeout: float) -> None:
         self.socket_path = socket_path
         self.connect_timeout = connect_timeout
-        # Called (with the method) when, after Ctrl-C, the daemon's cleanup takes a moment.
-        self.on_cancel_wait = on_cancel_wait
         self._sock: socket.socket | None = None
-        self._file: Any = None
 
-    def connect(self) -> None:
+    @property
+    def where(self) -> str:
+        return f"socket {self.socket_path}"
+
+    def open(self) -> None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         deadline = time.monotonic() + self.connect_timeout
         while True:
@@ -121,22 +145,104 @@ class Client:
                 time.sleep(0.02)
         sock.settimeout(None)
         self._sock = sock
-        self._file = sock.makefile("rb")
+
+    def send(self, data: bytes) -> None:
+        assert self._sock is not None
+        self._sock.sendall(data)
+
+    def fileno(self) -> int:
+        assert self._sock is not None
+        return self._sock.fileno()
+
+    def recv(self) -> bytes:
+        assert self._sock is not None
+        try:
+            return self._sock.recv(65536)
+        except ConnectionResetError:
+            return b""
+
+    def half_close(self) -> bool:
+        assert self._sock is not None
+        try:
+            self._sock.shutdown(socket.SHUT_WR)
+        except OSError:  # the daemon is already gone
+            return False
+        return True
+
+    def closed_reason(self) -> str | None:
+        return None
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
         if self._sock is not None:
             self._sock.close()
-        self._sock = self._file = None
+        self._sock = None
+
+
+class Client:
+    def __init__(
+        self,
+        socket_path: Path | None = None,
+        *,
+        connect_timeout: float = 2.0,
+        on_cancel_wait: Callable[[str], None] | None = None,
+        transport: Transport | None = None,
+    ) -> None:
+        if transport is None:
+            if socket_path is None:
+                raise ValueError("Client needs a socket path or a transport")
+            transport = SocketTransport(socket_path, connect_timeout)
+        self.transport = transport
+        self.socket_path = socket_path
+        self.connect_timeout = connect_timeout
+        # Called (with the method) when, after Ctrl-C, the daemon's cleanup takes a moment.
+        self.on_cancel_wait = on_cancel_wait
+        self._open = False
+        self._buf = bytearray()
+        self._eof = False
+
+    def connect(self) -> None:
+        self.transport.open()
+        self._open = True
+        self._buf.clear()
+        self._eof = False
+
+    def close(self) -> None:
+        if self._open:
+            self.transport.close()
+        self._open = False
 
     def __enter__(self) -> Client:
-        if self._sock is None:
+        if not self._open:
             self.connect()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _fill(self, timeout: float | None) -> None:
+        """Read what the transport has into the buffer; TimeoutError after `timeout` silence."""
+        readable, _, _ = select.select([self.transport.fileno()], [], [], timeout)
+        if not readable:
+            raise TimeoutError
+        chunk = self.transport.recv()
+        if chunk:
+            self._buf += chunk
+        else:
+            self._eof = True
+
+    def _readline(self, timeout: float | None) -> bytes:
+        """One line (with its newline), or what is left at the end of the stream."""
+        while True:
+            i = self._buf.find(b"\n")
+            if i >= 0:
+                line = bytes(self._buf[: i + 1])
+                del self._buf[: i + 1]
+                return line
+            if self._eof:
+                line = bytes(self._buf)
+                self._buf.clear()
+                return line
+            self._fill(timeout)
 
     def call(
         self,
@@ -160,13 +266,11 @@ class Client:
             timeout = ANSWER_TIMEOUT_SECONDS if method in QUICK_METHODS else None
         try:
             for attempt in range(BUSY_RETRIES + 1):
-                if self._sock is None:
+                if not self._open:
                     self.connect()
-                assert self._sock is not None
-                # Per socket operation: every progress line the daemon sends restarts the clock.
-                self._sock.settimeout(timeout)
                 try:
-                    return self._exchange(method, request, on_progress)
+                    # Per read: every progress line the daemon sends restarts the clock.
+                    return self._exchange(method, request, on_progress, timeout)
                 except Busy:
                     # The daemon closed this connection at its connection limit before it took
                     # the request (a request it took is never cut): safe to send it again.
@@ -180,29 +284,41 @@ class Client:
             self.close()
             raise DaemonTimeout(
                 f"the daemon did not answer {method} within {timeout:g} s "
-                f"(socket {self.socket_path}); see `banger daemon status` for its log"
+                f"({self.transport.where}); see `banger daemon status` for its log"
             ) from None
         except KeyboardInterrupt:
             raise self._abandon(method) from None
 
     def _exchange(
-        self, method: str, request: dict[str, Any], on_progress: ProgressCallback | None
+        self,
+        method: str,
+        request: dict[str, Any],
+        on_progress: ProgressCallback | None,
+        timeout: float | None,
     ) -> Any:
-        assert self._sock is not None
         # The daemon may have closed this connection: what it said first (`busy`) is still read.
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            self._sock.sendall(json.dumps(request).encode() + b"\n")
+            self.transport.send(json.dumps(request).encode() + b"\n")
         while True:
-            try:
-                line = self._file.readline()
-            except ConnectionResetError:
-                line = b""
+            line = self._readline(timeout)
             if not line:
+                reason = self.transport.closed_reason()
+                if reason is not None:
+                    raise DaemonUnreachable(reason)
                 raise OperationFailed(
                     f"the daemon closed the connection during {method}; see `banger daemon status`"
                     " for its log"
                 )
-            msg = json.loads(line)
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                msg = None
+            if not isinstance(msg, dict):
+                # Over ssh: something on the remote printed to stdout (a shell rc file, a banner).
+                raise OperationFailed(
+                    f"{self.transport.where} answered {method} with something that is not "
+                    f"banger's RPC: {line[:80]!r}; does the login print text (shell rc files)?"
+                )
             if "progress" in msg and "ok" not in msg:
                 if on_progress is not None:
                     on_progress(msg["progress"])
@@ -215,48 +331,32 @@ class Client:
     def _abandon(self, method: str) -> Interrupted:
         """Ctrl-C: half-close so the daemon cancels the request, then wait (bounded; a second
         Ctrl-C stops waiting) until it closes its side: its cleanup is done by then, so a retry
-        does not race it (e.g. `vm create --name a` again finding the half-made `a`)."""
-        sock = self._sock
-        if sock is None:
+        does not race it (e.g. `vm create --name a` again finding the half-made `a`). Over ssh
+        the half-close is closing ssh's stdin: the remote dial-stdio passes it on."""
+        if not self._open:
             return Interrupted(method, cleaned=True, completed=False)
-        try:
-            sock.shutdown(socket.SHUT_WR)
-        except OSError:  # the daemon is already gone
+        if not self.transport.half_close():
             return Interrupted(method, cleaned=True, completed=False)
-        # Take what the buffered file already read (the answer may be there), without blocking;
-        # then read the socket itself: the buffered file cannot take timeouts.
-        data = bytearray()
-        try:
-            sock.setblocking(False)
-            data += self._file.peek(1 << 20)
-        except OSError:
-            pass
-        finally:
-            sock.setblocking(True)
         deadline = time.monotonic() + CANCEL_WAIT_SECONDS
         notice_at = time.monotonic() + CANCEL_NOTICE_AFTER
-        cleaned = False
+        cleaned = self._eof
         try:
-            while (now := time.monotonic()) < deadline:
+            while not cleaned and (now := time.monotonic()) < deadline:
                 if self.on_cancel_wait is not None and notice_at and now >= notice_at:
                     notice_at = 0.0
                     self.on_cancel_wait(method)
                 wait = min(deadline, notice_at or deadline) - now
-                readable, _, _ = select.select([sock], [], [], max(0.0, wait))
-                if not readable:
-                    continue
                 try:
-                    chunk = sock.recv(65536)
+                    self._fill(max(0.0, wait))
+                except TimeoutError:
+                    continue
                 except OSError:
-                    chunk = b""
-                if not chunk:
-                    cleaned = True
-                    break
-                data += chunk
+                    self._eof = True
+                cleaned = self._eof
         except KeyboardInterrupt:
             pass
         completed, result = False, None
-        for line in bytes(data).splitlines():
+        for line in bytes(self._buf).splitlines():
             try:
                 msg = json.loads(line)
             except ValueError:
@@ -266,4 +366,12 @@ class Client:
         return Interrupted(method, cleaned=cleaned, completed=completed, result=result)
 
 
-__all__ = ["Client", "DaemonTimeout", "DaemonUnreachable", "Interrupted", "RPCError"]
+__all__ = [
+    "Client",
+    "DaemonTimeout",
+    "DaemonUnreachable",
+    "Interrupted",
+    "RPCError",
+    "SocketTransport",
+    "Transport",
+]

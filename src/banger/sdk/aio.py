@@ -31,8 +31,10 @@ DEFAULT_TIMEOUT = 600.0
 _UNSET: Any = object()
 
 
-def _resolve_daemon(daemon: DaemonConnection | None) -> DaemonConnection:
-    return daemon if daemon is not None else connect_daemon()
+def _resolve_daemon(daemon: DaemonConnection | None, host: str | None = None) -> DaemonConnection:
+    if daemon is not None and host is not None:
+        raise BadRequest("give either daemon= or host=, not both")
+    return daemon if daemon is not None else connect_daemon(host)
 
 
 class AsyncWorkspace:
@@ -67,7 +69,17 @@ class AsyncWorkspace:
         ):
             if value is not None:
                 params[key] = value
-        result = await self._sbx.daemon.call("vm.workspace.prepare", params)
+        from banger.remote.sdk import RemoteDaemon
+
+        daemon = self._sbx.daemon
+        if isinstance(daemon, RemoteDaemon):
+            # The remote daemon cannot read this machine's checkout: shipped from here.
+            opts = {k: v for k, v in params.items() if k not in ("vm", "path")}
+            if opts.get("mode") == "git":
+                opts["mode"] = "overlay"
+            result = await daemon.prepare_workspace(self._sbx.name, params["path"], opts)
+        else:
+            result = await daemon.call("vm.workspace.prepare", params)
         return PreparedWorkspace.from_json(result)
 
     async def export(
@@ -117,6 +129,7 @@ class AsyncSandbox:
         init: Literal["auto", "systemd", "minimal"] = "auto",
         keep: bool = False,
         daemon: DaemonConnection | None = None,
+        host: str | None = None,
     ) -> AsyncSandbox:
         """Create and boot a sandbox; returns once it answers SSH.
 
@@ -126,9 +139,11 @@ class AsyncSandbox:
         them (bridged networking; implies `nat`). `keep=True`: leaving a `with` block does not
         delete it.
 
+        `host="ssh://me@box"` uses the daemon on that host (docs/remote.md).
+
         >>> sbx = await AsyncSandbox.create(name="ci-1", vcpu=2, memory=1024)
         """
-        d = _resolve_daemon(daemon)
+        d = _resolve_daemon(daemon, host)
         params: dict[str, Any] = {"init": init, "nat": nat}
         if isinstance(allow, str):
             raise TypeError("allow must be a list of rules, e.g. allow=['pypi.org']")
@@ -149,20 +164,27 @@ class AsyncSandbox:
 
     @classmethod
     async def connect(
-        cls, name: str, *, keep: bool = True, daemon: DaemonConnection | None = None
+        cls,
+        name: str,
+        *,
+        keep: bool = True,
+        daemon: DaemonConnection | None = None,
+        host: str | None = None,
     ) -> AsyncSandbox:
         """A handle on an existing sandbox (NotFound when there is none by that name).
 
         Leaving a `with` block does not delete it unless `keep=False`.
         """
-        d = _resolve_daemon(daemon)
+        d = _resolve_daemon(daemon, host)
         record = await d.call("vm.show", {"ref": name})
         return cls(str(record["name"]), daemon=d, keep=keep)
 
     @staticmethod
-    async def list(*, daemon: DaemonConnection | None = None) -> list[SandboxInfo]:
+    async def list(
+        *, daemon: DaemonConnection | None = None, host: str | None = None
+    ) -> list[SandboxInfo]:
         """Every sandbox the daemon knows, running or not."""
-        d = _resolve_daemon(daemon)
+        d = _resolve_daemon(daemon, host)
         return [SandboxInfo.from_json(r) for r in await d.call("vm.list") if isinstance(r, dict)]
 
     async def info(self) -> SandboxInfo:

@@ -144,10 +144,17 @@ class LocalDaemon:
 
 
 async def connect_guest_ssh(
-    target: dict[str, Any], *, tunnel: object = None
+    target: dict[str, Any],
+    *,
+    tunnel: object = None,
+    proxy_command: list[str] | None = None,
+    client_keys: list[Any] | None = None,
+    known_hosts: Any = None,
 ) -> asyncssh.SSHClientConnection:
     """asyncssh to a guest with banger's client key and the host key pinned in banger's own
-    known_hosts (under the `<vm>.vm` alias): strict checking, no ~/.ssh/config, no agent."""
+    known_hosts (under the `<vm>.vm` alias): strict checking, no ~/.ssh/config, no agent.
+    A remote daemon's guest passes `proxy_command` (ssh -W through the remote host) and the
+    key and known_hosts it read from the remote (remote/sdk.py)."""
     import asyncssh
 
     try:
@@ -155,7 +162,7 @@ async def connect_guest_ssh(
         port = int(target["port"])
         user = str(target["user"])
         key_path = str(target["key_path"])
-        known_hosts = str(target["known_hosts_path"])
+        known_hosts_path = str(target["known_hosts_path"])
         alias = str(target.get("host_key_alias") or f"{target['vm_name']}.vm")
     except (KeyError, TypeError, ValueError) as e:
         raise OperationFailed(f"the daemon's vm.ssh answer lacks {e}") from None
@@ -165,9 +172,10 @@ async def connect_guest_ssh(
             host,
             port,
             tunnel=tunnel,
+            proxy_command=proxy_command,
             username=user,
-            client_keys=[key_path],
-            known_hosts=known_hosts,
+            client_keys=client_keys if client_keys is not None else [key_path],
+            known_hosts=known_hosts if known_hosts is not None else known_hosts_path,
             host_key_alias=alias,
             config=None,
             agent_path=None,
@@ -179,7 +187,7 @@ async def connect_guest_ssh(
     except asyncssh.HostKeyNotVerifiable as e:
         raise GuestConnectionError(
             f"sandbox {name}: its SSH host key is not the one banger pinned for {alias} in "
-            f"{known_hosts} ({e.reason}); refusing to connect"
+            f"{known_hosts_path} ({e.reason}); refusing to connect"
         ) from None
     except (OSError, asyncssh.Error, TimeoutError) as e:
         detail = getattr(e, "reason", "") or str(e) or type(e).__name__
@@ -189,10 +197,13 @@ async def connect_guest_ssh(
 
 
 def connect_daemon(host: str | None = None) -> DaemonConnection:
-    """The daemon to use: the local one (`host=None`). Remote hosts are not supported yet."""
+    """The daemon to use: the local one (`host=None`), or the one on `ssh://[user@]host[:port]`
+    over OpenSSH (docs/remote.md). `host=None` also honours BANGER_HOST, as the CLI does."""
+    import os
+
+    host = host or os.environ.get("BANGER_HOST") or None
     if host is not None:
-        raise OperationFailed(
-            f"host {host!r}: remote daemons are not supported by this banger yet; "
-            "run the SDK on the machine that runs the daemon"
-        )
+        from banger.remote.sdk import RemoteDaemon
+
+        return RemoteDaemon(host)
     return LocalDaemon()

@@ -203,6 +203,7 @@ class Sandbox:
         init: Literal["auto", "systemd", "minimal"] = "auto",
         keep: bool = False,
         daemon: DaemonConnection | None = None,
+        host: str | None = None,
     ) -> Sandbox:
         """Create and boot a sandbox (see `AsyncSandbox.create`).
 
@@ -223,21 +224,30 @@ class Sandbox:
                     init=init,
                     keep=keep,
                     daemon=daemon,
+                    host=host,
                 )
             )
         )
 
     @classmethod
     def connect(
-        cls, name: str, *, keep: bool = True, daemon: DaemonConnection | None = None
+        cls,
+        name: str,
+        *,
+        keep: bool = True,
+        daemon: DaemonConnection | None = None,
+        host: str | None = None,
     ) -> Sandbox:
-        """An existing sandbox by name (`NotFound` otherwise); kept on `with` exit by default."""
-        return cls(_portal.call(AsyncSandbox.connect(name, keep=keep, daemon=daemon)))
+        """An existing sandbox by name (`NotFound` otherwise); kept on `with` exit by default.
+        `host="ssh://me@box"`: on that host's daemon."""
+        return cls(_portal.call(AsyncSandbox.connect(name, keep=keep, daemon=daemon, host=host)))
 
     @staticmethod
-    def list(*, daemon: DaemonConnection | None = None) -> builtins.list[SandboxInfo]:
+    def list(
+        *, daemon: DaemonConnection | None = None, host: str | None = None
+    ) -> builtins.list[SandboxInfo]:
         """Every sandbox the daemon knows. `>>> [s.name for s in Sandbox.list()]`"""
-        return _portal.call(AsyncSandbox.list(daemon=daemon))
+        return _portal.call(AsyncSandbox.list(daemon=daemon, host=host))
 
     def info(self) -> SandboxInfo:
         return _portal.call(self._inner.info())

@@ -9,6 +9,7 @@ Per VM, under `<state>/vms/<id>/`: root.qcow2 (overlay over the image's raw ext4
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import dataclasses
 import json
@@ -442,18 +443,32 @@ class VMService:
             vm_name=vm.name,
         )
 
-    async def logs(self, ref: str, max_bytes: int) -> dict[str, Any]:
+    async def logs(self, ref: str, max_bytes: int, *, offset: int | None = None) -> dict[str, Any]:
         vm = self.resolve(ref)
-        text, size = "", 0
+        text, size, data = "", 0, b""
         try:
             with open(vm.console_log, "rb") as f:
                 f.seek(0, 2)
                 size = f.tell()
-                f.seek(max(0, size - max_bytes))
-                text = f.read().decode(errors="replace")
+                if offset is None:
+                    f.seek(max(0, size - max_bytes))
+                    text = f.read().decode(errors="replace")
+                else:
+                    offset = offset if offset <= size else 0  # truncated / recreated
+                    f.seek(offset)
+                    data = f.read(max_bytes)
         except FileNotFoundError:
-            pass
-        return {"vm": vm.name, "path": str(vm.console_log), "size": size, "content": text}
+            offset = 0 if offset is not None else None
+        out: dict[str, Any] = {
+            "vm": vm.name,
+            "path": str(vm.console_log),
+            "size": size,
+            "content": text,
+        }
+        if offset is not None:
+            out["offset"] = offset
+            out["data_base64"] = base64.b64encode(data).decode()
+        return out
 
     # --- create --------------------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -177,8 +177,13 @@ class SSHGuestExec:
     master costs tens of milliseconds). Without it each command connects on its own.
     """
 
-    def __init__(self, target: SSHTarget) -> None:
+    def __init__(
+        self, target: SSHTarget, *, via: Callable[[list[str]], list[str]] | None = None
+    ) -> None:
         self.target = target
+        # A remote daemon's guest: `via` wraps each guest ssh argv to run on the remote host
+        # (docs/remote.md), where the guest key and known_hosts live. No local master then.
+        self.via = via
         self._control_dir: str | None = None
 
     @property
@@ -189,6 +194,8 @@ class SSHGuestExec:
         from banger.guest.ssh import ssh_argv
 
         argv = ssh_argv(self.target, remote, tty=False)
+        if self.via is not None:
+            return self.via(argv)
         if self._control_dir is None:
             return argv
         opts = ["-o", f"ControlPath={self._control_dir}/m", "-o", "ControlMaster=no"]
@@ -199,6 +206,8 @@ class SSHGuestExec:
         return self._ssh_argv([shlex.join(argv)])
 
     async def __aenter__(self) -> SSHGuestExec:
+        if self.via is not None:
+            return self  # each command is its own ssh through the remote host
         control_dir = tempfile.mkdtemp(prefix="bgmux-", dir="/tmp")  # short: sun_path limit
         base = self._ssh_argv(None)
         # -f -N: background once authenticated; its output goes nowhere we wait on.

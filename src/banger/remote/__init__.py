@@ -1,0 +1,1 @@
+"""Remote daemons: `BANGER_HOST=ssh://[user@]host[:port]` / `--host` (docs/remote.md)."""
