@@ -57,7 +57,7 @@ def _open_boot_log(path: Path) -> BinaryIO:
     with contextlib.suppress(FileNotFoundError):
         if os.lstat(path).st_size > BOOT_LOG_MAX_BYTES:
             os.replace(path, path.with_name(path.name + ".1"))
-    fd = open_own_file(path, os.O_WRONLY | os.O_APPEND, "the daemon's boot log")
+    fd = open_own_file(path, os.O_WRONLY | os.O_APPEND, "daemon boot log")
     return open(fd, "ab")
 
 

@@ -58,9 +58,9 @@ def open_own_file(path: Path, flags: int, what: str) -> int:
             raise UnsafePathError(f"{path} is a symlink; remove it and retry") from None
         if e.errno == errno.EISDIR:
             raise UnsafePathError(
-                f"{path} is a directory, not {what}; remove it and retry"
+                f"{path} is a directory, not a {what}; remove it and retry"
             ) from None
-        raise UnsafePathError(f"cannot open {what} {path}: {e.strerror}") from None
+        raise UnsafePathError(f"cannot open the {what} {path}: {e.strerror}") from None
     try:
         check_own_plain_file(path, os.fstat(fd))
         os.set_blocking(fd, True)
@@ -71,7 +71,7 @@ def open_own_file(path: Path, flags: int, what: str) -> int:
 
 
 def _open_lock_file(path: Path) -> int:
-    return open_own_file(path, os.O_RDWR, "the lock file")
+    return open_own_file(path, os.O_RDWR, "lock file")
 
 
 def check_own_plain_file(path: Path, st: os.stat_result) -> None:

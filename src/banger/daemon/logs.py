@@ -50,7 +50,7 @@ class PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
         from banger.daemon.lock import open_own_file
 
         path = Path(self.baseFilename)
-        fd = open_own_file(path, os.O_WRONLY | os.O_APPEND, "the daemon log")
+        fd = open_own_file(path, os.O_WRONLY | os.O_APPEND, "daemon log")
         return open(fd, "a", encoding=self.encoding, errors=self.errors)
 
 
