@@ -71,8 +71,8 @@ def setup(debian_image: BuiltImage) -> Iterator[Setup]:
         )
         yield Setup(remote=remote, client=client, repo=repo, run=run)
     finally:
+        stop_remote(remote)  # first: its files live under remote_env's root (the leak check)
         teardown_env(remote_env)
-        stop_remote(remote)
         _stop_daemon(client)
         shutil.rmtree(client.root, ignore_errors=True)
 
