@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from banger.daemon import (
+    contract,
     handlers_images,
     handlers_kernels,
     handlers_network,
@@ -109,7 +110,13 @@ async def dispatch(
         ctx = RequestContext(op_id=op_id, method=method, emit=emit)
         log.debug("request", extra={"method": method})
         result = await handler(daemon, ctx, req.params)  # type: ignore[arg-type]
-        return envelope.ok(to_json(result))
+        wire = to_json(result)
+        # Tests run every daemon with BANGER_CHECK_RESULTS=1: a result off its schema fails.
+        if contract.checking_results() and (
+            table is RPC_HANDLERS or req.method in contract.CONTRACT
+        ):
+            contract.check_result(req.method, wire)
+        return envelope.ok(wire)
     except RPCError as e:
         # Service errors carry no op id of their own; stamp this request's on the way out.
         if not e.op_id:
