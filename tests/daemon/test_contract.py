@@ -77,7 +77,7 @@ def test_rpc_schema_unknown_method_is_a_usage_error(banger_env: BangerEnv) -> No
     r = banger_env.banger("rpc", "schema", "--method", "vm.shwo")
     assert r.returncode == 2
     assert r.stdout == ""
-    assert 'no RPC method "vm.shwo"' in r.stderr
+    assert "no RPC method 'vm.shwo'." in r.stderr
     assert "'vm.show'" in r.stderr  # the close match is suggested
 
 

@@ -26,13 +26,15 @@ def schema(methods: tuple[str, ...]) -> None:
     import difflib
 
     from banger.daemon.contract import CONTRACT, schema_document
+    from banger.validation import quote
 
     for name in methods:
         if name not in CONTRACT:
-            close = difflib.get_close_matches(name, sorted(CONTRACT), n=3, cutoff=0.6)
+            # quote(): a pasted name's escape sequences print escaped, and cut to 120 characters.
+            close = difflib.get_close_matches(name[:128], sorted(CONTRACT), n=3, cutoff=0.6)
             hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
             raise click.BadParameter(
-                f"no RPC method {json.dumps(name)[:130]}.{hint} "
+                f"no RPC method {quote(name)}.{hint} "
                 "`banger rpc schema` without --method lists them all.",
                 param_hint="'--method'",
             )
