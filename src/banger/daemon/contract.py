@@ -13,7 +13,6 @@ starts) the daemon checks each result against its schema before sending it, and 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -33,6 +32,7 @@ from banger.daemon.params import Params
 from banger.rpc.errors import OperationFailed
 from banger.validation import clip
 
+# Read by daemon/dispatch.py, which imports this module only when the variable is "1".
 CHECK_RESULTS_ENV = "BANGER_CHECK_RESULTS"
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
@@ -108,10 +108,6 @@ def schema_document(methods: list[str] | None = None) -> dict[str, Any]:
             name: {"params": params_schema(name), "result": result_schema(name)} for name in names
         }
     }
-
-
-def checking_results() -> bool:
-    return os.environ.get(CHECK_RESULTS_ENV) == "1"
 
 
 @cache
