@@ -81,6 +81,31 @@ def test_rpc_schema_unknown_method_is_a_usage_error(banger_env: BangerEnv) -> No
     assert "'vm.show'" in r.stderr  # the close match is suggested
 
 
+def _open_objects(schema: Any, where: str) -> list[str]:
+    """Object schemas with declared properties that are not closed or do not require them all."""
+    bad: list[str] = []
+    if isinstance(schema, dict):
+        if "properties" in schema:
+            if schema.get("additionalProperties") is not False:
+                bad.append(f"{where}: not closed")
+            optional = sorted(set(schema["properties"]) - set(schema.get("required", [])))
+            if optional:
+                bad.append(f"{where}: {optional} not required")
+        for key, sub in schema.items():
+            bad += _open_objects(sub, f"{where}.{key}")
+    elif isinstance(schema, list):
+        for i, sub in enumerate(schema):
+            bad += _open_objects(sub, f"{where}[{i}]")
+    return bad
+
+
+@pytest.mark.parametrize("method", sorted(contract.CONTRACT))
+def test_result_objects_are_closed_and_list_every_key(method: str) -> None:
+    # What the daemon sends is exactly what the schema says: a key only sometimes present is a
+    # separate shape (see daemon/results.py), so the check catches a key nobody declared.
+    assert _open_objects(contract.result_schema(method), method) == []
+
+
 # --- drift: the handler parses exactly the params model the schema is made from ------------------
 
 
