@@ -181,11 +181,25 @@ class Operation(Result):
     elapsed_seconds: float
 
 
-class Logs(Result):
+class LogTail(Result):
+    """`vm.logs` without `offset`: the log's tail."""
+
     vm: str
     path: str
     size: int = Field(description="bytes in the whole console log")
     content: str = Field(description="its last max_bytes, decoded with replacement")
+
+
+class LogChunk(LogTail):
+    """`vm.logs` with `offset` (`vm logs -f` over a remote host): exact bytes from there on."""
+
+    content: str = Field(description="empty: the bytes are in data_base64")
+    offset: int = Field(description="where data_base64 starts (0 when the log was recreated)")
+    data_base64: str
+
+
+class Logs(RootModel[LogTail | LogChunk]):
+    pass
 
 
 class SSHTarget(Result):
@@ -196,6 +210,35 @@ class SSHTarget(Result):
     known_hosts_path: str
     vm_name: str
     host_key_alias: str
+
+
+class EgressResolved(Result):
+    name: str
+    addresses: list[str]
+    expires_in: int = Field(description="seconds until the last of them expires")
+
+
+class EgressDenied(Result):
+    target: str
+    port: int
+    proto: str
+    reason: str
+    count: int
+    first_seen: str
+    last_seen: str
+
+
+class Egress(Result):
+    """`vm.egress`: the VM's egress policy, the names resolved for it, what it was denied."""
+
+    vm: str
+    mode: str
+    rules: list[str]
+    nat: bool
+    enforced: bool
+    running: bool
+    resolved: list[EgressResolved]
+    denied: list[EgressDenied]
 
 
 # --- guest observability -------------------------------------------------------------------------
@@ -336,6 +379,14 @@ class WorkspacePrepare(
     RootModel[Prepared | DryRunNothingRecorded | DryRunCheckoutGone | DryRunPlan]
 ):
     pass
+
+
+class WorkspaceRecorded(Result):
+    """`vm.workspace.record`: a workspace a remote client shipped itself, now on record."""
+
+    vm: str
+    guest_path: str
+    host_path: str
 
 
 class ChangedFile(_ChangedFile):
