@@ -102,6 +102,7 @@ def make_env(prefix: str, *, cache_home: Path | None = None, network: str = "use
             # Test daemons run as root but must never touch the host's network: user-mode unless
             # a test opts into bridged networking inside a namespace it created (tests/network).
             "BANGER_NETWORK": network,
+            "BANGER_CHECK_RESULTS": "1",  # every result checked against its schema (docs/rpc.md)
         }
     )
     env.pop("BANGER_LOG_LEVEL", None)

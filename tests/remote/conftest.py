@@ -31,6 +31,7 @@ REMOTE_VARS = (
     "BANGER_MODE",
     "BANGER_NETWORK",
     "NO_COLOR",
+    "BANGER_CHECK_RESULTS",  # the remote daemon checks its results against the contract too
 )
 
 

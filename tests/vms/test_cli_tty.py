@@ -12,7 +12,7 @@ import psutil
 import pytest
 
 from tests.conftest import BangerEnv
-from tests.tty import finish, spawn
+from tests.tty import finish, spawn, wait_for
 from tests.vms.conftest import list_vms
 
 pytestmark = pytest.mark.slow
@@ -29,6 +29,11 @@ def _qemus(be: BangerEnv) -> set[int]:
         if argv and "qemu-system" in argv[0] and root in " ".join(argv):
             found.add(p.info["pid"])
     return found
+
+
+def _guest_runs(be: BangerEnv, vm: str, comm: str) -> bool:
+    p = be.banger("vm", "ssh", vm, "--", f"grep -qx {comm} /proc/[0-9]*/comm", timeout=60)
+    return p.returncode == 0
 
 
 def test_ctrl_c_mid_boot_leaves_nothing_and_the_name_is_free(vmenv: BangerEnv) -> None:
@@ -85,6 +90,9 @@ def test_vm_run_shell_exit_status_export_logs_stats_and_list(
     # signalled session as 255, and banger then claimed the ssh connection had failed).
     child = spawn(be, "vm", "exec", "tty-run", "--", "sh", "-c", "echo started; sleep 60")
     child.expect("started")
+    # Type Ctrl-C once `sleep` runs: a SIGINT between the echo and the exec of sleep is caught by
+    # the guest's sh and lost at the exec (the command then sleeps its whole 60 s).
+    wait_for(child, lambda: _guest_runs(be, "tty-run", "sleep"), timeout=60)
     child.sendintr()
     status, out = finish(child)
     assert status == 130 and "failed" not in out, out

@@ -21,6 +21,7 @@ COMMANDS = {
     "ps": "banger.cli.vm:ps",
     "version": "banger.cli.version_cmd:version",
     "mcp": "banger.mcpserver.cli:mcp",
+    "rpc": "banger.cli.rpc_cmd:rpc",
 }
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -81,6 +82,14 @@ UNCANCELLABLE: frozenset[str] = frozenset({"shutdown"})
 ProgressSink = Callable[[dict[str, Any]], None]
 
 
+def _check_result(table: Mapping[str, Handler], method: str, wire: Any) -> None:
+    # Imported here: building the result models costs a daemon that does not check ~30 ms.
+    from banger.daemon import contract
+
+    if table is RPC_HANDLERS or method in contract.CONTRACT:
+        contract.check_result(method, wire)
+
+
 async def dispatch(
     daemon: Daemon | None,
     raw: object,
@@ -113,7 +122,11 @@ async def dispatch(
         ctx = RequestContext(op_id=op_id, method=method, emit=emit)
         log.debug("request", extra={"method": method})
         result = await handler(daemon, ctx, req.params)  # type: ignore[arg-type]
-        return envelope.ok(to_json(result))
+        wire = to_json(result)
+        # Tests run every daemon with BANGER_CHECK_RESULTS=1: a result off its schema fails.
+        if os.environ.get("BANGER_CHECK_RESULTS") == "1":
+            _check_result(table, req.method, wire)
+        return envelope.ok(wire)
     except RPCError as e:
         # Service errors carry no op id of their own; stamp this request's on the way out.
         if not e.op_id:
