@@ -37,8 +37,8 @@ class CustomBuildHook(BuildHookInterface):  # type: ignore[type-arg]
     def initialize(self, version: str, build_data: dict[str, Any]) -> None:
         text = (
             '"""Written by hatch_build.py at install time; not in git."""\n\n'
-            f"COMMIT = {_commit(self.root)!r}\n"
-            f"BUILT = {_built()!r}\n"
+            f'COMMIT = "{_commit(self.root)}"\n'
+            f'BUILT = "{_built()}"\n'
         )
         Path(self.root, TARGET).write_text(text)
         build_data["artifacts"].append(TARGET)
