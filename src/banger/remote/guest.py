@@ -10,7 +10,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from banger.workspace.plan import PrepareOptions, WorkspacePlan
 
 
 def via_remote(argv: list[str], *, tty: bool = False) -> list[str]:
@@ -33,6 +36,23 @@ def guest_wrapper() -> Callable[[list[str]], list[str]] | None:
     return lambda argv: remote.ssh_argv(argv)
 
 
+def record_params(vm: str, plan: WorkspacePlan, options: PrepareOptions) -> dict[str, Any]:
+    """`vm.workspace.record` params for a workspace the client shipped itself (CLI and SDK)."""
+    return {
+        "vm": vm,
+        "host_path": plan.repo_root,
+        "guest_path": plan.guest_path,
+        "repo_name": plan.repo_name,
+        "head_commit": plan.head_commit,
+        "base_commit": plan.base_commit,
+        "mode": plan.mode,
+        "include_untracked": options.include_untracked,
+        "readonly": options.readonly,
+        "branch": options.branch,
+        "shallow": options.shallow,
+    }
+
+
 def prepare_from_client(
     vm: str, path: str, opts: dict[str, Any], say: Callable[[str], None]
 ) -> dict[str, Any]:
@@ -53,20 +73,5 @@ def prepare_from_client(
     guest = SSHGuestExec(target, via=guest_wrapper())
     say("inspect")
     result = asyncio.run(prepare(guest, plan, progress=say))
-    call(
-        "vm.workspace.record",
-        {
-            "vm": vm,
-            "host_path": plan.repo_root,
-            "guest_path": plan.guest_path,
-            "repo_name": plan.repo_name,
-            "head_commit": plan.head_commit,
-            "base_commit": plan.base_commit,
-            "mode": plan.mode,
-            "include_untracked": options.include_untracked,
-            "readonly": options.readonly,
-            "branch": options.branch,
-            "shallow": options.shallow,
-        },
-    )
+    call("vm.workspace.record", record_params(vm, plan, options))
     return {"vm": target.vm_name, **result.model_dump(mode="json")}

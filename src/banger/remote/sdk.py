@@ -161,6 +161,7 @@ class RemoteDaemon:
         from pathlib import Path
 
         from banger.guest.ssh import SSHTarget
+        from banger.remote.guest import record_params
         from banger.workspace.plan import PrepareOptions, make_plan
         from banger.workspace.ship import prepare
         from banger.workspace.transport import SSHGuestExec
@@ -178,20 +179,5 @@ class RemoteDaemon:
             result = await prepare(guest, plan)
         except Exception as e:
             raise self._named(OperationFailed(getattr(e, "message", str(e)))) from None
-        await self.call(
-            "vm.workspace.record",
-            {
-                "vm": vm,
-                "host_path": plan.repo_root,
-                "guest_path": plan.guest_path,
-                "repo_name": plan.repo_name,
-                "head_commit": plan.head_commit,
-                "base_commit": plan.base_commit,
-                "mode": plan.mode,
-                "include_untracked": options.include_untracked,
-                "readonly": options.readonly,
-                "branch": options.branch,
-                "shallow": options.shallow,
-            },
-        )
+        await self.call("vm.workspace.record", record_params(vm, plan, options))
         return {"vm": target.vm_name, **result.model_dump(mode="json")}
