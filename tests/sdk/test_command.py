@@ -100,3 +100,12 @@ def test_wire_errors_become_typed_exceptions(wire: object, cls: type, code: str)
     assert type(e) is cls and isinstance(e, BangerError) and e.code == code
     if isinstance(wire, dict) and wire.get("op_id"):
         assert e.op_id == wire["op_id"] and str(e) == f"m ({wire['op_id']})"
+
+
+def test_every_daemon_error_code_has_its_sdk_exception() -> None:
+    from banger.rpc.errors import _BY_CODE as DAEMON_CODES
+    from banger.sdk.errors import from_wire
+
+    for code in DAEMON_CODES:
+        err = from_wire({"code": code, "message": "m", "op_id": "op-1"})
+        assert (err.code, type(err).default_code, err.op_id) == (code, code, "op-1")

@@ -65,6 +65,12 @@ class Conflict(BangerError):
     default_code = "conflict"
 
 
+class Busy(BangerError):
+    """The daemon is at its connection limit (retried by the client first; see docs/rpc.md)."""
+
+    default_code = "busy"
+
+
 class OperationFailed(BangerError):
     default_code = "operation_failed"
 
@@ -113,6 +119,7 @@ _BY_CODE: dict[str, type[BangerError]] = {
         AlreadyExists,
         NotRunning,
         Conflict,
+        Busy,
         OperationFailed,
     )
 }
