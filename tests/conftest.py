@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -125,6 +126,7 @@ def _stop_daemon(be: BangerEnv, *, check_leftovers: bool = True) -> None:
     from tests.evidence import leftovers
 
     pid_file = be.paths.pid_file
+    stuck: list[str] = []
     if pid_file.exists():
         try:
             with be.client() as c:
@@ -134,8 +136,13 @@ def _stop_daemon(be: BangerEnv, *, check_leftovers: bool = True) -> None:
         deadline = time.monotonic() + 30
         while pid_file.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
+        if pid_file.exists():  # its cmdline does not name the root: kill it by its pid file
+            with contextlib.suppress(ValueError, ProcessLookupError):
+                pid = int(pid_file.read_text())
+                os.kill(pid, 9)
+                stuck.append(f"bangerd {pid} did not stop within 30 s of shutdown")
     if check_leftovers:
-        left = leftovers(be.root)
+        left = stuck + leftovers(be.root)
         assert not left, "left behind by the test or by banger:\n" + "\n".join(left)
 
 
