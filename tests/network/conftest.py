@@ -21,7 +21,10 @@ def _ip(*args: str) -> None:
 def make_netns() -> Iterator[Callable[[], str]]:
     """Creates fresh network namespaces (loopback up); all deleted afterwards."""
     if os.geteuid() != 0 or shutil.which("ip") is None:
-        pytest.skip("needs root and iproute2 to create a network namespace")
+        pytest.fail(
+            "needs root and iproute2 to create a network namespace: "
+            "run the suite as root after scripts/setup-host.sh"
+        )
     made: list[str] = []
 
     def make() -> str:

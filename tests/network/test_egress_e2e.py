@@ -34,7 +34,10 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def world() -> Iterator[World]:
     if os.geteuid() != 0 or not os.path.exists("/dev/net/tun"):
-        pytest.skip("bridged networking needs root and /dev/net/tun")
+        pytest.fail(
+            "bridged networking needs root and /dev/net/tun: "
+            "run the suite as root after scripts/setup-host.sh"
+        )
     w = make_world()
     try:
         yield w

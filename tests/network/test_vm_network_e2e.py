@@ -109,7 +109,10 @@ def _env(cache_home: Path, network: str) -> BangerEnv:
 @pytest.fixture(scope="module")
 def bridged(debian_image: BuiltImage) -> Iterator[NsEnv]:
     if os.geteuid() != 0 or not os.path.exists("/dev/net/tun"):
-        pytest.skip("bridged networking needs root and /dev/net/tun")
+        pytest.fail(
+            "bridged networking needs root and /dev/net/tun: "
+            "run the suite as root after scripts/setup-host.sh"
+        )
     ns = f"bgt-{secrets.token_hex(4)}"
     add_netns(ns)
     env = NsEnv(_env(debian_image.cache_home, "bridge"), ns)

@@ -55,7 +55,10 @@ def _drop_user(user: User) -> None:
 @pytest.fixture(scope="session")
 def owner_user() -> Iterator[User]:
     if os.geteuid() != 0:
-        pytest.skip("the root helper tests need root (they create users and run bangerd-root)")
+        pytest.fail(
+            "the root helper tests need root (they create users and run bangerd-root): "
+            "run the suite as root after scripts/setup-host.sh"
+        )
     user = _make_user("bgown")
     yield user
     _drop_user(user)
@@ -64,7 +67,7 @@ def owner_user() -> Iterator[User]:
 @pytest.fixture(scope="session")
 def stranger_user() -> Iterator[User]:
     if os.geteuid() != 0:
-        pytest.skip("needs root")
+        pytest.fail("needs root: run the suite as root after scripts/setup-host.sh")
     user = _make_user("bgstr")
     yield user
     _drop_user(user)

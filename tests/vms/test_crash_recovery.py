@@ -404,7 +404,10 @@ def test_crash_at_boot_in_bridged_mode_frees_the_tap(debian_image: BuiltImage) -
     """The daemon runs in a network namespace this test creates (its bridge, TAPs and nftables
     never touch the host), as tests/network does."""
     if os.geteuid() != 0 or not os.path.exists("/dev/net/tun"):
-        pytest.skip("bridged networking needs root and /dev/net/tun")
+        pytest.fail(
+            "bridged networking needs root and /dev/net/tun: "
+            "run the suite as root after scripts/setup-host.sh"
+        )
     ns = f"bgt-{secrets.token_hex(4)}"
     add_netns(ns)
     be = make_env("bgcr-br-", cache_home=debian_image.cache_home, network="bridge")

@@ -102,7 +102,9 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def sshd_target() -> Iterator[SSHTarget]:
     if not SSHD.exists() or os.geteuid() != 0:
-        pytest.skip("needs root and /usr/sbin/sshd")
+        pytest.fail(
+            "needs root and /usr/sbin/sshd: run the suite as root after scripts/setup-host.sh"
+        )
     d = Path(tempfile.mkdtemp(prefix="bg-sshd-"))
     subprocess.run(
         ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "client")], check=True
