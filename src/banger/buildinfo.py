@@ -7,6 +7,7 @@ editable install does not report the commit it was installed at after new commit
 
 from __future__ import annotations
 
+import functools
 import importlib
 import re
 from dataclasses import dataclass
@@ -76,7 +77,10 @@ def live_commit(source_root: Path) -> str:
         return ""
 
 
+@functools.cache
 def build_info() -> BuildInfo:
+    """Read once per process: a running daemon reports the commit it started from (not one
+    checked out since), and `ping` does no file reads."""
     commit = built = ""
     try:
         stamped = importlib.import_module("banger._build")
