@@ -115,18 +115,20 @@ def _interrupted_message(cause: BaseException | None) -> str:
 
 def _on_host(message: str) -> str:
     """Errors name the remote host the command talked to (`on ssh://u@h:p: …`)."""
-    from banger.cli import connect
-
-    if connect.REMOTE is None:
+    # Not imported when no command needed it (`--version` stays fast): then no host was set.
+    connect = sys.modules.get("banger.cli.connect")
+    remote = getattr(connect, "REMOTE", None)
+    if remote is None:
         return message
-    return f"on {connect.REMOTE.url}: {message}"
+    return f"on {remote.url}: {message}"
 
 
 def main(argv: list[str] | None = None) -> int:
-    from banger.cli import connect
     from banger.rpc.errors import RPCError
 
-    connect.set_remote(None)
+    connect = sys.modules.get("banger.cli.connect")
+    if connect is not None:  # a previous in-process run's host must not leak into this one
+        connect.set_remote(None)
     try:
         cli.main(args=argv, prog_name="banger", standalone_mode=False)
     except ExitCode as e:
