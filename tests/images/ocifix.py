@@ -41,7 +41,7 @@ class Entry:
     xattrs: dict[str, str] = field(default_factory=dict)
 
 
-_TYPES = {
+TAR_TYPES = {
     "file": tarfile.REGTYPE,
     "dir": tarfile.DIRTYPE,
     "symlink": tarfile.SYMTYPE,
@@ -57,7 +57,7 @@ def tar_bytes(entries: list[Entry]) -> bytes:
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
         for e in entries:
             ti = tarfile.TarInfo(e.name)
-            ti.type = _TYPES[e.kind]
+            ti.type = TAR_TYPES[e.kind]
             ti.mode = e.mode
             ti.uid, ti.gid = e.uid, e.gid
             ti.mtime = e.mtime

@@ -22,7 +22,7 @@ import pytest
 from banger.images.layers import HostileLayer, Layer, LayerError, TooLarge, apply_layers
 from banger.rpc.errors import RPCError
 from tests.conftest import BangerEnv
-from tests.images.ocifix import Entry, Registry, cat, compress, ls, stat_inode
+from tests.images.ocifix import TAR_TYPES, Entry, Registry, cat, compress, ls, stat_inode
 
 T0 = 1_600_000_000
 MiB = 1 << 20
@@ -43,16 +43,6 @@ class Sparse:
 
 Item = Entry | Sparse
 
-_TYPES = {
-    "file": tarfile.REGTYPE,
-    "dir": tarfile.DIRTYPE,
-    "symlink": tarfile.SYMTYPE,
-    "hardlink": tarfile.LNKTYPE,
-    "char": tarfile.CHRTYPE,
-    "block": tarfile.BLKTYPE,
-    "fifo": tarfile.FIFOTYPE,
-}
-
 
 def tar_of(items: list[Item]) -> bytes:
     buf = io.BytesIO()
@@ -70,7 +60,7 @@ def tar_of(items: list[Item]) -> bytes:
                 tf.addfile(ti, io.BytesIO(it.data))
                 continue
             ti = tarfile.TarInfo(it.name)
-            ti.type = _TYPES[it.kind]
+            ti.type = TAR_TYPES[it.kind]
             ti.mode, ti.uid, ti.gid, ti.mtime = it.mode, it.uid, it.gid, it.mtime
             ti.linkname = it.link
             ti.devmajor, ti.devminor = it.major, it.minor
