@@ -1,22 +1,5 @@
-"""What a handler gets besides its params: the op id and a way to report progress."""
+"""Moved to `banger.request` (below the services); this alias goes once nothing imports it."""
 
-from __future__ import annotations
+from banger.request import RequestContext
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
-
-
-def _drop(_: dict[str, Any]) -> None:
-    return None
-
-
-@dataclass
-class RequestContext:
-    op_id: str
-    method: str
-    # Sends a progress line to the client when it asked for progress; a no-op otherwise.
-    emit: Callable[[dict[str, Any]], None] = field(default=_drop)
-
-    def progress(self, **fields: Any) -> None:
-        self.emit(fields)
+__all__ = ["RequestContext"]

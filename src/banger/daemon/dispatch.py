@@ -12,17 +12,19 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from banger.daemon import (
+    errmap,
     handlers_images,
     handlers_kernels,
     handlers_network,
     handlers_system,
     handlers_vms,
 )
-from banger.daemon.context import RequestContext
 from banger.daemon.handlers_remote import workspace_record
 from banger.daemon.handlers_workspace import workspace_export, workspace_prepare
 from banger.daemon.logs import current_op_id
 from banger.daemon.params import to_json
+from banger.errors import BangerError
+from banger.request import RequestContext
 from banger.rpc import envelope
 from banger.rpc.errors import RPCError, UnknownMethod
 from banger.validation import MAX_MESSAGE_CHARS, clip, quote
@@ -121,7 +123,10 @@ async def dispatch(
 
         ctx = RequestContext(op_id=op_id, method=method, emit=emit)
         log.debug("request", extra={"method": method})
-        result = await handler(daemon, ctx, req.params)  # type: ignore[arg-type]
+        try:
+            result = await handler(daemon, ctx, req.params)  # type: ignore[arg-type]
+        except BangerError as domain_error:
+            raise errmap.to_rpc(domain_error) from domain_error
         wire = to_json(result)
         # Tests run every daemon with BANGER_CHECK_RESULTS=1: a result off its schema fails.
         if os.environ.get("BANGER_CHECK_RESULTS") == "1":

@@ -6,6 +6,9 @@ to a running VM with `attach()`, never killing it. Drivers: vmm/qemu.py, vmm/fir
 
 from __future__ import annotations
 
+import asyncio
+import enum
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -78,6 +81,47 @@ class DriverError(Exception):
     """A VMM operation failed; the message says what and where the console log is."""
 
 
+class Capability(enum.Enum):
+    """What a driver can do beyond launch/stop. Callers ask for these, never for a driver name."""
+
+    # Freeze the vCPUs with memory in place, and thaw them (`pause`, `resume`).
+    PAUSE = "pause"
+    # Save the whole machine (RAM and device state) to disk; the VMM exits; restore it later.
+    SUSPEND = "suspend"
+    # Checkpoint RAM, devices and disks while the VM keeps running (a short pause is allowed).
+    SNAPSHOT = "snapshot"
+    # Start new VMs from a checkpoint with their own identity.
+    FORK = "fork"
+    # Add host → guest port forwards to a running VM (user-mode networking).
+    PORT_FORWARD = "port_forward"
+    # Attach disks/devices to a running VM.
+    HOTPLUG = "hotplug"
+    # The guest control channel runs over vsock (the seed disk must carry the vsock agent).
+    VSOCK = "vsock"
+
+
+class MissingCapability(DriverError):
+    """The driver cannot do this at all (as opposed to: it tried and failed)."""
+
+    def __init__(self, driver: str, capability: Capability) -> None:
+        super().__init__(f"the {driver} driver cannot {capability.value.replace('_', ' ')}")
+        self.driver = driver
+        self.capability = capability
+
+
+@dataclass(frozen=True)
+class GuestChannel:
+    """How the host reaches the guest agent: QEMU's virtio-serial socket, or Firecracker's
+    hybrid vsock (`CONNECT <port>` on a Unix socket). The boot pipeline puts the vsock agent on
+    the seed disk when `kind == "vsock"`."""
+
+    kind: Literal["virtio-serial", "vsock"]
+    vsock_port: int | None = None
+
+
+Alive = Callable[[], bool]
+
+
 @runtime_checkable
 class Driver(Protocol):
     name: str
@@ -105,3 +149,41 @@ class Driver(Protocol):
         ...
 
     def send_signal(self, handle: VMHandle, signum: int) -> None: ...
+
+    # --- readiness and the guest control channel ----------------------------------------------
+
+    @property
+    def capabilities(self) -> frozenset[Capability]: ...
+
+    def guest_channel(self) -> GuestChannel:
+        """How this driver's guests talk to the host (decides what goes on the seed disk)."""
+        ...
+
+    async def wait_ready(self, handle: VMHandle, timeout: float, alive: Alive) -> str:
+        """Wait for the guest agent's READY (returns its detail); raise DriverError on ERROR,
+        on timeout, or when `alive()` turns False."""
+        ...
+
+    async def open_control(
+        self, handle: VMHandle, timeout: float
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A fresh stream to the guest agent (line protocol of guest/payload.py)."""
+        ...
+
+    # --- optional capabilities (raise MissingCapability when not in `capabilities`) -----------
+
+    async def pause(self, handle: VMHandle) -> None:
+        """Capability.PAUSE: freeze the vCPUs, memory stays in place."""
+        ...
+
+    async def resume(self, handle: VMHandle) -> None:
+        """Capability.PAUSE: thaw a paused VM."""
+        ...
+
+    async def port_forwards(self, handle: VMHandle) -> list[tuple[int, int]]:
+        """Capability.PORT_FORWARD: the (host_port, guest_port) TCP forwards in place."""
+        ...
+
+    async def add_port_forward(self, handle: VMHandle, host_port: int, guest_port: int) -> None:
+        """Capability.PORT_FORWARD: forward 127.0.0.1:host_port to the guest's guest_port."""
+        ...

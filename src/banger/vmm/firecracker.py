@@ -31,7 +31,16 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from banger.config import Config
-from banger.vmm.base import DiskSpec, DriverError, VMHandle, VMSpec
+from banger.vmm.base import (
+    Alive,
+    Capability,
+    DiskSpec,
+    DriverError,
+    GuestChannel,
+    MissingCapability,
+    VMHandle,
+    VMSpec,
+)
 from banger.vmm.fc_api import FirecrackerAPIError, FirecrackerClient
 
 log = logging.getLogger("banger.vmm.firecracker")
@@ -687,6 +696,31 @@ class FirecrackerDriver:
     async def resume(self, handle: VMHandle) -> None:
         async with self._client(handle) as api:
             await api.set_state("Resumed")
+
+    # --- readiness, control channel, capabilities ------------------------------------------------
+
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        return frozenset({Capability.PAUSE, Capability.VSOCK})
+
+    def guest_channel(self) -> GuestChannel:
+        # No virtio-serial in Firecracker: the seed carries the AF_VSOCK control agent.
+        return GuestChannel("vsock", CONTROL_VSOCK_PORT)
+
+    async def wait_ready(self, handle: VMHandle, timeout: float, alive: Alive) -> str:
+        # The guest's READY comes on the serial console (the VM log).
+        return await wait_console_ready(handle, timeout, alive)
+
+    async def open_control(
+        self, handle: VMHandle, timeout: float
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await open_control(handle, timeout=timeout)
+
+    async def port_forwards(self, handle: VMHandle) -> list[tuple[int, int]]:
+        raise MissingCapability(self.name, Capability.PORT_FORWARD)
+
+    async def add_port_forward(self, handle: VMHandle, host_port: int, guest_port: int) -> None:
+        raise MissingCapability(self.name, Capability.PORT_FORWARD)
 
     async def inspect(self, handle: VMHandle) -> dict[str, Any]:
         """Firecracker's full view of the VM (`GET /vm/config`)."""

@@ -19,7 +19,16 @@ from typing import Any
 
 from banger.proc import communicate
 from banger.vmm.accel import resolve_accel
-from banger.vmm.base import DiskSpec, DriverError, VMHandle, VMSpec
+from banger.vmm.base import (
+    Alive,
+    Capability,
+    DiskSpec,
+    DriverError,
+    GuestChannel,
+    MissingCapability,
+    VMHandle,
+    VMSpec,
+)
 
 CONTROL_PORT_NAME = "banger.ctl"
 QMP_TIMEOUT_SECONDS = 5.0
@@ -230,6 +239,50 @@ class QemuDriver:
     async def hmp(self, handle: VMHandle, command: str) -> str:
         out = await self.qmp(handle, "human-monitor-command", {"command-line": command})
         return str(out)
+
+    # --- readiness, control channel, capabilities ------------------------------------------------
+
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        return frozenset({Capability.PAUSE, Capability.PORT_FORWARD})
+
+    def guest_channel(self) -> GuestChannel:
+        return GuestChannel("virtio-serial")
+
+    async def wait_ready(self, handle: VMHandle, timeout: float, alive: Alive) -> str:
+        return await wait_control_ready(handle.control_socket, timeout, alive=alive)
+
+    async def open_control(
+        self, handle: VMHandle, timeout: float
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.wait_for(asyncio.open_unix_connection(handle.control_socket), timeout)
+
+    async def pause(self, handle: VMHandle) -> None:
+        await self.qmp(handle, "stop")
+
+    async def resume(self, handle: VMHandle) -> None:
+        await self.qmp(handle, "cont")
+
+    async def port_forwards(self, handle: VMHandle) -> list[tuple[int, int]]:
+        return parse_usernet_forwards(await self.hmp(handle, "info usernet"))
+
+    async def add_port_forward(self, handle: VMHandle, host_port: int, guest_port: int) -> None:
+        if handle.details.get("network") != "user":
+            raise MissingCapability(
+                f"{self.name} ({handle.details.get('network')} network)", Capability.PORT_FORWARD
+            )
+        # netdev id "n0" is this driver's (_net_args); an empty reply means it worked.
+        reply = await self.hmp(handle, f"hostfwd_add n0 tcp:127.0.0.1:{host_port}-:{guest_port}")
+        if reply.strip():
+            raise DriverError(f"cannot forward guest port {guest_port}: {reply.strip()}")
+
+
+_FWD_RE = re.compile(r"TCP\[HOST_FORWARD\]\s+\d+\s+(\S*)\s+(\d+)\s+\S+\s+(\d+)")
+
+
+def parse_usernet_forwards(text: str) -> list[tuple[int, int]]:
+    """(host_port, guest_port) of the TCP forwards listed by QEMU's `info usernet`."""
+    return [(int(m.group(2)), int(m.group(3))) for m in _FWD_RE.finditer(text)]
 
 
 def parse_usernet_ssh_port(text: str) -> int | None:
