@@ -173,13 +173,13 @@ async def test_resolve_and_delete_conflict(banger_env: BangerEnv, tmp_path: Path
             initrd=None,
             modules=None,
         )
-        assert (await d.images.resolve("img-a")).id == a.id
-        assert (await d.images.resolve(b.id)).name == "img-b"
+        assert (await d.images.get("img-a")).id == a.id
+        assert (await d.images.get(b.id)).name == "img-b"
         # Shortest unique prefix of a's id (names are not hex, so no name can shadow it).
         n = next(i for i in range(1, 17) if not b.id.startswith(a.id[:i]))
-        assert (await d.images.resolve(a.id[:n])).name == "img-a"
+        assert (await d.images.get(a.id[:n])).name == "img-a"
         with pytest.raises(NotFound, match="not found"):
-            await d.images.resolve("zzz")
+            await d.images.get("zzz")
         # The contract VMs rely on: ensure() resolves what exists, NotFound with a hint otherwise.
         ctx = RequestContext(op_id="op-test", method="test")
         assert (await d.images.ensure("img-a", ctx)).id == a.id
@@ -189,7 +189,7 @@ async def test_resolve_and_delete_conflict(banger_env: BangerEnv, tmp_path: Path
         d.reference_checks.append(lambda kind, ident: ["vm devbox"] if ident == a.id else [])
         with pytest.raises(Conflict, match="vm devbox"):
             await d.images.delete("img-a")
-        assert (await d.images.resolve("img-a")).id == a.id
+        assert (await d.images.get("img-a")).id == a.id
         await d.images.delete("img-b")
     finally:
         await d.stop_services()

@@ -153,7 +153,7 @@ async def test_service_ensure_and_delete_conflict(banger_env: BangerEnv) -> None
         assert rec.name == "debian-6.1" and rec.kernel_version == KVER
         assert rec.vmlinux is not None and rec.initrd is not None and rec.initrd_generated
         assert (await d.kernels.ensure("debian-6.1", ctx)).imported_at == rec.imported_at
-        assert (await d.kernels.resolve("debian-6.1")).dir == rec.dir
+        assert (await d.kernels.get("debian-6.1")).dir == rec.dir
 
         d.reference_checks.append(
             lambda kind, ident: ["vm devbox"] if (kind, ident) == ("kernel", "debian-6.1") else []
@@ -165,6 +165,6 @@ async def test_service_ensure_and_delete_conflict(banger_env: BangerEnv) -> None
         await d.kernels.delete("debian-6.1")
         assert not rec.dir.exists()
         with pytest.raises(BadRequest):
-            await d.kernels.resolve("../etc")
+            await d.kernels.get("../etc")
     finally:
         await d.stop_services()

@@ -82,12 +82,12 @@ async def image_pull(d: Daemon, ctx: RequestContext, params: dict[str, Any]) -> 
 
 async def image_list(d: Daemon, ctx: RequestContext, params: dict[str, Any]) -> list[ImageRecord]:
     parse_params(NoParams, params)
-    return await d.images.list_images()
+    return await d.images.list()
 
 
 async def image_show(d: Daemon, ctx: RequestContext, params: dict[str, Any]) -> ImageRecord:
     p = parse_params(RefParams, params)
-    return await d.images.resolve(p.ref)
+    return await d.images.get(p.ref)
 
 
 async def image_delete(d: Daemon, ctx: RequestContext, params: dict[str, Any]) -> ImageRecord:

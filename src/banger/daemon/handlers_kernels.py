@@ -42,12 +42,12 @@ async def kernel_catalog(d: Daemon, ctx: RequestContext, params: dict[str, Any])
 
 async def kernel_list(d: Daemon, ctx: RequestContext, params: dict[str, Any]) -> Any:
     parse_params(Params, params)
-    return await d.kernels.all()
+    return await d.kernels.list()
 
 
 async def kernel_show(d: Daemon, ctx: RequestContext, params: dict[str, Any]) -> Any:
     p = parse_params(NameParams, params)
-    return await d.kernels.resolve(p.name)
+    return await d.kernels.get(p.name)
 
 
 async def kernel_pull(d: Daemon, ctx: RequestContext, params: dict[str, Any]) -> Any:

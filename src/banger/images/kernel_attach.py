@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 
 class Kernels(Protocol):
-    async def resolve(self, name: str) -> object: ...
+    async def get(self, name: str) -> object: ...
     async def import_(
         self,
         name: str,
@@ -98,14 +98,14 @@ async def pull_with_kernel(
     target = image_name(ref_text, name)
     if attach.kernel_ref is not None:
         try:
-            await kernels.resolve(attach.kernel_ref)
+            await kernels.get(attach.kernel_ref)
         except NotFound as e:
             raise NotFound(f"{e.message} (given as --kernel-ref)") from None
         rec = await images.pull(ref_text, name, size_bytes, ctx)
         return await images.set_kernel_ref(rec.id, attach.kernel_ref)
     images.check_name_free(target)
     try:
-        await kernels.resolve(target)
+        await kernels.get(target)
     except NotFound:
         pass
     else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import json
 import logging
@@ -282,11 +283,11 @@ class ImageService:
                 ),
             )
 
-    async def list_images(self) -> list[ImageRecord]:
+    async def list(self) -> list[ImageRecord]:
         rows = self.d.store.query("SELECT * FROM images ORDER BY name")
         return [self._record(r) for r in rows]
 
-    async def resolve(self, ref: str) -> ImageRecord:
+    async def get(self, ref: str) -> ImageRecord:
         """Exact name, then exact id, then a unique id prefix; NotFound otherwise."""
         store = self.d.store
         row = store.query_one("SELECT * FROM images WHERE name = ?", (ref,))
@@ -307,7 +308,7 @@ class ImageService:
     async def ensure(self, name: str, ctx: RequestContext) -> ImageRecord:
         """Resolve `name`; build the built-in offline image when it is the one missing."""
         try:
-            return await self.resolve(name)
+            return await self.get(name)
         except NotFound:
             if name not in debian.BUILTINS:
                 raise NotFound(
@@ -316,7 +317,7 @@ class ImageService:
                 ) from None
         async with self._build_lock:
             with contextlib.suppress(NotFound):
-                return await self.resolve(name)
+                return await self.get(name)
             return await self._build_debian(name, name, None, ctx)
 
     # --- pull ---
@@ -391,7 +392,7 @@ class ImageService:
             return rec
 
     async def _download_all(
-        self, client: RegistryClient, blobs: list[Descriptor], ctx: RequestContext
+        self, client: RegistryClient, blobs: builtins.list[Descriptor], ctx: RequestContext
     ) -> None:
         sem = asyncio.Semaphore(DOWNLOAD_CONCURRENCY)
 
@@ -420,7 +421,7 @@ class ImageService:
         self,
         *,
         name: str,
-        layers: list[Descriptor],
+        layers: builtins.list[Descriptor],
         config_digest: str,
         digest: str | None,
         source: str,
@@ -652,7 +653,7 @@ class ImageService:
     # --- delete / register / promote ---
 
     async def delete(self, ref: str) -> ImageRecord:
-        rec = await self.resolve(ref)
+        rec = await self.get(ref)
         users = self.d.references("image", rec.id)
         if users:
             raise Conflict(
@@ -704,7 +705,7 @@ class ImageService:
         if kernel_ref:
             kernels = getattr(self.d, "kernels", None)
             if kernels is not None:
-                await kernels.resolve(kernel_ref)
+                await kernels.get(kernel_ref)
         with self._reserve(name):
             rec = ImageRecord(
                 id=_new_id(),
@@ -724,7 +725,7 @@ class ImageService:
         return rec
 
     async def promote(self, ref: str, ctx: RequestContext) -> ImageRecord:
-        rec = await self.resolve(ref)
+        rec = await self.get(ref)
         if rec.managed:
             raise Conflict(f"image {rec.name!r} is already managed by banger")
         for p in (rec.rootfs, rec.kernel, rec.initrd, rec.modules_dir):
@@ -769,7 +770,7 @@ class ImageService:
                 raise
         finally:
             await asyncio.to_thread(shutil.rmtree, stage, True)
-        return await self.resolve(rec.id)
+        return await self.get(rec.id)
 
     # --- cache ---
 
@@ -797,4 +798,4 @@ class ImageService:
     async def set_kernel_ref(self, image_id: str, kernel_ref: str) -> ImageRecord:
         with self.d.store.tx() as c:
             c.execute("UPDATE images SET kernel_ref = ? WHERE id = ?", (kernel_ref, image_id))
-        return await self.resolve(image_id)
+        return await self.get(image_id)

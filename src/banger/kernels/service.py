@@ -8,6 +8,7 @@ staging dir and renamed into place while holding the name's lock.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import logging
 import shutil
@@ -81,7 +82,7 @@ class KernelService:
             log.warning("unreadable kernel manifest", extra={"error": str(e)})
             return None
 
-    async def all(self) -> list[KernelRecord]:
+    async def list(self) -> list[KernelRecord]:
         def scan() -> list[KernelRecord]:
             if not self.root.is_dir():
                 return []
@@ -94,7 +95,7 @@ class KernelService:
 
         return await asyncio.to_thread(scan)
 
-    async def resolve(self, name: str) -> KernelRecord:
+    async def get(self, name: str) -> KernelRecord:
         validate_name(name)
         rec = await asyncio.to_thread(self._read, name)
         if rec is None:
@@ -112,9 +113,9 @@ class KernelService:
             raise NotFound(f"kernel {name!r} vanished right after it was installed")
         return rec
 
-    async def catalog(self) -> list[CatalogItem]:
+    async def catalog(self) -> builtins.list[CatalogItem]:
         entries = await catalog_mod.load(self.d.config.kernel_catalog)
-        local = {r.name for r in await self.all()}
+        local = {r.name for r in await self.list()}
         return [
             CatalogItem(
                 **e.model_dump(),
@@ -253,7 +254,7 @@ class KernelService:
 
     async def delete(self, name: str) -> KernelRecord:
         async with self._lock(name):
-            rec = await self.resolve(name)
+            rec = await self.get(name)
             users = self.d.references("kernel", name)
             if users:
                 raise Conflict(
@@ -269,7 +270,7 @@ class KernelService:
     async def ensure(self, name: str, ctx: RequestContext) -> KernelRecord:
         """The kernel `name`; the default kernel is imported from the host on first use."""
         with contextlib.suppress(NotFound):
-            return await self.resolve(name)
+            return await self.get(name)
         if name != self.d.config.default_kernel:
             raise NotFound(
                 f"kernel {name!r} not found; pull it (`banger kernel pull {name}`) or import one "
@@ -278,8 +279,8 @@ class KernelService:
         # Another request may be importing it right now: wait for it rather than race.
         async with self._lock(name):
             with contextlib.suppress(NotFound):
-                return await self.resolve(name)
+                return await self.get(name)
         ctx.progress(stage="kernel", detail=f"importing the host kernel as {name}")
         with contextlib.suppress(AlreadyExists):
             await self.import_(name, ctx, from_host=True)
-        return await self.resolve(name)
+        return await self.get(name)

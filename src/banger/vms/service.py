@@ -631,9 +631,9 @@ class VMService:
     async def _boot(self, vm: VMRecord, report: Report) -> VMRecord:
         """Launch the VM and wait for its guest (READY) and SSH (banner). Caller holds the lock."""
         report("boot", "seed disk and VMM")
-        kernel = await self.d.kernels.resolve(vm.kernel)
+        kernel = await self.d.kernels.get(vm.kernel)
         try:
-            await self.d.images.resolve(vm.image_id)
+            await self.d.images.get(vm.image_id)
         except NotFound:
             raise NotFound(
                 f"image {vm.image_name!r} of vm {vm.name} no longer exists; delete the VM"
