@@ -122,6 +122,23 @@ class GuestChannel:
 Alive = Callable[[], bool]
 
 
+@dataclass(frozen=True)
+class SavedMachine:
+    """A machine a driver saved (Capability.SUSPEND / SNAPSHOT): RAM and device state, plus the
+    frozen writable disks, all under `dir`, which the driver lays out and the caller owns (it
+    lists, sizes and deletes it). Persisted as JSON next to it so a restarted daemon finds it."""
+
+    driver: str
+    dir: Path
+    # Frozen copies (or copy-on-write layers) of the writable disks, keyed by role ("root",
+    # "work"); empty for a suspend, whose disks stay the VM's own, untouched after the VMM exits.
+    disks: dict[str, Path] = field(default_factory=dict)
+    memory_mib: int = 0
+    # How long the guest's vCPUs stood still while it was taken.
+    paused_seconds: float = 0.0
+    details: dict[str, Any] = field(default_factory=dict)
+
+
 @runtime_checkable
 class Driver(Protocol):
     name: str
@@ -187,3 +204,8 @@ class Driver(Protocol):
     async def add_port_forward(self, handle: VMHandle, host_port: int, guest_port: int) -> None:
         """Capability.PORT_FORWARD: forward 127.0.0.1:host_port to the guest's guest_port."""
         ...
+
+    # Snapshot capabilities (issue 14) join here as methods with the same rule, e.g.
+    #   save(handle, spec, dest, keep_running) -> SavedMachine      (SUSPEND / SNAPSHOT)
+    #   restore(spec, saved) -> VMHandle                            (SUSPEND / SNAPSHOT / FORK)
+    # The VM's own disk paths stay the same across them, so a later cold boot needs no lookup.
