@@ -340,9 +340,16 @@ done
 """
 
 # The control protocol, one session on stdin/stdout: `READY mode=<mode>` first (the write blocks
-# on virtio-serial until the host end connects), then `ping` -> `pong`, `stop` -> shut down;
-# other lines are ignored; returns at EOF. The init sources it for the virtio-serial agent;
-# vsockd (Firecracker) runs it as a script per vsock connection: `sh /.banger/ctl.sh MODE`.
+# on virtio-serial until the host end connects), then one command per line; other lines are
+# ignored; returns at EOF. The init sources it for the virtio-serial agent; vsockd (Firecracker)
+# runs it as a script per vsock connection: `sh /.banger/ctl.sh MODE`.
+#   ping -> pong                       stop -> shut down (no answer)
+#   time EPOCH -> ok                   set the clock (after a resume or a restore)
+#   hostname NAME -> ok                hostname, /etc/hostname, the 127.0.1.1 line of /etc/hosts
+#   machineid HEX32 -> ok              /etc/machine-id
+#   addr ADDR/PREFIX GW|- MAC|- -> ok  re-address eth0 (a fork on a bridge)
+#   hostkey B64PRIV B64PUB -> ok       a new SSH host key; sshd's listener restarts with it
+# Identity commands are idempotent and answer `ok` or `error <why>` (guest/identity.py).
 CTL_SCRIPT = r"""# banger control protocol (seed disk). See banger/guest/payload.py.
 # busybox beside this file (sourced by /.banger/init, or run as /.banger/ctl.sh).
 CTL_BB="${0%/*}/bin/busybox"
@@ -356,12 +363,87 @@ stop_guest() {
         "$CTL_BB" kill -USR2 1
     fi
 }
+ctl_time() {
+    case "$1" in '' | *[!0-9]*) echo "error time: not a number of seconds"; return ;; esac
+    "$CTL_BB" date -s "@$1" >/dev/null 2>&1 && echo ok || echo "error date -s failed"
+}
+ctl_hostname() {
+    case "$1" in '' | -* | *[!a-z0-9-]*) echo "error hostname: not a hostname"; return ;; esac
+    "$CTL_BB" hostname "$1" || { echo "error hostname failed"; return; }
+    echo "$1" >/etc/hostname 2>/dev/null
+    if "$CTL_BB" grep -q '^127\.0\.1\.1[[:space:]]' /etc/hosts 2>/dev/null; then
+        "$CTL_BB" sed -i "s/^127\.0\.1\.1[[:space:]].*/127.0.1.1 $1/" /etc/hosts
+    else
+        echo "127.0.1.1 $1" >>/etc/hosts
+    fi
+    echo ok
+}
+ctl_machineid() {
+    case "$1" in *[!0-9a-f]*) echo "error machineid: not hex"; return ;; esac
+    [ "${#1}" = 32 ] || { echo "error machineid: not 32 hex digits"; return; }
+    echo "$1" >/etc/machine-id 2>/dev/null || { echo "error cannot write /etc/machine-id"; return; }
+    echo ok
+}
+ctl_addr() {
+    case "$1$2$3" in *[!0-9a-f./:-]*) echo "error addr: bad characters"; return ;; esac
+    if [ "$3" != - ]; then
+        "$CTL_BB" ip link set eth0 down &&
+            "$CTL_BB" ip link set eth0 address "$3" &&
+            "$CTL_BB" ip link set eth0 up || { echo "error cannot set the MAC"; return; }
+    fi
+    "$CTL_BB" ip addr flush dev eth0 &&
+        "$CTL_BB" ip addr add "$1" dev eth0 || { echo "error cannot set the address"; return; }
+    if [ "$2" != - ]; then
+        "$CTL_BB" ip route replace default via "$2" dev eth0 || { echo "error no route"; return; }
+    fi
+    echo ok
+}
+ctl_hostkey() {
+    case "$1$2" in '' | *[!A-Za-z0-9+/=]*) echo "error hostkey: not base64"; return ;; esac
+    d=/run/banger-ssh
+    "$CTL_BB" mkdir -p "$d" && "$CTL_BB" chmod 700 "$d" || { echo "error cannot make $d"; return; }
+    (umask 077 && echo "$1" | "$CTL_BB" base64 -d >"$d/key.new") &&
+        echo "$2" | "$CTL_BB" base64 -d >"$d/key.pub.new" ||
+        { echo "error hostkey: cannot decode"; return; }
+    "$CTL_BB" mv -f "$d/key.new" "$d/ssh_host_ed25519_key"
+    "$CTL_BB" mv -f "$d/key.pub.new" "$d/ssh_host_ed25519_key.pub"
+    "$CTL_BB" sed "s#^HostKey .*#HostKey $d/ssh_host_ed25519_key#" /.banger/sshd_config \
+        >"$d/sshd_config"
+    sshd=""
+    for c in /usr/sbin/sshd /usr/bin/sshd /sbin/sshd; do
+        [ -x "$c" ] && sshd="$c" && break
+    done
+    [ -n "$sshd" ] || { echo "error no sshd"; return; }
+    # Only the listener goes: sessions already open (its children) keep running.
+    old="$("$CTL_BB" cat /run/banger-sshd.pid 2>/dev/null)"
+    if [ -n "$old" ]; then
+        "$CTL_BB" kill "$old" 2>/dev/null
+        n=0
+        while "$CTL_BB" kill -0 "$old" 2>/dev/null && [ $n -lt 100 ]; do
+            "$CTL_BB" usleep 20000
+            n=$((n + 1))
+        done
+    fi
+    "$sshd" -r -f "$d/sshd_config" -E /run/banger-sshd.log </dev/null >/dev/null 2>&1 ||
+        { echo "error sshd did not restart"; return; }
+    echo ok
+}
 ctl_serve() {
-    echo "READY mode=$1" || return 1
-    while read -r cmd; do
-        case "$cmd" in
-            stop) stop_guest "$1" ;;
+    ctl_mode="$1"
+    echo "READY mode=$ctl_mode" || return 1
+    while read -r line; do
+        set -f
+        # shellcheck disable=SC2086 # split the command line into words, globbing off
+        set -- $line
+        set +f
+        case "$1" in
+            stop) stop_guest "$ctl_mode" ;;
             ping) echo pong ;;
+            time) ctl_time "$2" ;;
+            hostname) ctl_hostname "$2" ;;
+            machineid) ctl_machineid "$2" ;;
+            addr) ctl_addr "$2" "${3:--}" "${4:--}" ;;
+            hostkey) ctl_hostkey "$2" "$3" ;;
         esac
     done
     return 0
