@@ -1,7 +1,8 @@
 """Numbered forward-only schema migrations. Append new ones; never edit an applied one.
 
 Numbers are reserved per area so parallel work does not collide:
-1 base · 2 images · 3 kernels · 4 vms · 5 network · 6 workspace · 7+ later.
+1 base · 2 images · 3 kernels · 4 vms · 5 network · 6 workspace · 7 egress · 8 snapshots ·
+9+ later.
 """
 
 from __future__ import annotations
@@ -142,6 +143,45 @@ MIGRATIONS: list[Migration] = [
             last_seen   TEXT NOT NULL,
             PRIMARY KEY (vm_id, target, port, proto)
         ) STRICT;
+        """,
+    ),
+    Migration(
+        8,
+        "snapshots",
+        """
+        -- Saved machines of a VM (snapshots issue): checkpoints (`vm snapshot create`) and the
+        -- suspend image (`vm suspend`, tag '@suspend'). RAM, device state and frozen disk layers
+        -- live under `dir`; `saved` is the driver's SavedMachine JSON once `state` is 'ready'.
+        -- A row is written 'pending' before any file: a crash leaves a pending row whose dir the
+        -- next start removes, never a checkpoint that looks whole and is not.
+        CREATE TABLE vm_snapshots (
+            vm_id       TEXT NOT NULL REFERENCES vms (id) ON DELETE CASCADE,
+            tag         TEXT NOT NULL,
+            kind        TEXT NOT NULL CHECK (kind IN ('checkpoint', 'suspend')),
+            state       TEXT NOT NULL CHECK (state IN ('pending', 'ready')),
+            dir         TEXT NOT NULL,
+            saved       TEXT,
+            size_bytes  INTEGER NOT NULL DEFAULT 0,
+            paused_ms   INTEGER,
+            created_at  TEXT NOT NULL,
+            PRIMARY KEY (vm_id, tag)
+        ) STRICT;
+        -- Warm-create templates: a READY machine saved after the first boot of one combination
+        -- of image, kernel, init mode, sizing and driver (`key` hashes them).
+        CREATE TABLE vm_templates (
+            key         TEXT PRIMARY KEY,
+            image_id    TEXT NOT NULL,
+            kernel      TEXT NOT NULL,
+            driver      TEXT NOT NULL,
+            combination TEXT NOT NULL,
+            state       TEXT NOT NULL CHECK (state IN ('pending', 'ready')),
+            dir         TEXT NOT NULL,
+            saved       TEXT,
+            size_bytes  INTEGER NOT NULL DEFAULT 0,
+            created_at  TEXT NOT NULL,
+            uses        INTEGER NOT NULL DEFAULT 0
+        ) STRICT;
+        CREATE INDEX vm_templates_image ON vm_templates (image_id);
         """,
     ),
 ]

@@ -138,6 +138,27 @@ class SavedMachine:
     paused_seconds: float = 0.0
     details: dict[str, Any] = field(default_factory=dict)
 
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "driver": self.driver,
+            "dir": str(self.dir),
+            "disks": {role: str(path) for role, path in self.disks.items()},
+            "memory_mib": self.memory_mib,
+            "paused_seconds": self.paused_seconds,
+            "details": self.details,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SavedMachine:
+        return cls(
+            driver=str(data["driver"]),
+            dir=Path(str(data["dir"])),
+            disks={str(k): Path(str(v)) for k, v in dict(data.get("disks", {})).items()},
+            memory_mib=int(data.get("memory_mib", 0)),
+            paused_seconds=float(data.get("paused_seconds", 0.0)),
+            details=dict(data.get("details", {})),
+        )
+
 
 @runtime_checkable
 class Driver(Protocol):
