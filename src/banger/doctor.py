@@ -5,25 +5,15 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
+from banger.checks import Check, Status
 from banger.config import Config
 from banger.paths import Paths
 from banger.vmm.accel import KVMVerdict, kvm_verdict, resolve_accel
 
-Status = Literal["PASS", "WARN", "FAIL"]
 MIN_FREE_BYTES = 5 << 30
 SETUP_HINT = "run scripts/setup-host.sh (as root) or apt-get install {pkg}"
-
-
-@dataclass(frozen=True)
-class Check:
-    status: Status
-    name: str
-    detail: str
-    hint: str = ""
 
 
 def _tool(name: str, binary: str, pkg: str, *, required: bool, why: str) -> Check:

@@ -113,7 +113,7 @@ def test_hostile_host_is_refused_before_ssh_runs(
 ) -> None:
     before = _snapshot(sentinel)
     if "\x00" in url:  # an argv cannot carry NUL: only the parser sees it
-        from banger.remote.host import parse_host
+        from banger.client.ssh_host import parse_host
 
         with pytest.raises(RPCError) as info:
             parse_host(url)

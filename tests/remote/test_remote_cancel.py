@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from banger.remote.host import parse_host
-from banger.remote.transport import SSHTransport
+from banger.client.ssh_host import parse_host
+from banger.client.ssh_transport import SSHTransport
 from banger.rpc.client import Client, DaemonTimeout, Interrupted
 from banger.rpc.server import RPCServer
 from tests.remote.conftest import Remote

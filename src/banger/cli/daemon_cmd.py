@@ -33,10 +33,10 @@ def start() -> None:
     from banger.cli import connect
     from banger.cli.connect import ping, start_daemon
 
-    if connect.REMOTE is not None:
+    if (remote := connect.current_remote()) is not None:
         # The remote's dial-stdio starts its daemon as the CLI's auto-start would.
         remote_info = connect.remote_ping() or {}
-        click.echo(f"bangerd running on {connect.REMOTE.url} (pid {remote_info.get('pid')})")
+        click.echo(f"bangerd running on {remote.url} (pid {remote_info.get('pid')})")
         return
 
     paths = _user_mode_paths("start")
@@ -66,10 +66,10 @@ def stop(timeout: float) -> None:
     from banger.cli import connect
     from banger.rpc.client import Client, DaemonUnreachable
 
-    if connect.REMOTE is not None:
+    if (host := connect.current_remote()) is not None:
         with connect.client() as remote:
             info = remote.call("shutdown", timeout=timeout)
-        click.echo(f"bangerd on {connect.REMOTE.url} stopped (pid {info['pid']})")
+        click.echo(f"bangerd on {host.url} stopped (pid {info['pid']})")
         return
     paths = _user_mode_paths("stop")
     try:
@@ -96,7 +96,7 @@ def status(as_json: bool) -> None:
     from banger.cli import connect
     from banger.cli.connect import ping, resolve_paths
 
-    if connect.REMOTE is not None:
+    if connect.current_remote() is not None:
         info = connect.remote_ping()
         paths = None
     else:

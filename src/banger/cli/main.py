@@ -65,8 +65,8 @@ def cli(ctx: click.Context, host: str | None) -> None:
             "--host / BANGER_HOST"
         )
     if host:
-        from banger.cli.connect import set_remote
-        from banger.remote.host import parse_host
+        from banger.client.ssh_host import parse_host
+        from banger.client.target import set_remote
         from banger.rpc.errors import BadRequest
 
         try:
@@ -116,8 +116,8 @@ def _interrupted_message(cause: BaseException | None) -> str:
 def _on_host(message: str) -> str:
     """Errors name the remote host the command talked to (`on ssh://u@h:p: …`)."""
     # Not imported when no command needed it (`--version` stays fast): then no host was set.
-    connect = sys.modules.get("banger.cli.connect")
-    remote = getattr(connect, "REMOTE", None)
+    target = sys.modules.get("banger.client.target")
+    remote = getattr(target, "REMOTE", None)
     if remote is None:
         return message
     return f"on {remote.url}: {message}"
@@ -126,9 +126,9 @@ def _on_host(message: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     from banger.rpc.errors import RPCError
 
-    connect = sys.modules.get("banger.cli.connect")
-    if connect is not None:  # a previous in-process run's host must not leak into this one
-        connect.set_remote(None)
+    target = sys.modules.get("banger.client.target")
+    if target is not None:  # a previous in-process run's host must not leak into this one
+        target.set_remote(None)
     try:
         cli.main(args=argv, prog_name="banger", standalone_mode=False)
     except ExitCode as e:

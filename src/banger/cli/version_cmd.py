@@ -18,7 +18,7 @@ def version(as_json: bool) -> None:
     from banger.cli import connect
 
     cli_info = build_info()
-    if connect.REMOTE is not None:
+    if connect.current_remote() is not None:
         daemon = connect.remote_ping()  # the remote's daemon (its dial-stdio starts it)
     else:
         daemon = connect.ping(connect.resolve_paths())

@@ -400,7 +400,7 @@ def logs(ref: str, follow: bool, max_bytes: int) -> None:
     as \\xNN instead of being obeyed; piped or redirected, the log is byte-exact."""
     from banger.cli import connect
 
-    if connect.REMOTE is not None:
+    if connect.current_remote() is not None:
         _remote_logs(ref, follow, max_bytes)
         return
     r = call("vm.logs", {"ref": ref, "max_bytes": max_bytes})
@@ -524,13 +524,13 @@ def remote_line(command: Sequence[str]) -> str:
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def ssh(ref: str, command: tuple[str, ...]) -> None:
     """SSH into a VM; with `-- cmd …` run the command and return its exit status."""
+    from banger.client.target import via_remote
     from banger.guest.ssh import SSHTarget, ssh_argv
-    from banger.remote.guest import via_remote
 
     target = SSHTarget.from_json(call("vm.ssh", {"ref": ref}))
     remote = ssh_remote(command)
     tty = remote is None and sys.stdin.isatty()
-    # A remote daemon's guest: the same ssh runs on the remote host, through it (remote.guest).
+    # A remote daemon's guest: the same ssh runs on the remote host, through it (client.target).
     argv = via_remote(ssh_argv(target, remote, tty=tty), tty=tty)
     sys.stdout.flush()
     sys.stderr.flush()

@@ -53,8 +53,8 @@ def remote_script(workdir: str | None, cmd: Sequence[str]) -> str:
 
 
 def ssh_command(vm: str, script: str, *, tty: bool) -> list[str]:
+    from banger.client.target import via_remote
     from banger.guest.ssh import SSHTarget, ssh_argv
-    from banger.remote.guest import via_remote
 
     info = call("vm.ssh", {"ref": vm})
     target = SSHTarget.from_json(info.get("target", info))
@@ -228,7 +228,7 @@ def exec_cmd(ctx: click.Context, vm_ref: str, guest_path: str | None, auto_prepa
     state = call("vm.workspace.prepare", params)
     from banger.cli import connect
 
-    if connect.REMOTE is not None:
+    if connect.current_remote() is not None:
         state = _remote_exec_state(state)
     recorded = state.get("recorded")
     if state.get("warning"):
@@ -239,7 +239,7 @@ def exec_cmd(ctx: click.Context, vm_ref: str, guest_path: str | None, auto_prepa
         new = ((state.get("plan") or {}).get("head_commit") or "none")[:12]
         if auto_prepare:
             click.echo(dim(f"host HEAD moved ({old} → {new}); re-syncing the workspace"), err=True)
-            if connect.REMOTE is not None:
+            if connect.current_remote() is not None:
                 opts = dict(recorded.get("options") or {})
                 opts.pop("from_ref", None)
                 opts["guest_path"] = recorded["guest_path"]

@@ -120,13 +120,19 @@ def prepare_cmd(vm_ref: str, path: str, as_json: bool, dry_run: bool, **opts: An
 
 def prepare_workspace(vm: str, path: str, opts: dict[str, Any]) -> dict[str, Any]:
     """Ship the checkout at `path`: the daemon reads it when it runs here; a remote daemon
-    cannot, so the CLI streams it to the guest through the remote host (remote.guest)."""
+    cannot, so the CLI streams it to the guest through the remote host (client.remote_workspace)."""
     from banger.cli import connect
 
-    if connect.REMOTE is not None:
-        from banger.remote.guest import prepare_from_client
+    if connect.current_remote() is not None:
+        from banger.client.remote_workspace import prepare_from_client
 
-        return prepare_from_client(vm, path, opts, lambda stage: _show_stage({"stage": stage}))
+        return prepare_from_client(
+            vm,
+            path,
+            opts,
+            lambda stage: _show_stage({"stage": stage}),
+            on_cancel_wait=connect.cancel_notice,
+        )
     result: dict[str, Any] = call(
         "vm.workspace.prepare",
         {"vm": vm, "path": str(Path(path).resolve()), **opts},
@@ -248,12 +254,12 @@ def fetch_patch(info: dict[str, Any], stage: StagedOutput) -> dict[str, Any]:
     (`transfer: "ssh"`); the daemon never holds the patch. Returns what `--json` prints."""
     import asyncio
 
+    from banger.client.target import guest_wrapper
     from banger.guest.ssh import SSHTarget
-    from banger.remote.guest import guest_wrapper
     from banger.workspace.export import limit_text, stream_export
     from banger.workspace.transport import SSHGuestExec
 
-    # Over a remote host the stream comes through it (remote.guest).
+    # Over a remote host the stream comes through it (client.target).
     guest = SSHGuestExec(SSHTarget.from_json(info["ssh"]), via=guest_wrapper())
     max_bytes = int(info["max_bytes"])
     meta = asyncio.run(

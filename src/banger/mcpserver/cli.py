@@ -26,18 +26,19 @@ def mcp(roots: tuple[Path, ...], host: str | None) -> None:
     read and write files, ship a git checkout in and export the changes as a patch.
 
     Register it with an MCP client as the command `banger mcp` (see README.md)."""
-    from banger.cli import connect
+    from banger.client import target
+    from banger.client.ssh_host import parse_host
     from banger.mcpserver.server import build_server
-    from banger.remote.host import parse_host
     from banger.rpc.errors import BadRequest
     from banger.sdk.daemon import DaemonConnection, connect_daemon
 
     if host:
         try:
-            connect.set_remote(parse_host(host))  # errors name it; checked before serving
+            target.set_remote(parse_host(host))  # errors name it; checked before serving
         except BadRequest as e:
             raise click.BadParameter(e.message, param_hint="--host") from None
-    url = connect.REMOTE.url if connect.REMOTE is not None else None
+    remote = target.current_remote()
+    url = remote.url if remote is not None else None
 
     def daemon_factory() -> DaemonConnection:
         return connect_daemon(url) if url is not None else connect_daemon()

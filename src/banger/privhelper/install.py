@@ -21,13 +21,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from banger import __version__
+from banger.checks import Check
 from banger.paths import InstallInfo, Paths, install_file, read_install
-
-if TYPE_CHECKING:
-    from banger.doctor import Check
 
 DAEMON_UNIT = "bangerd.service"
 HELPER_UNIT = "bangerd-root.service"
@@ -499,7 +497,6 @@ def uninstall(root: Path, *, purge: bool) -> list[Path]:
 
 def doctor_checks(paths: Paths) -> list[Check]:
     """`banger doctor` under a system install: both sockets answer, versions match, caller."""
-    from banger.doctor import Check
 
     info = read_install(paths.system_root)
     if info is None:

@@ -26,7 +26,7 @@ def _write_all(fd: int, data: bytes) -> None:
 
 def connect_local() -> object:
     """The local daemon's socket (a SocketTransport), starting the daemon in user mode."""
-    from banger.cli.connect import resolve_paths, start_daemon
+    from banger.client.local import resolve_paths, start_daemon
     from banger.rpc.client import DaemonUnreachable, SocketTransport
 
     paths = resolve_paths()

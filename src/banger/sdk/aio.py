@@ -69,7 +69,7 @@ class AsyncWorkspace:
         ):
             if value is not None:
                 params[key] = value
-        from banger.remote.sdk import RemoteDaemon
+        from banger.sdk.remote import RemoteDaemon
 
         daemon = self._sbx.daemon
         if isinstance(daemon, RemoteDaemon):

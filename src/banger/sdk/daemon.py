@@ -60,7 +60,7 @@ class LocalDaemon:
     def __init__(self, socket_path: Path | str | None = None) -> None:
         self._paths: Paths | None = None
         if socket_path is None:
-            from banger.cli.connect import resolve_paths
+            from banger.client.local import resolve_paths
             from banger.rpc.errors import RPCError
 
             try:
@@ -95,7 +95,7 @@ class LocalDaemon:
             raise DaemonUnavailable(f"no daemon at {self.socket_path}: {e}") from None
 
     async def _start(self) -> None:
-        from banger.cli.connect import ping, start_daemon
+        from banger.client.local import ping, start_daemon
         from banger.rpc.errors import RPCError
 
         assert self._paths is not None
@@ -154,7 +154,7 @@ async def connect_guest_ssh(
     """asyncssh to a guest with banger's client key and the host key pinned in banger's own
     known_hosts (under the `<vm>.vm` alias): strict checking, no ~/.ssh/config, no agent.
     A remote daemon's guest passes `proxy_command` (ssh -W through the remote host) and the
-    key and known_hosts it read from the remote (remote/sdk.py)."""
+    key and known_hosts it read from the remote (sdk/remote.py)."""
     import asyncssh
 
     try:
@@ -203,7 +203,7 @@ def connect_daemon(host: str | None = None) -> DaemonConnection:
 
     host = host or os.environ.get("BANGER_HOST") or None
     if host is not None:
-        from banger.remote.sdk import RemoteDaemon
+        from banger.sdk.remote import RemoteDaemon
 
         return RemoteDaemon(host)
     return LocalDaemon()

@@ -13,7 +13,7 @@ import subprocess
 import tempfile
 from typing import IO
 
-from banger.remote.host import RemoteHost
+from banger.client.ssh_host import RemoteHost
 
 DIAL_COMMAND = ("banger", "daemon", "dial-stdio")
 # How much of ssh's stderr an error quotes.
