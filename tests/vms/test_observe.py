@@ -299,13 +299,13 @@ async def test_a_refused_forward_leaves_that_port_without_url(
     world.add("um")
     world.driver.fail_add = {9000}
     vm = world.svc._to_view(await world.lookup.get("um"))
-    rows = await world.svc.port_rows(vm, [tcp(8080), tcp(9000)])
+    rows = await world.svc.port_rows(vm, [tcp(8080), tcp(9000)], op_id="op-7")
     # Ports are forwarded in order: 8080 got one before 9000 was refused.
     assert [(r["port"], r["url"]) for r in rows] == [
         (8080, "http://127.0.0.1:41000"),
         (9000, None),
     ]
-    assert "cannot forward guest port 9000" in caplog.text
+    assert "op op-7: vm um: port forwards: cannot forward guest port 9000" in caplog.text
 
 
 # --- ports of several VMs ------------------------------------------------------------------------

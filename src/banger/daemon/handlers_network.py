@@ -42,4 +42,4 @@ async def vm_stats(d: Daemon, ctx: RequestContext, params: dict[str, Any]) -> di
 
 async def vm_ports(d: Daemon, ctx: RequestContext, params: dict[str, Any]) -> list[dict[str, Any]]:
     p = parse_params(PortsParams, params)
-    return await d.observe.ports(p.refs)
+    return await d.observe.ports(p.refs, op_id=ctx.op_id)

@@ -249,7 +249,7 @@ class ObservationService:
 
     # --- ports -----------------------------------------------------------------------------------
 
-    async def _forwards(self, vm: VMView, wanted: set[int]) -> dict[int, int]:
+    async def _forwards(self, vm: VMView, wanted: set[int], op_id: str) -> dict[int, int]:
         """Host ports forwarded to `wanted` guest ports, adding the missing ones (best effort:
         a VM whose driver cannot forward, or whose forward fails, lists its ports without URL)."""
         if vm.handle is None or vm.network != "user" or not wanted:
@@ -269,7 +269,7 @@ class ObservationService:
                 )
                 current[port] = host_port
         except (DriverError, OSError, TimeoutError) as e:
-            log.warning("vm %s: port forwards: %s", vm.name, _message(e))
+            log.warning("op %s: vm %s: port forwards: %s", op_id or "-", vm.name, _message(e))
         return current
 
     def _url(self, vm: VMView, port: int, forwards: dict[int, int]) -> str | None:
@@ -283,16 +283,16 @@ class ObservationService:
             return None
         return f"ssh://root@{hostport}" if port == 22 else f"http://{hostport}"
 
-    async def _vm_ports(self, vm: VMView) -> list[dict[str, Any]]:
+    async def _vm_ports(self, vm: VMView, op_id: str) -> list[dict[str, Any]]:
         snap = await self._guest_snapshot(vm, cpu=False)
-        return await self.port_rows(vm, snap.sockets)
+        return await self.port_rows(vm, snap.sockets, op_id=op_id)
 
     async def port_rows(
-        self, vm: VMView, sockets: Sequence[probes.ListeningSocket]
+        self, vm: VMView, sockets: Sequence[probes.ListeningSocket], *, op_id: str = ""
     ) -> list[dict[str, Any]]:
         """One row per listening socket; reachable TCP ports get a URL (forwarding as needed)."""
         reachable = {s.port for s in sockets if s.proto == "tcp" and not s.loopback_only}
-        forwards = await self._forwards(vm, reachable)
+        forwards = await self._forwards(vm, reachable, op_id)
         rows = []
         for s in sockets:
             reach = s.proto == "tcp" and not s.loopback_only
@@ -309,7 +309,7 @@ class ObservationService:
             )
         return rows
 
-    async def ports(self, refs: Sequence[str]) -> list[dict[str, Any]]:
+    async def ports(self, refs: Sequence[str], *, op_id: str = "") -> list[dict[str, Any]]:
         """Listening sockets of the named VMs (each must run), or of every running VM (`refs`
         empty: a VM that fails gets an error row instead of failing the call)."""
         if refs:
@@ -318,7 +318,7 @@ class ObservationService:
             views = [self._to_view(vm) for vm in await self._vms.list() if vm.state == "running"]
             views = [v for v in views if v.running]
         results = await asyncio.gather(
-            *(self._vm_ports(vm) for vm in views), return_exceptions=True
+            *(self._vm_ports(vm, op_id) for vm in views), return_exceptions=True
         )
         rows: list[dict[str, Any]] = []
         for vm, res in zip(views, results, strict=True):
