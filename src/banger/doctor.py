@@ -117,46 +117,41 @@ def run_checks(paths: Paths, config: Config) -> list[Check]:
 
 def _vmm_checks(config: Config, verdict: KVMVerdict) -> list[Check]:
     """The Firecracker binary, its version against the supported range, the jailer, the choice."""
-    from banger.vmm.firecracker import SUPPORTED_RANGE, binary_version, parse_version
-    from banger.vmm.firecracker import version_supported as fc_supported
-    from banger.vmm.select import choose_vmm
+    from banger.vmm.registry import firecracker_binary, vmm_choice
 
     checks: list[Check] = []
-    fc = shutil.which(config.firecracker_bin)
-    if fc is None:
+    fc = firecracker_binary(config)
+    supported = fc.supported_range
+    if fc.path is None:
         checks.append(
             Check(
                 "WARN",
                 "firecracker",
-                f"{config.firecracker_bin} not found (supported Firecracker: {SUPPORTED_RANGE})",
+                f"{fc.configured} not found (supported Firecracker: {supported})",
                 "install firecracker (not in Debian 12) on a KVM host: docs/firecracker.md",
             )
         )
+    elif fc.version is None:
+        checks.append(
+            Check("WARN", "firecracker", f"{fc.path}: `--version` gave no version", "reinstall it")
+        )
+    elif not fc.supported:
+        checks.append(
+            Check(
+                "WARN",
+                "firecracker",
+                f"firecracker {fc.version} at {fc.path} is outside the supported range {supported}",
+                "install a supported release (docs/firecracker.md)",
+            )
+        )
     else:
-        version = binary_version(fc)
-        parsed = parse_version(version or "")
-        if parsed is None:
-            checks.append(
-                Check("WARN", "firecracker", f"{fc}: `--version` gave no version", "reinstall it")
+        checks.append(
+            Check(
+                "PASS",
+                "firecracker",
+                f"firecracker {fc.version} at {fc.path} (supported {supported})",
             )
-        elif not fc_supported(parsed):
-            checks.append(
-                Check(
-                    "WARN",
-                    "firecracker",
-                    f"firecracker {version} at {fc} is outside the supported range "
-                    f"{SUPPORTED_RANGE}",
-                    "install a supported release (docs/firecracker.md)",
-                )
-            )
-        else:
-            checks.append(
-                Check(
-                    "PASS",
-                    "firecracker",
-                    f"firecracker {version} at {fc} (supported {SUPPORTED_RANGE})",
-                )
-            )
+        )
     if config.jailer_enabled:
         problems = []
         if shutil.which(config.jailer_bin) is None:
@@ -184,7 +179,7 @@ def _vmm_checks(config: Config, verdict: KVMVerdict) -> list[Check]:
                     f"{config.jailer_bin}, chroots under {config.jailer_chroot_base}",
                 )
             )
-    choice = choose_vmm(config, verdict)
+    choice = vmm_choice(config, verdict)
     status: Status = "PASS" if choice.usable else "FAIL"
     checks.append(Check(status, "vmm", f"VMs run on {choice.name}: {choice.reason}"))
     return checks

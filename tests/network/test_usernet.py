@@ -1,8 +1,10 @@
-"""Parsing QEMU's `info usernet` (text captured from QEMU 7.2 after a runtime `hostfwd_add`)."""
+"""Parsing QEMU's `info usernet` (text captured from QEMU 7.2 after a runtime `hostfwd_add`),
+and the guest-port view observation builds from a driver's forwards."""
 
 from __future__ import annotations
 
-from banger.daemon.handlers_network import parse_usernet_forwards
+from banger.vmm.qemu import parse_usernet_forwards
+from banger.vms.observe import forwards_by_guest_port
 
 INFO_USERNET = (
     "Hub -1 (n0):\r\n"
@@ -14,5 +16,6 @@ INFO_USERNET = (
 
 
 def test_forwards_by_guest_port() -> None:
-    assert parse_usernet_forwards(INFO_USERNET) == {8080: 40555, 22: 45057}
-    assert parse_usernet_forwards("Hub -1 (n0):\r\n") == {}
+    assert parse_usernet_forwards(INFO_USERNET) == [(40555, 8080), (45057, 22)]
+    assert forwards_by_guest_port(parse_usernet_forwards(INFO_USERNET)) == {8080: 40555, 22: 45057}
+    assert parse_usernet_forwards("Hub -1 (n0):\r\n") == []

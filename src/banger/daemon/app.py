@@ -100,6 +100,12 @@ class Daemon:
         # After images, kernels and network: it re-adopts running VMs into them at start.
         self.vms = VMService(self)
         self.services.append(self.vms)
+        # --- observation (vm.ping/health/stats/ports): no start/stop, not in self.services ---
+        from banger.vmm.registry import DriverRegistry
+        from banger.vms.observe import ObservationService
+
+        self.drivers = DriverRegistry(config)
+        self.observe = ObservationService(self.vms, self.drivers, self.network)
 
     @staticmethod
     def check_socket_path(path: Path) -> None:

@@ -7,11 +7,16 @@ Nothing outside `vmm/` imports a concrete driver.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from banger.config import Config
+from banger.vmm.accel import KVMVerdict
 from banger.vmm.base import Driver, DriverError
 from banger.vmm.select import VMMChoice, choose_vmm
+
+__all__ = ["DriverRegistry", "FirecrackerBinary", "VMMChoice", "firecracker_binary", "vmm_choice"]
 
 DriverFactory = Callable[[Config, str], Driver]
 
@@ -50,3 +55,37 @@ class DriverRegistry:
         if not choice.usable:
             raise DriverError(choice.reason)
         return self.get(choice.name)
+
+
+# --- host facts for `banger doctor` (so nothing outside vmm/ imports a concrete driver) ---------
+
+
+@dataclass(frozen=True)
+class FirecrackerBinary:
+    """The configured Firecracker binary as found on this host."""
+
+    configured: str  # config.firecracker_bin, as written
+    path: str | None  # None: not found on PATH
+    version: str | None  # what `--version` said (e.g. "1.16.1"); None when it gave nothing
+    supported: bool  # a version was read and lies in `supported_range`
+    supported_range: str
+
+
+def firecracker_binary(config: Config) -> FirecrackerBinary:
+    from banger.vmm import firecracker
+
+    path = shutil.which(config.firecracker_bin)
+    version = firecracker.binary_version(path) if path else None
+    parsed = firecracker.parse_version(version or "")
+    return FirecrackerBinary(
+        configured=config.firecracker_bin,
+        path=path,
+        version=version if parsed is not None else None,
+        supported=parsed is not None and firecracker.version_supported(parsed),
+        supported_range=firecracker.SUPPORTED_RANGE,
+    )
+
+
+def vmm_choice(config: Config, verdict: KVMVerdict | None = None) -> VMMChoice:
+    """Which VMM new VMs get, and why (nothing is started)."""
+    return choose_vmm(config, verdict)

@@ -1008,6 +1008,14 @@ class VMService:
                 await asyncio.wait_for(asyncio.shield(op.task), 60)
         return op
 
+    # --- service vocabulary aliases (observe branch; the VMService refactor renames for real) ---
+
+    async def get(self, ref: str) -> VMRecord:
+        return await self.show(ref)
+
+    async def list(self) -> list[VMRecord]:
+        return await self.list_vms()
+
 
 async def for_each(
     refs: Sequence[VMRecord], fn: Callable[[VMRecord], Awaitable[VMRecord]]
