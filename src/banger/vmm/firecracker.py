@@ -193,6 +193,7 @@ class _Layout:
     host_vsock: Path
     fc_api: str
     fc_vsock: str
+    cwd: Path | None = None  # unjailed: Firecracker's working directory (runtime_dir)
     chroot: Path | None = None  # the jail's root directory
     jail_dir: Path | None = None  # <base>/<exec name>/<id>: removed after exit
     # System mode: jail name -> host path of each file the helper links into the jail.
@@ -300,11 +301,16 @@ class FirecrackerDriver:
     def _layout(self, spec: VMSpec, ident: str) -> _Layout:
         if self.jailer is None:
             spec.runtime_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # Firecracker runs in runtime_dir and names the drives and the vsock relative to it:
+            # a snapshot records those names, so a fork restored in its own runtime_dir opens its
+            # own disks and binds its own socket (snapshot-support.md: host resources must be at
+            # "the same relative paths" for the new process), as a jail does for jailed VMs.
             lay = _Layout(
                 host_api=spec.runtime_dir / API_SOCKET,
                 host_vsock=spec.runtime_dir / VSOCK_SOCKET,
                 fc_api=str(spec.runtime_dir / API_SOCKET),
-                fc_vsock=str(spec.runtime_dir / VSOCK_SOCKET),
+                fc_vsock=VSOCK_SOCKET,
+                cwd=spec.runtime_dir,
             )
             return lay
         j = self.jailer
@@ -434,11 +440,16 @@ class FirecrackerDriver:
             lay.helper_files = {k: str(v) for k, v in files.items()}
             return names
         if lay.chroot is None:
+            assert lay.cwd is not None
             names = {"kernel": str(spec.kernel), "log": str(fc_log), "metrics": str(fc_metrics)}
             if spec.initrd:
                 names["initrd"] = str(spec.initrd)
             for drive_id, disk in disks:
-                names[drive_id] = str(disk.path)
+                link = lay.cwd / f"{drive_id}.img"
+                with contextlib.suppress(FileNotFoundError):
+                    link.unlink()
+                link.symlink_to(disk.path.resolve())
+                names[drive_id] = link.name
             return names
         assert self.jailer is not None and self.jailer.uid is not None
         names = {
@@ -457,14 +468,22 @@ class FirecrackerDriver:
             os.chown(lay.chroot / n, self.jailer.uid, self.jailer.gid or 0)
         return names
 
-    async def launch(self, spec: VMSpec) -> VMHandle:
-        disks = self._check_spec(spec)
+    def _require_binaries(self) -> None:
         for binary in [self.firecracker_bin] + ([self.jailer.binary] if self.jailer else []):
             if shutil.which(binary) is None:
                 raise DriverError(
                     f"firecracker binary {binary!r} not found: install Firecracker "
                     "(docs/firecracker.md) or set firecracker_bin / jailer_bin in config.toml"
                 )
+
+    def _layout_kind(self) -> str:
+        return "plain" if self.jailer is None else "helper" if self.helper else "jail"
+
+    async def _start_process(
+        self, spec: VMSpec, disks: list[tuple[str, DiskSpec]]
+    ) -> tuple[VMHandle, _Layout, dict[str, str]]:
+        """Lay out the files, start firecracker (or the jailer) and wait for its API."""
+        self._require_binaries()
         ident = instance_id(spec.vm_id)
         lay = self._layout(spec, ident)
         try:
@@ -491,6 +510,7 @@ class FirecrackerDriver:
                     stderr=subprocess.STDOUT,
                     start_new_session=True,  # outlives the daemon and its signals
                     close_fds=True,
+                    cwd=lay.cwd,
                 )
             self._children[proc.pid] = proc
             pid = proc.pid
@@ -515,20 +535,37 @@ class FirecrackerDriver:
                 "jail_dir": str(lay.jail_dir) if lay.jail_dir else None,
                 # bangerd-root owns the jail and removes it when the process exits.
                 "jail_by_helper": self.helper is not None,
+                # What a snapshot of this VM depends on (checked by restore).
+                "layout": self._layout_kind(),
+                "relative_paths": True,
+                "track_dirty_pages": bool(spec.extra.get("track_dirty_pages", False)),
+                "tap_device": spec.network.tap_device if spec.network.kind == "tap" else "",
+                "vcpus": spec.vcpus,
+                "memory_mib": spec.memory_mib,
             },
         )
         if spec.network.kind == "tap":
             handle.ssh_host = str(spec.extra.get("guest_ip", ""))
         try:
             info = await self._wait_api(handle, spec.console_log)
-            handle.details["vmm_version"] = info.get("vmm_version", "")
-            version = parse_version(str(info.get("vmm_version", "")))
-            if version and not version_supported(version):
-                log.warning(
-                    "firecracker %s is outside the supported range %s",
-                    info.get("vmm_version"),
-                    SUPPORTED_RANGE,
-                )
+        except BaseException:
+            await self._kill(handle)
+            self.cleanup(handle)
+            raise
+        handle.details["vmm_version"] = info.get("vmm_version", "")
+        version = parse_version(str(info.get("vmm_version", "")))
+        if version and not version_supported(version):
+            log.warning(
+                "firecracker %s is outside the supported range %s",
+                info.get("vmm_version"),
+                SUPPORTED_RANGE,
+            )
+        return handle, lay, names
+
+    async def launch(self, spec: VMSpec) -> VMHandle:
+        disks = self._check_spec(spec)
+        handle, lay, names = await self._start_process(spec, disks)
+        try:
             args = boot_args(spec.cmdline)
             handle.details["boot_args"] = args
             async with FirecrackerClient(lay.host_api) as api:
@@ -576,15 +613,7 @@ class FirecrackerDriver:
             ) from None
         return int(result["pid"])
 
-    async def _configure(
-        self,
-        api: FirecrackerClient,
-        spec: VMSpec,
-        disks: list[tuple[str, DiskSpec]],
-        names: dict[str, str],
-        args: str,
-        lay: _Layout,
-    ) -> None:
+    async def _configure_logging(self, api: FirecrackerClient, names: dict[str, str]) -> None:
         await api.put(
             "/logger",
             {
@@ -595,10 +624,26 @@ class FirecrackerDriver:
             },
         )
         await api.put("/metrics", {"metrics_path": names["metrics"]})
-        await api.put(
-            "/machine-config",
-            {"vcpu_count": spec.vcpus, "mem_size_mib": spec.memory_mib, "smt": False},
-        )
+
+    async def _configure(
+        self,
+        api: FirecrackerClient,
+        spec: VMSpec,
+        disks: list[tuple[str, DiskSpec]],
+        names: dict[str, str],
+        args: str,
+        lay: _Layout,
+    ) -> None:
+        await self._configure_logging(api, names)
+        machine: dict[str, Any] = {
+            "vcpu_count": spec.vcpus,
+            "mem_size_mib": spec.memory_mib,
+            "smt": False,
+        }
+        if spec.extra.get("track_dirty_pages"):
+            # KVM's dirty log: what makes a Diff snapshot hold only the pages written since.
+            machine["track_dirty_pages"] = True
+        await api.put("/machine-config", machine)
         boot: dict[str, Any] = {"kernel_image_path": names["kernel"], "boot_args": args}
         if "initrd" in names:
             boot["initrd_path"] = names["initrd"]
@@ -701,7 +746,15 @@ class FirecrackerDriver:
 
     @property
     def capabilities(self) -> frozenset[Capability]:
-        return frozenset({Capability.PAUSE, Capability.VSOCK})
+        return frozenset(
+            {
+                Capability.PAUSE,
+                Capability.VSOCK,
+                Capability.SUSPEND,
+                Capability.SNAPSHOT,
+                Capability.FORK,
+            }
+        )
 
     def guest_channel(self) -> GuestChannel:
         # No virtio-serial in Firecracker: the seed carries the AF_VSOCK control agent.
