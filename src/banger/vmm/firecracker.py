@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from banger.config import Config
 from banger.vmm.base import (
@@ -38,10 +38,18 @@ from banger.vmm.base import (
     DriverError,
     GuestChannel,
     MissingCapability,
+    SavedMachine,
     VMHandle,
     VMSpec,
 )
 from banger.vmm.fc_api import FirecrackerAPIError, FirecrackerClient
+from banger.vmm.fc_snapshot import (
+    MEMORY_FILE,
+    STATE_FILE,
+    merge_memory_layer,
+    write_record,
+)
+from banger.vmm.rawdisk import clone_raw
 
 log = logging.getLogger("banger.vmm.firecracker")
 
@@ -54,6 +62,18 @@ SUPPORTED_BELOW = (2, 0, 0)
 SUPPORTED_RANGE = ">= 1.8.0, < 2.0.0"
 
 GUEST_CID = 3
+# Snapshot files as a jailed Firecracker names them (the in-process jail's root; the helper's jail
+# only lets it write `run/`): moved out into the saved directory after a create, linked in before
+# a load.
+JAIL_SNAPSHOT_PREFIX = {"jail": "", "helper": "run/"}
+JAIL_STATE, JAIL_MEMORY = "snapshot.vmstate", "snapshot.mem"
+# `network_overrides` on /snapshot/load (a fork on its own TAP) arrived in 1.12.0; the load's
+# `enable_diff_snapshots` became `track_dirty_pages` in 1.13.0 (CHANGELOG.md). Older releases
+# refuse the unknown field, so the driver sends what the running binary knows.
+NETWORK_OVERRIDES_SINCE = (1, 12, 0)
+TRACK_DIRTY_PAGES_SINCE = (1, 13, 0)
+# Writing a guest's RAM out takes a while on a loaded host: the snapshot calls get longer.
+SNAPSHOT_TIMEOUT = 300.0
 # Guest vsock port the guest payload's control agent listens on (host → guest CONNECT).
 CONTROL_VSOCK_PORT = 1024
 CONTROL_PROTOCOL = "firecracker-vsock"
@@ -742,6 +762,274 @@ class FirecrackerDriver:
         async with self._client(handle) as api:
             await api.set_state("Resumed")
 
+    # --- snapshots: suspend (SUSPEND), checkpoint (SNAPSHOT), restore and fork (FORK) ---------
+
+    async def save(
+        self,
+        handle: VMHandle,
+        spec: VMSpec,
+        dest: Path,
+        keep_running: bool,
+        *,
+        diff_from: SavedMachine | None = None,
+    ) -> SavedMachine:
+        """Save the whole machine into the new directory `dest` (staged, renamed into place).
+
+        keep_running=False (SUSPEND): pause, `PUT /snapshot/create`, end the VMM; the disks stay
+        the VM's own (`disks` is empty). keep_running=True (SNAPSHOT): pause, create, copy the
+        writable disks into `dest` (reflink or sparse copy, `rawdisk.clone_raw`), resume; a VM
+        that was already paused stays paused. `diff_from`: write a Diff snapshot on top of that
+        saved machine, which must be the last one this VMM process saved or was restored from,
+        with dirty-page tracking on (`spec.extra["track_dirty_pages"]` at launch); the layer is
+        merged into a copy of its memory, so the result loads on its own. The pause then only
+        covers the dirty pages. Updates `handle.details["last_saved"]` (persist the handle).
+        """
+        if not self.is_alive(handle):
+            raise DriverError(f"VM {spec.name!r} is not running: there is no machine to save")
+        if dest.exists() or dest.is_symlink():
+            raise DriverError(f"{dest} already exists: save into a new directory")
+        kind: Literal["Full", "Diff"] = "Full"
+        if diff_from is not None:
+            self._check_diff_base(handle, spec, diff_from)
+            kind = "Diff"
+        layout = str(handle.details.get("layout", "plain"))
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        staged = dest.with_name(f".{dest.name}.part")
+        shutil.rmtree(staged, ignore_errors=True)
+        staged.mkdir(mode=0o700)
+        mem_name = MEMORY_FILE if kind == "Full" else f"{MEMORY_FILE}.diff"
+        if layout == "plain":
+            fc_state, fc_mem = str(staged / STATE_FILE), str(staged / mem_name)
+            out_state, out_mem = Path(fc_state), Path(fc_mem)
+        else:
+            jail_root = Path(str(handle.details["jail_dir"])) / "root"
+            prefix = JAIL_SNAPSHOT_PREFIX[layout]
+            fc_state, fc_mem = prefix + JAIL_STATE, prefix + JAIL_MEMORY
+            out_state, out_mem = jail_root / fc_state, jail_root / fc_mem
+        paused_here = False
+        paused_for = 0.0
+        disks: dict[str, Path] = {}
+        try:
+            async with self._client(handle, timeout=SNAPSHOT_TIMEOUT) as api:
+                state = str((await api.describe()).get("state", ""))
+                if state not in ("Running", "Paused"):
+                    raise DriverError(f"VM {spec.name!r} is {state!r}: only a booted VM saves")
+                t0 = time.monotonic()
+                if state == "Running":
+                    # Firecracker creates snapshots of paused VMs only.
+                    await api.set_state("Paused")
+                    paused_here = True
+                await api.create_snapshot(fc_state, fc_mem, kind)
+                if layout != "plain":
+                    shutil.move(out_state, staged / STATE_FILE)
+                    shutil.move(out_mem, staged / mem_name)
+                if keep_running:
+                    # The disks must freeze with the RAM: copy them before the vCPUs run again.
+                    for role, disk in _writable_disks(spec):
+                        await clone_raw(disk.path, staged / f"{role}.img")
+                        disks[role] = dest / f"{role}.img"
+                    if paused_here:
+                        await api.set_state("Resumed")
+                        paused_here = False
+                paused_for = time.monotonic() - t0
+            if kind == "Diff":
+                assert diff_from is not None
+                await clone_raw(diff_from.dir / MEMORY_FILE, staged / MEMORY_FILE)
+                await asyncio.to_thread(merge_memory_layer, staged / MEMORY_FILE, staged / mem_name)
+                (staged / mem_name).unlink()
+        except BaseException as e:
+            for leftover in (out_state, out_mem):
+                with contextlib.suppress(OSError):
+                    leftover.unlink()
+            shutil.rmtree(staged, ignore_errors=True)
+            if paused_here and self.is_alive(handle):
+                with contextlib.suppress(FirecrackerAPIError):
+                    await self.resume(handle)  # leave the VM as it was
+            if isinstance(e, FirecrackerAPIError):
+                raise DriverError(
+                    f"firecracker could not save VM {spec.name!r}: {e} "
+                    f"(VMM log: {handle.details.get('firecracker_log')})"
+                ) from None
+            raise
+        saved = SavedMachine(
+            driver=NAME,
+            dir=dest,
+            disks=disks,
+            memory_mib=spec.memory_mib,
+            paused_seconds=paused_for,
+            details={
+                "vm_id": spec.vm_id,
+                "name": spec.name,
+                "vcpus": spec.vcpus,
+                "state_file": STATE_FILE,
+                "memory_file": MEMORY_FILE,
+                "snapshot_type": kind,
+                "diff_from": str(diff_from.dir) if diff_from else None,
+                "kept_running": keep_running,
+                "vmm_version": handle.details.get("vmm_version", ""),
+                "layout": layout,
+                "relative_paths": bool(handle.details.get("relative_paths")),
+                "tap_device": handle.details.get("tap_device", ""),
+                "track_dirty_pages": bool(handle.details.get("track_dirty_pages")),
+                "boot_args": handle.details.get("boot_args", ""),
+                "created_at": time.time(),
+            },
+        )
+        write_record(staged, saved)
+        os.rename(staged, dest)
+        handle.details["last_saved"] = str(dest)
+        if not keep_running:
+            # Suspend: the machine lives in `dest` now; end the (paused) VMM.
+            await self.force_stop(handle)
+        return saved
+
+    def _check_diff_base(self, handle: VMHandle, spec: VMSpec, base: SavedMachine) -> None:
+        if not handle.details.get("track_dirty_pages"):
+            raise DriverError(
+                f"VM {spec.name!r} was started without dirty-page tracking, so a diff snapshot "
+                "would rely on mincore(2) (wrong once the host swaps): take a full one, or start "
+                'the VM with extra["track_dirty_pages"] = True'
+            )
+        if base.driver != NAME or base.details.get("vm_id") != spec.vm_id:
+            raise DriverError(f"{base.dir} is not a saved machine of VM {spec.name!r}")
+        if handle.details.get("last_saved") != str(base.dir):
+            raise DriverError(
+                f"a diff snapshot holds the pages written since this VMM's last snapshot or "
+                f"restore ({handle.details.get('last_saved') or 'none'}), not since {base.dir}: "
+                "take a full one"
+            )
+        if not (base.dir / MEMORY_FILE).is_file():
+            raise DriverError(f"the base {base.dir} has lost its memory file: take a full one")
+
+    async def restore(self, spec: VMSpec, saved: SavedMachine) -> VMHandle:
+        """Start a VMM from a saved machine: resume a suspended VM, roll a VM back to its
+        checkpoint, or start a fork (`spec.vm_id` differs from the saved VM's).
+
+        A checkpoint's disks are copied (reflink or sparse) to `spec`'s own disk paths, replacing
+        what is there; a suspend's are used in place. `spec` must have the saved VM's vCPUs and
+        memory and the same network kind; a fork's `spec` carries its own disk paths, runtime_dir
+        and TAP (`network_overrides`, Firecracker >= 1.12); its guest MAC, hostname and
+        addresses are the parent's until the guest is re-identified over the control channel.
+        The extra disks (seed) must exist at `spec`'s paths. The memory file must stay unchanged
+        while the VM runs (Firecracker maps it copy-on-write); deleting it is fine.
+        """
+        d = saved.details
+        if saved.driver != NAME:
+            raise DriverError(f"{saved.dir} was saved by the {saved.driver} driver, not {NAME}")
+        state_file = saved.dir / str(d.get("state_file", STATE_FILE))
+        mem_file = saved.dir / str(d.get("memory_file", MEMORY_FILE))
+        for f in (state_file, mem_file, *saved.disks.values()):
+            if not f.is_file():
+                raise DriverError(f"saved machine {saved.dir} is incomplete: {f} is missing")
+        if (int(d.get("vcpus", 0)), saved.memory_mib) != (spec.vcpus, spec.memory_mib):
+            raise DriverError(
+                f"saved machine {saved.dir} has {d.get('vcpus')} vCPUs and {saved.memory_mib} "
+                f"MiB; VM {spec.name!r} asks for {spec.vcpus} and {spec.memory_mib}: a snapshot "
+                "restores with the size it was taken at"
+            )
+        layout = self._layout_kind()
+        if d.get("layout", "plain") != layout:
+            raise DriverError(
+                f"saved machine {saved.dir} was taken with the {d.get('layout')} layout and this "
+                f"driver runs the {layout} one (jailer settings changed): its device paths would "
+                "not resolve; boot the VM cold"
+            )
+        fork = d.get("vm_id") != spec.vm_id
+        if fork and not saved.disks:
+            raise DriverError(
+                f"{saved.dir} is a suspended VM (its disks are the VM's own): fork from a "
+                "checkpoint, which carries frozen disks"
+            )
+        if fork and not d.get("relative_paths"):
+            raise DriverError(
+                f"{saved.dir} records its VM's own absolute disk paths: a fork would open the "
+                "parent's disks; take a new checkpoint (this banger names them relatively)"
+            )
+        saved_tap = str(d.get("tap_device", ""))
+        if bool(saved_tap) != (spec.network.kind == "tap"):
+            raise DriverError(
+                f"saved machine {saved.dir} has {'a TAP network' if saved_tap else 'no network'} "
+                f"device and VM {spec.name!r} asks for network {spec.network.kind!r}: a snapshot "
+                "keeps its devices"
+            )
+        for role, src in saved.disks.items():
+            target = _disk_for_role(spec, role)
+            part = target.with_name(f".{target.name}.restore")
+            with contextlib.suppress(FileNotFoundError):
+                part.unlink()
+            await clone_raw(src, part)
+            os.replace(part, target)  # the VM's own path: a later cold boot finds it there
+        disks = self._check_spec(spec)
+        handle, lay, names = await self._start_process(spec, disks)
+        try:
+            body = self._load_body(handle, spec, saved, lay, state_file, mem_file)
+            async with FirecrackerClient(lay.host_api, timeout=SNAPSHOT_TIMEOUT) as api:
+                await self._configure_logging(api, names)  # the only resources allowed before
+                await api.load_snapshot(body)
+                state = str((await api.describe()).get("state", ""))
+            if state != "Running":
+                raise DriverError(f"firecracker loaded {saved.dir} but the VM is {state!r}")
+        except BaseException as e:
+            await self._kill(handle)
+            self.cleanup(handle)
+            if isinstance(e, FirecrackerAPIError):
+                raise DriverError(
+                    f"firecracker could not restore VM {spec.name!r} from {saved.dir}: {e} "
+                    f"(console: {spec.console_log}, VMM log: {handle.details['firecracker_log']})"
+                ) from None
+            raise
+        handle.details.update(
+            {
+                "boot_args": d.get("boot_args", ""),
+                "restored_from": str(saved.dir),
+                "forked": fork,
+                "last_saved": str(saved.dir),  # the load reset the dirty-page log
+            }
+        )
+        return handle
+
+    def _load_body(
+        self,
+        handle: VMHandle,
+        spec: VMSpec,
+        saved: SavedMachine,
+        lay: _Layout,
+        state_file: Path,
+        mem_file: Path,
+    ) -> dict[str, Any]:
+        """The `/snapshot/load` body; jailed, the snapshot files are put into the jail first."""
+        if lay.chroot is None:
+            fc_state, fc_mem = str(state_file), str(mem_file)
+        else:
+            prefix = JAIL_SNAPSHOT_PREFIX[self._layout_kind()]
+            fc_state, fc_mem = prefix + JAIL_STATE, prefix + JAIL_MEMORY
+            for src, name in ((state_file, fc_state), (mem_file, fc_mem)):
+                _link_or_copy(src, lay.chroot / name)
+                if self.helper is None and self.jailer is not None:
+                    assert self.jailer.uid is not None and self.jailer.gid is not None
+                    os.chown(lay.chroot / name, self.jailer.uid, self.jailer.gid)
+        body: dict[str, Any] = {
+            "snapshot_path": fc_state,
+            "mem_backend": {"backend_type": "File", "backend_path": fc_mem},
+            "resume_vm": True,
+        }
+        version = parse_version(str(handle.details.get("vmm_version", ""))) or (0, 0, 0)
+        if handle.details.get("track_dirty_pages"):
+            new_name = version >= TRACK_DIRTY_PAGES_SINCE
+            body["track_dirty_pages" if new_name else "enable_diff_snapshots"] = True
+        saved_tap = str(saved.details.get("tap_device", ""))
+        if saved_tap and spec.network.tap_device != saved_tap:
+            if version < NETWORK_OVERRIDES_SINCE:
+                raise DriverError(
+                    f"VM {spec.name!r} needs its own TAP {spec.network.tap_device!r} instead of "
+                    f"the snapshot's {saved_tap!r}, which takes Firecracker >= 1.12 "
+                    f"(network_overrides); this is {handle.details.get('vmm_version')}"
+                )
+            body["network_overrides"] = [
+                {"iface_id": "eth0", "host_dev_name": spec.network.tap_device}
+            ]
+        return body
+
     # --- readiness, control channel, capabilities ------------------------------------------------
 
     @property
@@ -923,6 +1211,32 @@ async def send_control_stop(handle: VMHandle, timeout: float = 1.0) -> bool:
         writer.close()
         with contextlib.suppress(Exception):
             await writer.wait_closed()
+
+
+def _writable_disks(spec: VMSpec) -> list[tuple[str, DiskSpec]]:
+    """The disks a checkpoint freezes, by role ("root", "work"), as the QEMU driver names them."""
+    out = [("root", spec.root_disk)]
+    if spec.work_disk is not None:
+        out.append(("work", spec.work_disk))
+    return [(role, disk) for role, disk in out if not disk.read_only]
+
+
+def _disk_for_role(spec: VMSpec, role: str) -> Path:
+    disk = spec.root_disk if role == "root" else spec.work_disk if role == "work" else None
+    if disk is None:
+        raise DriverError(f"VM {spec.name!r} has no {role} disk to restore the saved one into")
+    return disk.path
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        dst.unlink()
+    try:
+        os.link(src, dst)
+    except OSError as e:
+        if e.errno not in (errno.EXDEV, errno.EPERM):
+            raise
+        shutil.copyfile(src, dst)
 
 
 def _extra_disks(spec: VMSpec) -> tuple[DiskSpec, ...]:

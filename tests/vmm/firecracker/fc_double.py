@@ -471,7 +471,8 @@ class FirecrackerDouble:
                     f.write(self.memory[i])
         except OSError as e:
             raise Fault(
-                f"Create snapshot error: Cannot write memory file: {e.strerror} (os error {e.errno})"
+                "Create snapshot error: Cannot write memory file: "
+                f"{e.strerror} (os error {e.errno})"
             ) from None
         self.dirty.clear()  # "the snapshot creation resets then the dirtied page bitmap"
 
@@ -523,7 +524,9 @@ class FirecrackerDouble:
         if "vsock_override" in body:
             if "vsock" not in resources:
                 raise Fault(
-                    RESTORE_FAULT.format("Failed to get snapshot state from file: Unknown Vsock Device.")
+                    RESTORE_FAULT.format(
+                        "Failed to get snapshot state from file: Unknown Vsock Device."
+                    )
                 )
             resources["vsock"]["uds_path"] = body["vsock_override"]["uds_path"]
         if backend["backend_type"] != "File":
