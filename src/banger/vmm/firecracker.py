@@ -952,15 +952,15 @@ class FirecrackerDriver:
                 f"device and VM {spec.name!r} asks for network {spec.network.kind!r}: a snapshot "
                 "keeps its devices"
             )
-        for role, src in saved.disks.items():
-            target = _disk_for_role(spec, role)
-            part = target.with_name(f".{target.name}.restore")
-            with contextlib.suppress(FileNotFoundError):
-                part.unlink()
-            await clone_raw(src, part)
-            os.replace(part, target)  # the VM's own path: a later cold boot finds it there
-        disks = self._check_spec(spec)
-        handle, lay, names = await self._start_process(spec, disks)
+        # The checkpoint's disks go to the VM's own paths (a later cold boot finds them there);
+        # what was there is kept aside until the load succeeded, and put back if it did not.
+        swapped = await _swap_in_disks(spec, saved)
+        try:
+            disks = self._check_spec(spec)
+            handle, lay, names = await self._start_process(spec, disks)
+        except BaseException:
+            _swap_back(swapped)
+            raise
         try:
             body = self._load_body(handle, spec, saved, lay, state_file, mem_file)
             async with FirecrackerClient(lay.host_api, timeout=SNAPSHOT_TIMEOUT) as api:
@@ -972,12 +972,16 @@ class FirecrackerDriver:
         except BaseException as e:
             await self._kill(handle)
             self.cleanup(handle)
+            _swap_back(swapped)
             if isinstance(e, FirecrackerAPIError):
                 raise DriverError(
                     f"firecracker could not restore VM {spec.name!r} from {saved.dir}: {e} "
                     f"(console: {spec.console_log}, VMM log: {handle.details['firecracker_log']})"
                 ) from None
             raise
+        for _, kept in swapped:
+            if kept is not None:
+                kept.unlink()
         handle.details.update(
             {
                 "boot_args": d.get("boot_args", ""),
@@ -1226,6 +1230,37 @@ def _disk_for_role(spec: VMSpec, role: str) -> Path:
     if disk is None:
         raise DriverError(f"VM {spec.name!r} has no {role} disk to restore the saved one into")
     return disk.path
+
+
+async def _swap_in_disks(spec: VMSpec, saved: SavedMachine) -> list[tuple[Path, Path | None]]:
+    """Put copies of the saved disks at the VM's paths; (path, what was there, set aside)."""
+    swapped: list[tuple[Path, Path | None]] = []
+    try:
+        for role, src in saved.disks.items():
+            target = _disk_for_role(spec, role)
+            part = target.with_name(f".{target.name}.restore")
+            with contextlib.suppress(FileNotFoundError):
+                part.unlink()
+            await clone_raw(src, part)
+            kept: Path | None = None
+            if target.exists():
+                kept = target.with_name(f".{target.name}.before-restore")
+                os.replace(target, kept)
+            swapped.append((target, kept))
+            os.replace(part, target)
+    except BaseException:
+        _swap_back(swapped)
+        raise
+    return swapped
+
+
+def _swap_back(swapped: list[tuple[Path, Path | None]]) -> None:
+    for target, kept in reversed(swapped):
+        if kept is not None:
+            os.replace(kept, target)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                target.unlink()
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import subprocess
+import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -379,3 +380,61 @@ async def test_diff_needs_tracking_and_the_last_snapshot_as_base(
 
 def saved_like(saved: SavedMachine, **details: Any) -> SavedMachine:
     return replace(saved, details={**saved.details, **details})
+
+
+@pytest.fixture
+def jailer_bin(fake_bin_dir: Path) -> Path:
+    exe = fake_bin_dir / "jailer"
+    here = Path(__file__).resolve().parent
+    exe.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{here / "fake_jailer.py"}" "$@"\n')
+    exe.chmod(0o755)
+    return exe
+
+
+async def test_jailed_suspend_restore_and_fork_go_through_the_jail(
+    fc: Backend,
+    guest_files: GuestFiles,
+    vm_dir: Path,
+    other_dir: Path,
+    tmp_path: Path,
+    jailer_bin: Path,
+) -> None:
+    from banger.vmm.firecracker import JailerSettings
+
+    jailer = JailerSettings(binary=str(jailer_bin), uid=12345, gid=12346, chroot_base=vm_dir / "j")
+    driver = FirecrackerDriver(jailer=jailer)
+    spec = make_spec(guest_files, vm_dir, name="fc-jail")
+    handle = await boot(driver, spec)
+    try:
+        if fc.kind == "double":
+            assert await guest(handle, "set jailed") == "ok"
+        fc.reset_calls()
+        saved = await driver.save(handle, spec, tmp_path / "cp", keep_running=True)
+        # Firecracker wrote into its jail (relative names); the files were moved out.
+        create = next(c for c in fc.calls() if c["path"] == "/snapshot/create")["body"]
+        assert (create["snapshot_path"], create["mem_file_path"]) == (
+            "snapshot.vmstate",
+            "snapshot.mem",
+        )
+        jail_root = Path(handle.details["jail_dir"]) / "root"
+        assert not (jail_root / "snapshot.mem").exists()
+        assert (saved.dir / "memory").stat().st_size == spec.memory_mib * MiB
+        assert saved.details["layout"] == "jail"
+
+        child_spec = fork_spec(spec, other_dir, "fc-jail-child", spec.network)
+        child = await driver.restore(child_spec, saved)
+        try:
+            child_root = Path(child.details["jail_dir"]) / "root"
+            assert child_root != jail_root
+            assert (
+                child_root / "rootfs.img"
+            ).stat().st_ino == child_spec.root_disk.path.stat().st_ino
+            if fc.kind == "double":
+                assert await guest(child, "get") == "value jailed"
+        finally:
+            await driver.force_stop(child)
+        # A driver without the jailer cannot resolve the jail's relative names: refused.
+        with pytest.raises(DriverError, match="jail layout"):
+            await FirecrackerDriver().restore(spec, saved)
+    finally:
+        await driver.force_stop(handle)
