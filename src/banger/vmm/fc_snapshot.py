@@ -80,5 +80,6 @@ def read_record(directory: Path) -> SavedMachine:
 
 
 def allocated_bytes(directory: Path) -> int:
-    """Disk space a saved machine really uses (sparse and reflinked files count what they own)."""
+    """Blocks a saved machine's files occupy (holes excluded; extents a reflink shares with the
+    VM's disks are counted too, as `du` counts them)."""
     return sum(p.stat().st_blocks * 512 for p in directory.rglob("*") if p.is_file())

@@ -10,7 +10,13 @@ What differs from QEMU: the kernel must be an uncompressed ELF vmlinux, disks ar
 the UDS, send `CONNECT <port>\\n`, read `OK <n>\\n`), and a graceful stop is Ctrl-Alt-Del: with
 `reboot=k` the guest's reboot resets through the emulated i8042 and the process exits.
 Optionally the process runs under the `jailer` (chroot, uid/gid, cgroups); API paths are then
-relative to the chroot, into which the kernel, initrd and disks are hard-linked.
+relative to the chroot, into which the kernel, initrd and disks are hard-linked. Unjailed, the
+process runs in the VM's runtime_dir and the drives and vsock are named relative to it too.
+
+Snapshots (docs/snapshots.md): `save` pauses, `PUT /snapshot/create`s and either ends the VMM
+(suspend) or copies the writable disks and resumes (checkpoint); `restore` loads a saved machine
+into a fresh process, also as a fork with its own disks, socket and TAP. The relative device
+names are what let a fork's restored devices open the child's files rather than the parent's.
 """
 
 from __future__ import annotations
@@ -952,6 +958,11 @@ class FirecrackerDriver:
                 f"device and VM {spec.name!r} asks for network {spec.network.kind!r}: a snapshot "
                 "keeps its devices"
             )
+        if await _answers(self._api_path(spec)):
+            raise DriverError(
+                f"VM {spec.name!r} is running (its Firecracker answers on "
+                f"{self._api_path(spec)}): stop it before restoring over its disks"
+            )
         # The checkpoint's disks go to the VM's own paths (a later cold boot finds them there);
         # what was there is kept aside until the load succeeded, and put back if it did not.
         swapped = await _swap_in_disks(spec, saved)
@@ -991,6 +1002,13 @@ class FirecrackerDriver:
             }
         )
         return handle
+
+    def _api_path(self, spec: VMSpec) -> Path:
+        """Where this VM's API socket is while its VMM runs (`_layout` without its effects)."""
+        if self.jailer is None:
+            return spec.runtime_dir / API_SOCKET
+        jail = self.jailer.chroot_base / Path(self._exec_file()).name / instance_id(spec.vm_id)
+        return jail / "root" / (HELPER_API_SOCKET if self.helper else API_SOCKET)
 
     def _load_body(
         self,
@@ -1230,6 +1248,20 @@ def _disk_for_role(spec: VMSpec, role: str) -> Path:
     if disk is None:
         raise DriverError(f"VM {spec.name!r} has no {role} disk to restore the saved one into")
     return disk.path
+
+
+async def _answers(socket_path: Path) -> bool:
+    """True when something accepts connections on the Unix socket (a live VMM's API)."""
+    if not socket_path.exists():
+        return False
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(socket_path)), 2.0)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
 
 
 async def _swap_in_disks(spec: VMSpec, saved: SavedMachine) -> list[tuple[Path, Path | None]]:

@@ -193,3 +193,21 @@ async def test_a_load_firecracker_refuses_puts_the_vms_disks_back(
     assert spec.work_disk.path.read_bytes() == work_before
     assert not list(vm_dir.glob(".*.before-restore")) and not list(vm_dir.glob(".*.restore"))
     assert not (spec.runtime_dir / "fc.sock").exists()
+
+
+async def test_restore_over_a_running_vm_is_refused(
+    fc: Backend, guest_files: GuestFiles, vm_dir: Path, tmp_path: Path
+) -> None:
+    spec = make_spec(guest_files, vm_dir)
+    driver = FirecrackerDriver()
+    handle = await boot(driver, spec)
+    try:
+        saved = await driver.save(handle, spec, tmp_path / "cp", keep_running=True)
+        with spec.root_disk.path.open("r+b") as f:
+            f.write(b"live data")
+        with pytest.raises(DriverError, match="stop it before restoring"):
+            await driver.restore(spec, saved)
+        assert spec.root_disk.path.read_bytes()[:9] == b"live data"
+        assert await driver.state(handle) == "Running"
+    finally:
+        await driver.force_stop(handle)
