@@ -887,7 +887,23 @@ class FirecrackerDriver:
         if not keep_running:
             # Suspend: the machine lives in `dest` now; end the (paused) VMM.
             await self.force_stop(handle)
+            await self._wait_jail_removed(handle)
         return saved
+
+    async def _wait_jail_removed(self, handle: VMHandle, timeout: float = 10.0) -> None:
+        """System mode: bangerd-root removes the jail once it reaped the VMM; a restore of the
+        same VM builds a jail of the same name, so wait for the old one to be gone."""
+        jail = handle.details.get("jail_dir")
+        if not (jail and handle.details.get("jail_by_helper")):
+            return
+        deadline = time.monotonic() + timeout
+        while os.path.exists(str(jail)):
+            if time.monotonic() >= deadline:
+                raise DriverError(
+                    f"the root helper did not remove the jail {jail} of the suspended VM within "
+                    f"{timeout:.0f}s; its saved state is complete"
+                )
+            await asyncio.sleep(0.02)
 
     def _check_diff_base(self, handle: VMHandle, spec: VMSpec, base: SavedMachine) -> None:
         if not handle.details.get("track_dirty_pages"):
