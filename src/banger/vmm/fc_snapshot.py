@@ -1,7 +1,8 @@
 """Firecracker snapshot files on the host: the saved-machine record and diff-layer merging.
 
 A saved machine is a directory the driver lays out (`vmstate`, `memory`, and for a checkpoint
-`root.img` / `work.img`) with `saved.json` describing it. Firecracker writes a Diff snapshot's
+`root.img` / `work.img`) with `saved.json` describing it, written last: a directory without it
+is incomplete (`read_record` refuses it). Firecracker writes a Diff snapshot's
 memory as a sparse file holding only the pages dirtied since the process's previous snapshot; it
 is not loadable alone (docs/snapshotting/snapshot-support.md, "Creating diff snapshots"), so the
 driver folds it into a copy of the base's memory right away, as `snapshot-editor edit-memory
@@ -53,13 +54,32 @@ def merge_memory_layer(base: Path, layer: Path) -> int:
     return copied
 
 
+def sync_tree(directory: Path) -> None:
+    """fsync every file of a saved machine and the directory itself."""
+    for path in directory.iterdir():
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_record(staged: Path, saved: SavedMachine) -> None:
-    """`saved.json` inside the (staged) directory, with paths relative to the final one."""
+    """`saved.json` (written last: it marks the directory complete), disks named relatively."""
     data: dict[str, Any] = asdict(saved)
     data["dir"] = str(saved.dir)
     data["disks"] = {role: path.name for role, path in saved.disks.items()}
     tmp = staged / f".{RECORD_FILE}.part"
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+    with tmp.open("w") as f:
+        f.write(json.dumps(data, indent=2, sort_keys=True))
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, staged / RECORD_FILE)
 
 

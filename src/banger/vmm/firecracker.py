@@ -53,6 +53,7 @@ from banger.vmm.fc_snapshot import (
     MEMORY_FILE,
     STATE_FILE,
     merge_memory_layer,
+    sync_tree,
     write_record,
 )
 from banger.vmm.rawdisk import clone_raw
@@ -779,7 +780,7 @@ class FirecrackerDriver:
         *,
         diff_from: SavedMachine | None = None,
     ) -> SavedMachine:
-        """Save the whole machine into the new directory `dest` (staged, renamed into place).
+        """Save the whole machine into the new directory `dest`, which `saved.json` completes.
 
         keep_running=False (SUSPEND): pause, `PUT /snapshot/create`, end the VMM; the disks stay
         the VM's own (`disks` is empty). keep_running=True (SNAPSHOT): pause, create, copy the
@@ -800,8 +801,10 @@ class FirecrackerDriver:
             kind = "Diff"
         layout = str(handle.details.get("layout", "plain"))
         dest.parent.mkdir(parents=True, exist_ok=True)
-        staged = dest.with_name(f".{dest.name}.part")
-        shutil.rmtree(staged, ignore_errors=True)
+        # Written in place; `saved.json`, written last (after every file is synced), marks it
+        # complete. A failure removes `dest`; a daemon killed half way leaves a `dest` without
+        # it, which its pending record (vms/saved.py) has the next start remove.
+        staged = dest
         staged.mkdir(mode=0o700)
         mem_name = MEMORY_FILE if kind == "Full" else f"{MEMORY_FILE}.diff"
         if layout == "plain":
@@ -856,6 +859,8 @@ class FirecrackerDriver:
                     f"firecracker could not save VM {spec.name!r}: {e} "
                     f"(VMM log: {handle.details.get('firecracker_log')})"
                 ) from None
+            if isinstance(e, OSError):
+                raise DriverError(f"could not save VM {spec.name!r} into {dest}: {e}") from None
             raise
         saved = SavedMachine(
             driver=NAME,
@@ -881,8 +886,8 @@ class FirecrackerDriver:
                 "created_at": time.time(),
             },
         )
-        write_record(staged, saved)
-        os.rename(staged, dest)
+        await asyncio.to_thread(sync_tree, dest)
+        write_record(dest, saved)
         handle.details["last_saved"] = str(dest)
         if not keep_running:
             # Suspend: the machine lives in `dest` now; end the (paused) VMM.

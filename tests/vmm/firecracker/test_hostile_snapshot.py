@@ -211,3 +211,23 @@ async def test_restore_over_a_running_vm_is_refused(
         assert await driver.state(handle) == "Running"
     finally:
         await driver.force_stop(handle)
+
+
+async def test_a_failed_save_leaves_nothing_and_resumes_the_vm(
+    fc: Backend, guest_files: GuestFiles, vm_dir: Path, tmp_path: Path
+) -> None:
+    spec = make_spec(guest_files, vm_dir)
+    assert spec.work_disk is not None
+    driver = FirecrackerDriver()
+    handle = await boot(driver, spec)
+    aside = vm_dir / "work.aside"
+    try:
+        spec.work_disk.path.rename(aside)  # the disk copy after the memory write fails
+        with pytest.raises(DriverError, match="work.img does not exist"):
+            await driver.save(handle, spec, tmp_path / "cp", keep_running=True)
+        assert not (tmp_path / "cp").exists()
+        assert await driver.state(handle) == "Running"
+    finally:
+        if aside.exists():
+            aside.rename(spec.work_disk.path)
+        await driver.force_stop(handle)
