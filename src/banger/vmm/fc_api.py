@@ -117,3 +117,16 @@ class FirecrackerClient:
 
     async def set_state(self, state: Literal["Paused", "Resumed"]) -> None:
         await self.patch("/vm", {"state": state})
+
+    async def create_snapshot(
+        self, snapshot_path: str, mem_file_path: str, kind: Literal["Full", "Diff"] = "Full"
+    ) -> None:
+        """`PUT /snapshot/create`: only on a Paused VM (Firecracker refuses it while running)."""
+        await self.put(
+            "/snapshot/create",
+            {"snapshot_type": kind, "snapshot_path": snapshot_path, "mem_file_path": mem_file_path},
+        )
+
+    async def load_snapshot(self, body: dict[str, Any]) -> None:
+        """`PUT /snapshot/load`: only on a fresh process (logger and metrics may precede it)."""
+        await self.put("/snapshot/load", body)

@@ -10,7 +10,13 @@ What differs from QEMU: the kernel must be an uncompressed ELF vmlinux, disks ar
 the UDS, send `CONNECT <port>\\n`, read `OK <n>\\n`), and a graceful stop is Ctrl-Alt-Del: with
 `reboot=k` the guest's reboot resets through the emulated i8042 and the process exits.
 Optionally the process runs under the `jailer` (chroot, uid/gid, cgroups); API paths are then
-relative to the chroot, into which the kernel, initrd and disks are hard-linked.
+relative to the chroot, into which the kernel, initrd and disks are hard-linked. Unjailed, the
+process runs in the VM's runtime_dir and the drives and vsock are named relative to it too.
+
+Snapshots (docs/snapshots.md): `save` pauses, `PUT /snapshot/create`s and either ends the VMM
+(suspend) or copies the writable disks and resumes (checkpoint); `restore` loads a saved machine
+into a fresh process, also as a fork with its own disks, socket and TAP. The relative device
+names are what let a fork's restored devices open the child's files rather than the parent's.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from banger.config import Config
 from banger.vmm.base import (
@@ -38,10 +44,19 @@ from banger.vmm.base import (
     DriverError,
     GuestChannel,
     MissingCapability,
+    SavedMachine,
     VMHandle,
     VMSpec,
 )
 from banger.vmm.fc_api import FirecrackerAPIError, FirecrackerClient
+from banger.vmm.fc_snapshot import (
+    MEMORY_FILE,
+    STATE_FILE,
+    merge_memory_layer,
+    sync_tree,
+    write_record,
+)
+from banger.vmm.rawdisk import clone_raw
 
 log = logging.getLogger("banger.vmm.firecracker")
 
@@ -54,6 +69,18 @@ SUPPORTED_BELOW = (2, 0, 0)
 SUPPORTED_RANGE = ">= 1.8.0, < 2.0.0"
 
 GUEST_CID = 3
+# Snapshot files as a jailed Firecracker names them (the in-process jail's root; the helper's jail
+# only lets it write `run/`): moved out into the saved directory after a create, linked in before
+# a load.
+JAIL_SNAPSHOT_PREFIX = {"jail": "", "helper": "run/"}
+JAIL_STATE, JAIL_MEMORY = "snapshot.vmstate", "snapshot.mem"
+# `network_overrides` on /snapshot/load (a fork on its own TAP) arrived in 1.12.0; the load's
+# `enable_diff_snapshots` became `track_dirty_pages` in 1.13.0 (CHANGELOG.md). Older releases
+# refuse the unknown field, so the driver sends what the running binary knows.
+NETWORK_OVERRIDES_SINCE = (1, 12, 0)
+TRACK_DIRTY_PAGES_SINCE = (1, 13, 0)
+# Writing a guest's RAM out takes a while on a loaded host: the snapshot calls get longer.
+SNAPSHOT_TIMEOUT = 300.0
 # Guest vsock port the guest payload's control agent listens on (host → guest CONNECT).
 CONTROL_VSOCK_PORT = 1024
 CONTROL_PROTOCOL = "firecracker-vsock"
@@ -193,6 +220,7 @@ class _Layout:
     host_vsock: Path
     fc_api: str
     fc_vsock: str
+    cwd: Path | None = None  # unjailed: Firecracker's working directory (runtime_dir)
     chroot: Path | None = None  # the jail's root directory
     jail_dir: Path | None = None  # <base>/<exec name>/<id>: removed after exit
     # System mode: jail name -> host path of each file the helper links into the jail.
@@ -300,11 +328,16 @@ class FirecrackerDriver:
     def _layout(self, spec: VMSpec, ident: str) -> _Layout:
         if self.jailer is None:
             spec.runtime_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # Firecracker runs in runtime_dir and names the drives and the vsock relative to it:
+            # a snapshot records those names, so a fork restored in its own runtime_dir opens its
+            # own disks and binds its own socket (snapshot-support.md: host resources must be at
+            # "the same relative paths" for the new process), as a jail does for jailed VMs.
             lay = _Layout(
                 host_api=spec.runtime_dir / API_SOCKET,
                 host_vsock=spec.runtime_dir / VSOCK_SOCKET,
                 fc_api=str(spec.runtime_dir / API_SOCKET),
-                fc_vsock=str(spec.runtime_dir / VSOCK_SOCKET),
+                fc_vsock=VSOCK_SOCKET,
+                cwd=spec.runtime_dir,
             )
             return lay
         j = self.jailer
@@ -434,11 +467,16 @@ class FirecrackerDriver:
             lay.helper_files = {k: str(v) for k, v in files.items()}
             return names
         if lay.chroot is None:
+            assert lay.cwd is not None
             names = {"kernel": str(spec.kernel), "log": str(fc_log), "metrics": str(fc_metrics)}
             if spec.initrd:
                 names["initrd"] = str(spec.initrd)
             for drive_id, disk in disks:
-                names[drive_id] = str(disk.path)
+                link = lay.cwd / f"{drive_id}.img"
+                with contextlib.suppress(FileNotFoundError):
+                    link.unlink()
+                link.symlink_to(disk.path.resolve())
+                names[drive_id] = link.name
             return names
         assert self.jailer is not None and self.jailer.uid is not None
         names = {
@@ -457,14 +495,22 @@ class FirecrackerDriver:
             os.chown(lay.chroot / n, self.jailer.uid, self.jailer.gid or 0)
         return names
 
-    async def launch(self, spec: VMSpec) -> VMHandle:
-        disks = self._check_spec(spec)
+    def _require_binaries(self) -> None:
         for binary in [self.firecracker_bin] + ([self.jailer.binary] if self.jailer else []):
             if shutil.which(binary) is None:
                 raise DriverError(
                     f"firecracker binary {binary!r} not found: install Firecracker "
                     "(docs/firecracker.md) or set firecracker_bin / jailer_bin in config.toml"
                 )
+
+    def _layout_kind(self) -> str:
+        return "plain" if self.jailer is None else "helper" if self.helper else "jail"
+
+    async def _start_process(
+        self, spec: VMSpec, disks: list[tuple[str, DiskSpec]]
+    ) -> tuple[VMHandle, _Layout, dict[str, str]]:
+        """Lay out the files, start firecracker (or the jailer) and wait for its API."""
+        self._require_binaries()
         ident = instance_id(spec.vm_id)
         lay = self._layout(spec, ident)
         try:
@@ -491,6 +537,7 @@ class FirecrackerDriver:
                     stderr=subprocess.STDOUT,
                     start_new_session=True,  # outlives the daemon and its signals
                     close_fds=True,
+                    cwd=lay.cwd,
                 )
             self._children[proc.pid] = proc
             pid = proc.pid
@@ -515,20 +562,37 @@ class FirecrackerDriver:
                 "jail_dir": str(lay.jail_dir) if lay.jail_dir else None,
                 # bangerd-root owns the jail and removes it when the process exits.
                 "jail_by_helper": self.helper is not None,
+                # What a snapshot of this VM depends on (checked by restore).
+                "layout": self._layout_kind(),
+                "relative_paths": True,
+                "track_dirty_pages": bool(spec.extra.get("track_dirty_pages", False)),
+                "tap_device": spec.network.tap_device if spec.network.kind == "tap" else "",
+                "vcpus": spec.vcpus,
+                "memory_mib": spec.memory_mib,
             },
         )
         if spec.network.kind == "tap":
             handle.ssh_host = str(spec.extra.get("guest_ip", ""))
         try:
             info = await self._wait_api(handle, spec.console_log)
-            handle.details["vmm_version"] = info.get("vmm_version", "")
-            version = parse_version(str(info.get("vmm_version", "")))
-            if version and not version_supported(version):
-                log.warning(
-                    "firecracker %s is outside the supported range %s",
-                    info.get("vmm_version"),
-                    SUPPORTED_RANGE,
-                )
+        except BaseException:
+            await self._kill(handle)
+            self.cleanup(handle)
+            raise
+        handle.details["vmm_version"] = info.get("vmm_version", "")
+        version = parse_version(str(info.get("vmm_version", "")))
+        if version and not version_supported(version):
+            log.warning(
+                "firecracker %s is outside the supported range %s",
+                info.get("vmm_version"),
+                SUPPORTED_RANGE,
+            )
+        return handle, lay, names
+
+    async def launch(self, spec: VMSpec) -> VMHandle:
+        disks = self._check_spec(spec)
+        handle, lay, names = await self._start_process(spec, disks)
+        try:
             args = boot_args(spec.cmdline)
             handle.details["boot_args"] = args
             async with FirecrackerClient(lay.host_api) as api:
@@ -576,15 +640,7 @@ class FirecrackerDriver:
             ) from None
         return int(result["pid"])
 
-    async def _configure(
-        self,
-        api: FirecrackerClient,
-        spec: VMSpec,
-        disks: list[tuple[str, DiskSpec]],
-        names: dict[str, str],
-        args: str,
-        lay: _Layout,
-    ) -> None:
+    async def _configure_logging(self, api: FirecrackerClient, names: dict[str, str]) -> None:
         await api.put(
             "/logger",
             {
@@ -595,10 +651,26 @@ class FirecrackerDriver:
             },
         )
         await api.put("/metrics", {"metrics_path": names["metrics"]})
-        await api.put(
-            "/machine-config",
-            {"vcpu_count": spec.vcpus, "mem_size_mib": spec.memory_mib, "smt": False},
-        )
+
+    async def _configure(
+        self,
+        api: FirecrackerClient,
+        spec: VMSpec,
+        disks: list[tuple[str, DiskSpec]],
+        names: dict[str, str],
+        args: str,
+        lay: _Layout,
+    ) -> None:
+        await self._configure_logging(api, names)
+        machine: dict[str, Any] = {
+            "vcpu_count": spec.vcpus,
+            "mem_size_mib": spec.memory_mib,
+            "smt": False,
+        }
+        if spec.extra.get("track_dirty_pages"):
+            # KVM's dirty log: what makes a Diff snapshot hold only the pages written since.
+            machine["track_dirty_pages"] = True
+        await api.put("/machine-config", machine)
         boot: dict[str, Any] = {"kernel_image_path": names["kernel"], "boot_args": args}
         if "initrd" in names:
             boot["initrd_path"] = names["initrd"]
@@ -697,11 +769,323 @@ class FirecrackerDriver:
         async with self._client(handle) as api:
             await api.set_state("Resumed")
 
+    # --- snapshots: suspend (SUSPEND), checkpoint (SNAPSHOT), restore and fork (FORK) ---------
+
+    async def save(
+        self,
+        handle: VMHandle,
+        spec: VMSpec,
+        dest: Path,
+        keep_running: bool,
+        *,
+        diff_from: SavedMachine | None = None,
+    ) -> SavedMachine:
+        """Save the whole machine into the new directory `dest`, which `saved.json` completes.
+
+        keep_running=False (SUSPEND): pause, `PUT /snapshot/create`, end the VMM; the disks stay
+        the VM's own (`disks` is empty). keep_running=True (SNAPSHOT): pause, create, copy the
+        writable disks into `dest` (reflink or sparse copy, `rawdisk.clone_raw`), resume; a VM
+        that was already paused stays paused. `diff_from`: write a Diff snapshot on top of that
+        saved machine, which must be the last one this VMM process saved or was restored from,
+        with dirty-page tracking on (`spec.extra["track_dirty_pages"]` at launch); the layer is
+        merged into a copy of its memory, so the result loads on its own. The pause then only
+        covers the dirty pages. Updates `handle.details["last_saved"]` (persist the handle).
+        """
+        if not self.is_alive(handle):
+            raise DriverError(f"VM {spec.name!r} is not running: there is no machine to save")
+        if dest.exists() or dest.is_symlink():
+            raise DriverError(f"{dest} already exists: save into a new directory")
+        kind: Literal["Full", "Diff"] = "Full"
+        if diff_from is not None:
+            self._check_diff_base(handle, spec, diff_from)
+            kind = "Diff"
+        layout = str(handle.details.get("layout", "plain"))
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        # Written in place; `saved.json`, written last (after every file is synced), marks it
+        # complete. A failure removes `dest`; a daemon killed half way leaves a `dest` without
+        # it, which its pending record (vms/saved.py) has the next start remove.
+        staged = dest
+        staged.mkdir(mode=0o700)
+        mem_name = MEMORY_FILE if kind == "Full" else f"{MEMORY_FILE}.diff"
+        if layout == "plain":
+            fc_state, fc_mem = str(staged / STATE_FILE), str(staged / mem_name)
+            out_state, out_mem = Path(fc_state), Path(fc_mem)
+        else:
+            jail_root = Path(str(handle.details["jail_dir"])) / "root"
+            prefix = JAIL_SNAPSHOT_PREFIX[layout]
+            fc_state, fc_mem = prefix + JAIL_STATE, prefix + JAIL_MEMORY
+            out_state, out_mem = jail_root / fc_state, jail_root / fc_mem
+        paused_here = False
+        paused_for = 0.0
+        disks: dict[str, Path] = {}
+        try:
+            async with self._client(handle, timeout=SNAPSHOT_TIMEOUT) as api:
+                state = str((await api.describe()).get("state", ""))
+                if state not in ("Running", "Paused"):
+                    raise DriverError(f"VM {spec.name!r} is {state!r}: only a booted VM saves")
+                t0 = time.monotonic()
+                if state == "Running":
+                    # Firecracker creates snapshots of paused VMs only.
+                    await api.set_state("Paused")
+                    paused_here = True
+                await api.create_snapshot(fc_state, fc_mem, kind)
+                if layout != "plain":
+                    shutil.move(out_state, staged / STATE_FILE)
+                    shutil.move(out_mem, staged / mem_name)
+                if keep_running:
+                    # The disks must freeze with the RAM: copy them before the vCPUs run again.
+                    for role, disk in _writable_disks(spec):
+                        await clone_raw(disk.path, staged / f"{role}.img")
+                        disks[role] = dest / f"{role}.img"
+                    if paused_here:
+                        await api.set_state("Resumed")
+                        paused_here = False
+                paused_for = time.monotonic() - t0
+            if kind == "Diff":
+                assert diff_from is not None
+                await clone_raw(diff_from.dir / MEMORY_FILE, staged / MEMORY_FILE)
+                await asyncio.to_thread(merge_memory_layer, staged / MEMORY_FILE, staged / mem_name)
+                (staged / mem_name).unlink()
+        except BaseException as e:
+            for leftover in (out_state, out_mem):
+                with contextlib.suppress(OSError):
+                    leftover.unlink()
+            shutil.rmtree(staged, ignore_errors=True)
+            if paused_here and self.is_alive(handle):
+                with contextlib.suppress(FirecrackerAPIError):
+                    await self.resume(handle)  # leave the VM as it was
+            if isinstance(e, FirecrackerAPIError):
+                raise DriverError(
+                    f"firecracker could not save VM {spec.name!r}: {e} "
+                    f"(VMM log: {handle.details.get('firecracker_log')})"
+                ) from None
+            if isinstance(e, OSError):
+                raise DriverError(f"could not save VM {spec.name!r} into {dest}: {e}") from None
+            raise
+        saved = SavedMachine(
+            driver=NAME,
+            dir=dest,
+            disks=disks,
+            memory_mib=spec.memory_mib,
+            paused_seconds=paused_for,
+            details={
+                "vm_id": spec.vm_id,
+                "name": spec.name,
+                "vcpus": spec.vcpus,
+                "state_file": STATE_FILE,
+                "memory_file": MEMORY_FILE,
+                "snapshot_type": kind,
+                "diff_from": str(diff_from.dir) if diff_from else None,
+                "kept_running": keep_running,
+                "vmm_version": handle.details.get("vmm_version", ""),
+                "layout": layout,
+                "relative_paths": bool(handle.details.get("relative_paths")),
+                "tap_device": handle.details.get("tap_device", ""),
+                "track_dirty_pages": bool(handle.details.get("track_dirty_pages")),
+                "boot_args": handle.details.get("boot_args", ""),
+                "created_at": time.time(),
+            },
+        )
+        await asyncio.to_thread(sync_tree, dest)
+        write_record(dest, saved)
+        handle.details["last_saved"] = str(dest)
+        if not keep_running:
+            # Suspend: the machine lives in `dest` now; end the (paused) VMM.
+            await self.force_stop(handle)
+            await self._wait_jail_removed(handle)
+        return saved
+
+    async def _wait_jail_removed(self, handle: VMHandle, timeout: float = 10.0) -> None:
+        """System mode: bangerd-root removes the jail once it reaped the VMM; a restore of the
+        same VM builds a jail of the same name, so wait for the old one to be gone."""
+        jail = handle.details.get("jail_dir")
+        if not (jail and handle.details.get("jail_by_helper")):
+            return
+        deadline = time.monotonic() + timeout
+        while os.path.exists(str(jail)):
+            if time.monotonic() >= deadline:
+                raise DriverError(
+                    f"the root helper did not remove the jail {jail} of the suspended VM within "
+                    f"{timeout:.0f}s; its saved state is complete"
+                )
+            await asyncio.sleep(0.02)
+
+    def _check_diff_base(self, handle: VMHandle, spec: VMSpec, base: SavedMachine) -> None:
+        if not handle.details.get("track_dirty_pages"):
+            raise DriverError(
+                f"VM {spec.name!r} was started without dirty-page tracking, so a diff snapshot "
+                "would rely on mincore(2) (wrong once the host swaps): take a full one, or start "
+                'the VM with extra["track_dirty_pages"] = True'
+            )
+        if base.driver != NAME or base.details.get("vm_id") != spec.vm_id:
+            raise DriverError(f"{base.dir} is not a saved machine of VM {spec.name!r}")
+        if handle.details.get("last_saved") != str(base.dir):
+            raise DriverError(
+                f"a diff snapshot holds the pages written since this VMM's last snapshot or "
+                f"restore ({handle.details.get('last_saved') or 'none'}), not since {base.dir}: "
+                "take a full one"
+            )
+        if not (base.dir / MEMORY_FILE).is_file():
+            raise DriverError(f"the base {base.dir} has lost its memory file: take a full one")
+
+    async def restore(self, spec: VMSpec, saved: SavedMachine) -> VMHandle:
+        """Start a VMM from a saved machine: resume a suspended VM, roll a VM back to its
+        checkpoint, or start a fork (`spec.vm_id` differs from the saved VM's).
+
+        A checkpoint's disks are copied (reflink or sparse) to `spec`'s own disk paths, replacing
+        what is there; a suspend's are used in place. `spec` must have the saved VM's vCPUs and
+        memory and the same network kind; a fork's `spec` carries its own disk paths, runtime_dir
+        and TAP (`network_overrides`, Firecracker >= 1.12); its guest MAC, hostname and
+        addresses are the parent's until the guest is re-identified over the control channel.
+        The extra disks (seed) must exist at `spec`'s paths. The memory file must stay unchanged
+        while the VM runs (Firecracker maps it copy-on-write); deleting it is fine.
+        """
+        d = saved.details
+        if saved.driver != NAME:
+            raise DriverError(f"{saved.dir} was saved by the {saved.driver} driver, not {NAME}")
+        state_file = saved.dir / str(d.get("state_file", STATE_FILE))
+        mem_file = saved.dir / str(d.get("memory_file", MEMORY_FILE))
+        for f in (state_file, mem_file, *saved.disks.values()):
+            if not f.is_file():
+                raise DriverError(f"saved machine {saved.dir} is incomplete: {f} is missing")
+        if (int(d.get("vcpus", 0)), saved.memory_mib) != (spec.vcpus, spec.memory_mib):
+            raise DriverError(
+                f"saved machine {saved.dir} has {d.get('vcpus')} vCPUs and {saved.memory_mib} "
+                f"MiB; VM {spec.name!r} asks for {spec.vcpus} and {spec.memory_mib}: a snapshot "
+                "restores with the size it was taken at"
+            )
+        layout = self._layout_kind()
+        if d.get("layout", "plain") != layout:
+            raise DriverError(
+                f"saved machine {saved.dir} was taken with the {d.get('layout')} layout and this "
+                f"driver runs the {layout} one (jailer settings changed): its device paths would "
+                "not resolve; boot the VM cold"
+            )
+        fork = d.get("vm_id") != spec.vm_id
+        if fork and not saved.disks:
+            raise DriverError(
+                f"{saved.dir} is a suspended VM (its disks are the VM's own): fork from a "
+                "checkpoint, which carries frozen disks"
+            )
+        if fork and not d.get("relative_paths"):
+            raise DriverError(
+                f"{saved.dir} records its VM's own absolute disk paths: a fork would open the "
+                "parent's disks; take a new checkpoint (this banger names them relatively)"
+            )
+        saved_tap = str(d.get("tap_device", ""))
+        if bool(saved_tap) != (spec.network.kind == "tap"):
+            raise DriverError(
+                f"saved machine {saved.dir} has {'a TAP network' if saved_tap else 'no network'} "
+                f"device and VM {spec.name!r} asks for network {spec.network.kind!r}: a snapshot "
+                "keeps its devices"
+            )
+        if await _answers(self._api_path(spec)):
+            raise DriverError(
+                f"VM {spec.name!r} is running (its Firecracker answers on "
+                f"{self._api_path(spec)}): stop it before restoring over its disks"
+            )
+        # The checkpoint's disks go to the VM's own paths (a later cold boot finds them there);
+        # what was there is kept aside until the load succeeded, and put back if it did not.
+        swapped = await _swap_in_disks(spec, saved)
+        try:
+            disks = self._check_spec(spec)
+            handle, lay, names = await self._start_process(spec, disks)
+        except BaseException:
+            _swap_back(swapped)
+            raise
+        try:
+            body = self._load_body(handle, spec, saved, lay, state_file, mem_file)
+            async with FirecrackerClient(lay.host_api, timeout=SNAPSHOT_TIMEOUT) as api:
+                await self._configure_logging(api, names)  # the only resources allowed before
+                await api.load_snapshot(body)
+                state = str((await api.describe()).get("state", ""))
+            if state != "Running":
+                raise DriverError(f"firecracker loaded {saved.dir} but the VM is {state!r}")
+        except BaseException as e:
+            await self._kill(handle)
+            self.cleanup(handle)
+            _swap_back(swapped)
+            if isinstance(e, FirecrackerAPIError):
+                raise DriverError(
+                    f"firecracker could not restore VM {spec.name!r} from {saved.dir}: {e} "
+                    f"(console: {spec.console_log}, VMM log: {handle.details['firecracker_log']})"
+                ) from None
+            raise
+        for _, kept in swapped:
+            if kept is not None:
+                kept.unlink()
+        handle.details.update(
+            {
+                "boot_args": d.get("boot_args", ""),
+                "restored_from": str(saved.dir),
+                "forked": fork,
+                "last_saved": str(saved.dir),  # the load reset the dirty-page log
+            }
+        )
+        return handle
+
+    def _api_path(self, spec: VMSpec) -> Path:
+        """Where this VM's API socket is while its VMM runs (`_layout` without its effects)."""
+        if self.jailer is None:
+            return spec.runtime_dir / API_SOCKET
+        jail = self.jailer.chroot_base / Path(self._exec_file()).name / instance_id(spec.vm_id)
+        return jail / "root" / (HELPER_API_SOCKET if self.helper else API_SOCKET)
+
+    def _load_body(
+        self,
+        handle: VMHandle,
+        spec: VMSpec,
+        saved: SavedMachine,
+        lay: _Layout,
+        state_file: Path,
+        mem_file: Path,
+    ) -> dict[str, Any]:
+        """The `/snapshot/load` body; jailed, the snapshot files are put into the jail first."""
+        if lay.chroot is None:
+            fc_state, fc_mem = str(state_file), str(mem_file)
+        else:
+            prefix = JAIL_SNAPSHOT_PREFIX[self._layout_kind()]
+            fc_state, fc_mem = prefix + JAIL_STATE, prefix + JAIL_MEMORY
+            for src, name in ((state_file, fc_state), (mem_file, fc_mem)):
+                _link_or_copy(src, lay.chroot / name)
+                if self.helper is None and self.jailer is not None:
+                    assert self.jailer.uid is not None and self.jailer.gid is not None
+                    os.chown(lay.chroot / name, self.jailer.uid, self.jailer.gid)
+        body: dict[str, Any] = {
+            "snapshot_path": fc_state,
+            "mem_backend": {"backend_type": "File", "backend_path": fc_mem},
+            "resume_vm": True,
+        }
+        version = parse_version(str(handle.details.get("vmm_version", ""))) or (0, 0, 0)
+        if handle.details.get("track_dirty_pages"):
+            new_name = version >= TRACK_DIRTY_PAGES_SINCE
+            body["track_dirty_pages" if new_name else "enable_diff_snapshots"] = True
+        saved_tap = str(saved.details.get("tap_device", ""))
+        if saved_tap and spec.network.tap_device != saved_tap:
+            if version < NETWORK_OVERRIDES_SINCE:
+                raise DriverError(
+                    f"VM {spec.name!r} needs its own TAP {spec.network.tap_device!r} instead of "
+                    f"the snapshot's {saved_tap!r}, which takes Firecracker >= 1.12 "
+                    f"(network_overrides); this is {handle.details.get('vmm_version')}"
+                )
+            body["network_overrides"] = [
+                {"iface_id": "eth0", "host_dev_name": spec.network.tap_device}
+            ]
+        return body
+
     # --- readiness, control channel, capabilities ------------------------------------------------
 
     @property
     def capabilities(self) -> frozenset[Capability]:
-        return frozenset({Capability.PAUSE, Capability.VSOCK})
+        return frozenset(
+            {
+                Capability.PAUSE,
+                Capability.VSOCK,
+                Capability.SUSPEND,
+                Capability.SNAPSHOT,
+                Capability.FORK,
+            }
+        )
 
     def guest_channel(self) -> GuestChannel:
         # No virtio-serial in Firecracker: the seed carries the AF_VSOCK control agent.
@@ -870,6 +1254,77 @@ async def send_control_stop(handle: VMHandle, timeout: float = 1.0) -> bool:
         writer.close()
         with contextlib.suppress(Exception):
             await writer.wait_closed()
+
+
+def _writable_disks(spec: VMSpec) -> list[tuple[str, DiskSpec]]:
+    """The disks a checkpoint freezes, by role ("root", "work"), as the QEMU driver names them."""
+    out = [("root", spec.root_disk)]
+    if spec.work_disk is not None:
+        out.append(("work", spec.work_disk))
+    return [(role, disk) for role, disk in out if not disk.read_only]
+
+
+def _disk_for_role(spec: VMSpec, role: str) -> Path:
+    disk = spec.root_disk if role == "root" else spec.work_disk if role == "work" else None
+    if disk is None:
+        raise DriverError(f"VM {spec.name!r} has no {role} disk to restore the saved one into")
+    return disk.path
+
+
+async def _answers(socket_path: Path) -> bool:
+    """True when something accepts connections on the Unix socket (a live VMM's API)."""
+    if not socket_path.exists():
+        return False
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(socket_path)), 2.0)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
+
+
+async def _swap_in_disks(spec: VMSpec, saved: SavedMachine) -> list[tuple[Path, Path | None]]:
+    """Put copies of the saved disks at the VM's paths; (path, what was there, set aside)."""
+    swapped: list[tuple[Path, Path | None]] = []
+    try:
+        for role, src in saved.disks.items():
+            target = _disk_for_role(spec, role)
+            part = target.with_name(f".{target.name}.restore")
+            with contextlib.suppress(FileNotFoundError):
+                part.unlink()
+            await clone_raw(src, part)
+            kept: Path | None = None
+            if target.exists():
+                kept = target.with_name(f".{target.name}.before-restore")
+                os.replace(target, kept)
+            swapped.append((target, kept))
+            os.replace(part, target)
+    except BaseException:
+        _swap_back(swapped)
+        raise
+    return swapped
+
+
+def _swap_back(swapped: list[tuple[Path, Path | None]]) -> None:
+    for target, kept in reversed(swapped):
+        if kept is not None:
+            os.replace(kept, target)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                target.unlink()
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        dst.unlink()
+    try:
+        os.link(src, dst)
+    except OSError as e:
+        if e.errno not in (errno.EXDEV, errno.EPERM):
+            raise
+        shutil.copyfile(src, dst)
 
 
 def _extra_disks(spec: VMSpec) -> tuple[DiskSpec, ...]:

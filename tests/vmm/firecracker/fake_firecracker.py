@@ -5,7 +5,10 @@ management (spawn, socket wait, signals, exit on Ctrl-Alt-Del, re-attach) is exe
 is simulated only as far as the host can observe it: boot lines on the serial console (stdout),
 a vsock listener answering `CONNECT <port>` with `OK <n>` and echoing lines, and a reboot (the
 process exits 0) on Ctrl-Alt-Del when the command line has `reboot=k`, as a real guest with an
-i8042 would. Every API call is appended as a JSON line to $BANGER_FC_DOUBLE_LOG when set.
+i8042 would. The guest keeps its state in the double's simulated RAM (page 0: a boot id made at
+boot; page 1: a value set over vsock), so a snapshot carries it and a restore brings it back:
+over vsock, `boot-id` answers the boot id, `set X` stores X, `get` answers it; other lines echo.
+Every API call is appended as a JSON line to $BANGER_FC_DOUBLE_LOG when set.
 
 The command line goes through Firecracker's own parser and argument table (`fc_argparser`, from
 firecracker v1.16.1 `src/utils/src/arg_parser.rs` and `src/firecracker/src/main.rs`): an unknown
@@ -21,6 +24,7 @@ import socketserver
 import sys
 import threading
 import time
+import uuid
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
@@ -59,11 +63,15 @@ class Guest:
         boot = fc.resources["boot-source"]
         console(f"fake-guest: Linux booting {boot['kernel_image_path']}")
         console(f"fake-guest: Kernel command line: {boot.get('boot_args', '')}")
+        fc.write_page(0, uuid.uuid4().hex.encode())  # the boot id: a fresh guest
         console("fake-guest: up")
         if GUEST_MODE == "error":
             console("banger-guest: ERROR the image has no OpenSSH server")
         else:
             console("banger-guest: READY mode=fake")
+
+    def on_restore(self, fc: FirecrackerDouble) -> None:
+        console(f"fake-guest: restored boot-id {fc.read_page(0).decode()} state {fc.state}")
 
     def on_ctrl_alt_del(self, fc: FirecrackerDouble) -> None:
         if "reboot=k" not in fc.resources["boot-source"].get("boot_args", "").split():
@@ -112,8 +120,21 @@ class Guest:
             f.write(b"OK 1073741824\n")
             f.flush()
             for line in f:
-                f.write(b"echo " + line)
+                with fc.lock:
+                    answer = self._command(fc, line)
+                f.write(answer)
                 f.flush()
+
+    def _command(self, fc: FirecrackerDouble, line: bytes) -> bytes:
+        words = line.rstrip(b"\n").split(b" ", 1)
+        if words[0] == b"boot-id":
+            return b"boot-id " + fc.read_page(0) + b"\n"
+        if words[0] == b"set" and len(words) == 2:
+            fc.write_page(1, words[1])
+            return b"ok\n"
+        if words[0] == b"get":
+            return b"value " + fc.read_page(1) + b"\n"
+        return b"echo " + line
 
 
 def make_handler(fc: FirecrackerDouble) -> type[BaseHTTPRequestHandler]:
@@ -138,6 +159,10 @@ def make_handler(fc: FirecrackerDouble) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
+            self.wfile.flush()
+            if fc.fatal:
+                # A failed snapshot load ends Firecracker (exit code 1, FcExitCode::GenericError).
+                exit_soon(1)
 
         do_GET = do_PUT = do_PATCH = do_POST = do_DELETE = _any
 
@@ -194,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     fc.on_ctrl_alt_del = guest.on_ctrl_alt_del
     fc.on_state = guest.on_state
     fc.on_vsock = guest.on_vsock
+    fc.on_restore = guest.on_restore
     with Server(api_sock, make_handler(fc)) as server:
         server.serve_forever()
     return 0

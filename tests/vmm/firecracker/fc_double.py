@@ -7,6 +7,17 @@ from the operations' own summaries ("Pre-boot only." / "Post-boot only."), plus 
 spec states only in prose (listed in `EXTRA_PHASE`). Errors are `400 {"fault_message": …}` as
 Firecracker sends them. Every request is recorded (method, path, body, status).
 
+Snapshots follow firecracker v1.16.1 (docs/snapshotting/snapshot-support.md, and the code that
+enforces it): `PUT /snapshot/create` only on a `Paused` VM (src/vmm/src/vstate/vcpu.rs: a running
+vCPU answers SaveState with NotAllowed("save/restore unavailable while running")), `PUT
+/snapshot/load` only on a fresh process before any boot-specific resource is configured
+(src/vmm/src/rpc_interface.rs `PrebootApiController::load_snapshot` and its `boot_path` flag; the
+logger, metrics, serial and cpu-config do not set it), exactly one of `mem_backend` /
+`mem_file_path` (src/firecracker/src/api_server/request/snapshot.rs), and a failed load ends the
+process (`fatal_error` → exit code 1, `FcExitCode::GenericError`). The double writes real files:
+the state file is JSON of the recorded configuration (opaque to banger, as the real one is), the
+memory file is a sparse image of `mem_size_mib` holding the simulated guest's pages.
+
 This module is deliberately independent of banger's own spec loader (`banger.vmm.fc_spec`), so a
 bug there cannot hide a contract violation here.
 """
@@ -50,6 +61,36 @@ EXTRA_PHASE: dict[tuple[str, str], str] = {
     ("GET", "/hotplug/memory"): "post",
 }
 ACTION_PHASE = {"InstanceStart": "pre", "SendCtrlAltDel": "post", "FlushMetrics": "post"}
+# The requests that set `boot_path` in rpc_interface.rs (PrebootApiController: insert_block_device,
+# insert_net_device, insert_pmem_device, set_balloon_device, set_boot_source, set_mmds_config,
+# update_machine_config, set_vsock_device, set_entropy_device, set_memory_hotplug_device).
+BOOT_PATH_OPS = {
+    "putGuestBootSource", "putMachineConfiguration", "patchMachineConfiguration",
+    "putGuestDriveByID", "putGuestNetworkInterfaceByID", "putGuestPmemByID", "putBalloon",
+    "putGuestVsock", "putMmdsConfig", "putEntropyDevice", "putMemoryHotplug",
+}  # fmt: skip
+PAGE = 4096
+# VcpuResponse::NotAllowed from a running vCPU (vcpu.rs), wrapped by MicrovmStateError::NotAllowed,
+# CreateSnapshotError::MicrovmState and VmmActionError::CreateSnapshot (their displaydoc strings).
+CREATE_WHILE_RUNNING_FAULT = (
+    "Create snapshot error: Cannot save the microVM state: Operation not allowed: "
+    "save/restore unavailable while running"
+)
+# LoadSnapshotError::LoadSnapshotNotAllowed inside VmmActionError::LoadSnapshot.
+LOAD_AFTER_CONFIG_FAULT = (
+    "Load snapshot error: Loading a microVM snapshot not allowed after configuring "
+    "boot-specific resources."
+)
+SERDE = "An error occurred when deserializing the json body of a request: {}."
+# request/snapshot.rs MISSING_FIELD / TOO_MANY_FIELDS.
+LOAD_MISSING_MEM = SERDE.format(
+    "missing field: either `mem_backend` or `mem_file_path` is required"
+)
+LOAD_TOO_MANY_MEM = SERDE.format(
+    "too many fields: either `mem_backend` or `mem_file_path` exclusively is required"
+)
+RESTORE_FAULT = "Load snapshot error: Failed to restore from snapshot: {}"
+SNAPSHOT_MAGIC = "firecracker-double-vmstate"
 PRE_BOOT_FAULT = "The requested operation is not supported after starting the microVM."
 POST_BOOT_FAULT = "The requested operation is not supported before starting the microVM."
 
@@ -168,6 +209,22 @@ class FirecrackerDouble:
             "network-interfaces": {},
         }
         self.lock = threading.Lock()
+        # The simulated guest's RAM: page index -> bytes, and the pages written since the last
+        # snapshot (KVM's dirty log when track_dirty_pages is on).
+        self.memory: dict[int, bytes] = {}
+        self.dirty: set[int] = set()
+        self.boot_path = False  # rpc_interface.rs PrebootApiController::boot_path
+        self.fatal = False  # a failed load: the process ends after answering
+        self.on_restore: Callable[[FirecrackerDouble], None] | None = None
+
+    def write_page(self, index: int, data: bytes) -> None:
+        """The guest writes one page of its RAM (shorter data is zero-padded)."""
+        assert len(data) <= PAGE
+        self.memory[index] = data.ljust(PAGE, b"\0")
+        self.dirty.add(index)
+
+    def read_page(self, index: int) -> bytes:
+        return self.memory.get(index, b"\0" * PAGE).rstrip(b"\0")
 
     # ---- plumbing -----------------------------------------------------------------------------
 
@@ -232,6 +289,8 @@ class FirecrackerDouble:
         if phase == "post" and not booted:
             raise Fault(POST_BOOT_FAULT)
         handler = getattr(self, "op_" + route.operation_id, None)
+        if route.operation_id in BOOT_PATH_OPS:
+            self.boot_path = True
         if handler is not None:
             answer = handler(params, body)
         elif route.method == "GET":
@@ -372,3 +431,183 @@ class FirecrackerDouble:
         self.state = "Paused" if body["state"] == "Paused" else "Running"
         if self.on_state:
             self.on_state(self, self.state)
+
+    # ---- snapshots (docs/snapshotting/snapshot-support.md, src/vmm/src/persist.rs) -------------
+
+    def op_createSnapshot(self, params: dict[str, str], body: Any) -> Any:
+        if self.state != "Paused":
+            raise Fault(CREATE_WHILE_RUNNING_FAULT)
+        snap = self.host_path(body["snapshot_path"])
+        mem = self.host_path(body["mem_file_path"])
+        kind = body.get("snapshot_type", "Full")
+        state = {
+            "magic": SNAPSHOT_MAGIC,
+            "version": self.version,
+            "resources": {
+                k: copy.deepcopy(self.resources[k])
+                for k in ("machine-config", "boot-source", "drives", "network-interfaces", "vsock")
+                if k in self.resources
+            },
+        }
+        # persist.rs snapshot_state_to_file: create/truncate, write, flush, sync_all.
+        try:
+            with snap.open("w") as f:
+                json.dump(state, f)
+        except OSError as e:
+            raise Fault(
+                "Create snapshot error: Cannot perform open on the snapshot backing file: "
+                f"{e.strerror} (os error {e.errno})"
+            ) from None
+        # Full: every page. Diff: the dirty log when tracking is on, else mincore's view of the
+        # resident pages (all the double has). Either way a sparse file of the guest's size.
+        tracking = bool(self.resources["machine-config"].get("track_dirty_pages"))
+        pages = self.dirty if kind == "Diff" and tracking else set(self.memory)
+        size = int(self.resources["machine-config"]["mem_size_mib"]) << 20
+        try:
+            with mem.open("wb") as f:
+                f.truncate(size)
+                for i in sorted(pages):
+                    f.seek(i * PAGE)
+                    f.write(self.memory[i])
+        except OSError as e:
+            raise Fault(
+                "Create snapshot error: Cannot write memory file: "
+                f"{e.strerror} (os error {e.errno})"
+            ) from None
+        self.dirty.clear()  # "the snapshot creation resets then the dirtied page bitmap"
+
+    def op_loadSnapshot(self, params: dict[str, str], body: Any) -> Any:
+        backend, legacy = body.get("mem_backend"), body.get("mem_file_path")
+        if backend is not None and legacy is not None:
+            raise Fault(LOAD_TOO_MANY_MEM)
+        if backend is None and legacy is None:
+            raise Fault(LOAD_MISSING_MEM)
+        if self.boot_path:
+            raise Fault(LOAD_AFTER_CONFIG_FAULT)  # not fatal: rejected before restoring
+        try:
+            self._restore(body, backend or {"backend_type": "File", "backend_path": legacy})
+        except Fault:
+            self.fatal = True  # rpc_interface.rs: "the process is too dirty to recover"
+            raise
+
+    def _restore(self, body: Any, backend: dict[str, str]) -> None:
+        snap = self.host_path(body["snapshot_path"])
+        try:
+            state = json.loads(snap.read_text())
+        except OSError as e:
+            raise Fault(
+                RESTORE_FAULT.format(
+                    "Failed to get snapshot state from file: Failed to open snapshot file: "
+                    f"{e.strerror} (os error {e.errno})"
+                )
+            ) from None
+        except ValueError:
+            state = None
+        if not isinstance(state, dict) or state.get("magic") != SNAPSHOT_MAGIC:
+            raise Fault(
+                RESTORE_FAULT.format(
+                    "Failed to get snapshot state from file: Failed to load snapshot state from "
+                    "file: Snapshot error: CRC64 validation failed"
+                )
+            )
+        resources = state["resources"]
+        # persist.rs restore_from_snapshot: overrides are applied to the state before building.
+        for o in body.get("network_overrides", []):
+            iface = resources.get("network-interfaces", {}).get(o["iface_id"])
+            if iface is None:
+                raise Fault(
+                    RESTORE_FAULT.format(
+                        "Failed to get snapshot state from file: Unknown Network Device."
+                    )
+                )
+            iface["host_dev_name"] = o["host_dev_name"]
+        if "vsock_override" in body:
+            if "vsock" not in resources:
+                raise Fault(
+                    RESTORE_FAULT.format(
+                        "Failed to get snapshot state from file: Unknown Vsock Device."
+                    )
+                )
+            resources["vsock"]["uds_path"] = body["vsock_override"]["uds_path"]
+        if backend["backend_type"] != "File":
+            raise Fault(
+                RESTORE_FAULT.format(
+                    "Failed to load guest memory: Error creating guest memory from uffd: "
+                    "the contract double serves no userfaultfd page-fault handler"
+                )
+            )
+        mem = self.host_path(backend["backend_path"])
+        size = int(resources["machine-config"]["mem_size_mib"]) << 20
+        try:
+            with mem.open("rb") as f:
+                if os.fstat(f.fileno()).st_size != size:
+                    raise Fault(
+                        RESTORE_FAULT.format(
+                            "Failed to load guest memory: Error creating guest memory from file: "
+                            "the memory file does not match the snapshot's memory size"
+                        )
+                    )
+                memory = _read_pages(f.fileno(), size)
+        except OSError as e:
+            raise Fault(
+                RESTORE_FAULT.format(
+                    "Failed to load guest memory: Error creating guest memory from file: "
+                    f"{e.strerror} (os error {e.errno})"
+                )
+            ) from None
+        # Devices reopen their host resources at the recorded (or overridden) paths.
+        for d in resources.get("drives", {}).values():
+            if "path_on_host" in d and not self.host_path(d["path_on_host"]).exists():
+                raise Fault(
+                    RESTORE_FAULT.format(
+                        "Failed to build microVM from snapshot: Cannot restore devices: Block: "
+                        f"No such file or directory (os error 2): {d['path_on_host']}"
+                    )
+                )
+        for n in resources.get("network-interfaces", {}).values():
+            if not Path("/sys/class/net", n["host_dev_name"]).exists():
+                raise Fault(
+                    RESTORE_FAULT.format(
+                        "Failed to build microVM from snapshot: Cannot restore devices: Net: "
+                        f"Open tap device failed: {n['host_dev_name']}"
+                    )
+                )
+        vsock = resources.get("vsock")
+        if vsock is not None:
+            if self.host_path(vsock["uds_path"]).exists():
+                raise Fault(
+                    RESTORE_FAULT.format(
+                        "Failed to build microVM from snapshot: Cannot restore devices: Vsock: "
+                        f"Address in use (os error 98): {vsock['uds_path']}"
+                    )
+                )
+            if self.on_vsock:
+                self.on_vsock(self, str(self.host_path(vsock["uds_path"])))
+        self.resources.update(copy.deepcopy(resources))
+        self.resources["machine-config"]["track_dirty_pages"] = bool(
+            body.get("track_dirty_pages") or body.get("enable_diff_snapshots")
+        )
+        self.memory = memory
+        self.dirty = set()  # "It then resets the dirtied page bitmap"
+        self.state = "Running" if body.get("resume_vm") else "Paused"
+        if self.on_restore:
+            self.on_restore(self)
+
+
+def _read_pages(fd: int, size: int) -> dict[int, bytes]:
+    """The data pages of a sparse memory file (its holes are zero pages)."""
+    pages: dict[int, bytes] = {}
+    pos = 0
+    while pos < size:
+        try:
+            start = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError:
+            break  # ENXIO: only a hole remains
+        end = os.lseek(fd, start, os.SEEK_HOLE)
+        first = start - start % PAGE
+        for off in range(first, end, PAGE):
+            data = os.pread(fd, PAGE, off)
+            if data.strip(b"\0"):
+                pages[off // PAGE] = data
+        pos = end
+    return pages

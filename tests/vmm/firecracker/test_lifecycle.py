@@ -88,9 +88,12 @@ async def test_launch_configures_in_documented_order_then_stops_gracefully(
             assert needed in args
         drives = {d["drive_id"]: d for d in cfg["drives"]}
         assert drives["rootfs"]["is_root_device"] is True
-        assert drives["rootfs"]["path_on_host"] == str(spec.root_disk.path)
+        # Named relative to the runtime dir (where Firecracker runs) so snapshots can be forked.
+        assert drives["rootfs"]["path_on_host"] == "rootfs.img"
+        assert (spec.runtime_dir / "rootfs.img").resolve() == spec.root_disk.path.resolve()
         assert drives["work"]["is_root_device"] is False
-        assert cfg["vsock"]["uds_path"] == handle.control_socket
+        assert cfg["vsock"]["uds_path"] == "v.sock"
+        assert spec.runtime_dir / "v.sock" == Path(handle.control_socket)
 
         if fc.kind == "double":
             calls = [(c["method"], c["path"]) for c in fc.calls()]
