@@ -38,6 +38,7 @@ from banger.vmm.base import (
     DriverError,
     GuestChannel,
     MissingCapability,
+    SavedMachine,
     VMHandle,
     VMSpec,
 )
@@ -721,6 +722,17 @@ class FirecrackerDriver:
 
     async def add_port_forward(self, handle: VMHandle, host_port: int, guest_port: int) -> None:
         raise MissingCapability(self.name, Capability.PORT_FORWARD)
+
+    # Snapshots on Firecracker are issue 14's other half; until then the protocol's rule applies.
+    async def save(
+        self, handle: VMHandle, spec: VMSpec, dest: Path, keep_running: bool
+    ) -> SavedMachine:
+        raise MissingCapability(
+            self.name, Capability.SNAPSHOT if keep_running else Capability.SUSPEND
+        )
+
+    async def restore(self, spec: VMSpec, saved: SavedMachine) -> VMHandle:
+        raise MissingCapability(self.name, Capability.SUSPEND)
 
     async def inspect(self, handle: VMHandle) -> dict[str, Any]:
         """Firecracker's full view of the VM (`GET /vm/config`)."""
