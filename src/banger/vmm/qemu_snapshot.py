@@ -321,9 +321,11 @@ class QmpSession:
         self.client = QMPClient("banger-snapshot")
 
     async def __aenter__(self) -> QmpSession:
+        from qemu.qmp import QMPError
+
         try:
             await asyncio.wait_for(self.client.connect(self.socket), self.timeout)
-        except (TimeoutError, OSError) as e:
+        except (TimeoutError, OSError, QMPError) as e:
             raise DriverError(f"cannot reach QMP at {self.socket}: {e}") from None
         return self
 
