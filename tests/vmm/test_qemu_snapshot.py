@@ -61,8 +61,11 @@ MEMORY_MIB = 256
 
 @pytest.fixture(scope="module")
 def guest_files(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path, Path]]:
+    yield build_guest(tmp_path_factory.mktemp("qsnap-guest"))
+
+
+def build_guest(d: Path) -> tuple[Path, Path, Path]:
     """initrd, the root image (raw ext4, never written) and a raw ext4 work image to convert."""
-    d = tmp_path_factory.mktemp("qsnap-guest")
     initrd = d / "initrd.img"
     build_initramfs(initrd, modules=bootkit.resolve_modules())
     tree = d / "tree"
@@ -77,7 +80,7 @@ def guest_files(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path
     work_tree.mkdir()
     work = d / "work.ext4"
     bootkit.make_ext4(work, work_tree, size_mib=64)
-    yield initrd, root, work
+    return initrd, root, work
 
 
 async def make_disks(vdir: Path, root_image: Path, work_image: Path) -> tuple[Path, Path]:

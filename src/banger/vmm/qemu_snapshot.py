@@ -370,6 +370,7 @@ class QmpSession:
 
 
 MIGRATION_FD = "banger-mig"
+FILE_BANDWIDTH = 64 << 30  # bytes/s: no throttling in practice
 
 
 async def stage_layers(disks: Sequence[WritableDisk], dest: Path) -> list[Path]:
@@ -455,6 +456,8 @@ def recover_disk(path: Path) -> bool:
 async def migrate_to_file(qmp: QmpSession, state: Path, ignore_shared: bool) -> dict[str, Any]:
     """Write the (paused) machine's migration stream to `state` (created, never overwritten)."""
     await qmp.set_ignore_shared(ignore_shared)
+    # The default cap (128 MiB/s) is for networks; a paused guest going to a file wants none.
+    await qmp.execute("migrate-set-parameters", {"max-bandwidth": FILE_BANDWIDTH})
     fd = os.open(state, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
         await qmp.pass_fd(fd, MIGRATION_FD)
