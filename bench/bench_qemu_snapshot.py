@@ -9,8 +9,9 @@ raw image, qcow2 work disk, control channel) through `QemuDriver` and measures:
 - checkpoints of the running VM after the guest wrote 10 MiB to /work each time: pause (p50,
   max), save call time, bytes allocated on disk per checkpoint (state + frozen layers);
 - restore of a checkpoint (roll back) -> first answer;
-- PSS of --forks forks started from a checkpoint (RAM from the stream: private copies) and
-  from a template whose RAM is a file (mapped copy-on-write: shared pages).
+- PSS of --forks forks started from a checkpoint (RAM from the stream: private copies), from
+  the same checkpoint after `share_memory` (RAM file mapped copy-on-write), and from a template
+  whose RAM was a shared file from boot.
 """
 
 from __future__ import annotations
@@ -132,6 +133,24 @@ async def main(args: argparse.Namespace) -> None:
         await asyncio.sleep(2)  # let them idle (no synchronisation depends on it)
         results["fork_to_answer_s"] = [round(s, 2) for _f, s in forks]
         results["fork_pss_mib_stream"] = [round(pss_kib(f.pid) / 1024) for f, _s in forks]
+        for f, _s in forks:
+            await driver.force_stop(f)
+
+        # The same checkpoint after share_memory: RAM in memory.ram, mapped copy-on-write.
+        start = time.monotonic()
+        shared = await driver.share_memory(spec, ckpts[-1])
+        results["share_memory_s"] = round(time.monotonic() - start, 2)
+        forks = []
+        for i in range(args.forks):
+            cdir = work / f"sfork{i}"
+            cdir.mkdir()
+            start = time.monotonic()
+            f = await restore(t.make_spec(cdir, initrd, f"benchs{i:03d}"), shared)
+            await t.guest(f, "true")
+            forks.append((f, time.monotonic() - start))
+        await asyncio.sleep(2)
+        results["shared_fork_to_answer_s"] = [round(s, 2) for _f, s in forks]
+        results["shared_fork_pss_mib"] = [round(pss_kib(f.pid) / 1024) for f, _s in forks]
         for f, _s in forks:
             await driver.force_stop(f)
 

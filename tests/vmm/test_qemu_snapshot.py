@@ -249,11 +249,17 @@ async def test_forks_of_one_checkpoint_do_not_see_each_others_writes(
     pid = await guest(parent, "echo base > /tmp/m; echo base > /work/w; sync; cat /tmp/sleeper.pid")
     ckpt = await fleet.driver.save(parent, spec, tmp_path / "ckpt", keep_running=True)
 
+    # Child 1 loads RAM from the stream; then the RAM moves to a file that child 2 maps
+    # copy-on-write (share_memory): both must start from the same machine.
     children: list[VMHandle] = []
     for i in (1, 2):
         cdir = tmp_path / f"child{i}"
         cdir.mkdir()
         child_spec = dataclasses.replace(make_spec(cdir, initrd, f"fork000{i}"), name=f"child{i}")
+        if i == 2:
+            ckpt = await fleet.driver.share_memory(spec, ckpt)
+            assert ckpt.details["memory"] == "file"
+            assert snap.load_saved(ckpt.dir) == ckpt
         child = await fleet.restore(child_spec, ckpt)
         assert await guest(child, f"cat /tmp/m /work/w; kill -0 {pid} && echo alive") == (
             "base base alive"
@@ -269,6 +275,7 @@ async def test_forks_of_one_checkpoint_do_not_see_each_others_writes(
     )
     # Each child's disks are its own layers over the parent's frozen ones.
     assert (tmp_path / "child1" / "work.qcow2").exists()
+    assert str(ckpt.dir / snap.MEMORY_FILE) in Path(f"/proc/{children[1].pid}/maps").read_text()
 
 
 @pytest.mark.slow

@@ -22,6 +22,8 @@ class DiskSpec:
     # "qcow2" (QEMU overlay over a raw image) or "raw" (Firecracker only takes raw files).
     format: Literal["raw", "qcow2"] = "raw"
     read_only: bool = False
+    # QEMU: the guest may write, but into a temporary overlay QEMU discards (`snapshot=on`).
+    scratch: bool = False
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import re
 import shutil
 import signal
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -56,6 +58,8 @@ def _drive(index: int, disk: DiskSpec) -> list[str]:
     opts += ",cache=writeback,discard=unmap"
     if disk.read_only:
         opts += ",readonly=on"
+    if disk.scratch:
+        opts += ",snapshot=on"
     return ["-drive", opts, "-device", f"virtio-blk-device,drive=d{index}"]
 
 
@@ -413,6 +417,47 @@ class QemuDriver:
             raise
         handle.details["restored_from"] = str(saved.dir)
         return handle
+
+    async def share_memory(self, spec: VMSpec, saved: SavedMachine) -> SavedMachine:
+        """Move a saved machine's RAM out of its stream into `memory.ram`, so that every later
+        `restore` maps it copy-on-write and forks share the pages none of them changed.
+
+        A helper QEMU (paused throughout, never running the guest) loads the stream into RAM
+        backed by the new file, then saves only the device state. Its disks are `spec`'s shape
+        over throw-away overlays (`snapshot=on`): the saved layers are only read. `spec` is the
+        saved VM's (runtime_dir and console_log are replaced). Returns the updated record;
+        nothing changes on failure. Idempotent."""
+        if saved.details.get("memory") == "file":
+            return saved
+        snap.check_restorable(dataclasses.replace(spec, memory_file=None), saved)
+        work = Path(tempfile.mkdtemp(prefix="bgm-", dir="/tmp"))
+        ram = saved.dir / f".{snap.MEMORY_FILE}.partial"
+        state = saved.dir / f".{snap.STATE_FILE}.partial"
+        helper = snap.helper_spec(spec, saved, work, ram)
+        handle: VMHandle | None = None
+        try:
+            handle = await self._start(helper, ["-incoming", "defer"], None)
+            live = handle
+            async with snap.QmpSession(handle.api_socket) as qmp:
+                await snap.migrate_from_file(
+                    qmp, saved.dir / snap.STATE_FILE, False, lambda: self.is_alive(live)
+                )
+                state.unlink(missing_ok=True)
+                await snap.migrate_to_file(qmp, state, ignore_shared=True)
+            await self.force_stop(handle)
+            os.replace(ram, saved.dir / snap.MEMORY_FILE)
+            os.replace(state, saved.dir / snap.STATE_FILE)
+        except BaseException:
+            if handle is not None:
+                await self.force_stop(handle)
+            ram.unlink(missing_ok=True)
+            state.unlink(missing_ok=True)
+            raise
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        shared = dataclasses.replace(saved, details={**saved.details, "memory": "file"})
+        snap.write_record(shared)
+        return shared
 
 
 _FWD_RE = re.compile(r"TCP\[HOST_FORWARD\]\s+\d+\s+(\S*)\s+(\d+)\s+\S+\s+(\d+)")

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -97,6 +98,37 @@ def memory_args(spec: VMSpec, memory_from: Path | None = None) -> list[str]:
 
 def _opt(path: Path) -> str:
     return str(path).replace(",", ",,")
+
+
+def helper_spec(spec: VMSpec, saved: SavedMachine, work: Path, ram: Path) -> VMSpec:
+    """The machine `QemuDriver.share_memory` loads a saved stream into: `spec`'s devices, the
+    saved frozen layers (or the VM's disks, for a suspend) under `snapshot=on` (QEMU's own
+    temporary overlays: nothing saved is written), RAM shared in `ram`, no host port."""
+    disks = {d.role: d for d in writable_disks(spec)}
+
+    def layer(role: str, disk: DiskSpec | None) -> DiskSpec | None:
+        if disk is None:
+            return None
+        path = saved.disks.get(role, disk.path) if role in disks else disk.path
+        return dataclasses.replace(disk, path=path, scratch=True)
+
+    root = layer("root", spec.root_disk)
+    assert root is not None
+    return dataclasses.replace(
+        spec,
+        vm_id=f"{spec.vm_id}-mem",
+        root_disk=root,
+        work_disk=layer("work", spec.work_disk),
+        # Same device (virtio-net), another backend: the VM may hold its TAP right now.
+        network=dataclasses.replace(
+            spec.network, kind="user", ssh_host_port=0, forwards=(), tap_device=""
+        )
+        if spec.network.kind != "none"
+        else spec.network,
+        console_log=work / "console.log",
+        runtime_dir=work,
+        memory_file=ram,
+    )
 
 
 # --- the record --------------------------------------------------------------------------------
