@@ -172,7 +172,11 @@ def saved_from_json(directory: Path, data: Any) -> SavedMachine:
 
 
 def write_record(saved: SavedMachine) -> None:
-    """saved.json, staged then renamed: its presence means the save completed."""
+    """saved.json, staged then renamed: its presence means the save completed (the files it
+    names are synced first)."""
+    for name in (STATE_FILE, MEMORY_FILE, *(p.name for p in saved.disks.values())):
+        with contextlib.suppress(FileNotFoundError), open(saved.dir / name, "rb") as f:
+            os.fsync(f.fileno())
     tmp = saved.dir / f".{META_FILE}.tmp"
     tmp.write_text(json.dumps(saved_to_json(saved), indent=2, sort_keys=True) + "\n")
     with open(tmp, "rb") as f:
@@ -496,10 +500,9 @@ async def migrate_to_file(qmp: QmpSession, state: Path, ignore_shared: bool) -> 
     finally:
         os.close(fd)
     await qmp.execute("migrate", {"uri": f"fd:{MIGRATION_FD}"})
-    info = await qmp.wait_migration()
-    with open(state, "rb") as f:
-        os.fsync(f.fileno())
-    return info
+    # Not fsynced here: that would lengthen the guest's pause; `write_record` syncs the
+    # directory's files before the record makes them a saved machine.
+    return await qmp.wait_migration()
 
 
 async def migrate_from_file(qmp: QmpSession, state: Path, ignore_shared: bool, alive: Any) -> None:
