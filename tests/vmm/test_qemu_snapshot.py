@@ -226,7 +226,12 @@ async def test_checkpoint_then_restore_rolls_back_memory_and_both_disks(
     out = await guest(handle, "echo two > /tmp/m; echo two > /r; echo two > /work/w; sync; cat /r")
     assert out == "two"
     # ...and a second checkpoint on top works too (the chain grows by one layer per disk).
+    # A VM the caller paused is checkpointed and stays paused.
+    await fleet.driver.pause(handle)
     second = await fleet.driver.save(handle, spec, tmp_path / "ckpt2", keep_running=True)
+    # (QEMU reports `postmigrate`, not `paused`: not running either way; `resume` thaws it.)
+    assert (await fleet.driver.qmp(handle, "query-status"))["running"] is False
+    await fleet.driver.resume(handle)
     assert await guest(handle, "cat /tmp/m /r /work/w") == "two two two"
     await fleet.driver.force_stop(handle)
 

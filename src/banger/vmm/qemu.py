@@ -310,9 +310,11 @@ class QemuDriver:
         keep_running=False (suspend): `stop`, the migration stream to `dest/state.mig`, `quit`.
         A VM launched with `spec.memory_file` writes only device state; its RAM file then moves
         to `dest/memory.ram` (same filesystem), ready to be mapped copy-on-write by restores.
-        keep_running=True (checkpoint): `stop`, the writable disks (qcow2 only) become frozen
+        keep_running=True (checkpoint): a live pre-copy of RAM while the guest runs; at the
+        switchover point (guest stopped by QEMU) the writable disks (qcow2 only) become frozen
         layers `dest/root.qcow2`, `dest/work.qcow2` under new active layers at the same paths,
-        the stream, `cont`. The VM is paused only in between (`paused_seconds`).
+        then the last pages and device state, `cont`. `paused_seconds` counts from the
+        switchover point (seen within 5 ms) to `cont`.
         `dest/saved.json` is written last: without it the directory is not a saved machine."""
         if dest.exists():
             raise DriverError(f"{dest} already exists: a save needs a new directory")
@@ -329,20 +331,35 @@ class QemuDriver:
         try:
             staged = await snap.stage_layers(disks, dest)
             async with snap.QmpSession(handle.api_socket) as qmp:
-                started = time.monotonic()
-                await qmp.execute("stop")
+                # A VM the caller paused stays paused after a checkpoint.
+                was_running = (await qmp.execute("query-status")).get("running", True)
                 try:
-                    frozen = await snap.freeze_disks(qmp, disks, staged, dest)
-                    await snap.migrate_to_file(
-                        qmp, dest / snap.STATE_FILE, ignore_shared=spec.memory_file is not None
-                    )
+                    if keep_running:
+                        # Live pre-copy; QEMU stops the guest at the switchover point, where
+                        # the disks are swapped, then writes the rest and the device state.
+                        await snap.start_migration(qmp, dest / snap.STATE_FILE, False, live=True)
+                        await snap.wait_switchover(qmp)
+                        started = time.monotonic()
+                        frozen = await snap.freeze_disks(qmp, disks, staged, dest)
+                        await qmp.execute("migrate-continue", {"state": "pre-switchover"})
+                        await qmp.wait_migration()
+                    else:
+                        started = time.monotonic()
+                        await qmp.execute("stop")
+                        await snap.migrate_to_file(
+                            qmp, dest / snap.STATE_FILE, spec.memory_file is not None
+                        )
                 except BaseException:
-                    # The VM goes on as it was (a failed suspend must not leave it frozen).
+                    # The VM goes on as it was (a failed save must not leave it frozen).
                     with contextlib.suppress(Exception):
-                        await qmp.execute("cont")
+                        await qmp.execute("migrate_cancel")
+                    if was_running:
+                        with contextlib.suppress(Exception):
+                            await qmp.execute("cont")
                     raise
                 if keep_running:
-                    await qmp.execute("cont")
+                    if was_running:
+                        await qmp.execute("cont")
                     resumed_at = time.monotonic()
                 else:
                     with contextlib.suppress(Exception):

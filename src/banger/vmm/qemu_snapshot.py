@@ -407,6 +407,7 @@ class QmpSession:
 
 MIGRATION_FD = "banger-mig"
 FILE_BANDWIDTH = 64 << 30  # bytes/s: no throttling in practice
+CONVERGE_SECONDS = 10.0
 
 
 async def stage_layers(disks: Sequence[WritableDisk], dest: Path) -> list[Path]:
@@ -489,9 +490,48 @@ def recover_disk(path: Path) -> bool:
     return True
 
 
+async def start_migration(qmp: QmpSession, state: Path, ignore_shared: bool, live: bool) -> None:
+    """Start the migration stream into `state` (created, never overwritten). `live`: pre-copy
+    while the guest runs, stopping at the switchover point for the caller (`pre-switchover`)."""
+    await qmp.set_ignore_shared(ignore_shared)
+    caps = [{"capability": "pause-before-switchover", "state": live}]
+    await qmp.execute("migrate-set-capabilities", {"capabilities": caps})
+    await qmp.execute("migrate-set-parameters", {"max-bandwidth": FILE_BANDWIDTH})
+    fd = os.open(state, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        await qmp.pass_fd(fd, MIGRATION_FD)
+    finally:
+        os.close(fd)
+    await qmp.execute("migrate", {"uri": f"fd:{MIGRATION_FD}"})
+
+
+async def wait_switchover(qmp: QmpSession) -> None:
+    """Wait for a live migration to reach `pre-switchover` (QEMU has stopped the guest, its
+    devices and disks are quiesced and not yet handed over). A guest that dirties RAM faster
+    than it is written gets stopped after CONVERGE_SECONDS, which makes it converge."""
+    stop_at = time.monotonic() + CONVERGE_SECONDS
+    deadline = time.monotonic() + MIGRATION_TIMEOUT_SECONDS
+    stopped = False
+    while True:
+        info = await qmp.execute("query-migrate")
+        status = info.get("status")
+        if status == "pre-switchover":
+            return
+        if status in ("failed", "cancelled", "completed"):
+            raise DriverError(f"migration {status} before the switchover point")
+        if not stopped and time.monotonic() > stop_at:
+            await qmp.execute("stop")
+            stopped = True
+        if time.monotonic() > deadline:
+            raise DriverError(f"migration still {status} after {MIGRATION_TIMEOUT_SECONDS}s")
+        await asyncio.sleep(0.005)
+
+
 async def migrate_to_file(qmp: QmpSession, state: Path, ignore_shared: bool) -> dict[str, Any]:
     """Write the (paused) machine's migration stream to `state` (created, never overwritten)."""
     await qmp.set_ignore_shared(ignore_shared)
+    caps = [{"capability": "pause-before-switchover", "state": False}]
+    await qmp.execute("migrate-set-capabilities", {"capabilities": caps})
     # The default cap (128 MiB/s) is for networks; a paused guest going to a file wants none.
     await qmp.execute("migrate-set-parameters", {"max-bandwidth": FILE_BANDWIDTH})
     fd = os.open(state, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
