@@ -3,10 +3,11 @@
 Measured choice (docs/snapshots.md): RAM and device state travel as a migration stream written
 to a file (`migrate` to an fd QEMU gets over QMP, `-incoming defer` + `migrate-incoming` from
 one), because it works with the `microvm` machine and its virtio-mmio devices under TCG and needs
-no qcow2 internal snapshots. Disks join a qcow2 copy-on-write chain: at a checkpoint, while the
-guest is paused, each writable disk's active layer is renamed into the checkpoint directory (it
-is frozen from then on) and a new empty active layer over it is created at the SAME path and
-swapped in with `blockdev-add` + `blockdev-snapshot`. So a VM's disk paths never change.
+no qcow2 internal snapshots. A checkpoint pre-copies RAM while the guest runs and stops it
+only at the switchover point (`pause-before-switchover`). Disks join a qcow2 copy-on-write
+chain: at that point each writable disk's active layer is renamed into the checkpoint directory
+(frozen from then on) and a new empty active layer over it, swapped in with `blockdev-add` +
+`blockdev-snapshot`, takes the SAME path. So a VM's disk paths never change.
 
 A saved machine's directory:
     saved.json   the record (written last: a directory without it is incomplete)
