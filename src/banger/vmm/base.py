@@ -22,6 +22,8 @@ class DiskSpec:
     # "qcow2" (QEMU overlay over a raw image) or "raw" (Firecracker only takes raw files).
     format: Literal["raw", "qcow2"] = "raw"
     read_only: bool = False
+    # QEMU: the guest may write, but into a temporary overlay QEMU discards (`snapshot=on`).
+    scratch: bool = False
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,10 @@ class VMSpec:
     extra: dict[str, Any] = field(default_factory=dict)
     # More disks after root and work (e.g. banger's per-VM seed disk), attached in this order.
     extra_disks: tuple[DiskSpec, ...] = ()
+    # QEMU: keep guest RAM in this file, mapped shared, so that `save(keep_running=False)` writes
+    # only the device state and the file itself becomes the saved RAM that restores and forks map
+    # copy-on-write (a warm-create template). None: ordinary anonymous RAM.
+    memory_file: Path | None = None
 
 
 @dataclass
@@ -226,7 +232,21 @@ class Driver(Protocol):
         """Capability.PORT_FORWARD: forward 127.0.0.1:host_port to the guest's guest_port."""
         ...
 
-    # Snapshot capabilities (issue 14) join here as methods with the same rule, e.g.
-    #   save(handle, spec, dest, keep_running) -> SavedMachine      (SUSPEND / SNAPSHOT)
-    #   restore(spec, saved) -> VMHandle                            (SUSPEND / SNAPSHOT / FORK)
-    # The VM's own disk paths stay the same across them, so a later cold boot needs no lookup.
+    async def save(
+        self, handle: VMHandle, spec: VMSpec, dest: Path, keep_running: bool
+    ) -> SavedMachine:
+        """Save the running machine under `dest` (a new directory the driver creates).
+
+        keep_running=False (Capability.SUSPEND): RAM and device state go to `dest`, the VMM exits;
+        the disks stay the VM's own (`SavedMachine.disks` is empty). keep_running=True
+        (Capability.SNAPSHOT): a checkpoint; the VM is paused for `paused_seconds`, its writable
+        disks become frozen layers under `dest` and new active layers take their place at the SAME
+        paths, then it runs on."""
+        ...
+
+    async def restore(self, spec: VMSpec, saved: SavedMachine) -> VMHandle:
+        """Start a VMM from `saved` and run the guest from where it was saved: resume a suspend
+        (disks as they are), roll back to a checkpoint or start a fork (fresh active layers at
+        `spec`'s disk paths over the checkpoint's frozen layers). The guest is running on return;
+        identity (hostname, MAC, clock) is the caller's to fix through the control channel."""
+        ...

@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import re
+import shutil
 import signal
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from banger.proc import communicate
+from banger.vmm import qemu_snapshot as snap
 from banger.vmm.accel import resolve_accel
 from banger.vmm.base import (
     Alive,
@@ -26,6 +30,7 @@ from banger.vmm.base import (
     DriverError,
     GuestChannel,
     MissingCapability,
+    SavedMachine,
     VMHandle,
     VMSpec,
 )
@@ -53,6 +58,8 @@ def _drive(index: int, disk: DiskSpec) -> list[str]:
     opts += ",cache=writeback,discard=unmap"
     if disk.read_only:
         opts += ",readonly=on"
+    if disk.scratch:
+        opts += ",snapshot=on"
     return ["-drive", opts, "-device", f"virtio-blk-device,drive=d{index}"]
 
 
@@ -70,7 +77,9 @@ class QemuDriver:
 
     # --- argv -------------------------------------------------------------------------------
 
-    def build_argv(self, spec: VMSpec, accel: str | None = None) -> list[str]:
+    def build_argv(
+        self, spec: VMSpec, accel: str | None = None, memory_from: Path | None = None
+    ) -> list[str]:
         accel = accel or resolve_accel(self.accel_setting)
         run = spec.runtime_dir
         cmdline = spec.cmdline
@@ -99,6 +108,8 @@ class QemuDriver:
             "-pidfile", str(run / "qemu.pid"),
             "-daemonize",
         ]  # fmt: skip
+        # Always a named memory backend: saved streams match RAM blocks by id (qemu_snapshot).
+        argv += snap.memory_args(spec, memory_from)
         if spec.initrd is not None:
             argv += ["-initrd", str(spec.initrd)]
         disks: list[DiskSpec] = [spec.root_disk]
@@ -130,12 +141,17 @@ class QemuDriver:
     # --- lifecycle --------------------------------------------------------------------------
 
     async def launch(self, spec: VMSpec) -> VMHandle:
+        return await self._start(spec, [], None)
+
+    async def _start(
+        self, spec: VMSpec, extra_argv: list[str], memory_from: Path | None
+    ) -> VMHandle:
         spec.runtime_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         for stale in ("qmp.sock", "ctl.sock", "qemu.pid"):
             with contextlib.suppress(FileNotFoundError):
                 (spec.runtime_dir / stale).unlink()
         accel = resolve_accel(self.accel_setting)
-        argv = self.build_argv(spec, accel)
+        argv = self.build_argv(spec, accel, memory_from) + extra_argv
         proc = await asyncio.create_subprocess_exec(
             *argv,
             stdin=asyncio.subprocess.DEVNULL,
@@ -244,7 +260,15 @@ class QemuDriver:
 
     @property
     def capabilities(self) -> frozenset[Capability]:
-        return frozenset({Capability.PAUSE, Capability.PORT_FORWARD})
+        return frozenset(
+            {
+                Capability.PAUSE,
+                Capability.PORT_FORWARD,
+                Capability.SUSPEND,
+                Capability.SNAPSHOT,
+                Capability.FORK,
+            }
+        )
 
     def guest_channel(self) -> GuestChannel:
         return GuestChannel("virtio-serial")
@@ -275,6 +299,182 @@ class QemuDriver:
         reply = await self.hmp(handle, f"hostfwd_add n0 tcp:127.0.0.1:{host_port}-:{guest_port}")
         if reply.strip():
             raise DriverError(f"cannot forward guest port {guest_port}: {reply.strip()}")
+
+    # --- suspend, checkpoints, restore, forks (mechanics in vmm/qemu_snapshot.py) --------------
+
+    async def save(
+        self, handle: VMHandle, spec: VMSpec, dest: Path, keep_running: bool
+    ) -> SavedMachine:
+        """Save the running VM into the new directory `dest` (see `Driver.save`).
+
+        keep_running=False (suspend): `stop`, the migration stream to `dest/state.mig`, `quit`.
+        A VM launched with `spec.memory_file` writes only device state; its RAM file then moves
+        to `dest/memory.ram` (same filesystem), ready to be mapped copy-on-write by restores.
+        keep_running=True (checkpoint): a live pre-copy of RAM while the guest runs; at the
+        switchover point (guest stopped by QEMU) the writable disks (qcow2 only) become frozen
+        layers `dest/root.qcow2`, `dest/work.qcow2` under new active layers at the same paths,
+        then the last pages and device state, `cont`. `paused_seconds` counts from the
+        switchover point (seen within 5 ms) to `cont`.
+        `dest/saved.json` is written last: without it the directory is not a saved machine."""
+        if dest.exists():
+            raise DriverError(f"{dest} already exists: a save needs a new directory")
+        if keep_running and spec.memory_file is not None:
+            raise DriverError(
+                "a VM whose RAM lives in a shared file cannot be checkpointed while it runs "
+                "(the file keeps changing): save it with keep_running=False"
+            )
+        disks = snap.writable_disks(spec) if keep_running else []
+        dest.mkdir(mode=0o700, parents=True)
+        frozen: dict[str, Path] = {}
+        staged: list[Path] = []
+        resumed_at: float | None = None
+        try:
+            staged = await snap.stage_layers(disks, dest)
+            async with snap.QmpSession(handle.api_socket) as qmp:
+                # A VM the caller paused stays paused after a checkpoint.
+                was_running = (await qmp.execute("query-status")).get("running", True)
+                try:
+                    if keep_running:
+                        # Live pre-copy; QEMU stops the guest at the switchover point, where
+                        # the disks are swapped, then writes the rest and the device state.
+                        await snap.start_migration(qmp, dest / snap.STATE_FILE, False, live=True)
+                        await snap.wait_switchover(qmp)
+                        started = time.monotonic()
+                        frozen = await snap.freeze_disks(qmp, disks, staged, dest)
+                        await qmp.execute("migrate-continue", {"state": "pre-switchover"})
+                        await qmp.wait_migration()
+                    else:
+                        started = time.monotonic()
+                        await qmp.execute("stop")
+                        await snap.migrate_to_file(
+                            qmp, dest / snap.STATE_FILE, spec.memory_file is not None
+                        )
+                except BaseException:
+                    # The VM goes on as it was (a failed save must not leave it frozen).
+                    with contextlib.suppress(Exception):
+                        await qmp.execute("migrate_cancel")
+                    if was_running:
+                        with contextlib.suppress(Exception):
+                            await qmp.execute("cont")
+                    raise
+                if keep_running:
+                    if was_running:
+                        await qmp.execute("cont")
+                    resumed_at = time.monotonic()
+                else:
+                    with contextlib.suppress(Exception):
+                        await qmp.execute("quit")
+        except BaseException:
+            self._discard_failed_save(dest, frozen)
+            raise
+        finally:
+            for path in staged:  # the ones not swapped in (a swapped one was renamed away)
+                path.unlink(missing_ok=True)
+        if not keep_running:
+            if not await self.wait_exit(handle, 10.0):
+                self.send_signal(handle, signal.SIGKILL)
+                await self.wait_exit(handle, 5.0)
+            if spec.memory_file is not None:
+                os.replace(spec.memory_file, dest / snap.MEMORY_FILE)
+        paused = (resumed_at or time.monotonic()) - started
+        saved = snap.new_record(
+            spec,
+            dest,
+            "checkpoint" if keep_running else "suspend",
+            frozen,
+            paused if keep_running else 0.0,
+            memory_in_file=spec.memory_file is not None,
+        )
+        snap.write_record(saved)
+        return saved
+
+    @staticmethod
+    def _discard_failed_save(dest: Path, frozen: dict[str, Path]) -> None:
+        if frozen:
+            # The VM's active layers are already backed by these: keep them, nothing else.
+            (dest / snap.LAYERS_ONLY_MARK).write_text("a checkpoint that failed after its disks\n")
+            with contextlib.suppress(FileNotFoundError):
+                (dest / snap.STATE_FILE).unlink()
+        else:
+            shutil.rmtree(dest, ignore_errors=True)
+
+    async def restore(self, spec: VMSpec, saved: SavedMachine) -> VMHandle:
+        """Start QEMU with `-incoming defer` and load `saved` (see `Driver.restore`).
+
+        The caller prepares `spec` as for a cold boot of the VM it wants (its own runtime dir,
+        console log, network, and for a fork its own disk paths), with the same RAM size, vCPUs
+        and devices as when saved. For a checkpoint, each of `spec`'s writable disks is replaced
+        by a new empty layer over the checkpoint's frozen one (the current active layer is
+        discarded: that is the roll back; for a fork the paths are the child's own). For a
+        suspend the disks are used as they are. Saved RAM in `memory.ram` is mapped private.
+        Returns once the guest runs again."""
+        snap.check_restorable(spec, saved)
+        state = saved.dir / snap.STATE_FILE
+        if not state.is_file():
+            raise DriverError(f"{saved.dir}: the machine state {snap.STATE_FILE} is missing")
+        memory_from = None
+        if saved.details.get("memory") == "file":
+            memory_from = saved.dir / snap.MEMORY_FILE
+            if spec.memory_file is not None:
+                raise DriverError("a restore maps the saved RAM file: leave spec.memory_file None")
+        if saved.details.get("kind") == "checkpoint":
+            by_role = {d.role: d for d in snap.writable_disks(spec)}
+            for role, layer in saved.disks.items():
+                size = await snap.virtual_size(layer)
+                await snap.create_layer(by_role[role].path, layer, size)
+        handle = await self._start(spec, ["-incoming", "defer"], memory_from)
+        try:
+            async with snap.QmpSession(handle.api_socket) as qmp:
+                await snap.migrate_from_file(
+                    qmp, state, memory_from is not None, lambda: self.is_alive(handle)
+                )
+                await qmp.execute("cont")
+        except BaseException:
+            await self.force_stop(handle)
+            raise
+        handle.details["restored_from"] = str(saved.dir)
+        return handle
+
+    async def share_memory(self, spec: VMSpec, saved: SavedMachine) -> SavedMachine:
+        """Move a saved machine's RAM out of its stream into `memory.ram`, so that every later
+        `restore` maps it copy-on-write and forks share the pages none of them changed.
+
+        A helper QEMU (paused throughout, never running the guest) loads the stream into RAM
+        backed by the new file, then saves only the device state. Its disks are `spec`'s shape
+        over throw-away overlays (`snapshot=on`): the saved layers are only read. `spec` is the
+        saved VM's (runtime_dir and console_log are replaced). Returns the updated record;
+        nothing changes on failure. Idempotent."""
+        if saved.details.get("memory") == "file":
+            return saved
+        snap.check_restorable(dataclasses.replace(spec, memory_file=None), saved)
+        work = Path(tempfile.mkdtemp(prefix="bgm-", dir="/tmp"))
+        ram = saved.dir / f".{snap.MEMORY_FILE}.partial"
+        state = saved.dir / f".{snap.STATE_FILE}.partial"
+        helper = snap.helper_spec(spec, saved, work, ram)
+        handle: VMHandle | None = None
+        try:
+            handle = await self._start(helper, ["-incoming", "defer"], None)
+            live = handle
+            async with snap.QmpSession(handle.api_socket) as qmp:
+                await snap.migrate_from_file(
+                    qmp, saved.dir / snap.STATE_FILE, False, lambda: self.is_alive(live)
+                )
+                state.unlink(missing_ok=True)
+                await snap.migrate_to_file(qmp, state, ignore_shared=True)
+            await self.force_stop(handle)
+            os.replace(ram, saved.dir / snap.MEMORY_FILE)
+            os.replace(state, saved.dir / snap.STATE_FILE)
+        except BaseException:
+            if handle is not None:
+                await self.force_stop(handle)
+            ram.unlink(missing_ok=True)
+            state.unlink(missing_ok=True)
+            raise
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        shared = dataclasses.replace(saved, details={**saved.details, "memory": "file"})
+        snap.write_record(shared)
+        return shared
 
 
 _FWD_RE = re.compile(r"TCP\[HOST_FORWARD\]\s+\d+\s+(\S*)\s+(\d+)\s+\S+\s+(\d+)")
