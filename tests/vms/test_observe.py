@@ -15,6 +15,7 @@ import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -118,6 +119,12 @@ class MemDriver:
         if guest_port in self.fail_add:
             raise DriverError(f"cannot forward guest port {guest_port}: refused")
         self.forwards.append((host_port, guest_port))
+
+    async def save(self, handle: VMHandle, spec: Any, dest: Path, keep_running: bool) -> Any:
+        raise MissingCapability(self.name, Capability.SNAPSHOT)
+
+    async def restore(self, spec: Any, saved: Any) -> VMHandle:
+        raise MissingCapability(self.name, Capability.SUSPEND)
 
 
 def test_the_double_is_a_driver() -> None:
