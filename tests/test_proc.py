@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from banger import proc
-from banger.rpc.errors import OperationFailed
+from banger.errors import OperationFailed
 
 
 def _alive(pid: int) -> bool:

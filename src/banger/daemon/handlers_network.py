@@ -18,6 +18,7 @@ from pydantic import Field
 
 from banger.daemon.context import RequestContext
 from banger.daemon.params import MAX_LIST_ITEMS, Params, Ref, parse_params
+from banger.errors import BangerError
 from banger.guest import probes
 from banger.rpc.errors import NotRunning, OperationFailed, RPCError
 from banger.vmm.base import DriverError
@@ -166,7 +167,7 @@ async def _check_ssh(d: Daemon, vm: VMView) -> dict[str, Any]:
     try:
         _, seconds = await _ssh(d, vm, "true", SSH_TIMEOUT)
         return {"name": "ssh", "ok": True, "latency_ms": round(seconds * 1000, 1)}
-    except RPCError as e:
+    except (RPCError, BangerError) as e:  # ssh itself failing (proc) is a domain error
         return {"name": "ssh", "ok": False, "error": e.message}
 
 
@@ -248,7 +249,7 @@ async def vm_stats(d: Daemon, ctx: RequestContext, params: dict[str, Any]) -> di
                 for u in snap.disks
             ],
         }
-    except RPCError as e:
+    except (RPCError, BangerError) as e:  # ssh itself failing (proc) is a domain error
         guest_error = e.message
     host = await host_task
     return {
