@@ -28,7 +28,7 @@ async def _server(remote: Remote, state: dict[str, Any]) -> RPCServer:
             await asyncio.sleep(60)
         emit({"progress": {"stage": "work"}, "op_id": "op-000000000000"})
         try:
-            await asyncio.sleep(60)
+            await asyncio.sleep(60)  # a long request: its cancellation is under test
         except asyncio.CancelledError:
             await asyncio.sleep(CLEANUP_SECONDS)  # undoing what was made takes a while
             state["cleaned_at"] = time.monotonic()

@@ -30,7 +30,7 @@ async def _server(tmp_path: Path, state: dict[str, Any]) -> RPCServer:
             await asyncio.sleep(CLEANUP_SECONDS)
             return {"ok": True, "result": "kept"}
         try:
-            await asyncio.sleep(60)
+            await asyncio.sleep(60)  # a long request: its cancellation is under test
         except asyncio.CancelledError:
             await asyncio.sleep(CLEANUP_SECONDS)  # undoing what was made takes a while
             state["cleaned_at"] = time.monotonic()
