@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 from banger.checks import Check, Status
 from banger.config import Config
+from banger.errors import OperationFailed
 from banger.paths import Paths
+from banger.proc import run_sync
 from banger.vmm.accel import KVMVerdict, kvm_verdict, resolve_accel
 
 MIN_FREE_BYTES = 5 << 30
@@ -32,10 +33,11 @@ def _tool(name: str, binary: str, pkg: str, *, required: bool, why: str) -> Chec
 
 def _version_line(argv: list[str]) -> str:
     try:
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=5, check=False)
-    except (OSError, subprocess.TimeoutExpired):
+        res = run_sync(argv, check=False, timeout=5)
+    except (OSError, OperationFailed):
         return ""
-    return (out.stdout or out.stderr).strip().splitlines()[0] if (out.stdout or out.stderr) else ""
+    text = res.out or res.err
+    return text.strip().splitlines()[0] if text else ""
 
 
 def run_checks(paths: Paths, config: Config) -> list[Check]:

@@ -2,8 +2,9 @@
 
 Every tool child (mkfs, qemu-img, mmdebstrap, fakeroot, git, ssh, ...) is started through
 `procguard.py` in its own process group, so it and everything it starts die with this process,
-even on `kill -9` (see `procguard`). VMMs are *not* started here: a running VM outlives the daemon
-by design and is re-adopted at the next start.
+even on `kill -9` (see `procguard`). A VMM is the exception: a running VM outlives the daemon by
+design and is re-adopted at the next start, so it is spawned with `guarded=False` (its own
+session, no lifeline). Nothing else in banger starts a process directly (tests/test_proc.py).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from banger.rpc.errors import OperationFailed
+from banger.errors import OperationFailed
 
 GUARD = Path(__file__).with_name("procguard.py")
 # The guard needs only the standard library: any python3 runs it.
@@ -87,13 +88,31 @@ def guarded_argv(argv: Sequence[str]) -> tuple[list[str], int]:
 async def spawn(
     argv: Sequence[str],
     *,
+    guarded: bool = True,
     stdin: int | None = subprocess.DEVNULL,
     stdout: int | None = subprocess.PIPE,
     stderr: int | None = subprocess.PIPE,
     env: Mapping[str, str] | None = None,
     cwd: str | None = None,
+    pass_fds: Sequence[int] = (),
 ) -> asyncio.subprocess.Process:
-    """Start a guarded tool (its own process group); stop it with `kill_tree`."""
+    """Start a child in a process group of its own and return its handle; stop it with
+    `kill_tree`.
+
+    guarded (tools): it and what it starts die with this process, even on `kill -9`.
+    guarded=False (long-lived children that must outlive this process, i.e. VMMs): a session of
+    its own, out of reach of this process's signals and death."""
+    if not guarded:
+        return await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+            pass_fds=tuple(pass_fds),
+            start_new_session=True,
+        )
     full, fd = guarded_argv(argv)
     return await asyncio.create_subprocess_exec(
         *full,
@@ -102,15 +121,21 @@ async def spawn(
         stderr=stderr,
         env=dict(env) if env is not None else None,
         cwd=cwd,
-        pass_fds=(fd,),
+        pass_fds=(fd, *pass_fds),
         start_new_session=True,
     )
 
 
-def popen(argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[bytes]:
-    """Blocking twin of `spawn`: a guarded `subprocess.Popen` (stop it with `kill_tree`)."""
+def popen(argv: Sequence[str], *, guarded: bool = True, **kwargs: Any) -> subprocess.Popen[bytes]:
+    """Blocking twin of `spawn`: a `subprocess.Popen` in a group of its own (stop it with
+    `kill_tree`); `guarded` as for `spawn`. `kwargs` are Popen's (never `shell`)."""
+    if kwargs.get("shell"):
+        raise ValueError("banger never runs a shell")
+    if not guarded:
+        return subprocess.Popen(list(argv), start_new_session=True, **kwargs)
     full, fd = guarded_argv(argv)
-    return subprocess.Popen(full, pass_fds=(fd,), start_new_session=True, **kwargs)
+    pass_fds = (fd, *kwargs.pop("pass_fds", ()))
+    return subprocess.Popen(full, pass_fds=pass_fds, start_new_session=True, **kwargs)
 
 
 def kill_tree(proc: asyncio.subprocess.Process | subprocess.Popen[bytes]) -> None:

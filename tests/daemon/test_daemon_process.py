@@ -11,7 +11,6 @@ import socket
 import stat
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from hypothesis import strategies as st
 
 from banger.rpc.errors import CODES
 from tests.conftest import BangerEnv, make_env
+from tests.waiting import wait_until
 
 
 def _send(sock_path: Path, payload: bytes, timeout: float = 10) -> list[dict[str, object]]:
@@ -68,7 +68,9 @@ def test_failed_request_op_id_appears_in_the_daemon_log(daemon: BangerEnv) -> No
     assert err["code"] == "bad_request"
     assert "bogus" in err["message"]
     op_id = err["op_id"]
-    time.sleep(0.1)
+    wait_until(
+        lambda: op_id in daemon.paths.daemon_log.read_text(), 10, "the op id in the daemon log"
+    )
     entries = [json.loads(line) for line in daemon.paths.daemon_log.read_text().splitlines()]
     mine = [e for e in entries if e.get("op_id") == op_id]
     assert mine, "the failing request's op id is on its daemon log lines"
@@ -93,9 +95,7 @@ def test_shutdown_is_graceful_and_exits_zero(banger_env: BangerEnv) -> None:
         [sys.executable, "-m", "banger.daemon.main"], env=banger_env.env, stderr=subprocess.PIPE
     )
     try:
-        deadline = time.monotonic() + 15
-        while not banger_env.paths.socket.exists() and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_until(banger_env.paths.socket.exists, 15, "the daemon's socket appearing")
         out = banger_env.banger("daemon", "stop", check=True)
         assert "stopped" in out.stdout
         assert proc.wait(timeout=15) == 0
@@ -109,9 +109,7 @@ def test_shutdown_is_graceful_and_exits_zero(banger_env: BangerEnv) -> None:
 def test_sigterm_also_stops_cleanly(banger_env: BangerEnv) -> None:
     banger_env.paths.runtime_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     proc = subprocess.Popen([sys.executable, "-m", "banger.daemon.main"], env=banger_env.env)
-    deadline = time.monotonic() + 15
-    while not banger_env.paths.socket.exists() and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_until(banger_env.paths.socket.exists, 15, "the daemon's socket appearing")
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=15) == 0
     assert not banger_env.paths.socket.exists()
@@ -135,9 +133,7 @@ def fuzz_daemon() -> Iterator[Path]:
     be = make_env("bgf-")
     proc = subprocess.Popen([sys.executable, "-m", "banger.daemon.main"], env=be.env)
     sock = be.paths.socket
-    deadline = time.monotonic() + 15
-    while not sock.exists() and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_until(sock.exists, 15, "the fuzz daemon's socket appearing")
     yield sock
     proc.terminate()
     proc.wait(timeout=15)

@@ -116,7 +116,7 @@ async def test_control_ping_times_out_when_nobody_answers(tmp_path: Path) -> Non
     path = str(tmp_path / "ctl.sock")
 
     async def mute(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await asyncio.sleep(5)
+        await asyncio.sleep(5)  # an agent that never answers is what this test is about
 
     server = await asyncio.start_unix_server(mute, path)
     async with server:

@@ -142,7 +142,7 @@ async def test_killed_mmdebstrap_leaks_no_mounts(tmp_path: Path) -> None:
         await asyncio.sleep(0.1)
     for _ in range(10):  # dpkg runs inside the chroot now, with /dev and /proc mounted
         seen_mounts += _mounts_below(tmp_path)
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.1)  # sampling a window in which no mount may show (not a wait)
     assert not task.done()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ import pytest
 
 from tests.conftest import BangerEnv
 from tests.images.ocifix import Entry, Registry, cat, ls, stat_inode
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -395,20 +395,18 @@ def test_cancelled_pull_leaves_nothing(daemon: BangerEnv, registry: Registry) ->
     c.close()  # the daemon cancels the request when its client goes away
     assert "download" in seen
     daemon_pid = daemon.paths.pid_file.read_text().strip()
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        paths = daemon.paths
-        blobs = paths.oci_cache_dir / "blobs" / "sha256"
-        left = [
+    paths = daemon.paths
+    blobs = paths.oci_cache_dir / "blobs" / "sha256"
+
+    def leftovers() -> list[Path]:
+        return [
             *paths.staging_dir.iterdir(),
             *paths.images_dir.iterdir(),
             *(p for p in blobs.iterdir() if p.name.startswith(".tmp")),
             *Path("/dev/shm").glob(f"banger-scratch-{daemon_pid}-*"),
         ]
-        if not left:
-            break
-        time.sleep(0.1)
-    assert left == [], left
+
+    wait_until(lambda: leftovers() == [], 30, "the cancelled pull's cleanup")
     assert json.loads(daemon.banger("image", "list", "--json", check=True).stdout) == []
     # And the next pull works from whatever was verified before the cancel.
     rec = _pull(daemon, f"{registry.host}/{repo}:v1")

@@ -137,7 +137,7 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
                 for i in range(0, len(data), 64 << 10):
                     self.wfile.write(data[i : i + (64 << 10)])
                     self.wfile.flush()
-                    time.sleep(0.05)
+                    time.sleep(0.05)  # the slow download is what the tests cancel
             except OSError:
                 pass
             self.close_connection = True

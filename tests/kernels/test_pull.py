@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import os
 import socket
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import BangerEnv
 from tests.kernels.conftest import KVER, Served, needs_host_kernel
+from tests.waiting import wait_until
 
 pytestmark = needs_host_kernel
 
@@ -158,10 +158,7 @@ def test_client_going_away_mid_pull_leaves_nothing(cat_env: BangerEnv) -> None:
     assert list(cat_env.paths.staging_dir.iterdir()) != []
     f.close()
     sock.close()
-    deadline = time.monotonic() + 20
-    while _leftovers(cat_env) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert _leftovers(cat_env) == []
+    wait_until(lambda: _leftovers(cat_env) == [], 20, "the cancelled pull's cleanup")
     # The daemon is fine afterwards and the name is free.
     assert json.loads(cat_env.banger("kernel", "list", "--json", check=True).stdout) == []
 

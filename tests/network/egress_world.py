@@ -84,7 +84,7 @@ class Ticker(socketserver.BaseRequestHandler):
         try:
             while True:
                 self.request.sendall(f"tick {time.time():.3f}\n".encode())
-                time.sleep(0.1)
+                time.sleep(0.1)  # the stream's pace (what the cut is measured against)
         except OSError:
             return
 

@@ -27,6 +27,7 @@ from tests.network.egress_netns import (
     make_world,
 )
 from tests.network.test_vm_network_e2e import NsEnv, _env
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -148,12 +149,14 @@ def test_live_allow_then_disallow_cuts_established(env: NsEnv) -> None:
         "> /tmp/ticks 2>/dev/null & sleep 0"
     )
     guest(env, "r", start)
-    deadline = time.monotonic() + 30
-    while "tick" not in guest(env, "r", "cat /tmp/ticks").stdout:
-        assert time.monotonic() < deadline, "the stream never started"
+    wait_until(
+        lambda: "tick" in guest(env, "r", "cat /tmp/ticks").stdout, 30, "the tick stream starting"
+    )
     env.banger("vm", "set", "r", "--disallow", "later.test", check=True)
     cut = time.time()
-    time.sleep(3)  # a window in which a live connection would deliver ~30 more lines
+    # Not a synchronising wait: the window in which a live connection would deliver ~30 more
+    # lines, so that none arriving proves the connection was cut.
+    time.sleep(3)
     ticks = [float(ln.split()[1]) for ln in guest(env, "r", "cat /tmp/ticks").stdout.splitlines()
              if ln.startswith("tick ")]  # fmt: skip
     assert ticks and max(ticks) < cut + 0.5, (cut, ticks[-3:])

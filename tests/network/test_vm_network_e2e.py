@@ -13,7 +13,6 @@ import secrets
 import shutil
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from dnslib import RCODE, DNSRecord
 
 from tests.conftest import BangerEnv, BuiltImage, _stop_daemon, make_env
 from tests.netns import add_netns
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -128,12 +128,7 @@ def bridged(debian_image: BuiltImage) -> Iterator[NsEnv]:
 
 
 def _wait(pred: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
+    wait_until(pred, timeout, what)
 
 
 def test_bridged_vm_reachable_by_ip_and_name(bridged: NsEnv) -> None:
@@ -193,17 +188,25 @@ def test_stats_move_when_the_guest_burns_cpu(bridged: NsEnv) -> None:
     burn = "nohup /.banger/bin/busybox sh -c 'while :; do :; done' >/dev/null 2>&1 & echo $!"
     pid = bridged.banger("vm", "ssh", "web", "--", burn, check=True).stdout.strip()
     try:
-        time.sleep(3)
-        busy = bridged.json("vm", "stats", "web")
+
+        def stats_once(cond: Callable[[dict[str, Any]], bool]) -> Callable[[], Any]:
+            def probe() -> dict[str, Any] | None:
+                now: dict[str, Any] = bridged.json("vm", "stats", "web")
+                return now if cond(now) else None
+
+            return probe
+
         # The guest's own view does not depend on how loaded this (shared, 2-core) host is.
-        assert busy["guest"]["cpu_percent"] > 80, busy["guest"]
+        busy = wait_until(
+            stats_once(lambda s: s["guest"]["cpu_percent"] > 80), 60, "the guest's CPU above 80%"
+        )
         assert busy["guest"]["cpu_percent"] > idle["guest"]["cpu_percent"] + 30, (idle, busy)
         # The load average is recomputed every 5 s: poll (bounded) until it moves.
-        deadline = time.monotonic() + 30
-        while busy["guest"]["load"][0] <= idle["guest"]["load"][0]:
-            assert time.monotonic() < deadline, ("load never rose", idle, busy)
-            time.sleep(1)
-            busy = bridged.json("vm", "stats", "web")
+        busy = wait_until(
+            stats_once(lambda s: s["guest"]["load"][0] > idle["guest"]["load"][0]),
+            30,
+            f"the guest's load average rising above {idle['guest']['load'][0]}",
+        )
         # The VMM burnt host CPU for it.
         assert busy["host"]["cpu_seconds"] > idle["host"]["cpu_seconds"]
         assert busy["host"]["cpu_percent"] > 0

@@ -9,13 +9,13 @@ import socket
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.privhelper.conftest import VENV_BIN, Helper, User, as_user, write_install
+from tests.waiting import wait_until
 
 BRIDGE = "br-banger-t"
 TAP = "tap-bg-0000abcd"
@@ -348,9 +348,7 @@ def test_unrelated_processes_are_not_signalled(helper: Helper, owner_user: User)
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 20
-        while not stray_sock.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(stray_sock.exists, 20, "the stray QEMU's QMP socket appearing")
         assert stray_qemu.poll() is None
         code, msg = _error(
             helper.call("priv.signal_process", {"pid": sleeper.pid, "signal": "KILL"})
@@ -391,9 +389,7 @@ def test_signals_a_vmm_banger_launched(helper: Helper, owner_user: User) -> None
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 20
-        while not qmp.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(qmp.exists, 20, "QEMU's QMP socket appearing")
         resp = helper.call_as(
             owner_user, "priv.signal_process", {"pid": qemu.pid, "signal": "TERM"}
         )

@@ -15,7 +15,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from typing import Any
 import pytest
 
 from tests.privhelper.conftest import Helper, User, as_user, start_helper, stop_helper
+from tests.waiting import wait_until
 
 FC_TESTS = Path(__file__).resolve().parent.parent / "vmm" / "firecracker"
 VM_ID = "0123456789ab"
@@ -310,10 +310,7 @@ def test_owner_daemon_boots_the_double_through_the_helper(
     assert out["stop"] == "graceful" and not out["alive_after"]
     assert b"fake-guest: up" in files["console"].read_bytes()
     # The helper reaps the process and removes the jail; the VM's own disks stay.
-    deadline = time.monotonic() + 10
-    while jail.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not jail.exists()
+    wait_until(lambda: not jail.exists(), 10, "the helper removing the jail")
     assert files["rootfs.img"].exists() and files["rootfs.img"].stat().st_nlink == 1
     calls = [
         json.loads(x)
@@ -358,10 +355,7 @@ def test_jail_is_root_owned_and_files_are_links(
     jail = Path(resp["result"]["jail_dir"])
     try:
         # Firecracker's API socket: the jailer has finished with the jail and exec'd.
-        deadline = time.monotonic() + 20
-        while not (jail / "root/run/fc.sock").exists():
-            assert time.monotonic() < deadline, "the jailed double never bound run/fc.sock"
-            time.sleep(0.05)
+        wait_until((jail / "root/run/fc.sock").exists, 20, "the jailed double binding fc.sock")
         assert not (stale_run / "stale.sock").exists() and not (stale_run / "evil").exists()
         assert (victim / "keep").read_text() == "x"
         assert jail == root / "jail/firecracker" / VM_ID
@@ -385,7 +379,4 @@ def test_jail_is_root_owned_and_files_are_links(
         assert argv_ok.count(b"--id") == 1 and b"--start-time-us" in argv_ok
     finally:
         subprocess.run(["kill", "-KILL", str(pid)], check=False, timeout=10)
-    deadline = time.monotonic() + 10
-    while jail.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not jail.exists()
+    wait_until(lambda: not jail.exists(), 10, "the helper removing the jail")

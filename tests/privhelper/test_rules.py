@@ -6,13 +6,13 @@ import os
 import shutil
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from banger.privhelper import rules
 from banger.rpc.errors import BadRequest, NotFound
+from tests.waiting import wait_until
 
 
 def test_paths_are_matched_by_component_not_by_string_prefix(tmp_path: Path) -> None:
@@ -123,7 +123,11 @@ def test_vmm_whose_socket_escapes_with_dotdot_is_refused(tmp_path: Path) -> None
         for sock in (f"{run}/../qmp.sock", f"{run}/qmp.sock")
     ]
     try:
-        time.sleep(0.3)
+        wait_until(
+            lambda: (tmp_path / "qmp.sock").exists() and (run / "qmp.sock").exists(),
+            30,
+            "both QEMUs listening on their QMP sockets",
+        )
         real = os.path.realpath(qemu)
         # `..` never counts, even when the path would resolve back inside.
         for root in (run, tmp_path):

@@ -25,10 +25,10 @@ async def _server(remote: Remote, state: dict[str, Any]) -> RPCServer:
     async def dispatcher(obj: object, emit: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
         assert isinstance(obj, dict)
         if obj.get("method") == "silent":
-            await asyncio.sleep(60)
+            await asyncio.sleep(60)  # a request that never says anything: under test
         emit({"progress": {"stage": "work"}, "op_id": "op-000000000000"})
         try:
-            await asyncio.sleep(60)
+            await asyncio.sleep(60)  # a long request: its cancellation is under test
         except asyncio.CancelledError:
             await asyncio.sleep(CLEANUP_SECONDS)  # undoing what was made takes a while
             state["cleaned_at"] = time.monotonic()

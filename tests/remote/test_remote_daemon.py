@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import os
 import stat
-import time
 from pathlib import Path
 
 from tests.conftest import BangerEnv
 from tests.remote.conftest import Remote, assert_no_local_daemon, free_port
+from tests.waiting import wait_until
 
 
 def test_ping_and_list_go_to_the_remote_daemon(remote: Remote, client_env: BangerEnv) -> None:
@@ -77,10 +77,9 @@ def test_daemon_stop_stops_the_remote_one(remote: Remote, client_env: BangerEnv)
     p = client_env.banger("daemon", "stop", timeout=60, check=True)
     assert f"on {remote.url} stopped" in p.stdout
     # The remote daemon removes its socket on the way out.
-    deadline = time.monotonic() + 30
-    while os.path.exists(remote.env.paths.socket) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not os.path.exists(remote.env.paths.socket)
+    wait_until(
+        lambda: not os.path.exists(remote.env.paths.socket), 30, "the remote socket going away"
+    )
     assert_no_local_daemon(client_env)
 
 

@@ -27,10 +27,10 @@ async def _server(tmp_path: Path, state: dict[str, Any]) -> RPCServer:
         if obj.get("method") == "quick":
             return {"ok": True, "result": "done"}
         if obj.get("method") == "keep":  # uncancellable: finishes after the disconnect
-            await asyncio.sleep(CLEANUP_SECONDS)
+            await asyncio.sleep(CLEANUP_SECONDS)  # work that takes a while: under test
             return {"ok": True, "result": "kept"}
         try:
-            await asyncio.sleep(60)
+            await asyncio.sleep(60)  # a long request: its cancellation is under test
         except asyncio.CancelledError:
             await asyncio.sleep(CLEANUP_SECONDS)  # undoing what was made takes a while
             state["cleaned_at"] = time.monotonic()

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from banger.rpc.server import RPCServer
+from tests.waiting import async_wait_until
 
 
 async def _roundtrip(
@@ -36,13 +37,15 @@ async def _roundtrip(
 
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[tuple[RPCServer, dict[str, Any]]]:
-    state: dict[str, Any] = {"cancelled": 0, "finished": 0}
+    state: dict[str, Any] = {"started": 0, "cancelled": 0, "finished": 0}
 
     async def dispatcher(obj: object, emit: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
         assert isinstance(obj, dict)
         method = obj.get("method")
         if method == "sleep":
+            state["started"] += 1
             try:
+                # A request that takes a while is what these tests are about.
                 await asyncio.sleep(float(obj["params"]["seconds"]))
             except asyncio.CancelledError:
                 state["cancelled"] += 1
@@ -114,12 +117,9 @@ async def test_client_disconnect_cancels_the_request(
     _, writer = await asyncio.open_unix_connection(str(srv.socket_path))
     writer.write(b'{"method":"sleep","params":{"seconds":30}}\n')
     await writer.drain()
-    await asyncio.sleep(0.2)
+    await async_wait_until(lambda: state["started"], 10, "the request starting")
     writer.close()
-    for _ in range(50):
-        if state["cancelled"]:
-            break
-        await asyncio.sleep(0.05)
+    await async_wait_until(lambda: state["cancelled"], 10, "the request's cancellation")
     assert state["cancelled"] == 1
     assert state["finished"] == 0
 
@@ -131,9 +131,11 @@ async def test_shielded_request_finishes_after_disconnect(
     _, writer = await asyncio.open_unix_connection(str(srv.socket_path))
     writer.write(b'{"method":"sleep","params":{"seconds":0.3,"shield":true}}\n')
     await writer.drain()
-    await asyncio.sleep(0.1)
+    await async_wait_until(lambda: state["started"], 10, "the request starting")
     writer.close()
-    await asyncio.sleep(0.6)
+    await async_wait_until(
+        lambda: state["finished"] or state["cancelled"], 10, "the request ending"
+    )
     assert state["finished"] == 1
     assert state["cancelled"] == 0
 
@@ -145,7 +147,7 @@ async def test_close_lets_inflight_requests_finish(
     task = asyncio.create_task(
         _roundtrip(srv.socket_path, [b'{"method":"sleep","params":{"seconds":0.3}}\n'])
     )
-    await asyncio.sleep(0.1)
+    await async_wait_until(lambda: state["started"], 10, "the request starting")
     await srv.close(grace=5)
     assert (await task)[0]["result"] == "slept"
     assert not srv.socket_path.exists()
@@ -230,8 +232,7 @@ async def test_at_the_cap_with_every_connection_busy_the_newcomer_is_refused(
     for _, w in conns:
         w.write(b'{"method":"sleep","params":{"seconds":3}}\n')
         await w.drain()
-    while len(limited.inflight) < 8:  # all eight requests are running
-        await asyncio.sleep(0.01)
+    await async_wait_until(lambda: len(limited.inflight) == 8, 10, "all eight requests running")
     r, w = await asyncio.open_unix_connection(str(limited.socket_path))
     lines = await _eof_within(r, 10)
     err = json.loads(lines[0])["error"]
@@ -274,8 +275,7 @@ async def test_the_cli_client_reports_busy_when_every_connection_stays_busy(
     for _, w in conns:
         w.write(b'{"method":"sleep","params":{"seconds":30}}\n')
         await w.drain()
-    while len(limited.inflight) < 8:
-        await asyncio.sleep(0.01)
+    await async_wait_until(lambda: len(limited.inflight) == 8, 10, "all eight requests running")
     with pytest.raises(Busy, match="limit of 8 connections, all with requests in flight"):
         await asyncio.to_thread(Client(limited.socket_path).call, "ping")
     for _, w in conns:

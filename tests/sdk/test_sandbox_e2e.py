@@ -9,7 +9,7 @@ import os
 import re
 import subprocess
 import threading
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -27,6 +27,7 @@ from banger.sdk import (
     Sandbox,
 )
 from banger.sdk.daemon import connect_guest_ssh
+from tests import waiting
 from tests.workspace.conftest import git
 
 pytestmark = pytest.mark.slow
@@ -34,13 +35,8 @@ pytestmark = pytest.mark.slow
 OP_ID = re.compile(r"^op-[0-9a-f]{12}$")
 
 
-def wait_until(check: object, what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if callable(check) and check():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+def wait_until(check: Callable[[], object], what: str, timeout: float = 30.0) -> None:
+    waiting.wait_until(check, timeout, what)
 
 
 def test_create_lists_the_running_sandbox(sbx: Sandbox, daemon_conn: LocalDaemon) -> None:

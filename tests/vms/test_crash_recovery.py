@@ -17,7 +17,6 @@ import secrets
 import shutil
 import signal
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from banger.vms import recovery
 from tests.conftest import BangerEnv, BuiltImage, _stop_daemon, make_env
 from tests.netns import add_netns
 from tests.vms.conftest import list_vms, make_vm_env
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -62,13 +62,7 @@ HOLD = "BANGER_TEST_HOLD_AT"
 
 
 def wait_for(cond: Callable[[], Any], what: str, timeout: float = DEADLINE) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
+    return wait_until(cond, timeout, what)
 
 
 def alive(pid: int) -> bool:

@@ -13,6 +13,7 @@ import pytest
 
 from tests.conftest import BangerEnv, BuiltImage
 from tests.vms.conftest import list_vms
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -32,9 +33,7 @@ def _ssh(be: BangerEnv, name: str, cmd: str) -> subprocess.CompletedProcess[str]
 
 
 def _wait_stopped(be: BangerEnv, name: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while _show(be, name)["state"] == "running" and time.monotonic() < deadline:
-        time.sleep(0.2)
+    wait_until(lambda: _show(be, name)["state"] != "running", timeout, f"{name} leaving running")
     assert _show(be, name)["state"] == "stopped"
 
 

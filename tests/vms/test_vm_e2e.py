@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from banger.rpc.errors import NotFound
 from tests.conftest import BangerEnv
 from tests.guest import bootkit
 from tests.vms.conftest import list_vms
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -109,9 +109,7 @@ def test_lifecycle_create_ssh_stop_start_restart_kill_delete(vmenv: BangerEnv) -
     # guest poweroff: the VM is reported stopped, never running
     pid = _show(be, "life")["pid"]
     _ssh(be, "life", "poweroff")
-    deadline = time.monotonic() + 30
-    while _show(be, "life")["state"] == "running" and time.monotonic() < deadline:
-        time.sleep(0.2)
+    wait_until(lambda: _show(be, "life")["state"] != "running", 30, "life leaving running")
     assert _show(be, "life")["state"] == "stopped"
     assert not _qemu_alive(pid)
 
@@ -128,9 +126,7 @@ def test_lifecycle_create_ssh_stop_start_restart_kill_delete(vmenv: BangerEnv) -
         check=True,
         text=True,
     )
-    deadline = time.monotonic() + 30
-    while _show(be, "life")["state"] == "running" and time.monotonic() < deadline:
-        time.sleep(0.2)
+    wait_until(lambda: _show(be, "life")["state"] != "running", 30, "life leaving running")
     assert _show(be, "life")["state"] == "stopped"
     assert not _qemu_alive(vm["pid"])
 
@@ -163,11 +159,12 @@ def test_async_create_cancel_mid_boot_leaves_nothing(vmenv: BangerEnv) -> None:
         st = c.call("vm.create.begin", {"name": "gone"})
         op = st["id"]
         assert op.startswith("op-")
-        deadline = time.monotonic() + 300
-        while st["stage"] not in ("wait_guest", "wait_ssh") and not st["done"]:
-            assert time.monotonic() < deadline, st
-            time.sleep(0.05)
-            st = c.call("vm.create.status", {"id": op})
+
+        def booting() -> dict[str, Any] | None:
+            now: dict[str, Any] = c.call("vm.create.status", {"id": op})
+            return now if now["stage"] in ("wait_guest", "wait_ssh") or now["done"] else None
+
+        st = wait_until(booting, 300, "the create reaching the guest boot")
         assert not st["done"], st  # cancelled while the guest boots
         vm_id = next(iter({p.name for p in be.paths.vms_dir.iterdir()} - before))
         st = c.call("vm.create.cancel", {"id": op})
@@ -214,8 +211,7 @@ def test_two_at_once_then_daemon_restart_readopts(vmenv: BangerEnv) -> None:
 
     # A VMM that dies behind banger's back is reported stopped, not running.
     os.kill(a["pid"], 9)
-    time.sleep(0.3)
-    assert _show(be, "twin-a")["state"] == "stopped"
+    wait_until(lambda: _show(be, "twin-a")["state"] == "stopped", 30, "twin-a reported stopped")
 
     # Several VMs per verb, acted on concurrently; prune removes the non-running one.
     p = be.banger("vm", "prune", "-f", timeout=120)

@@ -124,6 +124,7 @@ def _on_host(message: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from banger.errors import BangerError
     from banger.rpc.errors import RPCError
 
     target = sys.modules.get("banger.client.target")
@@ -137,6 +138,11 @@ def main(argv: list[str] | None = None) -> int:
         from banger.cli.output import print_error
 
         print_error(_on_host(e.message), e.op_id)
+        return 1
+    except BangerError as e:  # a local step failed (e.g. a host tool run by banger.proc)
+        from banger.cli.output import print_error
+
+        print_error(_on_host(e.message), "")
         return 1
     except click.exceptions.Abort as e:
         print(_interrupted_message(e.__cause__), file=sys.stderr)

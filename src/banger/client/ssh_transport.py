@@ -2,7 +2,8 @@
 
 Ctrl-C at the terminal must not kill ssh (the client half-closes instead, which is closing ssh's
 stdin; the remote dial-stdio half-closes the daemon's socket and the daemon cancels): ssh runs
-in its own process group, so the terminal's SIGINT reaches only the CLI.
+guarded by `banger.proc` in a session of its own, so the terminal's SIGINT reaches only the CLI,
+and ssh still dies with the CLI if the CLI is killed.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import tempfile
 from typing import IO
 
 from banger.client.ssh_host import RemoteHost
+from banger.proc import kill_tree, popen
 
 DIAL_COMMAND = ("banger", "daemon", "dial-stdio")
 # How much of ssh's stderr an error quotes.
@@ -37,12 +39,11 @@ class SSHTransport:
         argv = self.remote.ssh_argv(list(DIAL_COMMAND))
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed in close())
         try:
-            self._proc = subprocess.Popen(
+            self._proc = popen(
                 argv,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=self._stderr,
-                process_group=0,
                 close_fds=True,
             )
         except OSError as e:
@@ -111,7 +112,7 @@ class SSHTransport:
             try:
                 proc.wait(timeout=CLOSE_WAIT_SECONDS)
             except subprocess.TimeoutExpired:
-                proc.kill()
+                kill_tree(proc)
                 proc.wait()
         if self._stderr is not None:
             self._stderr.close()

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from banger import errors
 from banger.images.ext4 import SizeTooSmall, choose_size, make_ext4, tree_usage
 from banger.images.layers import (
     DEFAULT_MAX_UNPACKED,
@@ -115,7 +116,7 @@ def main(argv: list[str]) -> int:
     except TooLarge as e:
         _emit(event="error", kind="too_large", message=str(e))
         return 2
-    except (LayerError, SizeTooSmall, OperationFailed, OSError) as e:
+    except (LayerError, SizeTooSmall, OperationFailed, errors.OperationFailed, OSError) as e:
         _emit(event="error", kind="failed", message=str(e))
         return 2
     _emit(event="done", **result)

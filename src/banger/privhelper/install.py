@@ -15,7 +15,6 @@ import os
 import pwd
 import shutil
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -25,7 +24,9 @@ from typing import Any
 
 from banger import __version__
 from banger.checks import Check
+from banger.errors import OperationFailed
 from banger.paths import InstallInfo, Paths, install_file, read_install
+from banger.proc import Result, run_sync
 
 DAEMON_UNIT = "bangerd.service"
 HELPER_UNIT = "bangerd-root.service"
@@ -192,6 +193,14 @@ def write_file(path: Path, text: str, mode: int) -> None:
             os.unlink(tmp)
 
 
+def _run(argv: list[str], timeout: float) -> Result:
+    """Run a host tool (never failing on its exit status); a timeout is an InstallFailed."""
+    try:
+        return run_sync(argv, check=False, timeout=timeout)
+    except OperationFailed as e:
+        raise InstallFailed(e.message) from None
+
+
 def _make_dir(path: Path, mode: int, uid: int, gid: int) -> None:
     path.mkdir(mode=mode, parents=True, exist_ok=True)
     st = os.lstat(path)
@@ -204,7 +213,7 @@ def _make_dir(path: Path, mode: int, uid: int, gid: int) -> None:
 
 def _owner_can_run(info: InstallInfo, exe: str) -> None:
     """bangerd runs as the owner: a venv under root's home would fail only at first start."""
-    p = subprocess.run(
+    p = _run(
         [
             "setpriv",
             f"--reuid={info.owner_uid}",
@@ -213,13 +222,10 @@ def _owner_can_run(info: InstallInfo, exe: str) -> None:
             exe,
             "--version",
         ],
-        capture_output=True,
-        text=True,
         timeout=60,
-        check=False,
     )
     if p.returncode != 0:
-        tail = (p.stderr.strip().splitlines() or ["(no output)"])[-1]
+        tail = (p.err.strip().splitlines() or ["(no output)"])[-1]
         raise InstallFailed(
             f"{info.owner_user} cannot run {exe} ({tail}); install banger where every user can "
             "read it (e.g. a venv under /opt or /usr/local) and run the install from there"
@@ -323,16 +329,10 @@ def grant_kvm(info: InstallInfo, paths: Paths, device: Path = KVM_DEVICE) -> boo
         return False
     if info.owner_user in group.gr_mem or info.owner_gid == group.gr_gid:
         return True
-    p = subprocess.run(
-        ["gpasswd", "-a", info.owner_user, KVM_GROUP],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    p = _run(["gpasswd", "-a", info.owner_user, KVM_GROUP], timeout=60)
     if p.returncode != 0:
         raise InstallFailed(
-            f"cannot add {info.owner_user} to the {KVM_GROUP} group: {p.stderr.strip()}"
+            f"cannot add {info.owner_user} to the {KVM_GROUP} group: {p.err.strip()}"
         )
     write_file(paths.config_dir / KVM_MARKER, info.owner_user + "\n", 0o644)
     return True
@@ -346,32 +346,24 @@ def revoke_kvm(paths: Paths) -> Path | None:
     except FileNotFoundError:
         return None
     if user:
-        subprocess.run(
-            ["gpasswd", "-d", user, KVM_GROUP],
-            capture_output=True,
-            timeout=60,
-            check=False,  # the user or group may be gone already: nothing left to undo
-        )
+        # The user or group may be gone already: nothing left to undo, so the status is moot.
+        _run(["gpasswd", "-d", user, KVM_GROUP], timeout=60)
     marker.unlink()
     return marker
 
 
-def _systemctl(*args: str) -> subprocess.CompletedProcess[str]:
-    p = subprocess.run(
-        ["systemctl", *args], capture_output=True, text=True, timeout=60, check=False
-    )
+def _systemctl(*args: str) -> Result:
+    p = _run(["systemctl", *args], timeout=60)
     if p.returncode != 0:
-        raise InstallFailed(f"systemctl {' '.join(args)} failed: {p.stderr.strip()}")
+        raise InstallFailed(f"systemctl {' '.join(args)} failed: {p.err.strip()}")
     return p
 
 
 def unit_state(unit: str) -> str:
     if not systemd_running():
         return "systemd not running"
-    p = subprocess.run(
-        ["systemctl", "is-active", unit], capture_output=True, text=True, timeout=10, check=False
-    )
-    return p.stdout.strip() or "unknown"
+    p = _run(["systemctl", "is-active", unit], timeout=10)
+    return p.out.strip() or "unknown"
 
 
 def ping_socket(path: Path, method: str, timeout: float = 3.0) -> dict[str, Any] | None:
@@ -467,12 +459,7 @@ def uninstall(root: Path, *, purge: bool) -> list[Path]:
     if str(root) == "/" and systemd_running():
         present = [u for u in UNITS if (unit_dir(root) / u).exists()]
         if present:
-            subprocess.run(
-                ["systemctl", "disable", "--now", *reversed(present)],
-                capture_output=True,
-                timeout=60,
-                check=False,
-            )
+            _run(["systemctl", "disable", "--now", *reversed(present)], timeout=60)
     removed: list[Path] = []
     for p in [*(unit_dir(root) / u for u in UNITS), install_file(root), paths.helper_socket]:
         with contextlib.suppress(FileNotFoundError):
@@ -491,7 +478,7 @@ def uninstall(root: Path, *, purge: bool) -> list[Path]:
     elif info is None and not removed:
         raise InstallFailed("banger is not installed system-wide; nothing to remove")
     if str(root) == "/" and systemd_running():
-        subprocess.run(["systemctl", "daemon-reload"], capture_output=True, timeout=60, check=False)
+        _run(["systemctl", "daemon-reload"], timeout=60)
     return removed
 
 

@@ -40,6 +40,7 @@ from banger.network.nat import NatRule
 from banger.network.privops import LocalPrivOps
 from banger.paths import InstallError, InstallInfo, Paths, read_install, system_root
 from banger.privhelper import rules
+from banger.proc import popen
 from banger.rpc import envelope
 from banger.rpc.errors import BadRequest, OperationFailed, RPCError, UnknownMethod
 
@@ -488,13 +489,13 @@ class Helper:
                 argv += ["--netns", netns]
             # The jailer gives Firecracker `--id` itself; a second one is a DuplicateArgument.
             argv += ["--", "--api-sock", api]
-            proc = subprocess.Popen(
+            proc = popen(
                 argv,
+                guarded=False,  # outlives this helper (KillMode=process)
                 stdin=subprocess.DEVNULL,
                 stdout=out_fd,
                 stderr=subprocess.STDOUT,
                 cwd="/",
-                start_new_session=True,  # outlives this helper (KillMode=process)
                 close_fds=True,
             )
         except BaseException:

@@ -37,6 +37,8 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from banger.config import Config
+from banger.errors import OperationFailed
+from banger.proc import popen, run_sync
 from banger.vmm.base import (
     Alive,
     Capability,
@@ -128,12 +130,10 @@ def version_supported(version: tuple[int, int, int]) -> bool:
 def binary_version(binary: str, timeout: float = 5.0) -> str | None:
     """`firecracker --version` as `1.16.1`, or None when it cannot be run or read."""
     try:
-        out = subprocess.run(
-            [binary, "--version"], capture_output=True, text=True, timeout=timeout, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired):
+        out = run_sync([binary, "--version"], check=False, timeout=timeout)
+    except (OSError, OperationFailed):
         return None
-    v = parse_version(out.stdout + out.stderr)
+    v = parse_version(out.out + out.err)
     return ".".join(map(str, v)) if v else None
 
 
@@ -530,12 +530,12 @@ class FirecrackerDriver:
             pid = await self._helper_launch(spec, ident, lay)
         else:
             with spec.console_log.open("ab") as console:
-                proc = subprocess.Popen(
+                proc = popen(
                     argv,
+                    guarded=False,  # outlives the daemon and its signals (re-adopted)
                     stdin=subprocess.DEVNULL,
                     stdout=console,
                     stderr=subprocess.STDOUT,
-                    start_new_session=True,  # outlives the daemon and its signals
                     close_fds=True,
                     cwd=lay.cwd,
                 )

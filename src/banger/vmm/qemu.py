@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from banger.proc import communicate
+from banger.proc import communicate, spawn
 from banger.vmm import qemu_snapshot as snap
 from banger.vmm.accel import resolve_accel
 from banger.vmm.base import (
@@ -152,13 +152,8 @@ class QemuDriver:
                 (spec.runtime_dir / stale).unlink()
         accel = resolve_accel(self.accel_setting)
         argv = self.build_argv(spec, accel, memory_from) + extra_argv
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,
-        )
+        # Not guarded: the VM must outlive the daemon (a restarted daemon re-adopts it).
+        proc = await spawn(argv, guarded=False)
         try:
             _out, err = await communicate(proc, None, LAUNCH_TIMEOUT_SECONDS)
         except TimeoutError:

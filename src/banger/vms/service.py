@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from banger import fsutil
+from banger import errors, fsutil
 from banger.daemon.context import RequestContext
 from banger.guest import payload
 from banger.guest.ssh import (
@@ -729,7 +729,9 @@ class VMService:
             await asyncio.shield(self._after_exit(vm.id))
             self._update(vm.id, state="stopped", handle=None)
             raise
-        except (DriverError, TimeoutError, ConnectionError, OSError, RPCError) as e:
+        except (
+            DriverError, TimeoutError, ConnectionError, OSError, RPCError, errors.BangerError
+        ) as e:  # fmt: skip
             if launched is not None and driver is not None:
                 await driver.force_stop(launched)
             await self._after_exit(vm.id)
@@ -989,6 +991,9 @@ class VMService:
             except RPCError as e:
                 op.error = {"code": e.code, "message": e.message}
                 op.stage = "failed"
+            except errors.OperationFailed as e:  # a host tool failed (banger.proc)
+                op.error = {"code": "operation_failed", "message": e.message}
+                op.stage = "failed"
             except Exception as e:
                 log.exception("async create crashed")
                 op.error = {"code": "operation_failed", "message": str(e) or type(e).__name__}
@@ -1028,6 +1033,9 @@ async def for_each(
             return {"vm": vm.name, "ok": True, "result": done.model_dump(mode="json")}
         except RPCError as e:
             return {"vm": vm.name, "ok": False, "error": {"code": e.code, "message": e.message}}
+        except errors.OperationFailed as e:  # a host tool failed (banger.proc)
+            error = {"code": "operation_failed", "message": e.message}
+            return {"vm": vm.name, "ok": False, "error": error}
 
     return list(await asyncio.gather(*(one(vm) for vm in refs)))
 

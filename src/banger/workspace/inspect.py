@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from banger import errors
 from banger.proc import run_sync
 from banger.rpc.errors import BadRequest, OperationFailed
 
@@ -189,6 +190,6 @@ def host_head(root: Path) -> str | None:
     """HEAD of the checkout at `root` now (None when it is gone or has no commit)."""
     try:
         out = git(root, "rev-parse", "--verify", "-q", "HEAD^{commit}", check=False)
-    except (OSError, OperationFailed):
+    except (OSError, OperationFailed, errors.OperationFailed):
         return None
     return out.decode().strip() or None

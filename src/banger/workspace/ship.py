@@ -22,7 +22,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from banger.proc import run_sync
+from banger.proc import kill_tree, run_sync, spawn
 from banger.rpc.errors import OperationFailed
 from banger.workspace.plan import WorkspacePlan
 from banger.workspace.transport import ExecResult, GuestExec
@@ -153,13 +153,7 @@ async def _stream(
     """Pipe a host producer's stdout straight into a guest command's stdin."""
     read_fd, write_fd = os.pipe()
     try:
-        producer = await asyncio.create_subprocess_exec(
-            *producer_argv,
-            stdin=subprocess.PIPE,
-            stdout=write_fd,
-            stderr=subprocess.PIPE,
-            cwd=str(cwd),
-        )
+        producer = await spawn(producer_argv, stdin=subprocess.PIPE, stdout=write_fd, cwd=str(cwd))
     except BaseException:
         os.close(read_fd)
         os.close(write_fd)
@@ -184,8 +178,7 @@ async def _stream(
             os.close(read_fd)
         producer_err = await asyncio.wait_for(feeder, 60)
     except BaseException:
-        with contextlib.suppress(ProcessLookupError):
-            producer.kill()
+        kill_tree(producer)
         await producer.wait()
         raise
     if producer.returncode != 0:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from banger.proc import communicate
+from banger import proc
 from banger.rpc.errors import OperationFailed
 
 if TYPE_CHECKING:
@@ -70,23 +70,20 @@ async def spawn_process(
 ) -> asyncio.subprocess.Process:
     # Its own process group, so `kill_group` also stops what it started (a pipeline's members
     # would otherwise keep the pipes open, and asyncio's wait() waits for the pipes).
-    return await asyncio.create_subprocess_exec(
-        *argv,
+    return await proc.spawn(
+        argv,
         stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=dict(env) if env is not None else None,
+        env=env,
         cwd=str(cwd) if cwd is not None else None,
-        start_new_session=True,
     )
 
 
-async def kill_group(proc: asyncio.subprocess.Process) -> None:
+async def kill_group(child: asyncio.subprocess.Process) -> None:
     """SIGKILL a process started by `spawn_process` and everything in its group, then reap it."""
-    if proc.returncode is None:
+    if child.returncode is None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-    await proc.wait()
+            os.killpg(child.pid, signal.SIGKILL)
+    await child.wait()
 
 
 async def run_process(
@@ -106,20 +103,18 @@ async def run_process(
         stdin_arg, data = subprocess.DEVNULL, None
     else:
         stdin_arg, data = subprocess.PIPE, stdin
-    proc = await asyncio.create_subprocess_exec(
-        *argv,
+    child = await proc.spawn(
+        argv,
         stdin=stdin_arg,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=dict(env) if env is not None else None,
+        env=env,
         cwd=str(cwd) if cwd is not None else None,
     )
     try:
-        out, err = await communicate(proc, data, timeout)
+        out, err = await proc.communicate(child, data, timeout)
     except TimeoutError:
         raise OperationFailed(f"{what} timed out after {timeout:.0f}s") from None
-    assert proc.returncode is not None
-    return ExecResult(proc.returncode, out, err)
+    assert child.returncode is not None
+    return ExecResult(child.returncode, out, err)
 
 
 class LocalGuestExec:
