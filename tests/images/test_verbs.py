@@ -13,8 +13,8 @@ import pytest
 
 from banger.config import Config
 from banger.daemon.app import Daemon
-from banger.daemon.context import RequestContext
-from banger.rpc.errors import Conflict, NotFound
+from banger.errors import Conflict, NotFound
+from banger.request import RequestContext
 from tests.conftest import BangerEnv
 from tests.images.ocifix import Entry, Registry, cat
 

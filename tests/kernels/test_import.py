@@ -11,9 +11,9 @@ import pytest
 
 from banger.config import Config
 from banger.daemon.app import Daemon
-from banger.daemon.context import RequestContext
+from banger.errors import Conflict, InvalidInput, NotFound
 from banger.kernels.modules import GUEST_MODULES
-from banger.rpc.errors import BadRequest, Conflict, NotFound
+from banger.request import RequestContext
 from tests.conftest import BangerEnv
 from tests.kernels.conftest import HOST_KERNEL, HOST_MODULES, KVER, needs_host_kernel
 
@@ -164,7 +164,7 @@ async def test_service_ensure_and_delete_conflict(banger_env: BangerEnv) -> None
         d.reference_checks.clear()
         await d.kernels.delete("debian-6.1")
         assert not rec.dir.exists()
-        with pytest.raises(BadRequest):
+        with pytest.raises(InvalidInput):
             await d.kernels.get("../etc")
     finally:
         await d.stop_services()

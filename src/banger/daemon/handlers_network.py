@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from pydantic import Field
 
-from banger.daemon.context import RequestContext
 from banger.daemon.params import MAX_LIST_ITEMS, Params, Ref, parse_params
+from banger.errors import BangerError, NotRunning, OperationFailed
 from banger.guest import probes
-from banger.rpc.errors import NotRunning, OperationFailed, RPCError
+from banger.request import RequestContext
 from banger.vmm.base import DriverError
 from banger.vms import rootdisk
 
@@ -67,10 +67,7 @@ class _VMService(Protocol):
 
 
 def _vms(d: Daemon) -> _VMService:
-    vms = getattr(d, "vms", None)
-    if vms is None:
-        raise OperationFailed("this daemon has no VM service")
-    return cast(_VMService, vms)
+    return d.vms
 
 
 def _handle(d: Daemon, vm_id: str) -> VMHandle | None:
@@ -166,7 +163,7 @@ async def _check_ssh(d: Daemon, vm: VMView) -> dict[str, Any]:
     try:
         _, seconds = await _ssh(d, vm, "true", SSH_TIMEOUT)
         return {"name": "ssh", "ok": True, "latency_ms": round(seconds * 1000, 1)}
-    except RPCError as e:
+    except BangerError as e:
         return {"name": "ssh", "ok": False, "error": e.message}
 
 
@@ -248,7 +245,7 @@ async def vm_stats(d: Daemon, ctx: RequestContext, params: dict[str, Any]) -> di
                 for u in snap.disks
             ],
         }
-    except RPCError as e:
+    except BangerError as e:
         guest_error = e.message
     host = await host_task
     return {
@@ -301,7 +298,7 @@ async def _vm_ports(d: Daemon, vm: VMView) -> list[dict[str, Any]]:
     reachable = {s.port for s in snap.sockets if s.proto == "tcp" and not s.loopback_only}
     forwards: dict[int, int] = {}
     if vm.network == "user" and reachable:
-        with contextlib.suppress(RPCError):
+        with contextlib.suppress(BangerError):
             forwards = await _user_forwards(d, vm, reachable)
     rows = []
     for s in snap.sockets:
@@ -342,7 +339,7 @@ async def vm_ports(d: Daemon, ctx: RequestContext, params: dict[str, Any]) -> li
             if isinstance(res, asyncio.CancelledError):
                 raise res
             if p.refs:  # asked for by name: say why it failed
-                raise res if isinstance(res, RPCError) else OperationFailed(f"{vm.name}: {res}")
+                raise res if isinstance(res, BangerError) else OperationFailed(f"{vm.name}: {res}")
             rows.append({"vm": vm.name, "error": getattr(res, "message", str(res))})
             continue
         rows.extend(res)

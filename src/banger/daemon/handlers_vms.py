@@ -6,7 +6,6 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
-from banger.daemon.context import RequestContext
 from banger.daemon.params import (
     EgressRules,
     KernelName,
@@ -19,6 +18,7 @@ from banger.daemon.params import (
     VMName,
     parse_params,
 )
+from banger.request import RequestContext
 from banger.rpc.errors import from_wire
 from banger.vms.service import CreateRequest, for_each
 from banger.vms.spec import VMRecord

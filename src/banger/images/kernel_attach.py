@@ -14,14 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from banger.errors import AlreadyExists, InvalidInput, NotFound
 from banger.images import debian
 from banger.images.model import ImageRecord
 from banger.images.reference import ReferenceError, parse_reference
-from banger.rpc.errors import AlreadyExists, BadRequest, NotFound
 
 if TYPE_CHECKING:
-    from banger.daemon.context import RequestContext
     from banger.images.service import ImageService
+    from banger.request import RequestContext
 
 
 class Kernels(Protocol):
@@ -49,11 +49,11 @@ class KernelAttachment:
 def _existing(value: str, what: str, want_dir: bool = False) -> Path:
     p = Path(value)
     if not p.is_absolute():
-        raise BadRequest(f"{what} path {value!r} must be absolute")
+        raise InvalidInput(f"{what} path {value!r} must be absolute")
     ok = p.is_dir() if want_dir else p.is_file()
     if not ok:
         kind = "directory" if want_dir else "file"
-        raise BadRequest(f"{what} {value!r} is not an existing {kind}")
+        raise InvalidInput(f"{what} {value!r} is not an existing {kind}")
     return Path(os.path.realpath(p))
 
 
@@ -62,9 +62,9 @@ def attachment(
 ) -> KernelAttachment | None:
     """The kernel to attach, checked; None when the pull attaches none."""
     if kernel_ref and (kernel or initrd or modules):
-        raise BadRequest("give either --kernel-ref or --kernel/--initrd/--modules, not both")
+        raise InvalidInput("give either --kernel-ref or --kernel/--initrd/--modules, not both")
     if (initrd or modules) and not kernel:
-        raise BadRequest("--initrd and --modules need --kernel")
+        raise InvalidInput("--initrd and --modules need --kernel")
     if kernel_ref:
         return KernelAttachment(kernel_ref=kernel_ref)
     if not kernel:
@@ -83,7 +83,7 @@ def image_name(ref_text: str, name: str | None) -> str:
     try:
         return parse_reference(ref_text).default_name()
     except ReferenceError as e:
-        raise BadRequest(str(e)) from None
+        raise InvalidInput(str(e)) from None
 
 
 async def pull_with_kernel(

@@ -1,4 +1,4 @@
-"""KernelService (`d.kernels`): the local kernel store, catalog pulls and imports.
+"""KernelService: the local kernel store, catalog pulls and imports.
 
 The manifests under `<state>/kernels/` are the source of truth (no database table): a kernel
 exists exactly when its directory with a valid manifest does. Every change is staged under the
@@ -14,17 +14,16 @@ import logging
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
-from banger.daemon.context import RequestContext
+from banger.config import Config
+from banger.errors import AlreadyExists, Conflict, InvalidInput, NotFound
 from banger.kernels import catalog as catalog_mod
 from banger.kernels import importer, localstore, pull
 from banger.kernels.model import MANIFEST, CatalogItem, KernelRecord, validate_name
 from banger.kernels.vmlinux import KernelFormatError
-from banger.rpc.errors import AlreadyExists, BadRequest, Conflict, NotFound
-
-if TYPE_CHECKING:
-    from banger.daemon.app import Daemon
+from banger.paths import Paths
+from banger.request import RequestContext
 
 log = logging.getLogger("banger.kernels")
 
@@ -42,20 +41,28 @@ async def _blocking(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         raise
 
 
+class References(Protocol):
+    """Who still uses a thing: ("kernel", name) -> names like "vm devbox" (empty: unused)."""
+
+    def __call__(self, kind: str, ident: str) -> list[str]: ...
+
+
 class KernelService:
-    def __init__(self, d: Daemon) -> None:
-        self.d = d
+    def __init__(self, paths: Paths, config: Config, *, references: References) -> None:
+        self.paths = paths
+        self.config = config
+        self.references = references
         self._locks: dict[str, asyncio.Lock] = {}
 
     # --- lifecycle -------------------------------------------------------------------------
 
     @property
     def root(self) -> Path:
-        return self.d.paths.kernels_dir
+        return self.paths.kernels_dir
 
     async def start(self) -> None:
         """Remove staging leftovers of interrupted pulls/imports (a crash mid-way)."""
-        staging = self.d.paths.staging_dir
+        staging = self.paths.staging_dir
         if staging.is_dir():
             for p in staging.glob("kernel-*"):
                 log.info("removing interrupted kernel staging", extra={"path": str(p)})
@@ -114,7 +121,7 @@ class KernelService:
         return rec
 
     async def catalog(self) -> builtins.list[CatalogItem]:
-        entries = await catalog_mod.load(self.d.config.kernel_catalog)
+        entries = await catalog_mod.load(self.config.kernel_catalog)
         local = {r.name for r in await self.list()}
         return [
             CatalogItem(
@@ -136,7 +143,7 @@ class KernelService:
 
     async def pull(self, name: str, ctx: RequestContext, *, force: bool = False) -> dict[str, Any]:
         validate_name(name)
-        entry = await catalog_mod.lookup(self.d.config.kernel_catalog, name)
+        entry = await catalog_mod.lookup(self.config.kernel_catalog, name)
         if entry is None:
             raise NotFound(
                 f"kernel {name!r} is not in the catalog; `banger kernel catalog` lists what can "
@@ -145,7 +152,7 @@ class KernelService:
         async with self._lock(name):
             self._check_free(name, force)
             expected_size = entry.size_bytes
-            staged = localstore.staging_dir(self.d.paths.staging_dir, name)
+            staged = localstore.staging_dir(self.paths.staging_dir, name)
             try:
                 tarball = staged.parent / f"{staged.name}.tar"
                 try:
@@ -178,7 +185,7 @@ class KernelService:
                         importer.finish_staged, staged, initrd_given=initrd_given
                     )
                 except KernelFormatError as e:
-                    raise BadRequest(f"kernel tarball {entry.tarball_url}: {e}") from None
+                    raise InvalidInput(f"kernel tarball {entry.tarball_url}: {e}") from None
                 await _blocking(
                     localstore.write_manifest,
                     staged,
@@ -211,7 +218,7 @@ class KernelService:
         validate_name(name)
         if from_host:
             if kernel is not None or initrd is not None or modules is not None:
-                raise BadRequest(
+                raise InvalidInput(
                     "--from-host takes the kernel, modules and initramfs itself; "
                     "do not combine it with --kernel/--initrd/--modules"
                 )
@@ -220,16 +227,16 @@ class KernelService:
             distro = importer.host_distro()
         else:
             if host_version is not None:
-                raise BadRequest("a host kernel version needs --from-host")
+                raise InvalidInput("a host kernel version needs --from-host")
             if kernel is None:
-                raise BadRequest(
+                raise InvalidInput(
                     "give --kernel FILE (optionally --initrd, --modules) or --from-host"
                 )
             source = f"import:{kernel}"
             distro = ""
         async with self._lock(name):
             self._check_free(name, force)
-            staged = localstore.staging_dir(self.d.paths.staging_dir, name)
+            staged = localstore.staging_dir(self.paths.staging_dir, name)
             try:
                 ctx.progress(stage="import", detail=str(kernel))
                 prep = await _blocking(
@@ -255,12 +262,12 @@ class KernelService:
     async def delete(self, name: str) -> KernelRecord:
         async with self._lock(name):
             rec = await self.get(name)
-            users = self.d.references("kernel", name)
+            users = self.references("kernel", name)
             if users:
                 raise Conflict(
                     f"kernel {name!r} is in use by {', '.join(users)}; delete those first"
                 )
-            trash = localstore.staging_dir(self.d.paths.staging_dir, name)
+            trash = localstore.staging_dir(self.paths.staging_dir, name)
             # Rename first so the kernel disappears at once; remove the files afterwards.
             rec.dir.rename(trash / "old")
             await _blocking(shutil.rmtree, trash, True)
@@ -271,7 +278,7 @@ class KernelService:
         """The kernel `name`; the default kernel is imported from the host on first use."""
         with contextlib.suppress(NotFound):
             return await self.get(name)
-        if name != self.d.config.default_kernel:
+        if name != self.config.default_kernel:
             raise NotFound(
                 f"kernel {name!r} not found; pull it (`banger kernel pull {name}`) or import one "
                 f"(`banger kernel import {name} --from-host`)"
