@@ -37,6 +37,8 @@ from banger.guest.ssh import (
     pin_host_key,
     wait_ssh_banner,
 )
+from banger import errors as domain
+from banger.daemon.errmap import to_rpc
 from banger.network.egress import Policy, updated
 from banger.rpc.errors import (
     AlreadyExists,
@@ -634,7 +636,7 @@ class VMService:
         kernel = await self.d.kernels.get(vm.kernel)
         try:
             await self.d.images.get(vm.image_id)
-        except NotFound:
+        except domain.NotFound:
             raise NotFound(
                 f"image {vm.image_name!r} of vm {vm.name} no longer exists; delete the VM"
             ) from None
@@ -729,12 +731,12 @@ class VMService:
             await asyncio.shield(self._after_exit(vm.id))
             self._update(vm.id, state="stopped", handle=None)
             raise
-        except (DriverError, TimeoutError, ConnectionError, OSError, RPCError) as e:
+        except (DriverError, TimeoutError, ConnectionError, OSError, domain.BangerError) as e:
             if launched is not None and driver is not None:
                 await driver.force_stop(launched)
             await self._after_exit(vm.id)
             tail = _console_tail(vm.console_log)
-            reason = str(e) if not isinstance(e, RPCError) else e.message
+            reason = e.message if isinstance(e, domain.BangerError) else str(e)
             self._update(vm.id, state="error", error=reason, handle=None)
             msg = f"vm {vm.name} failed to boot: {reason} (console log: {vm.console_log})"
             if tail:
@@ -986,8 +988,8 @@ class VMService:
                 op.cancelled = True
                 op.stage = "cancelled"
                 op.error = {"code": "cancelled", "message": "the create was cancelled"}
-            except RPCError as e:
-                op.error = {"code": e.code, "message": e.message}
+            except (RPCError, domain.BangerError) as e:
+                op.error = _wire_error(e)
                 op.stage = "failed"
             except Exception as e:
                 log.exception("async create crashed")
@@ -1018,10 +1020,16 @@ async def for_each(
         try:
             done = await fn(vm)
             return {"vm": vm.name, "ok": True, "result": done.model_dump(mode="json")}
-        except RPCError as e:
-            return {"vm": vm.name, "ok": False, "error": {"code": e.code, "message": e.message}}
+        except (RPCError, domain.BangerError) as e:
+            return {"vm": vm.name, "ok": False, "error": _wire_error(e)}
 
     return list(await asyncio.gather(*(one(vm) for vm in refs)))
+
+
+def _wire_error(e: RPCError | domain.BangerError) -> dict[str, str]:
+    # Transitional (compose branch): images/kernels raise domain errors now.
+    wire = e if isinstance(e, RPCError) else to_rpc(e)
+    return {"code": wire.code, "message": wire.message}
 
 
 def _running(pid: int) -> bool:
