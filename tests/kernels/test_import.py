@@ -127,7 +127,7 @@ def test_import_files_elf_and_user_initrd(daemon: BangerEnv, tmp_path: Path) -> 
         (["x", "--kernel", "/nonexistent/vmlinuz"], "is not a file"),
         (["x", "--from-host", "9.9.9-nope"], "host kernel 9.9.9-nope not found"),
         (["x", "--from-host", "--kernel", str(HOST_KERNEL)], "do not combine"),
-        (["x"], "give --kernel FILE"),
+        (["x"], "hint: banger kernel import NAME --kernel FILE"),
         (["x", "--kernel", str(HOST_KERNEL), "--modules", "/etc"], "no modules.dep"),
     ],
 )

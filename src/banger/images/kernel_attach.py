@@ -62,9 +62,9 @@ def attachment(
 ) -> KernelAttachment | None:
     """The kernel to attach, checked; None when the pull attaches none."""
     if kernel_ref and (kernel or initrd or modules):
-        raise InvalidInput("give either --kernel-ref or --kernel/--initrd/--modules, not both")
+        raise InvalidInput("give either a kernel ref or kernel/initrd/modules files, not both")
     if (initrd or modules) and not kernel:
-        raise InvalidInput("--initrd and --modules need --kernel")
+        raise InvalidInput("an initrd or modules directory needs a kernel file")
     if kernel_ref:
         return KernelAttachment(kernel_ref=kernel_ref)
     if not kernel:
@@ -100,7 +100,7 @@ async def pull_with_kernel(
         try:
             await kernels.get(attach.kernel_ref)
         except NotFound as e:
-            raise NotFound(f"{e.message} (given as --kernel-ref)") from None
+            raise NotFound(f"{e.message} (given as the kernel ref)") from None
         rec = await images.pull(ref_text, name, size_bytes, ctx)
         return await images.set_kernel_ref(rec.id, attach.kernel_ref)
     images.check_name_free(target)
@@ -110,8 +110,9 @@ async def pull_with_kernel(
         pass
     else:
         raise AlreadyExists(
-            f"a kernel named {target!r} exists already (the kernel of --kernel is stored under "
-            f"the image's name): pass --kernel-ref {target}, or --name for another image name"
+            f"a kernel named {target!r} exists already (a kernel file given with a pull is "
+            f"stored under the image's name): give {target!r} as the kernel ref, or another "
+            "image name"
         )
     await kernels.import_(
         target, ctx, kernel=attach.kernel, initrd=attach.initrd, modules=attach.modules

@@ -72,15 +72,15 @@ def _builtin_hint(ref_text: str) -> str:
     close = difflib.get_close_matches(ref_text, sorted(debian.BUILTINS), n=1, cutoff=0.8)
     if not close:
         return ""
-    return f"; did you mean banger's built-in {close[0]!r} (`banger image pull {close[0]}`)?"
+    return f"; did you mean banger's built-in {close[0]!r}?"
 
 
 def _not_builtin(name: str) -> str:
     # VMs get the built-in image by this name; another image under it would silently replace it.
     if name in debian.BUILTINS:
         raise InvalidInput(
-            f"the name {name!r} is reserved for banger's built-in offline image "
-            f"(`banger image pull {name}`); choose another --name"
+            f"the name {name!r} is reserved for banger's built-in offline image; "
+            "choose another name"
         )
     return name
 
@@ -330,7 +330,7 @@ class ImageService:
                 )
             row = rows[0] if rows else None
         if row is None:
-            raise NotFound(f"image {ref!r} not found; `banger image list` shows what exists")
+            raise NotFound(f"image {ref!r} not found")
         return self._record(row)
 
     async def ensure(self, name: str, ctx: RequestContext) -> ImageRecord:
@@ -340,8 +340,8 @@ class ImageService:
         except NotFound:
             if name not in debian.BUILTINS:
                 raise NotFound(
-                    f"image {name!r} not found; pull it with `banger image pull <oci-ref> "
-                    f"--name {name}` or use the built-in {debian.BUILTIN_NAME!r}"
+                    f"image {name!r} not found; pull it under that name or use the built-in "
+                    f"{debian.BUILTIN_NAME!r}"
                 ) from None
         async with self._build_lock:
             with contextlib.suppress(NotFound):
@@ -355,10 +355,7 @@ class ImageService:
         if name in self._names_in_flight:
             raise AlreadyExists(f"image {name!r} is being created right now; wait for it")
         if self.store.query_one("SELECT id FROM images WHERE name = ?", (name,)):
-            raise AlreadyExists(
-                f"image {name!r} already exists; delete it (`banger image delete {name}`) "
-                "or choose another --name"
-            )
+            raise AlreadyExists(f"image {name!r} already exists; delete it or choose another name")
         self._names_in_flight.add(name)
         self._cache_users += 1
         try:
@@ -709,9 +706,9 @@ class ImageService:
     ) -> ImageRecord:
         _not_builtin(validate_name(name))
         if kernel_ref and (kernel or initrd or modules):
-            raise InvalidInput("give either --kernel-ref or --kernel/--initrd/--modules, not both")
+            raise InvalidInput("give either a kernel ref or kernel/initrd/modules files, not both")
         if (initrd or modules) and not kernel:
-            raise InvalidInput("--initrd and --modules need --kernel")
+            raise InvalidInput("an initrd or modules directory needs a kernel file")
 
         def path_of(value: str, what: str, want_dir: bool = False) -> Path:
             p = Path(value)

@@ -106,10 +106,7 @@ class KernelService:
         validate_name(name)
         rec = await asyncio.to_thread(self._read, name)
         if rec is None:
-            raise NotFound(
-                f"kernel {name!r} not found; `banger kernel list` shows local kernels, "
-                "`banger kernel catalog` the ones to pull, `banger kernel import` adds your own"
-            )
+            raise NotFound(f"kernel {name!r} not found")
         return rec
 
     def _published(self, name: str) -> KernelRecord:
@@ -137,8 +134,7 @@ class KernelService:
     def _check_free(self, name: str, force: bool) -> None:
         if (self.root / name).exists() and not force:
             raise AlreadyExists(
-                f"kernel {name!r} already exists; delete it first (`banger kernel delete {name}`)"
-                " or pass --force to replace it"
+                f"kernel {name!r} already exists; delete it first or replace it (force)"
             )
 
     async def pull(self, name: str, ctx: RequestContext, *, force: bool = False) -> dict[str, Any]:
@@ -146,8 +142,8 @@ class KernelService:
         entry = await catalog_mod.lookup(self.config.kernel_catalog, name)
         if entry is None:
             raise NotFound(
-                f"kernel {name!r} is not in the catalog; `banger kernel catalog` lists what can "
-                "be pulled (set kernel_catalog in the config to add a catalog)"
+                f"kernel {name!r} is not in the catalog (set kernel_catalog in the config to "
+                "add a catalog)"
             )
         async with self._lock(name):
             self._check_free(name, force)
@@ -219,18 +215,21 @@ class KernelService:
         if from_host:
             if kernel is not None or initrd is not None or modules is not None:
                 raise InvalidInput(
-                    "--from-host takes the kernel, modules and initramfs itself; "
-                    "do not combine it with --kernel/--initrd/--modules"
+                    "importing the host's kernel takes its kernel, modules and initramfs "
+                    "itself; do not give kernel, initrd or modules files too"
                 )
             version, kernel, modules = importer.host_kernel(host_version)
             source = f"host:{kernel}"
             distro = importer.host_distro()
         else:
             if host_version is not None:
-                raise InvalidInput("a host kernel version needs --from-host")
+                raise InvalidInput(
+                    "a host kernel version applies only to importing the host's kernel"
+                )
             if kernel is None:
                 raise InvalidInput(
-                    "give --kernel FILE (optionally --initrd, --modules) or --from-host"
+                    "give a kernel file (optionally an initrd and a modules directory), "
+                    "or import the host's kernel"
                 )
             source = f"import:{kernel}"
             distro = ""
@@ -279,10 +278,7 @@ class KernelService:
         with contextlib.suppress(NotFound):
             return await self.get(name)
         if name != self.config.default_kernel:
-            raise NotFound(
-                f"kernel {name!r} not found; pull it (`banger kernel pull {name}`) or import one "
-                f"(`banger kernel import {name} --from-host`)"
-            )
+            raise NotFound(f"kernel {name!r} not found; pull it from the catalog or import one")
         # Another request may be importing it right now: wait for it rather than race.
         async with self._lock(name):
             with contextlib.suppress(NotFound):

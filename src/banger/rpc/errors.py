@@ -32,6 +32,8 @@ class RPCError(Exception):
         super().__init__(message)
         self.message = message
         self.op_id = op_id
+        # The method that answered with this error (set by the client; the CLI's hints use it).
+        self.method = ""
 
     def to_wire(self) -> dict[str, str]:
         return {"code": self.code, "message": self.message, "op_id": self.op_id}

@@ -26,8 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from banger import errors as domain
 from banger import fsutil
 from banger.daemon.context import RequestContext
+from banger.daemon.errmap import to_rpc
 from banger.guest import payload
 from banger.guest.ssh import (
     SSHTarget,
@@ -37,8 +39,6 @@ from banger.guest.ssh import (
     pin_host_key,
     wait_ssh_banner,
 )
-from banger import errors as domain
-from banger.daemon.errmap import to_rpc
 from banger.network.egress import Policy, updated
 from banger.rpc.errors import (
     AlreadyExists,

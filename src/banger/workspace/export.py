@@ -187,7 +187,7 @@ class ExportReader:
 
 def _status_error(returncode: int, err_tail: str, description: str) -> BangerError:
     if returncode == 3:
-        return NotFound(f"{err_tail}; run `banger vm workspace prepare VM PATH` first")
+        return NotFound(f"{err_tail}; prepare the workspace first")
     if returncode == 4:
         return InvalidInput(f"{err_tail}; pass a commit the guest checkout has")
     return OperationFailed(f"export failed in {description}: {err_tail}")
