@@ -255,7 +255,7 @@ class ImageService:
         for entry in self.cache.blobs_dir.glob(".tmp-*"):
             entry.unlink(missing_ok=True)
         for entry in self.cache.root.parent.glob(f".{self.cache.root.name}.pruning-*"):
-            await asyncio.to_thread(shutil.rmtree, entry, True)
+            await asyncio.to_thread(fsutil.remove_tree_best_effort, entry, "image")
         known = {r["id"] for r in self.store.query("SELECT id FROM images")}
         if paths.images_dir.is_dir() and not paths.images_dir.is_symlink():
             for entry in paths.images_dir.iterdir():
@@ -510,10 +510,10 @@ class ImageService:
                         log.warning(msg, extra={"image": name})
                         ctx.progress(stage="warning", message=msg)
                 finally:
-                    await asyncio.to_thread(shutil.rmtree, tree, True)
-                    await asyncio.to_thread(shutil.rmtree, stage / "tree", True)
+                    await asyncio.to_thread(fsutil.remove_tree_best_effort, tree, "image")
+                    await asyncio.to_thread(fsutil.remove_tree_best_effort, stage / "tree", "image")
                     if scratch is not None:
-                        await asyncio.to_thread(shutil.rmtree, scratch, True)
+                        await asyncio.to_thread(fsutil.remove_tree_best_effort, scratch, "image")
                 if digest is not None:
                     self.cache.keep_rootfs(digest, size_bytes, out)
             config = parse_image_config(self.cache.read_bytes(config_digest))
@@ -539,10 +539,10 @@ class ImageService:
             ctx.progress(stage="done", name=name, id=image_id)
             return rec
         except BaseException:
-            await asyncio.to_thread(shutil.rmtree, final_dir, True)
+            await asyncio.to_thread(fsutil.remove_tree_best_effort, final_dir, "image")
             raise
         finally:
-            await asyncio.to_thread(shutil.rmtree, stage, True)
+            await asyncio.to_thread(fsutil.remove_tree_best_effort, stage, "image")
 
     async def _run_build(self, spec: Path, n_layers: int, ctx: RequestContext) -> dict[str, Any]:
         argv = [sys.executable, "-m", "banger.images.build", str(spec)]
@@ -691,7 +691,7 @@ class ImageService:
             if image_dir.exists():
                 aside = self.paths.staging_dir / f"image-deleting-{rec.id}"
                 os.rename(image_dir, aside)
-                await asyncio.to_thread(shutil.rmtree, aside, True)
+                await asyncio.to_thread(fsutil.remove_tree_best_effort, aside, "image")
         return rec
 
     async def register(
@@ -789,10 +789,10 @@ class ImageService:
                         ),
                     )
             except BaseException:
-                await asyncio.to_thread(shutil.rmtree, final_dir, True)
+                await asyncio.to_thread(fsutil.remove_tree_best_effort, final_dir, "image")
                 raise
         finally:
-            await asyncio.to_thread(shutil.rmtree, stage, True)
+            await asyncio.to_thread(fsutil.remove_tree_best_effort, stage, "image")
         return await self.get(rec.id)
 
     # --- cache ---

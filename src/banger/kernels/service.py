@@ -11,11 +11,11 @@ import asyncio
 import builtins
 import contextlib
 import logging
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+from banger import fsutil
 from banger.config import Config
 from banger.errors import AlreadyExists, Conflict, InvalidInput, NotFound
 from banger.kernels import catalog as catalog_mod
@@ -36,8 +36,10 @@ async def _blocking(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     try:
         return await asyncio.shield(task)
     except asyncio.CancelledError:
-        with contextlib.suppress(BaseException):
+        try:
             await task
+        except BaseException as e:  # the request is cancelled anyway; its cleanup runs next
+            log.warning("cancelled kernel work failed while finishing", extra={"error": repr(e)})
         raise
 
 
@@ -67,7 +69,7 @@ class KernelService:
             for p in staging.glob("kernel-*"):
                 log.info("removing interrupted kernel staging", extra={"path": str(p)})
                 if p.is_dir() and not p.is_symlink():
-                    shutil.rmtree(p, ignore_errors=True)
+                    fsutil.remove_tree_best_effort(p, "kernel staging")
                 else:
                     p.unlink(missing_ok=True)
 
@@ -195,7 +197,7 @@ class KernelService:
                 )
                 localstore.publish(staged, self.root, name, replace=force)
             finally:
-                shutil.rmtree(staged, ignore_errors=True)
+                fsutil.remove_tree_best_effort(staged, "kernel staging")
         log.info("kernel pulled", extra={"kernel": name, "url": entry.tarball_url})
         return {"kernel": self._published(name), "warnings": prep.warnings}
 
@@ -254,7 +256,7 @@ class KernelService:
                 )
                 localstore.publish(staged, self.root, name, replace=force)
             finally:
-                shutil.rmtree(staged, ignore_errors=True)
+                fsutil.remove_tree_best_effort(staged, "kernel staging")
         log.info("kernel imported", extra={"kernel": name, "source": source})
         return {"kernel": self._published(name), "warnings": prep.warnings}
 
@@ -269,7 +271,7 @@ class KernelService:
             trash = localstore.staging_dir(self.paths.staging_dir, name)
             # Rename first so the kernel disappears at once; remove the files afterwards.
             rec.dir.rename(trash / "old")
-            await _blocking(shutil.rmtree, trash, True)
+            await _blocking(fsutil.remove_tree_best_effort, trash, "deleted kernel")
         log.info("kernel deleted", extra={"kernel": name})
         return rec
 

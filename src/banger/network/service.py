@@ -542,13 +542,29 @@ class NetworkService:
                     records[vm.name] = ip
             self.dns.replace_all(records)
             if self.mode == "bridge" or any(a.tap for a in self._active.values()):
-                keep = {a.tap for a in self._active.values() if a.tap}
-                for tap in await self.privops.list_taps():
-                    if tap not in keep:
-                        log.info("removing leaked TAP", extra={"tap": tap})
-                        await self.privops.delete_tap(tap)
-                await self._sync_nat()
+                await self._remove_leaked_taps({a.tap for a in self._active.values() if a.tap})
+                try:
+                    await self._sync_nat()
+                except Exception as e:
+                    # The daemon still starts (VMs, DNS and ssh_config work); NAT/egress for the
+                    # running VMs is what is missing until the next VM change re-syncs it.
+                    log.warning("reconcile: cannot restore NAT rules", extra={"error": str(e)})
             self._write_ssh_config()
+
+    async def _remove_leaked_taps(self, keep: set[str]) -> None:
+        try:
+            taps = await self.privops.list_taps()
+        except Exception as e:
+            log.warning("reconcile: cannot list TAPs", extra={"error": str(e)})
+            return
+        for tap in taps:
+            if tap in keep:
+                continue
+            log.info("removing leaked TAP", extra={"tap": tap})
+            try:
+                await self.privops.delete_tap(tap)
+            except Exception as e:
+                log.warning("reconcile: cannot remove TAP", extra={"tap": tap, "error": str(e)})
 
     # --- internals -----------------------------------------------------------------------------
 
