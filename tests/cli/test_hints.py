@@ -28,6 +28,14 @@ CASES = [
         "banger image pull debian-bookworm",
     ),
     Case(
+        "builtin-typo-unreachable",
+        "image.pull",
+        "operation_failed",
+        "cannot reach https://registry-1.docker.io/v2/x; did you mean banger's built-in "
+        "'debian-bookworm'?",
+        "banger image pull debian-bookworm",
+    ),
+    Case(
         "reserved-name",
         "image.register",
         "bad_request",

@@ -126,7 +126,7 @@ def test_import_files_elf_and_user_initrd(daemon: BangerEnv, tmp_path: Path) -> 
         (["x", "--kernel", "/etc/passwd"], "neither a bzImage"),
         (["x", "--kernel", "/nonexistent/vmlinuz"], "is not a file"),
         (["x", "--from-host", "9.9.9-nope"], "host kernel 9.9.9-nope not found"),
-        (["x", "--from-host", "--kernel", str(HOST_KERNEL)], "do not combine"),
+        (["x", "--from-host", "--kernel", str(HOST_KERNEL)], "hint: --from-host does not combine"),
         (["x"], "hint: banger kernel import NAME --kernel FILE"),
         (["x", "--kernel", str(HOST_KERNEL), "--modules", "/etc"], "no modules.dep"),
     ],

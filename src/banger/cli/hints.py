@@ -5,7 +5,7 @@ the MCP server show that plain message. The CLI prints it, then the hint this ta
 (method, code) and the message's shape: `hint: banger vm start devbox`.
 
 A rule matches when the method matches (an exact name, a prefix ending in `.`, or None for any
-method, e.g. an error raised in the CLI process itself), the wire code is equal, and the pattern is
+method, e.g. an error raised in the CLI process itself), the wire code is equal (None: any), and the pattern is
 found in the message; the first matching rule wins, so a narrower shape goes before a wider one.
 The pattern's named groups fill the hint's `{placeholders}`.
 """
@@ -22,12 +22,12 @@ _NAME = r"""(?:'(?P<name>[^']+)'|"(?P<dname>[^"]+)"|(?P<bare>[^\s;:,()']+))"""
 @dataclass(frozen=True)
 class Rule:
     method: str | None  # "vm.start", "vm." (every vm.* method), or None (any)
-    code: str
+    code: str | None  # None: whatever the code (the shape alone decides)
     pattern: str
     hint: str
 
     def matches(self, method: str, code: str) -> bool:
-        if code != self.code:
+        if self.code is not None and code != self.code:
             return False
         if self.method is None:
             return True
@@ -40,7 +40,7 @@ RULES: tuple[Rule, ...] = (
     # --- images ---
     Rule(
         "image.pull",
-        "not_found",
+        None,  # the registry's answer decides the code: not found, unreachable, auth
         r"did you mean banger's built-in " + _NAME,
         "banger image pull {name}",
     ),
