@@ -5,8 +5,9 @@ the MCP server show that plain message. The CLI prints it, then the hint this ta
 (method, code) and the message's shape: `hint: banger vm start devbox`.
 
 A rule matches when the method matches (an exact name, a prefix ending in `.`, or None for any
-method, e.g. an error raised in the CLI process itself), the wire code is equal (None: any), and the pattern is
-found in the message; the first matching rule wins, so a narrower shape goes before a wider one.
+method, e.g. an error raised in the CLI process itself), the wire code is equal (None: any), and
+the pattern is found in the message; the first matching rule wins, so a narrower shape goes before
+a wider one.
 The pattern's named groups fill the hint's `{placeholders}`.
 """
 

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from banger.errors import InvalidInput
 from banger.network import privops, tap
 from banger.network.nat import Admit, DnsRedirect, EgressSpec
-from banger.errors import InvalidInput
 from banger.rpc.errors import BadRequest, NotFound
 
 IFNAMSIZ = 15  # usable bytes of a Linux interface name
