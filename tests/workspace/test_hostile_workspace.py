@@ -382,7 +382,7 @@ async def test_hostile_guest_output(case: OutputCase, tmp_path: Path, sentinel: 
     run: Awaitable[object] = _export_to(guest, got)
     with pytest.raises(case.error) as e:
         await asyncio.wait_for(run, 60)
-    assert e.value.code == "operation_failed"
+    assert to_rpc(e.value).code == "operation_failed"
     assert case.says in e.value.message
     assert len(e.value.message) < 1000  # the guest cannot flood the error either
     assert "last words" in e.value.message or case.id != "endless-stderr-then-failure"
