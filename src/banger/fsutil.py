@@ -98,4 +98,19 @@ def remove_entry(path: Path) -> bool:
     # shutil.rmtree works on file descriptors here (Linux): a symlink inside is unlinked, never
     # followed, even if one is swapped in while it runs.
     shutil.rmtree(path, ignore_errors=True)
-    return not os.path.lexists(path)
+    if os.path.lexists(path):
+        log.warning("cleanup: could not remove all of %s; delete it by hand", path)
+        return False
+    return True
+
+
+def remove_tree_best_effort(path: Path, what: str) -> None:
+    """Cleanup that must not fail its caller (it runs after the real error, or on the way out):
+    whatever cannot be removed is logged as a warning (the log line carries the request's op id),
+    never silently left behind. A missing tree is fine."""
+
+    def report(_func: object, failed: str, exc_info: tuple[type, BaseException, object]) -> None:
+        if not isinstance(exc_info[1], FileNotFoundError):
+            log.warning("cleanup of %s: cannot remove %s: %s", what, failed, exc_info[1])
+
+    shutil.rmtree(path, onerror=report)

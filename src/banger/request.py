@@ -5,9 +5,14 @@ It lives below the services (they import it) and above nothing: the daemon build
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+# The op id of the request being served; log lines (daemon/logs.py) and privileged-helper calls
+# carry it without every function passing it along. Set by the daemon's dispatch.
+current_op_id: contextvars.ContextVar[str] = contextvars.ContextVar("current_op_id", default="")
 
 
 def _drop(_: dict[str, Any]) -> None:

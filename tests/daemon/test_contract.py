@@ -13,8 +13,8 @@ import jsonschema
 import pytest
 
 from banger.daemon import contract
-from banger.daemon.context import RequestContext
 from banger.daemon.dispatch import RPC_HANDLERS, dispatch
+from banger.request import RequestContext
 from banger.rpc import PROTOCOL_VERSION
 from banger.rpc.errors import NotFound
 from tests.conftest import BangerEnv

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from banger.daemon.context import RequestContext
 from banger.daemon.dispatch import RPC_HANDLERS, dispatch
 from banger.daemon.params import Params
+from banger.request import RequestContext
 from banger.rpc import PROTOCOL_VERSION
 from banger.rpc.errors import NotFound, OperationFailed
 from banger.validation import MAX_MESSAGE_CHARS, clip, quote

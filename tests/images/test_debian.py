@@ -76,7 +76,7 @@ async def test_ensure_builds_the_builtin_when_missing(
 ) -> None:
     from banger.config import Config
     from banger.daemon.app import Daemon
-    from banger.daemon.context import RequestContext
+    from banger.request import RequestContext
 
     banger_env.env["XDG_CACHE_HOME"] = str(debian_image.cache_home)
     d = Daemon(banger_env.paths, Config())

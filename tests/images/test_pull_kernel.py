@@ -55,8 +55,11 @@ def test_kernel_files_are_imported_under_the_image_name(daemon: BangerEnv, tiny:
     ("args", "message"),
     [
         (["--kernel-ref", "nosuch"], "kernel 'nosuch' not found"),
-        (["--kernel-ref", "k", "--kernel", "/boot/x"], "either --kernel-ref or --kernel"),
-        (["--modules", "/lib/modules"], "--initrd and --modules need --kernel"),
+        (
+            ["--kernel-ref", "k", "--kernel", "/boot/x"],
+            "hint: pass either --kernel-ref NAME or --kernel",
+        ),
+        (["--modules", "/lib/modules"], "hint: --initrd and --modules need --kernel FILE"),
         (["--kernel", "/nonexistent/vmlinuz"], "is not an existing file"),
         (["--kernel-ref", "../../boot"], "kernel name"),
     ],

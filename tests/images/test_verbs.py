@@ -13,8 +13,8 @@ import pytest
 
 from banger.config import Config
 from banger.daemon.app import Daemon
-from banger.daemon.context import RequestContext
-from banger.rpc.errors import Conflict, NotFound
+from banger.errors import Conflict, NotFound
+from banger.request import RequestContext
 from tests.conftest import BangerEnv
 from tests.images.ocifix import Entry, Registry, cat
 
@@ -62,7 +62,8 @@ def test_register_promote_delete(daemon: BangerEnv, tmp_path: Path) -> None:
         (["--name", "x2", "--rootfs", str(tmp_path / "missing.ext4")], "is not an existing file"),
         (["--name", "x3", "--rootfs", str(rootfs), "--kernel-ref", "k", "--kernel", str(kernel)],
          "not both"),
-        (["--name", "x4", "--rootfs", str(rootfs), "--initrd", str(kernel)], "need --kernel"),
+        (["--name", "x4", "--rootfs", str(rootfs), "--initrd", str(kernel)],
+         "hint: --initrd and --modules need --kernel"),
         (["--name", "mine", "--rootfs", str(rootfs)], "already exists"),
         (["--name", "Bad Name", "--rootfs", str(rootfs)], "image name"),
         (["--name", "debian-bookworm-systemd", "--rootfs", str(rootfs)], "reserved for banger"),
@@ -183,7 +184,7 @@ async def test_resolve_and_delete_conflict(banger_env: BangerEnv, tmp_path: Path
         # The contract VMs rely on: ensure() resolves what exists, NotFound with a hint otherwise.
         ctx = RequestContext(op_id="op-test", method="test")
         assert (await d.images.ensure("img-a", ctx)).id == a.id
-        with pytest.raises(NotFound, match="image pull"):
+        with pytest.raises(NotFound, match="pull it under that name"):
             await d.images.ensure("nope", ctx)
 
         d.reference_checks.append(lambda kind, ident: ["vm devbox"] if ident == a.id else [])

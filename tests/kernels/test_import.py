@@ -11,9 +11,9 @@ import pytest
 
 from banger.config import Config
 from banger.daemon.app import Daemon
-from banger.daemon.context import RequestContext
+from banger.errors import Conflict, InvalidInput, NotFound
 from banger.kernels.modules import GUEST_MODULES
-from banger.rpc.errors import BadRequest, Conflict, NotFound
+from banger.request import RequestContext
 from tests.conftest import BangerEnv
 from tests.kernels.conftest import HOST_KERNEL, HOST_MODULES, KVER, needs_host_kernel
 
@@ -126,8 +126,8 @@ def test_import_files_elf_and_user_initrd(daemon: BangerEnv, tmp_path: Path) -> 
         (["x", "--kernel", "/etc/passwd"], "neither a bzImage"),
         (["x", "--kernel", "/nonexistent/vmlinuz"], "is not a file"),
         (["x", "--from-host", "9.9.9-nope"], "host kernel 9.9.9-nope not found"),
-        (["x", "--from-host", "--kernel", str(HOST_KERNEL)], "do not combine"),
-        (["x"], "give --kernel FILE"),
+        (["x", "--from-host", "--kernel", str(HOST_KERNEL)], "hint: --from-host does not combine"),
+        (["x"], "hint: banger kernel import NAME --kernel FILE"),
         (["x", "--kernel", str(HOST_KERNEL), "--modules", "/etc"], "no modules.dep"),
     ],
 )
@@ -164,7 +164,7 @@ async def test_service_ensure_and_delete_conflict(banger_env: BangerEnv) -> None
         d.reference_checks.clear()
         await d.kernels.delete("debian-6.1")
         assert not rec.dir.exists()
-        with pytest.raises(BadRequest):
+        with pytest.raises(InvalidInput):
             await d.kernels.get("../etc")
     finally:
         await d.stop_services()

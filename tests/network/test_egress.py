@@ -14,15 +14,14 @@ import pytest
 from dnslib import QTYPE, RCODE, RR, A, DNSRecord
 
 from banger.config import Config
+from banger.errors import InvalidInput
 from banger.network.egress import Policy, Rule, parse_rule, unsafe_address, updated
 from banger.network.nat import Admit, DnsRedirect, EgressSpec, NatRule
 from banger.network.privops import LocalPrivOps
 from banger.network.service import NetworkService, _Active
 from banger.paths import Paths
-from banger.rpc.errors import BadRequest
 from banger.store.db import Store
 from tests.network.conftest import in_ns
-from tests.network.test_service import FakeDaemon
 
 VM_ID = "0123456789ab"
 GUEST = "172.16.0.2"
@@ -57,9 +56,9 @@ def test_policy_changes() -> None:
     q = updated(p, [], ["pypi.org", "10.0.0.0/8"])
     assert q == Policy("restricted", ())
     assert updated(q, mode="open") == Policy("open", ())
-    with pytest.raises(BadRequest, match=r"rule files\.org is not in the policy"):
+    with pytest.raises(InvalidInput, match=r"rule files\.org is not in the policy"):
         updated(p, [], ["files.org"])
-    with pytest.raises(BadRequest, match="contradicts"):
+    with pytest.raises(InvalidInput, match="contradicts"):
         updated(p, ["a.org"], [], "open")
 
 
@@ -139,7 +138,7 @@ async def service(
     paths = Paths(tmp_path / "cfg", tmp_path / "st", tmp_path / "cache", tmp_path / "run")
     cfg = Config(network="bridge", upstream_dns=[f"127.0.0.1:{upstream}"])
     # Policy changes rebuild the table: in the test namespace, never on the host.
-    svc = NetworkService(FakeDaemon(paths, cfg, store), LocalPrivOps(netns))  # type: ignore[arg-type]
+    svc = NetworkService(paths, cfg, store, LocalPrivOps(netns))
     svc._active[VM_ID] = _Active(VM_ID, "box", "tap", GUEST, "tap-bg-00000001", GUEST, 22)
     await asyncio.to_thread(
         svc.egress.set_policy, VM_ID, updated(Policy("open"), ["pypi.org", "*.example.com"])

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
+from banger.errors import InvalidInput
 from banger.network.egress import parse_rule
-from banger.rpc.errors import BadRequest
 from tests.rpc.daemon_proc import Bangerd, bangerd
 
 
@@ -170,7 +170,7 @@ def test_hostile_egress_request(hostile: tuple[Bangerd, Path], case: Case) -> No
                                             and "\n" not in r])  # fmt: skip
 def test_parser_alone_refuses_the_same_rules(text: str, says: str) -> None:
     # The CLI, SDK and config share parse_rule: it refuses what the RPC layer refuses.
-    with pytest.raises(BadRequest) as e:
+    with pytest.raises(InvalidInput) as e:
         parse_rule(text)
     assert says in e.value.message
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from banger.errors import OperationFailed
 from banger.network.ipam import IPAM
-from banger.rpc.errors import OperationFailed
 from banger.store.db import Store
 
 

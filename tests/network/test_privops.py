@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
+from banger.errors import InvalidInput
 from banger.network.nat import NatRule
 from banger.network.privops import LocalPrivOps, PrivOps
 from banger.network.tap import guest_mac, tap_name
-from banger.rpc.errors import BadRequest
 from tests.network.conftest import in_ns
 
 BR = "br-banger"
@@ -139,7 +139,7 @@ async def test_ip_forward_is_per_namespace(netns: str) -> None:
 )
 async def test_bad_arguments_are_refused_before_any_tool_runs(call: object) -> None:
     # No namespace: validation must fail before anything could touch the host.
-    with pytest.raises(BadRequest):
+    with pytest.raises(InvalidInput):
         await call(LocalPrivOps())  # type: ignore[operator]
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -18,15 +17,6 @@ from banger.network.tap import tap_name
 from banger.paths import Paths
 from banger.store.db import Store
 from tests.network.conftest import in_ns
-
-
-@dataclass
-class FakeDaemon:
-    """Just the attributes the network service reads (the real Daemon needs a socket server)."""
-
-    paths: Paths
-    config: Config
-    store: Store
 
 
 def free_udp_port() -> int:
@@ -47,7 +37,7 @@ def store(tmp_path: Path) -> Iterator[Store]:
 async def service(netns: str, tmp_path: Path, store: Store) -> AsyncIterator[NetworkService]:
     paths = Paths(tmp_path / "cfg", tmp_path / "st", tmp_path / "cache", tmp_path / "run")
     cfg = Config(network="bridge", dns_port=free_udp_port())
-    svc = NetworkService(FakeDaemon(paths, cfg, store), LocalPrivOps(netns))  # type: ignore[arg-type]
+    svc = NetworkService(paths, cfg, store, LocalPrivOps(netns))
     await svc.start()
     yield svc
     await svc.stop()
@@ -163,7 +153,7 @@ async def test_user_mode_aliases_in_ssh_config(service: NetworkService) -> None:
 
 def test_user_mode_refuses_nat(tmp_path: Path, store: Store) -> None:
     paths = Paths(tmp_path / "c", tmp_path / "s", tmp_path / "k", tmp_path / "r")
-    svc = NetworkService(FakeDaemon(paths, Config(network="user"), store))  # type: ignore[arg-type]
+    svc = NetworkService(paths, Config(network="user"), store)
     assert svc.mode == "user"
     with pytest.raises(Exception, match="NAT needs bridged networking"):
         asyncio.run(svc.set_nat("x", True))
@@ -173,7 +163,7 @@ async def test_dns_only_in_bridge_mode_and_a_taken_port_is_not_fatal(
     tmp_path: Path, store: Store, netns: str
 ) -> None:
     paths = Paths(tmp_path / "c", tmp_path / "s", tmp_path / "k", tmp_path / "r")
-    user = NetworkService(FakeDaemon(paths, Config(network="user"), store))  # type: ignore[arg-type]
+    user = NetworkService(paths, Config(network="user"), store)
     await user.start()
     assert not user.dns.running
     await user.stop()
@@ -182,7 +172,7 @@ async def test_dns_only_in_bridge_mode_and_a_taken_port_is_not_fatal(
         holder.bind(("127.0.0.1", 0))
         port = holder.getsockname()[1]
         cfg = Config(network="bridge", dns_port=port)
-        svc = NetworkService(FakeDaemon(paths, cfg, store), LocalPrivOps(netns))  # type: ignore[arg-type]
+        svc = NetworkService(paths, cfg, store, LocalPrivOps(netns))
         await svc.start()  # the daemon still starts; names just do not resolve
         assert not svc.dns.running
         assert svc.dns_error is not None and str(port) in svc.dns_error

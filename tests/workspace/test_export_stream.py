@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from banger.daemon.errmap import to_rpc
+from banger.errors import OperationFailed
 from banger.guest.ssh import SSHTarget
-from banger.rpc.errors import OperationFailed
 from banger.workspace.export import ExportTooLarge, export
 from banger.workspace.transport import LocalGuestExec, SSHGuestExec
 from tests.workspace.conftest import git
@@ -113,7 +114,7 @@ async def test_over_the_limit_fails_clearly_and_writes_nothing(
     for target in (out_dir / "new.patch", old):
         with StagedOutput(target) as stage, pytest.raises(ExportTooLarge) as e:
             await asyncio_to_thread(fetch_patch, _info(sshd_target, repo, 1 << 20), stage)
-        assert e.value.code == "operation_failed"
+        assert to_rpc(e.value).code == "operation_failed"
         assert e.value.message == (
             "the guest's changes are larger than workspace_export_max_bytes = 1048576 "
             "(1.0 MiB); raise it in the daemon's config.toml (docs/config.md) to export more; "

@@ -25,7 +25,9 @@ from typing import Any
 
 import pytest
 
-from banger.rpc.errors import BadRequest, OperationFailed, RPCError
+from banger.daemon.errmap import to_rpc
+from banger.errors import BangerError, InvalidInput, OperationFailed
+from banger.rpc.errors import RPCError
 from banger.workspace.export import ExportTooLarge, export
 from banger.workspace.plan import PrepareOptions, make_plan
 from banger.workspace.ship import prepare
@@ -285,9 +287,9 @@ async def test_hostile_checkout(case: RepoCase, tmp_path: Path, sentinel: Path) 
     gp = guest.root / "root" / "repo"
     opts = PrepareOptions(guest_path=str(gp), mode=case.mode)  # type: ignore[arg-type]
     if case.refused is not None:
-        with pytest.raises(BadRequest, match=case.refused) as e:
+        with pytest.raises(InvalidInput, match=case.refused) as e:
             plan, _ = await asyncio.to_thread(make_plan, repo, opts)
-        assert e.value.code == "bad_request"
+        assert to_rpc(e.value).code == "bad_request"
         assert not gp.exists()
     else:
         plan, _ = await asyncio.to_thread(make_plan, repo, opts)
@@ -328,7 +330,7 @@ SHA = "a" * 40
 class OutputCase:
     id: str
     script: str
-    error: type[RPCError]
+    error: type[BangerError]
     says: str
 
 
@@ -380,7 +382,7 @@ async def test_hostile_guest_output(case: OutputCase, tmp_path: Path, sentinel: 
     run: Awaitable[object] = _export_to(guest, got)
     with pytest.raises(case.error) as e:
         await asyncio.wait_for(run, 60)
-    assert e.value.code == "operation_failed"
+    assert to_rpc(e.value).code == "operation_failed"
     assert case.says in e.value.message
     assert len(e.value.message) < 1000  # the guest cannot flood the error either
     assert "last words" in e.value.message or case.id != "endless-stderr-then-failure"

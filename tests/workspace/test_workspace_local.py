@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from banger.rpc.errors import BadRequest, NotFound
+from banger.errors import InvalidInput, NotFound
 from banger.workspace.export import export
 from banger.workspace.plan import PrepareOptions, make_plan
 from banger.workspace.ship import prepare
@@ -126,9 +126,9 @@ async def test_export_errors(repo: Path, guest: LocalGuestExec) -> None:
     with pytest.raises(NotFound, match="no workspace"):
         await export(guest, str(guest.root / "nothing"), None)
     gp = await _prepare(repo, guest)
-    with pytest.raises(BadRequest, match="not in the guest"):
+    with pytest.raises(InvalidInput, match="not in the guest"):
         await export(guest, str(gp), "deadbeef" * 5)
-    with pytest.raises(BadRequest, match="hexadecimal"):
+    with pytest.raises(InvalidInput, match="hexadecimal"):
         await export(guest, str(gp), "HEAD; rm -rf /")
 
 
@@ -164,11 +164,11 @@ async def test_branch_and_from(repo: Path, guest: LocalGuestExec) -> None:
     assert (gp / "src" / "app.py").read_text() == "print('v1')\n"
     assert (gp / "gone.txt").exists()  # clean checkout of the --from commit
     assert git(gp, "status", "--porcelain") == ""
-    with pytest.raises(BadRequest, match="valid branch"):
+    with pytest.raises(InvalidInput, match="valid branch"):
         make_plan(repo, PrepareOptions(branch="bad..name"))
-    with pytest.raises(BadRequest, match="needs --branch"):
+    with pytest.raises(InvalidInput, match="needs --branch"):
         make_plan(repo, PrepareOptions(from_ref="HEAD~1"))
-    with pytest.raises(BadRequest, match="not a commit"):
+    with pytest.raises(InvalidInput, match="not a commit"):
         make_plan(repo, PrepareOptions(branch="x", from_ref="nope"))
 
 
@@ -182,7 +182,7 @@ async def test_full_copy_ships_everything_including_submodules(
     git(sub, "add", "-A")
     git(sub, "commit", "-qm", "lib")
     git(repo, "-c", "protocol.file.allow=always", "submodule", "add", "-q", str(sub), "vendor/lib")
-    with pytest.raises(BadRequest, match="full_copy"):
+    with pytest.raises(InvalidInput, match="full_copy"):
         make_plan(repo, PrepareOptions())
     gp = await _prepare(repo, guest, mode="full_copy")
     assert (gp / "vendor" / "lib" / "lib.c").read_text() == "int x;\n"
@@ -212,15 +212,15 @@ def test_dry_run_plan_lists_files_and_mode(repo: Path) -> None:
 
 def test_non_repo_is_refused(tmp_path: Path) -> None:
     (tmp_path / "plain").mkdir()
-    with pytest.raises(BadRequest, match="not inside a git work tree"):
+    with pytest.raises(InvalidInput, match="not inside a git work tree"):
         make_plan(tmp_path / "plain", PrepareOptions())
-    with pytest.raises(BadRequest, match="does not exist"):
+    with pytest.raises(InvalidInput, match="does not exist"):
         make_plan(tmp_path / "missing", PrepareOptions())
 
 
 def test_guest_path_validation(repo: Path) -> None:
     for bad in ("relative/path", "/", "/root", "/a/../b", "/x\ny"):
-        with pytest.raises(BadRequest):
+        with pytest.raises(InvalidInput):
             make_plan(repo, PrepareOptions(guest_path=bad))
 
 

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from banger.cli.lazy import LazyGroup
+
+if TYPE_CHECKING:
+    from banger.errors import BangerError
 
 COMMANDS = {
     "daemon": "banger.cli.daemon_cmd:daemon",
@@ -123,6 +127,20 @@ def _on_host(message: str) -> str:
     return f"on {remote.url}: {message}"
 
 
+def _print_failure(e: BangerError) -> None:
+    """A service's message, then the command to run next when the CLI knows one."""
+    from banger.cli.hints import hint_for
+    from banger.cli.output import print_error, print_hint
+    from banger.daemon.errmap import to_rpc  # also for errors raised in this process
+    from banger.rpc.errors import RPCError
+
+    wire = e if isinstance(e, RPCError) else to_rpc(e)
+    print_error(_on_host(e.message), wire.op_id)
+    hint = hint_for(wire.method, wire.code, e.message)
+    if hint:
+        print_hint(hint)
+
+
 def main(argv: list[str] | None = None) -> int:
     from banger.errors import BangerError
     from banger.rpc.errors import RPCError
@@ -134,15 +152,13 @@ def main(argv: list[str] | None = None) -> int:
         cli.main(args=argv, prog_name="banger", standalone_mode=False)
     except ExitCode as e:
         return e.code
-    except RPCError as e:
-        from banger.cli.output import print_error
+    except (RPCError, BangerError) as e:
+        if isinstance(e, BangerError):
+            _print_failure(e)
+        else:  # a wire-only error (busy, bad_version, unknown_method): no hint applies
+            from banger.cli.output import print_error
 
-        print_error(_on_host(e.message), e.op_id)
-        return 1
-    except BangerError as e:  # a local step failed (e.g. a host tool run by banger.proc)
-        from banger.cli.output import print_error
-
-        print_error(_on_host(e.message), "")
+            print_error(_on_host(e.message), e.op_id)
         return 1
     except click.exceptions.Abort as e:
         print(_interrupted_message(e.__cause__), file=sys.stderr)

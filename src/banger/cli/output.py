@@ -88,6 +88,11 @@ def print_error(message: str, op_id: str = "") -> None:
     )
 
 
+def print_hint(hint: str) -> None:
+    """The command to run next after an error (cli/hints.py), on its own line."""
+    print(f"{dim('hint:')} {escape_controls(hint)}", file=sys.stderr)
+
+
 def print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, sort_keys=True))
 

@@ -18,9 +18,16 @@ from typing import Any, Protocol
 from banger import __version__
 from banger.config import Config
 from banger.daemon import dispatch as dispatch_mod
+from banger.images.service import ImageService
+from banger.kernels.service import KernelService
+from banger.network.service import NetworkService
 from banger.paths import Paths, UnsafePathError
+from banger.privhelper.client import HelperPrivOps
 from banger.rpc.server import RPCServer
 from banger.store.db import Store
+from banger.vmm.registry import DriverRegistry
+from banger.vms.observe import ObservationService
+from banger.vms.service import VMService
 
 log = logging.getLogger("banger.daemon")
 
@@ -64,6 +71,8 @@ ReferenceCheck = Callable[[str, str], list[str]]
 
 
 class Daemon:
+    """Builds everything once, in dependency order, and hands each service what it uses."""
+
     def __init__(self, paths: Paths, config: Config) -> None:
         self.paths = paths
         self.config = config
@@ -71,40 +80,27 @@ class Daemon:
         self.store = Store(paths.db_file)
         self._stopping = asyncio.Event()
         self.server = RPCServer(paths.socket, self._dispatch, may_cancel=self._may_cancel)
-        # Services register here in __init__; they start in order and stop in reverse order.
-        self.services: list[Service] = []
         # Deleting an image or kernel asks these first and refuses with `conflict` if any answer.
         self.reference_checks: list[ReferenceCheck] = []
-        # --- area services (each issue adds its own below) ---
-        from banger.kernels.service import KernelService
-
-        self.kernels = KernelService(self)
-        self.services.append(self.kernels)
-        from banger.network.service import NetworkService
-
-        privops = None
-        if paths.is_system:
-            # System mode: privileged network work goes to bangerd-root (docs/privileges.md).
-            from banger.privhelper.client import HelperPrivOps
-
-            privops = HelperPrivOps(paths.helper_socket)
-        # Before the VM service: it reconciles running VMs into the network at its start.
-        self.network = NetworkService(self, privops)
-        self.services.append(self.network)
-        from banger.images.service import ImageService
-
-        self.images = ImageService(self)
-        self.services.append(self.images)
-        from banger.vms.service import VMService
-
-        # After images, kernels and network: it re-adopts running VMs into them at start.
-        self.vms = VMService(self)
-        self.services.append(self.vms)
-        # --- observation (vm.ping/health/stats/ports): no start/stop, not in self.services ---
-        from banger.vmm.registry import DriverRegistry
-        from banger.vms.observe import ObservationService
-
+        # One registry for the daemon's life: drivers are built once, not per call.
         self.drivers = DriverRegistry(config)
+
+        self.kernels = KernelService(paths, config, references=self.references)
+        # System mode: privileged network work goes to bangerd-root (docs/privileges.md).
+        privops = HelperPrivOps(paths.helper_socket) if paths.is_system else None
+        self.network = NetworkService(paths, config, self.store, privops)
+        self.images = ImageService(
+            paths, config, self.store, kernels=self.kernels, references=self.references
+        )
+
+        # --- the VM service (its constructor is being reworked; wired at merge) ---
+        self.vms = VMService(self)
+        # --- end of the VM service ---
+
+        # Start order: each service after the ones it uses (the VM service re-adopts running
+        # VMs into kernels, images and network at its start). Stop runs in reverse.
+        self.services: list[Service] = [self.kernels, self.network, self.images, self.vms]
+        # Observation (vm.ping/health/stats/ports): no start/stop, not in self.services.
         self.observe = ObservationService(self.vms, self.drivers, self.network)
 
     @staticmethod

@@ -21,10 +21,9 @@ from banger.daemon import (
 )
 from banger.daemon.handlers_remote import workspace_record
 from banger.daemon.handlers_workspace import workspace_export, workspace_prepare
-from banger.daemon.logs import current_op_id
 from banger.daemon.params import to_json
 from banger.errors import BangerError
-from banger.request import RequestContext
+from banger.request import RequestContext, current_op_id
 from banger.rpc import envelope
 from banger.rpc.errors import RPCError, UnknownMethod
 from banger.validation import MAX_MESSAGE_CHARS, clip, quote
@@ -125,6 +124,8 @@ async def dispatch(
         log.debug("request", extra={"method": method})
         try:
             result = await handler(daemon, ctx, req.params)  # type: ignore[arg-type]
+        except RPCError:
+            raise  # already a wire error (a privileged-helper answer, an unconverted path)
         except BangerError as domain_error:
             raise errmap.to_rpc(domain_error) from domain_error
         wire = to_json(result)

@@ -6,7 +6,6 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import field_validator
 
-from banger.daemon.context import RequestContext
 from banger.daemon.params import (
     HostPath,
     ImageName,
@@ -19,6 +18,7 @@ from banger.daemon.params import (
 )
 from banger.images import kernel_attach
 from banger.images.model import ImageRecord
+from banger.request import RequestContext
 from banger.units import MAX_SIZE, parse_size
 
 if TYPE_CHECKING:

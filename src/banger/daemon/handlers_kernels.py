@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from banger.daemon.context import RequestContext
 from banger.daemon.params import HostPath, KernelName, KernelVersion, Params, parse_params
+from banger.request import RequestContext
 
 if TYPE_CHECKING:
     from banger.daemon.app import Daemon

@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import Field
 
-from banger.daemon.context import RequestContext
 from banger.daemon.handlers_workspace import _vm_id, check_host_path
 from banger.daemon.params import GitRef, GuestPath, HostPath, Params, Ref, parse_params
-from banger.rpc.errors import BadRequest
+from banger.errors import InvalidInput
+from banger.request import RequestContext
 from banger.validation import quote
 from banger.workspace import records
 from banger.workspace.plan import Mode, PrepareOptions, validate_guest_path
@@ -50,9 +50,9 @@ def _check(p: RecordParams) -> None:
     for field in ("head_commit", "base_commit"):
         value = getattr(p, field)
         if value is not None and not _COMMIT.fullmatch(value):
-            raise BadRequest(f"{field} {quote(value)} is not a full commit id (40 or 64 hex)")
+            raise InvalidInput(f"{field} {quote(value)} is not a full commit id (40 or 64 hex)")
     if "/" in p.repo_name or p.repo_name in (".", "..") or not p.repo_name.isprintable():
-        raise BadRequest(f"repo_name {quote(p.repo_name)} is not a directory name")
+        raise InvalidInput(f"repo_name {quote(p.repo_name)} is not a directory name")
 
 
 async def workspace_record(d: Daemon, ctx: RequestContext, params: dict[str, Any]) -> Any:

@@ -7,8 +7,8 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from banger.buildinfo import build_info
-from banger.daemon.context import RequestContext
 from banger.daemon.params import Params, parse_params
+from banger.request import RequestContext
 
 if TYPE_CHECKING:
     from banger.daemon.app import Daemon

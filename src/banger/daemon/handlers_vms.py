@@ -6,7 +6,6 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
-from banger.daemon.context import RequestContext
 from banger.daemon.params import (
     EgressRules,
     KernelName,
@@ -19,6 +18,7 @@ from banger.daemon.params import (
     VMName,
     parse_params,
 )
+from banger.request import RequestContext
 from banger.rpc.errors import from_wire
 from banger.vms.service import CreateRequest, for_each
 from banger.vms.spec import VMRecord
@@ -226,10 +226,4 @@ async def vm_egress(d: Daemon, ctx: RequestContext, params: dict[str, Any]) -> A
     """The VM's egress policy, the names resolved for it and what it was denied."""
     p = parse_params(RefParams, params)
     vm = d.vms.resolve(p.ref)
-    net = getattr(d, "network", None)
-    if net is None:
-        return {
-            "vm": vm.name, "mode": "open", "rules": [], "nat": False, "enforced": False,
-            "running": vm.state == "running", "resolved": [], "denied": [],
-        }  # fmt: skip
-    return await net.egress_report(vm.id, vm.name)
+    return await d.network.egress_report(vm.id, vm.name)

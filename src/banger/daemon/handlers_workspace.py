@@ -9,9 +9,9 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 
-from banger.daemon.context import RequestContext
 from banger.daemon.params import GitRef, GuestPath, HostPath, Params, Ref, parse_params
-from banger.rpc.errors import BadRequest, OperationFailed
+from banger.errors import InvalidInput
+from banger.request import RequestContext
 from banger.validation import quote
 from banger.workspace import records
 from banger.workspace.export import LIMIT_KEY, check_base_commit, export, limit_text
@@ -77,10 +77,7 @@ class _VMService(Protocol):
 
 
 def _vms(d: Daemon) -> _VMService:
-    vms = getattr(d, "vms", None)
-    if vms is None:
-        raise OperationFailed("this daemon has no VM service; workspaces need running VMs")
-    return cast(_VMService, vms)
+    return d.vms
 
 
 async def _vm_id(d: Daemon, ref: str) -> tuple[str, str]:
@@ -99,11 +96,11 @@ async def _guest(d: Daemon, ref: str) -> SSHGuestExec:
 def check_host_path(path: str) -> None:
     """The host checkout's path as the CLI sends it: absolute, without NUL, of sane length."""
     if "\0" in path:
-        raise BadRequest(f"path {quote(path)} contains a NUL byte")
+        raise InvalidInput(f"path {quote(path)} contains a NUL byte")
     if not os.path.isabs(path):
-        raise BadRequest(f"path {quote(path)} must be absolute (the CLI resolves it)")
+        raise InvalidInput(f"path {quote(path)} must be absolute (the CLI resolves it)")
     if len(path.encode(errors="surrogatepass")) > 4095:
-        raise BadRequest(f"path {path[:64]!r}… is longer than 4095 bytes")
+        raise InvalidInput(f"path {path[:64]!r}… is longer than 4095 bytes")
 
 
 def _options(p: PrepareParams, rec: records.WorkspaceRecord | None) -> PrepareOptions:
@@ -135,7 +132,7 @@ async def workspace_prepare(d: Daemon, ctx: RequestContext, params: dict[str, An
         if rec is None:
             if p.dry_run:
                 return {"vm": vm_name, "dry_run": True, "recorded": None, "plan": None}
-            raise BadRequest(
+            raise InvalidInput(
                 f"vm {vm_name} has no workspace yet; give the host checkout to prepare"
             )
         host_path = Path(rec.host_path)
@@ -144,7 +141,7 @@ async def workspace_prepare(d: Daemon, ctx: RequestContext, params: dict[str, An
     opts = _options(p, rec if p.path is None else None)
     try:
         plan, _ = await asyncio.to_thread(make_plan, host_path, opts)
-    except BadRequest as e:
+    except InvalidInput as e:
         if p.dry_run and p.path is None:
             # `vm exec` asks whether host HEAD moved; a vanished checkout is a warning there.
             return {

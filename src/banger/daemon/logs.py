@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextvars
 import json
 import logging
 import logging.handlers
@@ -11,7 +10,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-current_op_id: contextvars.ContextVar[str] = contextvars.ContextVar("current_op_id", default="")
+from banger.request import current_op_id
+
+__all__ = ["JSONFormatter", "PrivateRotatingFileHandler", "current_op_id", "setup_logging"]
 
 _STD_ATTRS = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message"}
 

@@ -16,7 +16,7 @@ from typing import Annotated, Any, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from banger.rpc.errors import BadRequest, RPCError
+from banger.errors import BangerError, InvalidInput
 from banger.validation import clip, describe, quote
 
 M = TypeVar("M", bound=BaseModel)
@@ -73,7 +73,7 @@ def _via(check: Callable[[str], object]) -> Callable[[str], str]:
         _no_control(value)
         try:
             check(value)
-        except RPCError as e:  # the kernel/image checks raise BadRequest
+        except BangerError as e:  # the kernel/image checks raise InvalidInput
             raise ValueError(e.message) from None
         return value
 
@@ -212,7 +212,7 @@ def parse_params(model: type[M], params: dict[str, Any]) -> M:
     try:
         return model.model_validate(params)
     except ValidationError as e:
-        raise BadRequest(describe(e, noun="parameter", top="params")) from None
+        raise InvalidInput(describe(e, noun="parameter", top="params")) from None
 
 
 def to_json(value: Any) -> Any:

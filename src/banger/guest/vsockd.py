@@ -15,8 +15,8 @@ import tempfile
 from importlib import resources
 from pathlib import Path
 
+from banger.errors import OperationFailed
 from banger.proc import run_sync
-from banger.rpc.errors import OperationFailed
 
 CFLAGS = ("-static", "-Os", "-s", "-Wall", "-Wextra", "-Werror")
 COMPILERS = ("gcc", "cc")

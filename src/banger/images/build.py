@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from banger import errors
+from banger.errors import OperationFailed
 from banger.images.ext4 import SizeTooSmall, choose_size, make_ext4, tree_usage
 from banger.images.layers import (
     DEFAULT_MAX_UNPACKED,
@@ -32,7 +33,6 @@ from banger.images.layers import (
     TooLarge,
     apply_layers,
 )
-from banger.rpc.errors import OperationFailed
 
 # The daemon kills this process if a download fails; this only bounds an orphaned child.
 LAYER_WAIT_SECONDS = 3600

@@ -15,8 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from banger.errors import OperationFailed
 from banger.proc import kill_tree, spawn
-from banger.rpc.errors import OperationFailed
 
 BUILTIN_NAME = "debian-bookworm"
 # The same image plus systemd as its init (`vm create --init systemd|auto`). No D-Bus (mmdebstrap

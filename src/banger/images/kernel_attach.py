@@ -14,14 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from banger.errors import AlreadyExists, InvalidInput, NotFound
 from banger.images import debian
 from banger.images.model import ImageRecord
 from banger.images.reference import ReferenceError, parse_reference
-from banger.rpc.errors import AlreadyExists, BadRequest, NotFound
 
 if TYPE_CHECKING:
-    from banger.daemon.context import RequestContext
     from banger.images.service import ImageService
+    from banger.request import RequestContext
 
 
 class Kernels(Protocol):
@@ -49,11 +49,11 @@ class KernelAttachment:
 def _existing(value: str, what: str, want_dir: bool = False) -> Path:
     p = Path(value)
     if not p.is_absolute():
-        raise BadRequest(f"{what} path {value!r} must be absolute")
+        raise InvalidInput(f"{what} path {value!r} must be absolute")
     ok = p.is_dir() if want_dir else p.is_file()
     if not ok:
         kind = "directory" if want_dir else "file"
-        raise BadRequest(f"{what} {value!r} is not an existing {kind}")
+        raise InvalidInput(f"{what} {value!r} is not an existing {kind}")
     return Path(os.path.realpath(p))
 
 
@@ -62,9 +62,9 @@ def attachment(
 ) -> KernelAttachment | None:
     """The kernel to attach, checked; None when the pull attaches none."""
     if kernel_ref and (kernel or initrd or modules):
-        raise BadRequest("give either --kernel-ref or --kernel/--initrd/--modules, not both")
+        raise InvalidInput("give either a kernel ref or kernel/initrd/modules files, not both")
     if (initrd or modules) and not kernel:
-        raise BadRequest("--initrd and --modules need --kernel")
+        raise InvalidInput("an initrd or modules directory needs a kernel file")
     if kernel_ref:
         return KernelAttachment(kernel_ref=kernel_ref)
     if not kernel:
@@ -83,7 +83,7 @@ def image_name(ref_text: str, name: str | None) -> str:
     try:
         return parse_reference(ref_text).default_name()
     except ReferenceError as e:
-        raise BadRequest(str(e)) from None
+        raise InvalidInput(str(e)) from None
 
 
 async def pull_with_kernel(
@@ -100,7 +100,7 @@ async def pull_with_kernel(
         try:
             await kernels.get(attach.kernel_ref)
         except NotFound as e:
-            raise NotFound(f"{e.message} (given as --kernel-ref)") from None
+            raise NotFound(f"{e.message} (given as the kernel ref)") from None
         rec = await images.pull(ref_text, name, size_bytes, ctx)
         return await images.set_kernel_ref(rec.id, attach.kernel_ref)
     images.check_name_free(target)
@@ -110,8 +110,9 @@ async def pull_with_kernel(
         pass
     else:
         raise AlreadyExists(
-            f"a kernel named {target!r} exists already (the kernel of --kernel is stored under "
-            f"the image's name): pass --kernel-ref {target}, or --name for another image name"
+            f"a kernel named {target!r} exists already (a kernel file given with a pull is "
+            f"stored under the image's name): give {target!r} as the kernel ref, or another "
+            "image name"
         )
     await kernels.import_(
         target, ctx, kernel=attach.kernel, initrd=attach.initrd, modules=attach.modules

@@ -1,4 +1,8 @@
-"""ImageService (`d.images`): pull, build, register, promote, list, delete, cache prune."""
+"""ImageService: pull, build, register, promote, list, delete, cache prune.
+
+Built by the daemon's composition root with what it uses (paths, config, store, the kernels it
+checks a kernel ref against, the reference checks a delete asks); it imports nothing above it.
+"""
 
 from __future__ import annotations
 
@@ -16,10 +20,11 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from banger import fsutil
-from banger.daemon.context import RequestContext
+from banger.config import Config
+from banger.errors import AlreadyExists, Conflict, InvalidInput, NotFound, OperationFailed
 from banger.images import debian
 from banger.images.cache import BlobCache, DigestMismatch
 from banger.images.model import ImageConfig, ImageRecord
@@ -33,11 +38,10 @@ from banger.images.registry import (
     RegistryClient,
     RegistryError,
 )
+from banger.paths import Paths
 from banger.proc import kill_tree, run, spawn
-from banger.rpc.errors import AlreadyExists, BadRequest, Conflict, NotFound, OperationFailed
-
-if TYPE_CHECKING:
-    from banger.daemon.app import Daemon
+from banger.request import RequestContext
+from banger.store.db import Store
 
 log = logging.getLogger("banger.images")
 
@@ -53,7 +57,7 @@ OCI_LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
 
 def validate_name(name: str) -> str:
     if not NAME_RE.match(name):
-        raise BadRequest(
+        raise InvalidInput(
             f"image name {name!r} is invalid: use 1-63 lowercase letters, digits, '.', '_' or '-',"
             " starting with a letter or digit"
         )
@@ -68,15 +72,15 @@ def _builtin_hint(ref_text: str) -> str:
     close = difflib.get_close_matches(ref_text, sorted(debian.BUILTINS), n=1, cutoff=0.8)
     if not close:
         return ""
-    return f"; did you mean banger's built-in {close[0]!r} (`banger image pull {close[0]}`)?"
+    return f"; did you mean banger's built-in {close[0]!r}?"
 
 
 def _not_builtin(name: str) -> str:
     # VMs get the built-in image by this name; another image under it would silently replace it.
     if name in debian.BUILTINS:
-        raise BadRequest(
-            f"the name {name!r} is reserved for banger's built-in offline image "
-            f"(`banger image pull {name}`); choose another --name"
+        raise InvalidInput(
+            f"the name {name!r} is reserved for banger's built-in offline image; "
+            "choose another name"
         )
     return name
 
@@ -203,10 +207,34 @@ async def _both(build: asyncio.Task[dict[str, Any]], other: asyncio.Task[None] |
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+class KernelLookup(Protocol):
+    """What images need of the kernel service: does a kernel ref name a kernel (NotFound)."""
+
+    async def get(self, name: str) -> object: ...
+
+
+class References(Protocol):
+    """Who still uses a thing: ("image", id) -> names like "vm devbox" (empty: unused)."""
+
+    def __call__(self, kind: str, ident: str) -> list[str]: ...
+
+
 class ImageService:
-    def __init__(self, d: Daemon) -> None:
-        self.d = d
-        self.cache = BlobCache(d.paths.oci_cache_dir)
+    def __init__(
+        self,
+        paths: Paths,
+        config: Config,
+        store: Store,
+        *,
+        kernels: KernelLookup,
+        references: References,
+    ) -> None:
+        self.paths = paths
+        self.config = config
+        self.store = store
+        self.kernels = kernels
+        self.references = references
+        self.cache = BlobCache(paths.oci_cache_dir)
         self._names_in_flight: set[str] = set()
         self._cache_users = 0
         self._build_lock = asyncio.Lock()
@@ -215,7 +243,7 @@ class ImageService:
 
     async def start(self) -> None:
         """Drop staging left by an interrupted pull and image dirs no record points at."""
-        paths = self.d.paths
+        paths = self.paths
         paths.staging_dir.mkdir(parents=True, exist_ok=True)
         for entry in paths.staging_dir.glob("image-*"):
             await asyncio.to_thread(rmtree_no_mounts, entry)
@@ -227,8 +255,8 @@ class ImageService:
         for entry in self.cache.blobs_dir.glob(".tmp-*"):
             entry.unlink(missing_ok=True)
         for entry in self.cache.root.parent.glob(f".{self.cache.root.name}.pruning-*"):
-            await asyncio.to_thread(shutil.rmtree, entry, True)
-        known = {r["id"] for r in self.d.store.query("SELECT id FROM images")}
+            await asyncio.to_thread(fsutil.remove_tree_best_effort, entry, "image")
+        known = {r["id"] for r in self.store.query("SELECT id FROM images")}
         if paths.images_dir.is_dir() and not paths.images_dir.is_symlink():
             for entry in paths.images_dir.iterdir():
                 if entry.name not in known:
@@ -261,7 +289,7 @@ class ImageService:
         )
 
     def _insert(self, rec: ImageRecord) -> None:
-        with self.d.store.tx() as conn:
+        with self.store.tx() as conn:
             conn.execute(
                 "INSERT INTO images (id, name, rootfs, size_bytes, digest, source, managed,"
                 " created_at, config, kernel_ref, kernel, initrd, modules_dir)"
@@ -284,12 +312,12 @@ class ImageService:
             )
 
     async def list(self) -> list[ImageRecord]:
-        rows = self.d.store.query("SELECT * FROM images ORDER BY name")
+        rows = self.store.query("SELECT * FROM images ORDER BY name")
         return [self._record(r) for r in rows]
 
     async def get(self, ref: str) -> ImageRecord:
         """Exact name, then exact id, then a unique id prefix; NotFound otherwise."""
-        store = self.d.store
+        store = self.store
         row = store.query_one("SELECT * FROM images WHERE name = ?", (ref,))
         if row is None:
             row = store.query_one("SELECT * FROM images WHERE id = ?", (ref,))
@@ -302,7 +330,7 @@ class ImageService:
                 )
             row = rows[0] if rows else None
         if row is None:
-            raise NotFound(f"image {ref!r} not found; `banger image list` shows what exists")
+            raise NotFound(f"image {ref!r} not found")
         return self._record(row)
 
     async def ensure(self, name: str, ctx: RequestContext) -> ImageRecord:
@@ -312,8 +340,8 @@ class ImageService:
         except NotFound:
             if name not in debian.BUILTINS:
                 raise NotFound(
-                    f"image {name!r} not found; pull it with `banger image pull <oci-ref> "
-                    f"--name {name}` or use the built-in {debian.BUILTIN_NAME!r}"
+                    f"image {name!r} not found; pull it under that name or use the built-in "
+                    f"{debian.BUILTIN_NAME!r}"
                 ) from None
         async with self._build_lock:
             with contextlib.suppress(NotFound):
@@ -326,11 +354,8 @@ class ImageService:
     def _reserve(self, name: str) -> Iterator[None]:
         if name in self._names_in_flight:
             raise AlreadyExists(f"image {name!r} is being created right now; wait for it")
-        if self.d.store.query_one("SELECT id FROM images WHERE name = ?", (name,)):
-            raise AlreadyExists(
-                f"image {name!r} already exists; delete it (`banger image delete {name}`) "
-                "or choose another --name"
-            )
+        if self.store.query_one("SELECT id FROM images WHERE name = ?", (name,)):
+            raise AlreadyExists(f"image {name!r} already exists; delete it or choose another name")
         self._names_in_flight.add(name)
         self._cache_users += 1
         try:
@@ -349,12 +374,12 @@ class ImageService:
         try:
             ref = parse_reference(ref_text)
         except ReferenceError as e:
-            raise BadRequest(str(e)) from None
+            raise InvalidInput(str(e)) from None
         target = _not_builtin(validate_name(name or ref.default_name()))
         with self._reserve(target):
             ctx.progress(stage="resolve", ref=str(ref))
             try:
-                async with RegistryClient(ref, self.d.config.insecure_registries) as client:
+                async with RegistryClient(ref, self.config.insecure_registries) as client:
                     self.cache.ensure()
                     image = await client.resolve(self.cache)
                     reuse = self.cache.has_rootfs(image.manifest_digest, size_bytes)
@@ -434,7 +459,7 @@ class ImageService:
 
         `downloads`, when given, is still fetching the config and layers into the cache."""
         image_id = _new_id()
-        paths = self.d.paths
+        paths = self.paths
         stage = paths.staging_dir / f"image-{image_id}"
         out_dir = stage / "out"
         final_dir = paths.images_dir / image_id
@@ -485,10 +510,10 @@ class ImageService:
                         log.warning(msg, extra={"image": name})
                         ctx.progress(stage="warning", message=msg)
                 finally:
-                    await asyncio.to_thread(shutil.rmtree, tree, True)
-                    await asyncio.to_thread(shutil.rmtree, stage / "tree", True)
+                    await asyncio.to_thread(fsutil.remove_tree_best_effort, tree, "image")
+                    await asyncio.to_thread(fsutil.remove_tree_best_effort, stage / "tree", "image")
                     if scratch is not None:
-                        await asyncio.to_thread(shutil.rmtree, scratch, True)
+                        await asyncio.to_thread(fsutil.remove_tree_best_effort, scratch, "image")
                 if digest is not None:
                     self.cache.keep_rootfs(digest, size_bytes, out)
             config = parse_image_config(self.cache.read_bytes(config_digest))
@@ -514,10 +539,10 @@ class ImageService:
             ctx.progress(stage="done", name=name, id=image_id)
             return rec
         except BaseException:
-            await asyncio.to_thread(shutil.rmtree, final_dir, True)
+            await asyncio.to_thread(fsutil.remove_tree_best_effort, final_dir, "image")
             raise
         finally:
-            await asyncio.to_thread(shutil.rmtree, stage, True)
+            await asyncio.to_thread(fsutil.remove_tree_best_effort, stage, "image")
 
     async def _run_build(self, spec: Path, n_layers: int, ctx: RequestContext) -> dict[str, Any]:
         argv = [sys.executable, "-m", "banger.images.build", str(spec)]
@@ -577,7 +602,7 @@ class ImageService:
     async def _build_debian(
         self, builtin: str, name: str, size_bytes: int | None, ctx: RequestContext
     ) -> ImageRecord:
-        recipe = debian.Recipe.builtin(builtin, self.d.config.debian_mirror)
+        recipe = debian.Recipe.builtin(builtin, self.config.debian_mirror)
         with self._reserve(validate_name(name)):
             self.cache.ensure()
             manifest_digest = self.cache.lookup(recipe.cache_ref)
@@ -602,7 +627,7 @@ class ImageService:
     async def _debootstrap(self, recipe: debian.Recipe, ctx: RequestContext) -> str:
         """Build the rootfs tar and store it in the cache as a one-layer OCI image."""
         token = secrets.token_hex(4)
-        work = self.d.paths.staging_dir / f"image-debian-{token}"
+        work = self.paths.staging_dir / f"image-debian-{token}"
         work.mkdir(parents=True)
         scratch: Path | None = None
         if _mem_available() > DEBIAN_SCRATCH_NEED:
@@ -654,19 +679,19 @@ class ImageService:
 
     async def delete(self, ref: str) -> ImageRecord:
         rec = await self.get(ref)
-        users = self.d.references("image", rec.id)
+        users = self.references("image", rec.id)
         if users:
             raise Conflict(
                 f"image {rec.name!r} is in use by {', '.join(users)}; delete those first"
             )
-        with self.d.store.tx() as conn:
+        with self.store.tx() as conn:
             conn.execute("DELETE FROM images WHERE id = ?", (rec.id,))
         if rec.managed:
-            image_dir = self.d.paths.images_dir / rec.id
+            image_dir = self.paths.images_dir / rec.id
             if image_dir.exists():
-                aside = self.d.paths.staging_dir / f"image-deleting-{rec.id}"
+                aside = self.paths.staging_dir / f"image-deleting-{rec.id}"
                 os.rename(image_dir, aside)
-                await asyncio.to_thread(shutil.rmtree, aside, True)
+                await asyncio.to_thread(fsutil.remove_tree_best_effort, aside, "image")
         return rec
 
     async def register(
@@ -681,31 +706,29 @@ class ImageService:
     ) -> ImageRecord:
         _not_builtin(validate_name(name))
         if kernel_ref and (kernel or initrd or modules):
-            raise BadRequest("give either --kernel-ref or --kernel/--initrd/--modules, not both")
+            raise InvalidInput("give either a kernel ref or kernel/initrd/modules files, not both")
         if (initrd or modules) and not kernel:
-            raise BadRequest("--initrd and --modules need --kernel")
+            raise InvalidInput("an initrd or modules directory needs a kernel file")
 
         def path_of(value: str, what: str, want_dir: bool = False) -> Path:
             p = Path(value)
             if not p.is_absolute():
-                raise BadRequest(f"{what} path {value!r} must be absolute")
+                raise InvalidInput(f"{what} path {value!r} must be absolute")
             p = Path(os.path.realpath(p))
             ok = p.is_dir() if want_dir else p.is_file()
             if not ok:
                 kind = "directory" if want_dir else "file"
-                raise BadRequest(f"{what} {value!r} is not an existing {kind}")
+                raise InvalidInput(f"{what} {value!r} is not an existing {kind}")
             return p
 
         rootfs_path = path_of(rootfs, "rootfs")
         if not is_ext4(rootfs_path):
-            raise BadRequest(f"rootfs {rootfs!r} is not an ext4 filesystem image")
+            raise InvalidInput(f"rootfs {rootfs!r} is not an ext4 filesystem image")
         kernel_path = path_of(kernel, "kernel") if kernel else None
         initrd_path = path_of(initrd, "initrd") if initrd else None
         modules_path = path_of(modules, "modules", want_dir=True) if modules else None
         if kernel_ref:
-            kernels = getattr(self.d, "kernels", None)
-            if kernels is not None:
-                await kernels.get(kernel_ref)
+            await self.kernels.get(kernel_ref)
         with self._reserve(name):
             rec = ImageRecord(
                 id=_new_id(),
@@ -731,7 +754,7 @@ class ImageService:
         for p in (rec.rootfs, rec.kernel, rec.initrd, rec.modules_dir):
             if p is not None and not p.exists():
                 raise OperationFailed(f"image {rec.name!r}: {p} no longer exists; cannot promote")
-        paths = self.d.paths
+        paths = self.paths
         stage = paths.staging_dir / f"image-promote-{rec.id}"
         final_dir = paths.images_dir / rec.id
         try:
@@ -755,7 +778,7 @@ class ImageService:
                     new[key] = final_dir / dest
             await asyncio.to_thread(fsutil.publish, stage, final_dir)
             try:
-                with self.d.store.tx() as conn:
+                with self.store.tx() as conn:
                     conn.execute(
                         "UPDATE images SET rootfs = ?, managed = 1, kernel = ?, initrd = ?,"
                         " modules_dir = ? WHERE id = ?",
@@ -766,10 +789,10 @@ class ImageService:
                         ),
                     )
             except BaseException:
-                await asyncio.to_thread(shutil.rmtree, final_dir, True)
+                await asyncio.to_thread(fsutil.remove_tree_best_effort, final_dir, "image")
                 raise
         finally:
-            await asyncio.to_thread(shutil.rmtree, stage, True)
+            await asyncio.to_thread(fsutil.remove_tree_best_effort, stage, "image")
         return await self.get(rec.id)
 
     # --- cache ---
@@ -796,6 +819,6 @@ class ImageService:
             pass
 
     async def set_kernel_ref(self, image_id: str, kernel_ref: str) -> ImageRecord:
-        with self.d.store.tx() as c:
+        with self.store.tx() as c:
             c.execute("UPDATE images SET kernel_ref = ? WHERE id = ?", (kernel_ref, image_id))
         return await self.get(image_id)

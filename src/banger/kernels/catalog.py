@@ -16,8 +16,8 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 from pydantic import ValidationError
 
+from banger.errors import BangerError, InvalidInput, OperationFailed
 from banger.kernels.model import Catalog, CatalogEntry, validate_name
-from banger.rpc.errors import BadRequest, OperationFailed, RPCError
 
 FETCH_TIMEOUT_SECONDS = 30.0
 
@@ -39,7 +39,7 @@ def _parse(data: Any, origin: str) -> Catalog:
     for entry in catalog.entries:
         try:
             validate_name(entry.name)
-        except RPCError:
+        except BangerError:
             raise OperationFailed(
                 f"kernel catalog {origin} has an invalid entry name {entry.name!r}"
             ) from None
@@ -79,7 +79,7 @@ async def _load_override(ref: str) -> tuple[Catalog, str]:
             raise OperationFailed(f"kernel catalog {ref} is not JSON") from None
         return _parse(data, ref), str(resp.url)
     if scheme and scheme != "file":
-        raise BadRequest(f"kernel_catalog {ref!r}: use an http(s) URL or a file path")
+        raise InvalidInput(f"kernel_catalog {ref!r}: use an http(s) URL or a file path")
     path = _file_path(ref)
     try:
         data = json.loads(path.read_text())

@@ -12,6 +12,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from banger.errors import InvalidInput, NotFound, OperationFailed
 from banger.guest.initramfs import build_initramfs
 from banger.kernels import localstore
 from banger.kernels.model import KernelFormat
@@ -22,7 +23,6 @@ from banger.kernels.vmlinux import (
     extract_vmlinux,
     kernel_version,
 )
-from banger.rpc.errors import BadRequest, NotFound, OperationFailed
 
 log = logging.getLogger("banger.kernels")
 
@@ -53,7 +53,7 @@ def _link_or_copy(src: str, dst: str) -> None:
 def copy_modules(src: Path, dest: Path) -> None:
     """Copy a /lib/modules/<ver> tree; symlinks leaving it (`build`, `source`) are dropped."""
     if not (src / "modules.dep").is_file():
-        raise BadRequest(
+        raise InvalidInput(
             f"{src} has no modules.dep: give a /lib/modules/<version> directory (run `depmod` "
             "for it if needed)"
         )
@@ -74,9 +74,9 @@ def _copy_kernel(kernel: Path, staged: Path) -> KernelFormat:
     try:
         fmt = detect_format(kernel)
     except OSError as e:
-        raise BadRequest(f"cannot read kernel {kernel}: {e.strerror}") from None
+        raise InvalidInput(f"cannot read kernel {kernel}: {e.strerror}") from None
     except KernelFormatError as e:
-        raise BadRequest(str(e)) from None
+        raise InvalidInput(str(e)) from None
     name = localstore.KERNEL_BZIMAGE if fmt == "bzImage" else localstore.KERNEL_ELF
     shutil.copyfile(kernel, staged / name)
     return fmt
@@ -101,7 +101,7 @@ def check_initrd(path: Path) -> None:
     with path.open("rb") as f:
         head = f.read(8)
     if not head.startswith(_INITRD_MAGICS):
-        raise BadRequest(
+        raise InvalidInput(
             f"{path} does not look like an initrd (a cpio archive, possibly gzip/xz/zstd/lz4/"
             "bzip2/lzma/lzo compressed); give the initramfs file itself"
         )
@@ -134,7 +134,7 @@ def finish_staged(staged: Path, *, initrd_given: bool) -> Prepared:
     if bz.is_file():
         fmt: KernelFormat = "bzImage"
         if detect_format(bz) != "bzImage":
-            raise BadRequest(f"{bz.name} is not a bzImage")
+            raise InvalidInput(f"{bz.name} is not a bzImage")
         if not elf.exists():
             try:
                 compressor = extract_vmlinux(bz, elf)
@@ -145,12 +145,12 @@ def finish_staged(staged: Path, *, initrd_given: bool) -> Prepared:
     elif elf.is_file():
         fmt = "elf-vmlinux"
         if detect_format(elf) != "elf-vmlinux":
-            raise BadRequest(f"{elf.name} is not an ELF vmlinux")
+            raise InvalidInput(f"{elf.name} is not an ELF vmlinux")
         version = kernel_version(elf)
     else:
-        raise BadRequest("no kernel: expected a vmlinuz (bzImage) or vmlinux (ELF) file")
+        raise InvalidInput("no kernel: expected a vmlinuz (bzImage) or vmlinux (ELF) file")
     if elf.is_file() and detect_format(elf) != "elf-vmlinux":
-        raise BadRequest(f"{elf.name} is not an ELF vmlinux")
+        raise InvalidInput(f"{elf.name} is not an ELF vmlinux")
     if initrd_given:
         check_initrd(staged / localstore.INITRD)
     modules = staged / localstore.MODULES
@@ -159,7 +159,7 @@ def finish_staged(staged: Path, *, initrd_given: bool) -> Prepared:
         try:
             found = resolve_modules(modules, GUEST_MODULES)
         except ModuleError as e:
-            raise BadRequest(str(e)) from None
+            raise InvalidInput(str(e)) from None
         warnings += _missing_builtin_warning(modules, found)
         if found:
             if not BUSYBOX.is_file():
@@ -177,13 +177,13 @@ def import_files(
     """Copy user-given files into `staged` and complete it."""
     for what, p in (("kernel", kernel), ("initrd", initrd), ("modules", modules)):
         if p is not None and not p.is_absolute():
-            raise BadRequest(f"{what} path {p} must be absolute")
+            raise InvalidInput(f"{what} path {p} must be absolute")
     if not kernel.is_file():
-        raise BadRequest(f"kernel {kernel} is not a file")
+        raise InvalidInput(f"kernel {kernel} is not a file")
     if initrd is not None and not initrd.is_file():
-        raise BadRequest(f"initrd {initrd} is not a file")
+        raise InvalidInput(f"initrd {initrd} is not a file")
     if modules is not None and not modules.is_dir():
-        raise BadRequest(f"modules {modules} is not a directory")
+        raise InvalidInput(f"modules {modules} is not a directory")
     _copy_kernel(kernel, staged)
     if initrd is not None:
         check_initrd(initrd)
@@ -223,7 +223,7 @@ def host_kernel(
             )
         version = available[0]
     if "/" in version or version in ("", ".", ".."):
-        raise BadRequest(f"invalid kernel version {version!r}")
+        raise InvalidInput(f"invalid kernel version {version!r}")
     if version not in available:
         listing = ", ".join(available) or "none"
         raise NotFound(

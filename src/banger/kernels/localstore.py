@@ -17,7 +17,6 @@ import datetime as dt
 import hashlib
 import json
 import os
-import shutil
 import uuid
 from pathlib import Path
 from typing import Any
@@ -162,5 +161,5 @@ def publish(staged: Path, kernels_dir: Path, name: str, *, replace: bool) -> Pat
             os.rename(old, target)
         raise
     if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        fsutil.remove_tree_best_effort(old, "replaced kernel")
     return target

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from banger.rpc.errors import BadRequest
+from banger.errors import InvalidInput
 
 MANIFEST = "manifest.json"
 KernelFormat = Literal["bzImage", "elf-vmlinux"]
@@ -19,7 +19,7 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 def validate_name(name: str) -> str:
     """Kernel names become directory names: letters, digits, `.`, `-`, `_`; no traversal."""
     if not _NAME_RE.match(name) or ".." in name:
-        raise BadRequest(
+        raise InvalidInput(
             f"invalid kernel name {name!r}: use 1-64 letters, digits, '.', '-' or '_', "
             "starting with a letter or digit (no '..')"
         )

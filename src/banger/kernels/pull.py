@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from banger.rpc.errors import OperationFailed
+from banger.errors import OperationFailed
 
 Progress = Callable[[int, int | None], None]
 CHUNK = 1 << 20

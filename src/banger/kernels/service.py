@@ -1,4 +1,4 @@
-"""KernelService (`d.kernels`): the local kernel store, catalog pulls and imports.
+"""KernelService: the local kernel store, catalog pulls and imports.
 
 The manifests under `<state>/kernels/` are the source of truth (no database table): a kernel
 exists exactly when its directory with a valid manifest does. Every change is staged under the
@@ -11,20 +11,19 @@ import asyncio
 import builtins
 import contextlib
 import logging
-import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
-from banger.daemon.context import RequestContext
+from banger import fsutil
+from banger.config import Config
+from banger.errors import AlreadyExists, Conflict, InvalidInput, NotFound
 from banger.kernels import catalog as catalog_mod
 from banger.kernels import importer, localstore, pull
 from banger.kernels.model import MANIFEST, CatalogItem, KernelRecord, validate_name
 from banger.kernels.vmlinux import KernelFormatError
-from banger.rpc.errors import AlreadyExists, BadRequest, Conflict, NotFound
-
-if TYPE_CHECKING:
-    from banger.daemon.app import Daemon
+from banger.paths import Paths
+from banger.request import RequestContext
 
 log = logging.getLogger("banger.kernels")
 
@@ -37,30 +36,40 @@ async def _blocking(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     try:
         return await asyncio.shield(task)
     except asyncio.CancelledError:
-        with contextlib.suppress(BaseException):
+        try:
             await task
+        except BaseException as e:  # the request is cancelled anyway; its cleanup runs next
+            log.warning("cancelled kernel work failed while finishing", extra={"error": repr(e)})
         raise
 
 
+class References(Protocol):
+    """Who still uses a thing: ("kernel", name) -> names like "vm devbox" (empty: unused)."""
+
+    def __call__(self, kind: str, ident: str) -> list[str]: ...
+
+
 class KernelService:
-    def __init__(self, d: Daemon) -> None:
-        self.d = d
+    def __init__(self, paths: Paths, config: Config, *, references: References) -> None:
+        self.paths = paths
+        self.config = config
+        self.references = references
         self._locks: dict[str, asyncio.Lock] = {}
 
     # --- lifecycle -------------------------------------------------------------------------
 
     @property
     def root(self) -> Path:
-        return self.d.paths.kernels_dir
+        return self.paths.kernels_dir
 
     async def start(self) -> None:
         """Remove staging leftovers of interrupted pulls/imports (a crash mid-way)."""
-        staging = self.d.paths.staging_dir
+        staging = self.paths.staging_dir
         if staging.is_dir():
             for p in staging.glob("kernel-*"):
                 log.info("removing interrupted kernel staging", extra={"path": str(p)})
                 if p.is_dir() and not p.is_symlink():
-                    shutil.rmtree(p, ignore_errors=True)
+                    fsutil.remove_tree_best_effort(p, "kernel staging")
                 else:
                     p.unlink(missing_ok=True)
 
@@ -99,10 +108,7 @@ class KernelService:
         validate_name(name)
         rec = await asyncio.to_thread(self._read, name)
         if rec is None:
-            raise NotFound(
-                f"kernel {name!r} not found; `banger kernel list` shows local kernels, "
-                "`banger kernel catalog` the ones to pull, `banger kernel import` adds your own"
-            )
+            raise NotFound(f"kernel {name!r} not found")
         return rec
 
     def _published(self, name: str) -> KernelRecord:
@@ -114,7 +120,7 @@ class KernelService:
         return rec
 
     async def catalog(self) -> builtins.list[CatalogItem]:
-        entries = await catalog_mod.load(self.d.config.kernel_catalog)
+        entries = await catalog_mod.load(self.config.kernel_catalog)
         local = {r.name for r in await self.list()}
         return [
             CatalogItem(
@@ -130,22 +136,21 @@ class KernelService:
     def _check_free(self, name: str, force: bool) -> None:
         if (self.root / name).exists() and not force:
             raise AlreadyExists(
-                f"kernel {name!r} already exists; delete it first (`banger kernel delete {name}`)"
-                " or pass --force to replace it"
+                f"kernel {name!r} already exists; delete it first or replace it (force)"
             )
 
     async def pull(self, name: str, ctx: RequestContext, *, force: bool = False) -> dict[str, Any]:
         validate_name(name)
-        entry = await catalog_mod.lookup(self.d.config.kernel_catalog, name)
+        entry = await catalog_mod.lookup(self.config.kernel_catalog, name)
         if entry is None:
             raise NotFound(
-                f"kernel {name!r} is not in the catalog; `banger kernel catalog` lists what can "
-                "be pulled (set kernel_catalog in the config to add a catalog)"
+                f"kernel {name!r} is not in the catalog (set kernel_catalog in the config to "
+                "add a catalog)"
             )
         async with self._lock(name):
             self._check_free(name, force)
             expected_size = entry.size_bytes
-            staged = localstore.staging_dir(self.d.paths.staging_dir, name)
+            staged = localstore.staging_dir(self.paths.staging_dir, name)
             try:
                 tarball = staged.parent / f"{staged.name}.tar"
                 try:
@@ -178,7 +183,7 @@ class KernelService:
                         importer.finish_staged, staged, initrd_given=initrd_given
                     )
                 except KernelFormatError as e:
-                    raise BadRequest(f"kernel tarball {entry.tarball_url}: {e}") from None
+                    raise InvalidInput(f"kernel tarball {entry.tarball_url}: {e}") from None
                 await _blocking(
                     localstore.write_manifest,
                     staged,
@@ -192,7 +197,7 @@ class KernelService:
                 )
                 localstore.publish(staged, self.root, name, replace=force)
             finally:
-                shutil.rmtree(staged, ignore_errors=True)
+                fsutil.remove_tree_best_effort(staged, "kernel staging")
         log.info("kernel pulled", extra={"kernel": name, "url": entry.tarball_url})
         return {"kernel": self._published(name), "warnings": prep.warnings}
 
@@ -211,25 +216,28 @@ class KernelService:
         validate_name(name)
         if from_host:
             if kernel is not None or initrd is not None or modules is not None:
-                raise BadRequest(
-                    "--from-host takes the kernel, modules and initramfs itself; "
-                    "do not combine it with --kernel/--initrd/--modules"
+                raise InvalidInput(
+                    "importing the host's kernel takes its kernel, modules and initramfs "
+                    "itself; do not give kernel, initrd or modules files too"
                 )
             version, kernel, modules = importer.host_kernel(host_version)
             source = f"host:{kernel}"
             distro = importer.host_distro()
         else:
             if host_version is not None:
-                raise BadRequest("a host kernel version needs --from-host")
+                raise InvalidInput(
+                    "a host kernel version applies only to importing the host's kernel"
+                )
             if kernel is None:
-                raise BadRequest(
-                    "give --kernel FILE (optionally --initrd, --modules) or --from-host"
+                raise InvalidInput(
+                    "give a kernel file (optionally an initrd and a modules directory), "
+                    "or import the host's kernel"
                 )
             source = f"import:{kernel}"
             distro = ""
         async with self._lock(name):
             self._check_free(name, force)
-            staged = localstore.staging_dir(self.d.paths.staging_dir, name)
+            staged = localstore.staging_dir(self.paths.staging_dir, name)
             try:
                 ctx.progress(stage="import", detail=str(kernel))
                 prep = await _blocking(
@@ -248,22 +256,22 @@ class KernelService:
                 )
                 localstore.publish(staged, self.root, name, replace=force)
             finally:
-                shutil.rmtree(staged, ignore_errors=True)
+                fsutil.remove_tree_best_effort(staged, "kernel staging")
         log.info("kernel imported", extra={"kernel": name, "source": source})
         return {"kernel": self._published(name), "warnings": prep.warnings}
 
     async def delete(self, name: str) -> KernelRecord:
         async with self._lock(name):
             rec = await self.get(name)
-            users = self.d.references("kernel", name)
+            users = self.references("kernel", name)
             if users:
                 raise Conflict(
                     f"kernel {name!r} is in use by {', '.join(users)}; delete those first"
                 )
-            trash = localstore.staging_dir(self.d.paths.staging_dir, name)
+            trash = localstore.staging_dir(self.paths.staging_dir, name)
             # Rename first so the kernel disappears at once; remove the files afterwards.
             rec.dir.rename(trash / "old")
-            await _blocking(shutil.rmtree, trash, True)
+            await _blocking(fsutil.remove_tree_best_effort, trash, "deleted kernel")
         log.info("kernel deleted", extra={"kernel": name})
         return rec
 
@@ -271,11 +279,8 @@ class KernelService:
         """The kernel `name`; the default kernel is imported from the host on first use."""
         with contextlib.suppress(NotFound):
             return await self.get(name)
-        if name != self.d.config.default_kernel:
-            raise NotFound(
-                f"kernel {name!r} not found; pull it (`banger kernel pull {name}`) or import one "
-                f"(`banger kernel import {name} --from-host`)"
-            )
+        if name != self.config.default_kernel:
+            raise NotFound(f"kernel {name!r} not found; pull it from the catalog or import one")
         # Another request may be importing it right now: wait for it rather than race.
         async with self._lock(name):
             with contextlib.suppress(NotFound):

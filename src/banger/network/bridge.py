@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from banger.errors import OperationFailed
 from banger.network.cmd import Runner
-from banger.rpc.errors import OperationFailed
 
 
 async def link_info(run: Runner, name: str) -> dict[str, Any] | None:

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from banger.rpc.errors import BadRequest
+from banger.errors import InvalidInput
 from banger.validation import quote
 
 Mode = Literal["open", "restricted"]
@@ -68,8 +68,8 @@ class Rule:
         return False
 
 
-def _bad(text: str, why: str) -> BadRequest:
-    return BadRequest(
+def _bad(text: str, why: str) -> InvalidInput:
+    return InvalidInput(
         f"egress rule {quote(text)}: {why}; a rule is a name (pypi.org), a wildcard "
         "(*.githubusercontent.com), an IPv4 address or CIDR (10.0.0.0/8), optionally with :PORT"
     )
@@ -105,9 +105,9 @@ def _name(text: str, host: str) -> str:
 
 
 def parse_rule(text: str) -> Rule:
-    """One rule, normalised (lower case, no trailing dot); BadRequest saying what is wrong."""
+    """One rule, normalised (lower case, no trailing dot); InvalidInput saying what is wrong."""
     if not isinstance(text, str) or not text:
-        raise BadRequest("an egress rule must be a non-empty string")
+        raise InvalidInput("an egress rule must be a non-empty string")
     if len(text) > MAX_RULE_CHARS:
         raise _bad(text[:40] + "…", f"it is longer than {MAX_RULE_CHARS} characters")
     if any(c.isspace() or not c.isprintable() for c in text):
@@ -153,7 +153,7 @@ def parse_rules(texts: Iterable[str]) -> list[Rule]:
         if r not in out:
             out.append(r)
     if len(out) > MAX_RULES:
-        raise BadRequest(f"at most {MAX_RULES} egress rules per VM (got {len(out)})")
+        raise InvalidInput(f"at most {MAX_RULES} egress rules per VM (got {len(out)})")
     return out
 
 
@@ -190,19 +190,19 @@ def updated(
     add = parse_rules(allow)
     remove = parse_rules(disallow)
     if mode == "open" and add:
-        raise BadRequest("--egress open contradicts --allow: open egress has no rules")
+        raise InvalidInput("--egress open contradicts --allow: open egress has no rules")
     both = set(add) & set(remove)
     if both:
-        raise BadRequest(f"rule {sorted(both)[0].text} is both allowed and disallowed")
+        raise InvalidInput(f"rule {sorted(both)[0].text} is both allowed and disallowed")
     rules = list(current.rules)
     for r in remove:
         if r not in rules:
             have = ", ".join(x.text for x in rules) or "none"
-            raise BadRequest(f"rule {r.text} is not in the policy (rules: {have})")
+            raise InvalidInput(f"rule {r.text} is not in the policy (rules: {have})")
         rules.remove(r)
     rules += [r for r in add if r not in rules]
     if len(rules) > MAX_RULES:
-        raise BadRequest(f"at most {MAX_RULES} egress rules per VM (got {len(rules)})")
+        raise InvalidInput(f"at most {MAX_RULES} egress rules per VM (got {len(rules)})")
     if mode == "open":
         return Policy("open", ())
     if mode == "restricted" or add or current.restricted:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import time
 
-from banger.rpc.errors import OperationFailed
+from banger.errors import OperationFailed
 from banger.store.db import Store
 
 

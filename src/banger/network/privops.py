@@ -13,13 +13,13 @@ import re
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
+from banger.errors import InvalidInput
 from banger.network import bridge as bridge_mod
 from banger.network import nat as nat_mod
 from banger.network import tap as tap_mod
 from banger.network.cmd import Runner
 from banger.network.nat import Admit, Denied, DnsRedirect, EgressSpec, NatRule
 from banger.network.tap import TAP_RE
-from banger.rpc.errors import BadRequest
 
 # Bridges banger may create or delete: "br-banger" or "br-banger-<up to 5>" (IFNAMSIZ 15).
 BRIDGE_RE = re.compile(r"^br-banger(-[a-z0-9]{1,5})?$")
@@ -28,7 +28,7 @@ MIN_PREFIX, MAX_PREFIX = 8, 30
 
 def validate_bridge(name: str) -> str:
     if not BRIDGE_RE.fullmatch(name):
-        raise BadRequest(
+        raise InvalidInput(
             f"bridge name {name!r} is not allowed: use 'br-banger' or 'br-banger-<1-5 of a-z0-9>'"
         )
     return name
@@ -36,7 +36,7 @@ def validate_bridge(name: str) -> str:
 
 def validate_tap(name: str) -> str:
     if not TAP_RE.fullmatch(name):
-        raise BadRequest(f"TAP name {name!r} is not a banger TAP (tap-bg-<8 hex>)")
+        raise InvalidInput(f"TAP name {name!r} is not a banger TAP (tap-bg-<8 hex>)")
     return name
 
 
@@ -44,20 +44,22 @@ def _private_ipv4(value: str, what: str) -> ipaddress.IPv4Address:
     try:
         ip = ipaddress.IPv4Address(value)
     except ValueError:
-        raise BadRequest(f"{what} {value!r} is not an IPv4 address") from None
+        raise InvalidInput(f"{what} {value!r} is not an IPv4 address") from None
     if not ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_multicast:
-        raise BadRequest(f"{what} {value} must be a private address (e.g. in 172.16.0.0/12)")
+        raise InvalidInput(f"{what} {value} must be a private address (e.g. in 172.16.0.0/12)")
     return ip
 
 
 def validate_interface(address: str, prefix: int) -> ipaddress.IPv4Interface:
     """A bridge address: private IPv4, prefix 8..30, not the network or broadcast address."""
     if not isinstance(prefix, int) or not MIN_PREFIX <= prefix <= MAX_PREFIX:
-        raise BadRequest(f"prefix length {prefix!r} must be between {MIN_PREFIX} and {MAX_PREFIX}")
+        raise InvalidInput(
+            f"prefix length {prefix!r} must be between {MIN_PREFIX} and {MAX_PREFIX}"
+        )
     ip = _private_ipv4(address, "bridge address")
     iface = ipaddress.IPv4Interface(f"{ip}/{prefix}")
     if ip in (iface.network.network_address, iface.network.broadcast_address):
-        raise BadRequest(f"bridge address {ip} is the network or broadcast address of /{prefix}")
+        raise InvalidInput(f"bridge address {ip} is the network or broadcast address of /{prefix}")
     return iface
 
 
@@ -73,7 +75,7 @@ MAX_CIDRS = 256
 
 def validate_tag(tag: str) -> str:
     if not isinstance(tag, str) or not nat_mod.TAG_RE.fullmatch(tag):
-        raise BadRequest(f"egress tag {tag!r} is not a VM id (12 hex digits)")
+        raise InvalidInput(f"egress tag {tag!r} is not a VM id (12 hex digits)")
     return tag
 
 
@@ -81,7 +83,7 @@ def _port(port: object, what: str) -> int | None:
     if port is None:
         return None
     if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
-        raise BadRequest(f"{what} {port!r} is not a port (1-65535)")
+        raise InvalidInput(f"{what} {port!r} is not a port (1-65535)")
     return port
 
 
@@ -89,13 +91,13 @@ def _ipv4(value: object, what: str) -> str:
     try:
         return str(ipaddress.IPv4Address(value))
     except (ValueError, TypeError):
-        raise BadRequest(f"{what} {value!r} is not an IPv4 address") from None
+        raise InvalidInput(f"{what} {value!r} is not an IPv4 address") from None
 
 
 def validate_admit(a: Admit) -> Admit:
     t = a.timeout
     if not isinstance(t, int) or isinstance(t, bool) or not 1 <= t <= nat_mod.MAX_TIMEOUT:
-        raise BadRequest(f"admission timeout {t!r} must be 1..{nat_mod.MAX_TIMEOUT} seconds")
+        raise InvalidInput(f"admission timeout {t!r} must be 1..{nat_mod.MAX_TIMEOUT} seconds")
     return Admit(_ipv4(a.ip, "admitted address"), _port(a.port, "admitted port"), t)
 
 
@@ -104,15 +106,15 @@ def validate_egress(e: EgressSpec) -> EgressSpec:
     _private_ipv4(e.ip, "guest address")
     g = e.generation
     if not isinstance(g, int) or isinstance(g, bool) or not 1 <= g < 2**31:
-        raise BadRequest(f"egress generation {g!r} must be 1..2^31-1")
+        raise InvalidInput(f"egress generation {g!r} must be 1..2^31-1")
     if len(e.cidrs) > MAX_CIDRS or len(e.admitted) > MAX_ADMITS:
-        raise BadRequest(f"at most {MAX_CIDRS} CIDR rules and {MAX_ADMITS} admitted addresses")
+        raise InvalidInput(f"at most {MAX_CIDRS} CIDR rules and {MAX_ADMITS} admitted addresses")
     cidrs = []
     for net, port in e.cidrs:
         try:
             parsed = ipaddress.IPv4Network(net, strict=True)
         except (ValueError, TypeError):
-            raise BadRequest(f"egress CIDR {net!r} is not an IPv4 network") from None
+            raise InvalidInput(f"egress CIDR {net!r} is not an IPv4 network") from None
         cidrs.append((str(parsed), _port(port, "CIDR port")))
     admitted = tuple(validate_admit(a) for a in e.admitted)
     return EgressSpec(e.tag, e.ip, g, tuple(cidrs), admitted)
@@ -121,15 +123,15 @@ def validate_egress(e: EgressSpec) -> EgressSpec:
 def validate_dns(d: DnsRedirect) -> DnsRedirect:
     _private_ipv4(d.gateway, "resolver address")
     if _port(d.port, "resolver port") is None:
-        raise BadRequest("resolver port is required")
+        raise InvalidInput("resolver port is required")
     if len(d.resolvers) > 8:
-        raise BadRequest("at most 8 guest resolver addresses")
+        raise InvalidInput("at most 8 guest resolver addresses")
     return DnsRedirect(d.gateway, d.port, tuple(_ipv4(r, "guest resolver") for r in d.resolvers))
 
 
 def validate_uid(uid: int) -> int:
     if not isinstance(uid, int) or uid < 0 or uid > 2**31:
-        raise BadRequest(f"owner uid {uid!r} is not a valid uid")
+        raise InvalidInput(f"owner uid {uid!r} is not a valid uid")
     return uid
 
 
@@ -212,7 +214,7 @@ class LocalPrivOps:
 
     async def egress_admit(self, tag: str, items: Sequence[Admit]) -> None:
         if len(items) > MAX_ADMITS:
-            raise BadRequest(f"at most {MAX_ADMITS} addresses per admission")
+            raise InvalidInput(f"at most {MAX_ADMITS} addresses per admission")
         checked = [validate_admit(a) for a in items]
         await nat_mod.admit(self.run, validate_tag(tag), checked)
 
@@ -230,5 +232,5 @@ class LocalPrivOps:
 
     async def set_ip_forward(self, enabled: bool) -> None:
         if not isinstance(enabled, bool):
-            raise BadRequest("ip_forward must be true or false")
+            raise InvalidInput("ip_forward must be true or false")
         await nat_mod.set_ip_forward(self.run, enabled)

@@ -1,4 +1,4 @@
-"""`d.network`: host networking for VMs, the `.vm` DNS server and banger's ssh_config.
+"""NetworkService: host networking for VMs, the `.vm` DNS server and banger's ssh_config.
 
 Modes (config `network`): `bridge` (TAP on the host bridge, static guest IP, optional NAT),
 `user` (QEMU slirp with localhost forwards; rootless), `auto` (bridge when the daemon can
@@ -24,10 +24,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from dnslib import QTYPE, RCODE, DNSRecord
 
+from banger.config import Config
+from banger.errors import InvalidInput
 from banger.network import sshconfig
 from banger.network.dns import DNSServer
 from banger.network.egress import Mode as EgressMode
@@ -44,10 +46,8 @@ from banger.network.privops import (
     validate_interface,
 )
 from banger.network.tap import guest_mac, tap_name
-from banger.rpc.errors import BadRequest
-
-if TYPE_CHECKING:
-    from banger.daemon.app import Daemon
+from banger.paths import Paths
+from banger.store.db import Store
 
 log = logging.getLogger("banger.network")
 
@@ -115,23 +115,26 @@ def can_administer_network() -> bool:
 
 
 class NetworkService:
-    def __init__(self, d: Daemon, privops: PrivOps | None = None) -> None:
-        self.d = d
-        cfg = d.config
+    def __init__(
+        self, paths: Paths, config: Config, store: Store, privops: PrivOps | None = None
+    ) -> None:
+        self.paths = paths
+        self.config = config
+        cfg = config
         self.bridge = validate_bridge(cfg.bridge_name)
         iface = validate_interface(cfg.bridge_ip, cfg.cidr)
         self.gateway = str(iface.ip)
         self.prefix = iface.network.prefixlen
         self.privops: PrivOps = privops or LocalPrivOps()
-        self.ipam = IPAM(d.store, self.gateway, self.prefix)
+        self.ipam = IPAM(store, self.gateway, self.prefix)
         self.dns = DNSServer("127.0.0.1", cfg.dns_port)
         self.dns_error: str | None = None
         self.mode: Mode = self._resolve_mode(cfg.network)
-        if cfg.network == "auto" and d.paths.is_system:
+        if cfg.network == "auto" and paths.is_system:
             self.mode = "bridge"  # bangerd-root administers the network for the owner daemon
         self._active: dict[str, _Active] = {}
         self._lock = asyncio.Lock()
-        self.egress = EgressStore(d.store)
+        self.egress = EgressStore(store)
         self.resolver = EgressResolver(self._egress_answer)
         # vm id -> (address, port) -> (expiry on the monotonic clock, the name it answered)
         self._admitted: dict[str, dict[tuple[str, int | None], tuple[float, str]]] = {}
@@ -152,16 +155,16 @@ class NetworkService:
 
     @property
     def ssh_config_path(self) -> Path:
-        return self.d.paths.ssh_config_file
+        return self.paths.ssh_config_file
 
     @property
     def ssh_key_path(self) -> Path:
-        cfg = self.d.config.ssh_key_path
-        return Path(cfg) if cfg else self.d.paths.ssh_dir / "id_ed25519"
+        cfg = self.config.ssh_key_path
+        return Path(cfg) if cfg else self.paths.ssh_dir / "id_ed25519"
 
     @property
     def known_hosts_path(self) -> Path:
-        return self.d.paths.ssh_dir / "known_hosts"
+        return self.paths.ssh_dir / "known_hosts"
 
     # --- service lifecycle -------------------------------------------------------------------
 
@@ -214,7 +217,7 @@ class NetworkService:
                 ip=ip,
                 prefix=self.prefix,
                 gateway=self.gateway,
-                dns=(self.d.config.default_dns,),
+                dns=(self.config.default_dns,),
                 mac=guest_mac(vm_id),
                 tap=tap,
             )
@@ -280,7 +283,7 @@ class NetworkService:
     async def set_nat(self, vm_id: str, enabled: bool) -> None:
         """Record the VM's NAT wish; applied at once when it runs bridged."""
         if enabled and self.mode != "bridge":
-            raise BadRequest(
+            raise InvalidInput(
                 "NAT needs bridged networking, but this daemon uses user-mode networking (guests "
                 'already reach the outside through QEMU); set `network = "bridge"` as root'
             )
@@ -308,7 +311,7 @@ class NetworkService:
             current = self.policy(vm_id)
             new = updated(current, allow, disallow, mode)
             if new.restricted and self.mode != "bridge":
-                raise BadRequest(
+                raise InvalidInput(
                     "egress rules need bridged networking (the host enforces them on banger's "
                     'bridge), but this daemon uses user-mode networking; set `network = "bridge"`'
                 )
@@ -360,7 +363,7 @@ class NetworkService:
         }
 
     def _upstreams(self) -> list[tuple[str, int]]:
-        configured = self.d.config.upstream_dns
+        configured = self.config.upstream_dns
         if configured:
             return [parse_upstream(u) for u in configured]
         return host_nameservers()
@@ -539,13 +542,29 @@ class NetworkService:
                     records[vm.name] = ip
             self.dns.replace_all(records)
             if self.mode == "bridge" or any(a.tap for a in self._active.values()):
-                keep = {a.tap for a in self._active.values() if a.tap}
-                for tap in await self.privops.list_taps():
-                    if tap not in keep:
-                        log.info("removing leaked TAP", extra={"tap": tap})
-                        await self.privops.delete_tap(tap)
-                await self._sync_nat()
+                await self._remove_leaked_taps({a.tap for a in self._active.values() if a.tap})
+                try:
+                    await self._sync_nat()
+                except Exception as e:
+                    # The daemon still starts (VMs, DNS and ssh_config work); NAT/egress for the
+                    # running VMs is what is missing until the next VM change re-syncs it.
+                    log.warning("reconcile: cannot restore NAT rules", extra={"error": str(e)})
             self._write_ssh_config()
+
+    async def _remove_leaked_taps(self, keep: set[str]) -> None:
+        try:
+            taps = await self.privops.list_taps()
+        except Exception as e:
+            log.warning("reconcile: cannot list TAPs", extra={"error": str(e)})
+            return
+        for tap in taps:
+            if tap in keep:
+                continue
+            log.info("removing leaked TAP", extra={"tap": tap})
+            try:
+                await self.privops.delete_tap(tap)
+            except Exception as e:
+                log.warning("reconcile: cannot remove TAP", extra={"tap": tap, "error": str(e)})
 
     # --- internals -----------------------------------------------------------------------------
 
@@ -559,7 +578,7 @@ class NetworkService:
         egress = self._egress_specs({r.ip for r in rules})
         dns: DnsRedirect | None = None
         if egress and await self._ensure_resolver():
-            dns = DnsRedirect(self.gateway, self.resolver.port, (self.d.config.default_dns,))
+            dns = DnsRedirect(self.gateway, self.resolver.port, (self.config.default_dns,))
         if bridged:
             await self.privops.sync_nat(self.bridge, rules, egress, dns)
         else:

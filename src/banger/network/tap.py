@@ -6,9 +6,9 @@ import hashlib
 import json
 import re
 
+from banger.errors import OperationFailed
 from banger.network.bridge import link_info, link_kind
 from banger.network.cmd import Runner
-from banger.rpc.errors import OperationFailed
 
 # IFNAMSIZ is 16 with the NUL: "tap-bg-" + 8 hex = 15. The prefix marks devices banger owns.
 TAP_PREFIX = "tap-bg-"

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from banger.daemon.logs import current_op_id
 from banger.network.nat import Admit, Denied, DnsRedirect, EgressSpec, NatRule, admit_to_wire
+from banger.request import current_op_id
 from banger.rpc import PROTOCOL_VERSION, envelope
 from banger.rpc.errors import OperationFailed, from_wire
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from banger.errors import InvalidInput
 from banger.network import privops, tap
 from banger.network.nat import Admit, DnsRedirect, EgressSpec
 from banger.rpc.errors import BadRequest, NotFound
@@ -562,7 +563,7 @@ def egress_tag(value: Any, name: str = "tag") -> str:
     v = text(name, value, 64)
     try:
         return privops.validate_tag(v)
-    except BadRequest as e:
+    except InvalidInput as e:
         raise BadRequest(f"argument {name!r}: {e.message}") from None
 
 
@@ -572,7 +573,7 @@ def admits(value: Any, name: str) -> list[Admit]:
         obj = _object(raw, f"{name}[{i}]", {"ip", "port", "timeout"})
         try:
             out.append(privops.validate_admit(Admit(obj["ip"], obj["port"], obj["timeout"])))
-        except BadRequest as e:
+        except InvalidInput as e:
             raise BadRequest(f"argument '{name}[{i}]': {e.message}") from None
     return out
 
@@ -596,7 +597,7 @@ def egress_specs(value: Any, name: str = "egress") -> list[EgressSpec]:
         )
         try:
             out.append(privops.validate_egress(spec))
-        except BadRequest as e:
+        except InvalidInput as e:
             raise BadRequest(f"argument {where!r}: {e.message}") from None
     return out
 
@@ -610,5 +611,5 @@ def dns_redirect(value: Any, name: str = "dns") -> DnsRedirect:
                 str(guest_address(obj["gateway"], f"{name}.gateway")), obj["port"], tuple(resolvers)
             )
         )
-    except BadRequest as e:
+    except InvalidInput as e:
         raise BadRequest(f"argument {name!r}: {e.message}") from None

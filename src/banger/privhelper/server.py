@@ -36,6 +36,8 @@ from typing import Any
 
 from banger import __version__
 from banger.config import Config
+from banger.daemon.errmap import to_rpc
+from banger.errors import BangerError
 from banger.network.nat import NatRule
 from banger.network.privops import LocalPrivOps
 from banger.paths import InstallError, InstallInfo, Paths, read_install, system_root
@@ -591,7 +593,12 @@ class Helper:
             async with self._lock:
                 result = await asyncio.wait_for(op(req.params), OP_TIMEOUT)
         except Exception as e:
-            err = e if isinstance(e, RPCError) else OperationFailed(str(e) or type(e).__name__)
+            if isinstance(e, RPCError):
+                err = e
+            elif isinstance(e, BangerError):  # network/ validation raises domain errors
+                err = to_rpc(e)
+            else:
+                err = OperationFailed(str(e) or type(e).__name__)
             if isinstance(e, TimeoutError):
                 err = OperationFailed(f"{method} timed out after {OP_TIMEOUT:.0f}s")
             log.warning(

@@ -325,8 +325,9 @@ class Client:
                 continue
             if msg.get("ok"):
                 return msg.get("result")
-            err = msg.get("error") or {}
-            raise from_wire(err)
+            error = from_wire(msg.get("error") or {})
+            error.method = method
+            raise error
 
     def _abandon(self, method: str) -> Interrupted:
         """Ctrl-C: half-close so the daemon cancels the request, then wait (bounded; a second

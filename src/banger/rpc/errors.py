@@ -1,11 +1,16 @@
-"""Typed RPC errors. Services raise these; dispatch turns them into error envelopes.
+"""Typed RPC errors: the wire side. Dispatch builds them from domain errors (`banger.errors`,
+mapped in daemon/errmap.py); clients rebuild them from an error envelope (`from_wire`).
 
-Anything that is not an RPCError becomes `operation_failed` with the exception's message.
+Anything that is neither becomes `operation_failed` with the exception's message. Each wire class
+that has a domain counterpart subclasses it, so a caller catching the domain error also catches
+the wire one (a privileged-helper answer, a code path not yet converted).
 """
 
 from __future__ import annotations
 
 from typing import ClassVar
+
+from banger import errors
 
 CODES = (
     "bad_request",
@@ -27,12 +32,14 @@ class RPCError(Exception):
         super().__init__(message)
         self.message = message
         self.op_id = op_id
+        # The method that answered with this error (set by the client; the CLI's hints use it).
+        self.method = ""
 
     def to_wire(self) -> dict[str, str]:
         return {"code": self.code, "message": self.message, "op_id": self.op_id}
 
 
-class BadRequest(RPCError):
+class BadRequest(RPCError, errors.InvalidInput):
     code = "bad_request"
 
 
@@ -44,19 +51,19 @@ class UnknownMethod(RPCError):
     code = "unknown_method"
 
 
-class NotFound(RPCError):
+class NotFound(RPCError, errors.NotFound):
     code = "not_found"
 
 
-class AlreadyExists(RPCError):
+class AlreadyExists(RPCError, errors.AlreadyExists):
     code = "already_exists"
 
 
-class NotRunning(RPCError):
+class NotRunning(RPCError, errors.NotRunning):
     code = "not_running"
 
 
-class Conflict(RPCError):
+class Conflict(RPCError, errors.Conflict):
     code = "conflict"
 
 
@@ -66,7 +73,7 @@ class Busy(RPCError):
     code = "busy"
 
 
-class OperationFailed(RPCError):
+class OperationFailed(RPCError, errors.OperationFailed):
     code = "operation_failed"
 
 

@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 from pydantic import BaseModel
 
-from banger.rpc.errors import BadRequest, NotFound, OperationFailed, RPCError
+from banger.errors import BangerError, InvalidInput, NotFound, OperationFailed
 from banger.units import format_bytes
 from banger.workspace.transport import DEFAULT_TIMEOUT, GuestExec, kill_group
 
@@ -118,7 +118,7 @@ LIMIT_KEY = "workspace_export_max_bytes"
 
 def check_base_commit(base_commit: str | None) -> None:
     if base_commit is not None and not _SHA.match(base_commit):
-        raise BadRequest(f"base commit {base_commit!r} must be a hexadecimal commit id")
+        raise InvalidInput(f"base commit {base_commit!r} must be a hexadecimal commit id")
 
 
 class ExportTooLarge(OperationFailed):
@@ -185,11 +185,11 @@ class ExportReader:
         return parse_name_status(bytes(self._names))
 
 
-def _status_error(returncode: int, err_tail: str, description: str) -> RPCError:
+def _status_error(returncode: int, err_tail: str, description: str) -> BangerError:
     if returncode == 3:
-        return NotFound(f"{err_tail}; run `banger vm workspace prepare VM PATH` first")
+        return NotFound(f"{err_tail}; prepare the workspace first")
     if returncode == 4:
-        return BadRequest(f"{err_tail}; pass a commit the guest checkout has")
+        return InvalidInput(f"{err_tail}; pass a commit the guest checkout has")
     return OperationFailed(f"export failed in {description}: {err_tail}")
 
 

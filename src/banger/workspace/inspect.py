@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from banger import errors
+from banger.errors import InvalidInput, OperationFailed
 from banger.proc import run_sync
-from banger.rpc.errors import BadRequest, OperationFailed
 
 GITLINK_MODE = "160000"
 
@@ -63,7 +63,7 @@ class RepoInfo:
 def find_root(path: Path) -> Path:
     """The work tree root containing `path`, or a clear error when it is not in one."""
     if not path.exists():
-        raise BadRequest(f"{path} does not exist")
+        raise InvalidInput(f"{path} does not exist")
     where = path if path.is_dir() else path.parent
     res = run_sync(
         ["git", "rev-parse", "--is-inside-work-tree", "--show-toplevel"],
@@ -72,7 +72,7 @@ def find_root(path: Path) -> Path:
     )
     lines = res.out.strip().splitlines()
     if res.returncode != 0 or not lines or lines[0] != "true" or len(lines) < 2:
-        raise BadRequest(
+        raise InvalidInput(
             f"{path} is not inside a git work tree; run `git init` (and commit) there first, "
             "or point at a checkout"
         )
@@ -114,7 +114,7 @@ def check_git_dir(root: Path) -> None:
         if worktree and _same(str(gitdir / worktree), root):  # a submodule's git dir
             return
     where = gitdir if gitdir is not None else "(unreadable)"
-    raise BadRequest(
+    raise InvalidInput(
         f"{dotgit} is a {'symlink' if dotgit.is_symlink() else 'file'} leading to {where}, which "
         "is not a worktree or submodule of this checkout; refusing to ship another repository's "
         "history (point banger at that repository itself)"
@@ -172,18 +172,18 @@ def inspect_repo(path: Path, *, include_untracked: bool = False) -> RepoInfo:
 
 def resolve_commit(root: Path, ref: str) -> str:
     if ref.startswith("-"):
-        raise BadRequest(f"invalid ref {ref!r}")
+        raise InvalidInput(f"invalid ref {ref!r}")
     out = git(root, "rev-parse", "--verify", "-q", f"{ref}^{{commit}}", check=False)
     sha = out.decode().strip()
     if not sha:
-        raise BadRequest(f"{ref!r} is not a commit in {root}")
+        raise InvalidInput(f"{ref!r} is not a commit in {root}")
     return sha
 
 
 def check_branch_name(root: Path, name: str) -> None:
     res = run_sync(["git", "check-ref-format", "--branch", name], cwd=str(root), check=False)
     if res.returncode != 0 or name.startswith("-"):
-        raise BadRequest(f"{name!r} is not a valid branch name")
+        raise InvalidInput(f"{name!r} is not a valid branch name")
 
 
 def host_head(root: Path) -> str | None:

@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from banger.rpc.errors import BadRequest
+from banger.errors import InvalidInput
 from banger.workspace.inspect import (
     RepoInfo,
     check_branch_name,
@@ -63,23 +63,23 @@ GUEST_PATH_MAX = 4095
 def check_guest_path_syntax(path: str) -> str:
     """A normalised absolute path below / without NUL or newline (export needs no more)."""
     if not path.startswith("/") or "\0" in path or "\n" in path:
-        raise BadRequest(f"guest path {path[:200]!r} must be an absolute path")
+        raise InvalidInput(f"guest path {path[:200]!r} must be an absolute path")
     try:
         size = len(path.encode())
     except UnicodeEncodeError:  # a lone surrogate (JSON allows "\udc80")
-        raise BadRequest(f"guest path {path[:200]!r} is not valid UTF-8") from None
+        raise InvalidInput(f"guest path {path[:200]!r} is not valid UTF-8") from None
     if size > GUEST_PATH_MAX:
-        raise BadRequest(f"guest path {path[:64]!r}… is longer than {GUEST_PATH_MAX} bytes")
+        raise InvalidInput(f"guest path {path[:64]!r}… is longer than {GUEST_PATH_MAX} bytes")
     norm = posixpath.normpath(path)
     if norm != path.rstrip("/") or ".." in norm.split("/") or norm in ("/", "//"):
-        raise BadRequest(f"guest path {path!r} must be a normalised absolute path below /")
+        raise InvalidInput(f"guest path {path!r} must be a normalised absolute path below /")
     return norm
 
 
 def validate_guest_path(path: str) -> str:
     norm = check_guest_path_syntax(path)
     if norm in ("/root", "/etc", "/usr", "/bin", "/sbin", "/lib", "/var", "/tmp", "/home"):
-        raise BadRequest(
+        raise InvalidInput(
             f"guest path {path!r} would replace a system directory; use a subdirectory"
         )
     # banger's read-only seed mount and the kernel filesystems fail late with an obscure `mv`
@@ -87,7 +87,7 @@ def validate_guest_path(path: str) -> str:
     # the next boot while its record stayed.
     top = "/" + norm.split("/")[1]
     if top in ("/.banger", "/proc", "/sys", "/dev", "/run", "/boot", "/lib64"):
-        raise BadRequest(
+        raise InvalidInput(
             f"guest path {path!r} is inside {top}, which banger or the guest system owns; "
             "use a path like /root/repo or /srv/NAME"
         )
@@ -122,11 +122,11 @@ def make_plan(path: Path, opts: PrepareOptions) -> tuple[WorkspacePlan, RepoInfo
     guest_path = validate_guest_path(opts.guest_path)
     info = inspect_repo(path, include_untracked=opts.include_untracked)
     if info.head is None and opts.mode == "overlay" and opts.from_ref:
-        raise BadRequest(f"{info.root} has no commit yet, so --from has nothing to start from")
+        raise InvalidInput(f"{info.root} has no commit yet, so --from has nothing to start from")
     if opts.from_ref and not opts.branch:
-        raise BadRequest("--from needs --branch (it names where the new guest branch starts)")
+        raise InvalidInput("--from needs --branch (it names where the new guest branch starts)")
     if opts.from_ref and opts.mode == "full_copy":
-        raise BadRequest("--from works in overlay mode only; full_copy ships the tree as it is")
+        raise InvalidInput("--from works in overlay mode only; full_copy ships the tree as it is")
     if opts.branch:
         check_branch_name(info.root, opts.branch)
     base = info.head
@@ -138,7 +138,7 @@ def make_plan(path: Path, opts: PrepareOptions) -> tuple[WorkspacePlan, RepoInfo
         changed, deleted = [], []
     if opts.mode == "overlay":
         if info.submodules:
-            raise BadRequest(
+            raise InvalidInput(
                 f"{info.root} has submodules ({', '.join(info.submodules[:3])}); overlay mode "
                 "cannot ship them: use --mode full_copy"
             )
@@ -150,7 +150,7 @@ def make_plan(path: Path, opts: PrepareOptions) -> tuple[WorkspacePlan, RepoInfo
         changed = sorted(set(changed) | set(info.untracked))
     else:
         if (info.root / ".git").is_file():
-            raise BadRequest(
+            raise InvalidInput(
                 f"{info.root} is a linked worktree (.git is a file); full_copy needs the main "
                 "checkout, or use overlay mode"
             )
