@@ -95,10 +95,20 @@ class Daemon:
 
         self.images = ImageService(self)
         self.services.append(self.images)
+        from banger.vmm.registry import DriverRegistry
         from banger.vms.service import VMService
 
         # After images, kernels and network: it re-adopts running VMs into them at start.
-        self.vms = VMService(self)
+        self.vms = VMService(
+            store=self.store,
+            paths=paths,
+            config=config,
+            registry=DriverRegistry(config),
+            images=self.images,
+            kernels=self.kernels,
+            network=self.network,
+        )
+        self.reference_checks.append(self.vms.references)
         self.services.append(self.vms)
 
     @staticmethod

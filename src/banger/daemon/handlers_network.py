@@ -60,8 +60,8 @@ class VMView:
 class _VMService(Protocol):
     """What observability needs from the VM service (`d.vms`)."""
 
-    async def show(self, ref: str) -> VMRecord: ...
-    async def list_vms(self) -> list[VMRecord]: ...
+    async def get(self, ref: str) -> VMRecord: ...
+    async def list(self) -> list[VMRecord]: ...
     async def ssh_target(self, ref: str) -> SSHTarget: ...
     def handle(self, vm_id: str) -> VMHandle | None: ...
 
@@ -94,12 +94,12 @@ def _to_view(d: Daemon, vm: VMRecord) -> VMView:
 
 
 async def _view(d: Daemon, ref: str) -> VMView:
-    # show() refreshes liveness: a VM whose VMM died reads as stopped here.
-    return _to_view(d, await _vms(d).show(ref))
+    # get() refreshes liveness: a VM whose VMM died reads as stopped here.
+    return _to_view(d, await _vms(d).get(ref))
 
 
 async def _running_views(d: Daemon) -> list[VMView]:
-    return [_to_view(d, vm) for vm in await _vms(d).list_vms() if vm.state == "running"]
+    return [_to_view(d, vm) for vm in await _vms(d).list() if vm.state == "running"]
 
 
 async def _hmp(d: Daemon, vm_id: str, command: str) -> str | None:

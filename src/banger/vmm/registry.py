@@ -8,8 +8,10 @@ Nothing outside `vmm/` imports a concrete driver.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from banger.config import Config
+from banger.vmm import plan
 from banger.vmm.base import Driver, DriverError
 from banger.vmm.select import VMMChoice, choose_vmm
 
@@ -50,3 +52,28 @@ class DriverRegistry:
         if not choice.usable:
             raise DriverError(choice.reason)
         return self.get(choice.name)
+
+    async def make_root_disk(self, base: Path, vdir: Path, network: str) -> str:
+        """A new VM's root disk in the format the VMM that will boot it takes (vmm/plan.py)."""
+        return await plan.make_root_disk(self._config, base, vdir, network)
+
+    def boot_plan(
+        self,
+        vm_name: str,
+        vdir: Path,
+        kernel_name: str,
+        boot_image: Path,
+        vmlinux: Path | None,
+        network: str,
+    ) -> plan.BootPlan:
+        """Which of these drivers boots the VM now, with which root disk and kernel image."""
+        return plan.boot_plan(
+            self._config,
+            vm_name,
+            vdir,
+            kernel_name,
+            boot_image,
+            vmlinux,
+            network,
+            get_driver=self.get,
+        )
