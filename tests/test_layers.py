@@ -24,35 +24,14 @@ ABOVE_SERVICES = ("banger.daemon", "banger.cli", "banger.rpc")
 # Only vmm/ knows the concrete drivers; everyone else asks the registry for a Driver.
 CONCRETE_DRIVERS = ("banger.vmm.qemu", "banger.vmm.firecracker", "banger.vmm.select")
 
-# (importing module, imported module) pairs still to fix; empty them as the fixes land.
-KNOWN_UPWARD: set[tuple[str, str]] = {
-    # The VM service split (issue 13 item 3) moves these to banger.request / banger.errors.
-    ("banger.vms.service", "banger.daemon.app"),
-    ("banger.vms.service", "banger.daemon.context"),
-    ("banger.vms.service", "banger.daemon.errmap"),
-    ("banger.vms.service", "banger.rpc.errors"),
-    ("banger.vms.operations", "banger.rpc.errors"),
-    # proc/transport/ship convert to domain errors in their own branch.
-    ("banger.workspace.transport", "banger.rpc.errors"),
-    ("banger.workspace.ship", "banger.rpc.errors"),
-}
-KNOWN_CONCRETE: set[tuple[str, str]] = {
-    # The driver seam's callers (issue 13 item 2) move to vmm.registry / Driver capabilities.
-    ("banger.vms.service", "banger.vmm.firecracker"),
-    ("banger.vms.service", "banger.vmm.qemu"),
-    ("banger.vms.service", "banger.vmm.select"),
-    ("banger.vms.rootdisk", "banger.vmm.firecracker"),
-    ("banger.vms.rootdisk", "banger.vmm.select"),
-    ("banger.daemon.handlers_network", "banger.vmm.firecracker"),
-    ("banger.daemon.handlers_network", "banger.vmm.select"),
-    ("banger.doctor", "banger.vmm.firecracker"),
-    ("banger.doctor", "banger.vmm.select"),
-}
+# (importing module, imported module) pairs still to fix. All fixed by issue 13; a new entry needs
+# a reason and a plan to remove it.
+KNOWN_UPWARD: set[tuple[str, str]] = set()
+KNOWN_CONCRETE: set[tuple[str, str]] = set()
 # Runtime import cycles outside the services (CLI commands, SDK), named by one member each.
 KNOWN_RUNTIME_CYCLES: set[str] = {"banger.cli.vm", "banger.sdk.daemon"}
-# Service modules still in an import cycle with the daemon (daemon.app -> VMService ->
-# daemon.app under TYPE_CHECKING): the VM split removes it.
-KNOWN_IN_CYCLE: set[str] = {"banger.vms.service"}
+# Service modules in an import cycle with the daemon.
+KNOWN_IN_CYCLE: set[str] = set()
 
 
 def module_name(path: Path) -> str:

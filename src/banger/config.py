@@ -121,7 +121,7 @@ class Config(_Strict):
     @field_validator("upstream_dns")
     @classmethod
     def _upstream(cls, v: list[str]) -> list[str]:
-        from banger.network.egress_dns import parse_upstream
+        from banger.validation import parse_upstream
 
         for item in v:
             parse_upstream(item)

@@ -1,6 +1,6 @@
 """Domain errors: what services raise. They know nothing of RPC, CLI flags or wire codes.
 
-The daemon maps each class to a wire code in one place (`daemon/errmap.py`); the CLI adds the
+The daemon maps each class to a wire code in one place (`rpc/errmap.py`); the CLI adds the
 command a user should run next. A message says what was wrong in the service's own terms.
 """
 

@@ -3,6 +3,8 @@ params share it), and `clip`, which every message or log line quoting user input
 
 from __future__ import annotations
 
+import ipaddress
+
 from pydantic import ValidationError
 
 # How much of a user-supplied string a message or log line quotes (names are at most 64).
@@ -37,3 +39,17 @@ def describe(err: ValidationError, *, noun: str, top: str, unknown_hint: str = "
             msg = e["msg"].removeprefix("Value error, ")
             parts.append(f"{noun} '{key}': {clip(msg, 300)}")
     return clip("; ".join(parts), MAX_MESSAGE_CHARS)
+
+
+def parse_upstream(text: str) -> tuple[str, int]:
+    """`IP` or `IP:port` (IPv4) → (ip, port); ValueError saying what is wrong."""
+    host, sep, port = text.partition(":")
+    try:
+        ip = str(ipaddress.IPv4Address(host))
+    except ValueError:
+        raise ValueError(f"{text!r} is not an IPv4 address or IPv4:port") from None
+    if not sep:
+        return ip, 53
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{text!r}: port must be 1-65535")
+    return ip, int(port)

@@ -241,13 +241,17 @@ from banger.config import load_config
 from banger.daemon.logs import current_op_id
 from banger.paths import Paths
 from banger.vmm.base import DiskSpec, NetworkSpec, VMSpec
+from banger.privhelper.client import HelperPrivOps
 from banger.vmm.firecracker import FirecrackerDriver
 
 async def main() -> None:
     vm = Path(sys.argv[1])
     current_op_id.set(sys.argv[2])
     paths = Paths.detect()
-    driver = FirecrackerDriver.from_config(load_config(paths.config_file))
+    # As the daemon of a system install wires it (daemon/app.py): jailer through bangerd-root.
+    driver = FirecrackerDriver.from_config(
+        load_config(paths.config_file), HelperPrivOps(paths.helper_socket)
+    )
     spec = VMSpec(
         vm_id=vm.name, name="fc-sys", kernel=vm / "vmlinux", initrd=vm / "initrd.img",
         cmdline="root=/dev/vda", root_disk=DiskSpec(vm / "root.img"),

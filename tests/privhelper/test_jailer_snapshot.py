@@ -26,6 +26,7 @@ import asyncio, json, sys, time
 from pathlib import Path
 from banger.config import load_config
 from banger.paths import Paths
+from banger.privhelper.client import HelperPrivOps
 from banger.vmm.base import DiskSpec, NetworkSpec, VMSpec
 from banger.vmm.firecracker import FirecrackerDriver, open_control
 
@@ -40,7 +41,10 @@ async def ask(handle, line):
 async def main() -> None:
     vm = Path(sys.argv[1])
     paths = Paths.detect()
-    driver = FirecrackerDriver.from_config(load_config(paths.config_file))
+    # As the daemon of a system install wires it (daemon/app.py): jailer through bangerd-root.
+    driver = FirecrackerDriver.from_config(
+        load_config(paths.config_file), HelperPrivOps(paths.helper_socket)
+    )
     spec = VMSpec(
         vm_id=vm.name, name="fc-sys", kernel=vm / "vmlinux", initrd=vm / "initrd.img",
         cmdline="root=/dev/vda", root_disk=DiskSpec(vm / "root.img"),

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from banger.daemon.errmap import to_rpc
 from banger.errors import OperationFailed
 from banger.guest.ssh import SSHTarget
+from banger.rpc.errmap import to_rpc
 from banger.workspace.export import ExportTooLarge, export
 from banger.workspace.transport import LocalGuestExec, SSHGuestExec
 from tests.workspace.conftest import git

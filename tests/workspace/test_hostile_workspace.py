@@ -25,8 +25,8 @@ from typing import Any
 
 import pytest
 
-from banger.daemon.errmap import to_rpc
 from banger.errors import BangerError, InvalidInput, OperationFailed
+from banger.rpc.errmap import to_rpc
 from banger.rpc.errors import RPCError
 from banger.workspace.export import ExportTooLarge, export
 from banger.workspace.plan import PrepareOptions, make_plan

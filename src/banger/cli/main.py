@@ -131,7 +131,7 @@ def _print_failure(e: BangerError) -> None:
     """A service's message, then the command to run next when the CLI knows one."""
     from banger.cli.hints import hint_for
     from banger.cli.output import print_error, print_hint
-    from banger.daemon.errmap import to_rpc  # also for errors raised in this process
+    from banger.rpc.errmap import to_rpc  # also for errors raised in this process
     from banger.rpc.errors import RPCError
 
     wire = e if isinstance(e, RPCError) else to_rpc(e)

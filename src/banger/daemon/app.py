@@ -82,20 +82,29 @@ class Daemon:
         self.server = RPCServer(paths.socket, self._dispatch, may_cancel=self._may_cancel)
         # Deleting an image or kernel asks these first and refuses with `conflict` if any answer.
         self.reference_checks: list[ReferenceCheck] = []
+        # System mode: privileged network work goes to bangerd-root (docs/privileges.md), and
+        # so does starting Firecracker's jailer when this daemon is not root.
+        privops = HelperPrivOps(paths.helper_socket) if paths.is_system else None
         # One registry for the daemon's life: drivers are built once, not per call.
-        self.drivers = DriverRegistry(config)
+        self.drivers = DriverRegistry(config, jail_launcher=privops)
 
         self.kernels = KernelService(paths, config, references=self.references)
-        # System mode: privileged network work goes to bangerd-root (docs/privileges.md).
-        privops = HelperPrivOps(paths.helper_socket) if paths.is_system else None
         self.network = NetworkService(paths, config, self.store, privops)
         self.images = ImageService(
             paths, config, self.store, kernels=self.kernels, references=self.references
         )
 
-        # --- the VM service (its constructor is being reworked; wired at merge) ---
-        self.vms = VMService(self)
-        # --- end of the VM service ---
+        # After images, kernels and network: it re-adopts running VMs into them at start.
+        self.vms = VMService(
+            store=self.store,
+            paths=paths,
+            config=config,
+            registry=self.drivers,
+            images=self.images,
+            kernels=self.kernels,
+            network=self.network,
+        )
+        self.reference_checks.append(self.vms.references)
 
         # Start order: each service after the ones it uses (the VM service re-adopts running
         # VMs into kernels, images and network at its start). Stop runs in reverse.

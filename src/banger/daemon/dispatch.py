@@ -12,7 +12,6 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from banger.daemon import (
-    errmap,
     handlers_images,
     handlers_kernels,
     handlers_network,
@@ -24,7 +23,7 @@ from banger.daemon.handlers_workspace import workspace_export, workspace_prepare
 from banger.daemon.params import to_json
 from banger.errors import BangerError
 from banger.request import RequestContext, current_op_id
-from banger.rpc import envelope
+from banger.rpc import envelope, errmap
 from banger.rpc.errors import RPCError, UnknownMethod
 from banger.validation import MAX_MESSAGE_CHARS, clip, quote
 

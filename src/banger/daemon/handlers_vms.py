@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
@@ -18,9 +20,11 @@ from banger.daemon.params import (
     VMName,
     parse_params,
 )
+from banger.errors import BangerError
 from banger.request import RequestContext
-from banger.rpc.errors import from_wire
-from banger.vms.service import CreateRequest, for_each
+from banger.rpc.errmap import to_rpc
+from banger.rpc.errors import RPCError, from_wire
+from banger.vms.service import CreateRequest
 from banger.vms.spec import VMRecord
 from banger.workspace import records as workspace_records
 
@@ -105,22 +109,45 @@ async def vm_create(d: Daemon, ctx: RequestContext, params: dict[str, Any]) -> A
 
 async def vm_create_begin(d: Daemon, ctx: RequestContext, params: dict[str, Any]) -> Any:
     p = parse_params(CreateParams, params)
-    return d.vms.begin_create(p.request(), ctx.op_id).status()
+    return d.vms.begin_create(p.request(), ctx.op_id).status(describe_error)
 
 
 async def vm_create_status(d: Daemon, ctx: RequestContext, params: dict[str, Any]) -> Any:
     p = parse_params(OpParams, params)
-    return d.vms.ops.get(p.id).status()
+    return d.vms.ops.get(p.id).status(describe_error)
 
 
 async def vm_create_cancel(d: Daemon, ctx: RequestContext, params: dict[str, Any]) -> Any:
     p = parse_params(OpParams, params)
-    return (await d.vms.cancel_create(p.id)).status()
+    return (await d.vms.cancel_create(p.id)).status(describe_error)
+
+
+def describe_error(e: Exception) -> dict[str, str]:
+    """A service failure as the wire's {code, message} (domain errors mapped by errmap)."""
+    wire = to_rpc(e) if isinstance(e, BangerError) else e
+    if isinstance(wire, RPCError):
+        return {"code": wire.code, "message": wire.message}
+    return {"code": "operation_failed", "message": str(e) or type(e).__name__}
+
+
+async def for_each(
+    refs: Sequence[VMRecord], fn: Callable[[VMRecord], Awaitable[VMRecord]]
+) -> list[dict[str, Any]]:
+    """Run `fn` on every VM concurrently; results in the given order, errors per VM."""
+
+    async def one(vm: VMRecord) -> dict[str, Any]:
+        try:
+            done = await fn(vm)
+            return {"vm": vm.name, "ok": True, "result": done.model_dump(mode="json")}
+        except (BangerError, RPCError) as e:
+            return {"vm": vm.name, "ok": False, "error": describe_error(e)}
+
+    return list(await asyncio.gather(*(one(vm) for vm in refs)))
 
 
 async def _fan_out(d: Daemon, refs: list[str], fn: Any) -> Any:
     """One VM: its record (or its error, with its code). Several: per-VM results, concurrently."""
-    vms = d.vms.resolve_many(refs)
+    vms = await d.vms.get_many(refs)
     results = await for_each(vms, fn)
     if len(results) == 1:
         r = results[0]
@@ -170,7 +197,7 @@ async def vm_delete(d: Daemon, ctx: RequestContext, params: dict[str, Any]) -> A
     p = parse_params(RefsParams, params)
 
     async def fn(vm: VMRecord) -> VMRecord:
-        return await d.vms.delete_vm(vm.id)
+        return await d.vms.delete(vm.id)
 
     return await _fan_out(d, p.refs, fn)
 
@@ -204,12 +231,12 @@ def _with_workspaces(d: Daemon, vm: VMRecord) -> dict[str, Any]:
 
 async def vm_list(d: Daemon, ctx: RequestContext, params: dict[str, Any]) -> Any:
     parse_params(Params, params)
-    return [_with_workspaces(d, vm) for vm in await d.vms.list_vms()]
+    return [_with_workspaces(d, vm) for vm in await d.vms.list()]
 
 
 async def vm_show(d: Daemon, ctx: RequestContext, params: dict[str, Any]) -> Any:
     p = parse_params(RefParams, params)
-    return _with_workspaces(d, await d.vms.show(p.ref))
+    return _with_workspaces(d, await d.vms.get(p.ref))
 
 
 async def vm_logs(d: Daemon, ctx: RequestContext, params: dict[str, Any]) -> Any:
@@ -225,5 +252,5 @@ async def vm_ssh(d: Daemon, ctx: RequestContext, params: dict[str, Any]) -> Any:
 async def vm_egress(d: Daemon, ctx: RequestContext, params: dict[str, Any]) -> Any:
     """The VM's egress policy, the names resolved for it and what it was denied."""
     p = parse_params(RefParams, params)
-    vm = d.vms.resolve(p.ref)
+    vm = await d.vms.get(p.ref)
     return await d.network.egress_report(vm.id, vm.name)

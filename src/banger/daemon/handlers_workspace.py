@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import inspect
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from banger.daemon.params import GitRef, GuestPath, HostPath, Params, Ref, parse_params
 from banger.errors import InvalidInput
@@ -72,7 +71,7 @@ class _VMRecord(Protocol):
 class _VMService(Protocol):
     """What workspace needs from the VM service (`d.vms`)."""
 
-    def resolve(self, ref: str) -> Any: ...  # a VM record, or an awaitable of one
+    async def get(self, ref: str) -> _VMRecord: ...
     async def ssh_target(self, ref: str) -> SSHTarget: ...
 
 
@@ -82,11 +81,8 @@ def _vms(d: Daemon) -> _VMService:
 
 async def _vm_id(d: Daemon, ref: str) -> tuple[str, str]:
     """(id, name) of the VM `ref` names (NotFound otherwise)."""
-    vm = _vms(d).resolve(ref)
-    if inspect.isawaitable(vm):
-        vm = await vm
-    rec = cast(_VMRecord, vm)
-    return rec.id, rec.name
+    vm = await _vms(d).get(ref)
+    return vm.id, vm.name
 
 
 async def _guest(d: Daemon, ref: str) -> SSHGuestExec:

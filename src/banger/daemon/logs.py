@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import logging.handlers
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -14,27 +12,9 @@ from banger.request import current_op_id
 
 __all__ = ["JSONFormatter", "PrivateRotatingFileHandler", "current_op_id", "setup_logging"]
 
-_STD_ATTRS = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message"}
+from banger.jsonlog import JSONFormatter
 
-
-class JSONFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        op_id = getattr(record, "op_id", "") or current_op_id.get()
-        if op_id:
-            entry["op_id"] = op_id
-        for key, value in record.__dict__.items():
-            if key not in _STD_ATTRS and key != "op_id" and not key.startswith("_"):
-                entry[key] = value
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+__all__ = ["JSONFormatter", "current_op_id"]
 
 
 # The daemon log rotates by size: bangerd.log, then bangerd.log.1 … .N (oldest dropped).

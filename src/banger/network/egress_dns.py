@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, cast
+
+from banger.validation import parse_upstream
 
 log = logging.getLogger("banger.network.egress_dns")
 
@@ -23,20 +24,6 @@ UPSTREAM_TIMEOUT = 2.0
 MAX_INFLIGHT = 256  # queries answered concurrently; more are dropped (the guest retries)
 
 Decide = Callable[[bytes, str], Awaitable[bytes | None]]
-
-
-def parse_upstream(text: str) -> tuple[str, int]:
-    """`IP` or `IP:port` (IPv4) → (ip, port); ValueError saying what is wrong."""
-    host, sep, port = text.partition(":")
-    try:
-        ip = str(ipaddress.IPv4Address(host))
-    except ValueError:
-        raise ValueError(f"{text!r} is not an IPv4 address or IPv4:port") from None
-    if not sep:
-        return ip, 53
-    if not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise ValueError(f"{text!r}: port must be 1-65535")
-    return ip, int(port)
 
 
 def host_nameservers(path: Path = Path("/etc/resolv.conf")) -> list[tuple[str, int]]:

@@ -34,7 +34,7 @@ from banger.network import sshconfig
 from banger.network.dns import DNSServer
 from banger.network.egress import Mode as EgressMode
 from banger.network.egress import Policy, unsafe_address, updated
-from banger.network.egress_dns import EgressResolver, ask_upstream, host_nameservers, parse_upstream
+from banger.network.egress_dns import EgressResolver, ask_upstream, host_nameservers
 from banger.network.egress_store import EgressStore
 from banger.network.ipam import IPAM
 from banger.network.nat import Admit, DnsRedirect, EgressSpec, NatRule
@@ -48,6 +48,7 @@ from banger.network.privops import (
 from banger.network.tap import guest_mac, tap_name
 from banger.paths import Paths
 from banger.store.db import Store
+from banger.validation import parse_upstream
 
 log = logging.getLogger("banger.network")
 

@@ -36,7 +36,6 @@ from typing import Any
 
 from banger import __version__
 from banger.config import Config
-from banger.daemon.errmap import to_rpc
 from banger.errors import BangerError
 from banger.network.nat import NatRule
 from banger.network.privops import LocalPrivOps
@@ -44,6 +43,7 @@ from banger.paths import InstallError, InstallInfo, Paths, read_install, system_
 from banger.privhelper import rules
 from banger.proc import popen
 from banger.rpc import envelope
+from banger.rpc.errmap import to_rpc
 from banger.rpc.errors import BadRequest, OperationFailed, RPCError, UnknownMethod
 
 log = logging.getLogger("banger.privhelper")
@@ -789,7 +789,7 @@ class HelperServer:
 
 
 def setup_logging(log_file: Path | None) -> None:
-    from banger.daemon.logs import JSONFormatter
+    from banger.jsonlog import JSONFormatter
 
     root = logging.getLogger("banger")
     root.handlers.clear()

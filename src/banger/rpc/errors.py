@@ -1,5 +1,5 @@
 """Typed RPC errors: the wire side. Dispatch builds them from domain errors (`banger.errors`,
-mapped in daemon/errmap.py); clients rebuild them from an error envelope (`from_wire`).
+mapped in rpc/errmap.py); clients rebuild them from an error envelope (`from_wire`).
 
 Anything that is neither becomes `operation_failed` with the exception's message. Each wire class
 that has a domain counterpart subclasses it, so a caller catching the domain error also catches

@@ -247,7 +247,11 @@ class FirecrackerDriver:
         self._children = _CHILDREN
 
     @classmethod
-    def from_config(cls, config: Config) -> FirecrackerDriver:
+    def from_config(
+        cls, config: Config, jail_launcher: JailLauncher | None = None
+    ) -> FirecrackerDriver:
+        """`jail_launcher`: bangerd-root's client, given by the daemon of a system install when
+        it does not run as root (the helper starts the jailer then)."""
         jailer = None
         if config.jailer_enabled:
             jailer = JailerSettings(
@@ -260,16 +264,7 @@ class FirecrackerDriver:
                 parent_cgroup=config.jailer_parent_cgroup,
                 netns=config.jailer_netns,
             )
-        helper: JailLauncher | None = None
-        if jailer is not None and os.geteuid() != 0:
-            from banger.paths import Paths
-
-            paths = Paths.detect()
-            if paths.is_system:
-                # The owner daemon of a system install: bangerd-root starts the jailer.
-                from banger.privhelper.client import HelperPrivOps
-
-                helper = HelperPrivOps(paths.helper_socket)
+        helper = jail_launcher if jailer is not None and os.geteuid() != 0 else None
         return cls(config.firecracker_bin, jailer=jailer, helper=helper)
 
     # ---- launch -------------------------------------------------------------------------------

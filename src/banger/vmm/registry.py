@@ -10,10 +10,14 @@ from __future__ import annotations
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from banger.config import Config
+from banger.vmm import plan
 from banger.vmm.accel import KVMVerdict
 from banger.vmm.base import Driver, DriverError
+from banger.vmm.build import build_driver
 from banger.vmm.select import VMMChoice, choose_vmm
 
 __all__ = ["DriverRegistry", "FirecrackerBinary", "VMMChoice", "firecracker_binary", "vmm_choice"]
@@ -21,22 +25,16 @@ __all__ = ["DriverRegistry", "FirecrackerBinary", "VMMChoice", "firecracker_bina
 DriverFactory = Callable[[Config, str], Driver]
 
 
-def _build(config: Config, name: str) -> Driver:
-    if name == "qemu":
-        from banger.vmm.qemu import QemuDriver
-
-        return QemuDriver(qemu_bin=config.qemu_bin, accel=config.accel)
-    if name == "firecracker":
-        from banger.vmm.firecracker import FirecrackerDriver
-
-        return FirecrackerDriver.from_config(config)
-    raise DriverError(f"unknown VMM driver {name!r} in a persisted VM handle")
-
-
 class DriverRegistry:
-    def __init__(self, config: Config, factory: DriverFactory = _build) -> None:
+    def __init__(
+        self, config: Config, factory: DriverFactory | None = None, *, jail_launcher: Any = None
+    ) -> None:
+        """`jail_launcher`: bangerd-root's client (a system install's owner daemon): Firecracker's
+        jailer is started through it (vmm/firecracker.py JailLauncher)."""
         self._config = config
-        self._factory = factory
+        self._factory: DriverFactory = factory or (
+            lambda config, name: build_driver(config, name, jail_launcher)
+        )
         self._drivers: dict[str, Driver] = {}
 
     def get(self, name: str) -> Driver:
@@ -55,6 +53,31 @@ class DriverRegistry:
         if not choice.usable:
             raise DriverError(choice.reason)
         return self.get(choice.name)
+
+    async def make_root_disk(self, base: Path, vdir: Path, network: str) -> str:
+        """A new VM's root disk in the format the VMM that will boot it takes (vmm/plan.py)."""
+        return await plan.make_root_disk(self._config, base, vdir, network)
+
+    def boot_plan(
+        self,
+        vm_name: str,
+        vdir: Path,
+        kernel_name: str,
+        boot_image: Path,
+        vmlinux: Path | None,
+        network: str,
+    ) -> plan.BootPlan:
+        """Which of these drivers boots the VM now, with which root disk and kernel image."""
+        return plan.boot_plan(
+            self._config,
+            vm_name,
+            vdir,
+            kernel_name,
+            boot_image,
+            vmlinux,
+            network,
+            get_driver=self.get,
+        )
 
 
 # --- host facts for `banger doctor` (so nothing outside vmm/ imports a concrete driver) ---------

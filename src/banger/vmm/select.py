@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from banger.config import Config
 from banger.vmm.accel import KVMVerdict, kvm_verdict
 from banger.vmm.base import Driver, DriverError
-from banger.vmm.qemu import QemuDriver
 
 
 @dataclass(frozen=True)
@@ -65,11 +64,7 @@ def select_driver(config: Config) -> Driver:
 
 
 def driver_by_name(config: Config, name: str) -> Driver:
-    """The driver that launched a persisted handle (re-attach uses the same driver)."""
-    if name == "qemu":
-        return QemuDriver(qemu_bin=config.qemu_bin, accel=config.accel)
-    if name == "firecracker":
-        from banger.vmm.firecracker import FirecrackerDriver
+    """A driver built from config alone (the daemon uses one DriverRegistry instead)."""
+    from banger.vmm.build import build_driver
 
-        return FirecrackerDriver.from_config(config)
-    raise DriverError(f"unknown VMM driver {name!r} in a persisted VM handle")
+    return build_driver(config, name)

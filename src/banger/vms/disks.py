@@ -1,4 +1,4 @@
-"""Per-VM disks: a qcow2 overlay over the image's raw ext4 (O(1), shared base) and a sparse
+"""Per-VM disks besides the root (vmm/plan.py makes that): a sparse
 ext4 work disk mounted at /root in the guest (grown offline by `vm set --disk-size`)."""
 
 from __future__ import annotations
@@ -10,26 +10,6 @@ from banger.guest.payload import WORK_LABEL
 from banger.proc import run
 
 MIN_WORK_DISK = 64 << 20
-
-
-async def create_root_overlay(base: Path, out: Path) -> None:
-    # -F raw is mandatory (no probing of a guest-writable image); the base path must be absolute.
-    await run(
-        [
-            "qemu-img",
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-F",
-            "raw",
-            "-b",
-            str(base.resolve()),
-            str(out),
-        ],
-        what="qemu-img create (root overlay)",
-        timeout=60,
-    )
 
 
 async def create_work_disk(out: Path, size_bytes: int) -> None:

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from banger.rpc.errors import NotFound
+from banger.errors import NotFound
 
 # Finished operations stay queryable this long.
 KEEP_SECONDS = 3600.0
@@ -24,7 +25,8 @@ class Operation:
     stages_total: int = 0
     done: bool = False
     cancelled: bool = False
-    error: dict[str, str] | None = None
+    # Why it failed; the daemon turns it into a wire error (`status(describe)`).
+    failure: Exception | None = None
     vm: dict[str, Any] | None = None
     spec: str = ""
     started: float = field(default_factory=time.monotonic)
@@ -35,8 +37,14 @@ class Operation:
         self.stage, self.detail = stage, detail
         self.stages_done, self.stages_total = done, total
 
-    def status(self) -> dict[str, Any]:
+    def status(self, describe: Callable[[Exception], dict[str, str]]) -> dict[str, Any]:
+        """The wire view; `describe` gives a failure's {code, message}."""
         end = self.finished if self.finished is not None else time.monotonic()
+        error: dict[str, str] | None = None
+        if self.cancelled:
+            error = {"code": "cancelled", "message": "the create was cancelled"}
+        elif self.failure is not None:
+            error = describe(self.failure)
         return {
             "id": self.id,
             "kind": self.kind,
@@ -45,7 +53,7 @@ class Operation:
             "progress": {"current": self.stages_done, "total": self.stages_total},
             "done": self.done,
             "cancelled": self.cancelled,
-            "error": self.error,
+            "error": error,
             "vm": self.vm,
             "spec": self.spec,
             "elapsed_seconds": round(end - self.started, 3),

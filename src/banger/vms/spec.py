@@ -14,7 +14,7 @@ from banger.config import Config
 from banger.units import format_bytes, parse_size
 from banger.vms.disks import MIN_WORK_DISK
 
-VMState = Literal["created", "running", "stopped", "error"]
+VMState = Literal["created", "running", "paused", "suspended", "stopped", "error"]
 InitMode = Literal["auto", "systemd", "minimal"]
 
 BUILTIN_VCPUS = 1

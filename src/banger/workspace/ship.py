@@ -22,8 +22,8 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from banger.errors import OperationFailed
 from banger.proc import kill_tree, run_sync, spawn
-from banger.rpc.errors import OperationFailed
 from banger.workspace.plan import WorkspacePlan
 from banger.workspace.transport import ExecResult, GuestExec
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from banger import proc
-from banger.rpc.errors import OperationFailed
+from banger.errors import OperationFailed
 
 if TYPE_CHECKING:
     from banger.guest.ssh import SSHTarget

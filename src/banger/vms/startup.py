@@ -1,0 +1,202 @@
+"""What a daemon start does with the VMs it finds (docs/vms.md, "Crash recovery").
+
+Finish interrupted deletes, fail interrupted creates (stopping what they launched), stop VMMs
+and workspace SSH masters no record owns, sweep leftovers, then re-adopt every `running` VM whose
+VMM is alive and mark the others stopped (or error, when the console says why). A running VM's
+VMM is never killed here. Runs before the RPC server accepts anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import signal
+import stat
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+
+from banger import fsutil
+from banger.paths import Paths
+from banger.vmm.registry import DriverRegistry
+from banger.vms import recovery
+from banger.vms.boot import console_failure
+from banger.vms.repository import VMRepository
+from banger.vms.spec import VMRecord
+from banger.vms.states import Event, Lifecycle
+
+log = logging.getLogger("banger.vms")
+
+VMM_EXIT_TIMEOUT = 10.0
+
+
+class Startup:
+    def __init__(
+        self,
+        *,
+        repo: VMRepository,
+        lifecycle: Lifecycle,
+        registry: DriverRegistry,
+        paths: Paths,
+        known_hosts: Path,
+        runtime_dir: Callable[[str], Path],
+        purge: Callable[[str], Awaitable[None]],
+    ) -> None:
+        self._repo, self._lifecycle, self._registry = repo, lifecycle, registry
+        self._paths, self._known_hosts, self._runtime_dir = paths, known_hosts, runtime_dir
+        self._purge = purge
+
+    async def run(self) -> list[VMRecord]:
+        """Recover, then re-adopt: returns the VMs that run on."""
+        await self.recover()
+        running = []
+        for vm in self._repo.all():
+            if vm.state != "running":
+                continue
+            handle = self._repo.handle(vm.id)
+            alive = False
+            if handle is not None:
+                try:
+                    alive = await self._registry.get(handle.driver).attach(handle)
+                except Exception as e:
+                    log.warning("re-attaching the vm failed: %s", e, extra={"vm": vm.name})
+            if alive:
+                log.info("re-adopted running vm", extra={"vm": vm.name, "pid": vm.pid})
+                running.append(vm)
+            else:
+                self.mark_dead(vm)
+        return running
+
+    def mark_dead(self, vm: VMRecord) -> None:
+        """A `running` VM whose VMM is gone: stopped, or error when the console says why."""
+        reason = console_failure(vm.console_log)
+        if reason:
+            self._lifecycle.apply(vm.id, Event.CRASHED, f"the VM exited: {reason}")
+        else:
+            self._lifecycle.apply(vm.id, Event.EXITED, "the VMM exited")
+        shutil.rmtree(self._runtime_dir(vm.id), ignore_errors=True)
+
+    async def recover(self) -> None:
+        """Undo what a daemon killed mid-work left behind."""
+        procs = await asyncio.to_thread(recovery.vmm_processes, self._paths)
+        for vm in self._repo.all():
+            mine = [p for p in procs if p.vm_id == vm.id]
+            if recovery.marked(vm.dir, recovery.DELETING) is not None:
+                log.warning("finishing an interrupted delete", extra={"vm": vm.name})
+                await self._stop_vmms(vm.id, mine)
+                await self._purge(vm.id)
+                continue
+            stage = recovery.marked(vm.dir, recovery.CREATING)
+            if stage is None:
+                continue
+            # A create was cut short: its VM may be half-booted. Stop it, keep it as an error.
+            log.warning("marking an interrupted create failed", extra={"vm": vm.name})
+            await self._stop_vmms(vm.id, mine)
+            reason = (
+                f"interrupted: bangerd stopped while creating this VM (stage {stage or '?'}); "
+                "delete the VM and create it again"
+            )
+            self._lifecycle.apply(vm.id, Event.INTERRUPTED, reason)
+            recovery.clear(vm.dir, recovery.CREATING)
+            shutil.rmtree(self._runtime_dir(vm.id), ignore_errors=True)
+        # VMMs of this state dir that no running record owns: a VM whose record is gone, or one
+        # launched by a boot the crash cut off before it recorded the handle.
+        owned: dict[str, int] = {}
+        for vm in self._repo.all():
+            handle = self._repo.handle(vm.id) if vm.state == "running" else None
+            if handle is not None:
+                owned[vm.id] = handle.pid
+        stray = [p for p in procs if owned.get(p.vm_id) != p.pid]
+        for p in stray:
+            log.warning("stopping a VMM no VM owns", extra={"pid": p.pid, "vm_id": p.vm_id})
+        await kill_processes([(p.pid, p.vm_id) for p in stray])
+        # Workspace SSH masters of the dead daemon (they daemonize out of the guard's reach).
+        masters = await asyncio.to_thread(recovery.ssh_masters, self._known_hosts)
+        await kill_processes([(m.pid, "ControlMaster=yes") for m in masters])
+        for m in masters:
+            await asyncio.to_thread(_remove_own_dir, m.control_dir)
+        await asyncio.to_thread(self._sweep_dirs, set(owned))
+
+    def _sweep_dirs(self, running: set[str]) -> None:
+        """Remove VM dirs without a record, runtime dirs of VMs not running, and every staging
+        entry (VMs, images, kernels: nothing is in flight at start). Symlinks are unlinked,
+        never followed; a directory that is itself a symlink is not swept at all."""
+        paths = self._paths
+        for parent, keep in (
+            (paths.vms_dir, self._repo.ids()),
+            (paths.runtime_dir / "vms", running),
+            (paths.staging_dir, set[str]()),
+        ):
+            if not _real_dir(parent):
+                if os.path.lexists(parent):
+                    log.error("not sweeping %s: it is not a directory (a symlink?)", parent)
+                continue
+            for entry in parent.iterdir():
+                if entry.name in keep:
+                    continue
+                log.info("removing leftover", extra={"path": str(entry)})
+                fsutil.remove_entry(entry)
+
+    async def _stop_vmms(self, vm_id: str, procs: Sequence[recovery.VMMProcess]) -> None:
+        """Stop every VMM of `vm_id`: the recorded one through its driver, then any other."""
+        handle = self._repo.handle(vm_id)
+        if handle is not None:
+            try:
+                await self._registry.get(handle.driver).force_stop(handle)
+            except Exception as e:
+                log.warning("stopping the recorded VMM failed: %s", e, extra={"vm_id": vm_id})
+        await kill_processes([(p.pid, p.vm_id) for p in procs])
+
+
+async def kill_processes(victims: Sequence[tuple[int, str]]) -> None:
+    """SIGKILL each (pid, needle) whose command line still holds the needle (guards against
+    pid reuse since the scan) and wait until they are gone (TAPs and disks released)."""
+    pids = []
+    for pid, needle in victims:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if needle.encode() not in cmdline:
+            continue
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError) as e:
+            log.warning("cannot stop pid %d: %s", pid, e)
+            continue
+        pids.append(pid)
+    deadline = time.monotonic() + VMM_EXIT_TIMEOUT
+    while pids and time.monotonic() < deadline:
+        pids = [pid for pid in pids if _running(pid)]
+        if pids:
+            await asyncio.sleep(0.05)
+    for pid in pids:
+        log.error("pid %d survived SIGKILL", pid)
+
+
+def _running(pid: int) -> bool:
+    try:
+        st = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return False
+    return st.rsplit(b")", 1)[-1].split()[0] not in (b"Z", b"X")
+
+
+def _real_dir(path: Path) -> bool:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode)
+
+
+def _remove_own_dir(path: Path) -> None:
+    """Remove an SSH control dir we made (under /tmp: only a real dir we own)."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return
+    if stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid():
+        fsutil.remove_entry(path)
