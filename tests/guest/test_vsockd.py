@@ -22,11 +22,11 @@ from pathlib import Path
 
 import pytest
 
+from banger.errors import OperationFailed
 from banger.guest import probes
 from banger.guest.payload import CTL_SCRIPT, SeedConfig, build_seed
 from banger.guest.ssh import generate_host_key
 from banger.guest.vsockd import binary_path, doctor_status, ensure_vsockd
-from banger.rpc.errors import OperationFailed
 from banger.vmm.base import DriverError, VMHandle
 from banger.vmm.firecracker import (
     CONTROL_VSOCK_PORT,

@@ -17,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import signal
+from pathlib import Path
+from typing import Any
 
 from banger.vmm.base import (
     Alive,
@@ -144,6 +146,12 @@ class MemDriver:
 
     async def add_port_forward(self, handle: VMHandle, host_port: int, guest_port: int) -> None:
         raise MissingCapability(self.name, Capability.PORT_FORWARD)
+
+    async def save(self, handle: VMHandle, spec: VMSpec, dest: Path, keep_running: bool) -> Any:
+        raise MissingCapability(self.name, Capability.SNAPSHOT)
+
+    async def restore(self, spec: VMSpec, saved: Any) -> VMHandle:
+        raise MissingCapability(self.name, Capability.SUSPEND)
 
 
 def check_protocol(driver: MemDriver) -> None:

@@ -55,7 +55,7 @@ async def _round_trip(guest: SSHGuestExec, repo: Path, tmp_path: Path) -> None:
 async def test_ssh_failure_is_reported_not_mistaken_for_exit_status(
     sshd_target: SSHTarget, tmp_path: Path
 ) -> None:
-    from banger.rpc.errors import OperationFailed
+    from banger.errors import OperationFailed
 
     wrong = SSHTarget(
         sshd_target.host, sshd_target.port, "root", sshd_target.key_path,
