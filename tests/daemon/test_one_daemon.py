@@ -191,15 +191,21 @@ def test_log_handler_keeps_a_bounded_number_of_private_files(tmp_path: Path) -> 
     import logging
 
     log = tmp_path / "bangerd.log"
+    root = logging.getLogger("banger")
+    # setup_logging configures the process's logger as bangerd's main would; later tests in
+    # this process (caplog) need it back as it was.
+    saved = (root.level, root.propagate, list(root.handlers))
     setup_logging(log, "info", max_bytes=2000, backup_count=2)
     logger = logging.getLogger("banger.test")
     try:
         for i in range(200):
             logger.info("line %d %s", i, "x" * 40)
     finally:
-        for h in logging.getLogger("banger").handlers:
+        for h in root.handlers:
             h.close()
-        logging.getLogger("banger").handlers.clear()
+        root.handlers[:] = saved[2]
+        root.setLevel(saved[0])
+        root.propagate = saved[1]
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == ["bangerd.log", "bangerd.log.1", "bangerd.log.2"]
     for p in tmp_path.iterdir():

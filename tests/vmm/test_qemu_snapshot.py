@@ -85,7 +85,7 @@ def build_guest(d: Path) -> tuple[Path, Path, Path]:
 
 async def make_disks(vdir: Path, root_image: Path, work_image: Path) -> tuple[Path, Path]:
     """A VM's disks as the boot pipeline must make them: qcow2 root over the image, qcow2 work."""
-    from banger.vms.disks import create_root_overlay
+    from banger.vmm.plan import create_root_overlay
 
     vdir.mkdir(parents=True, exist_ok=True)
     await create_root_overlay(root_image, vdir / "root.qcow2")
