@@ -45,12 +45,19 @@ def _timed(be: BangerEnv, *args: str) -> tuple[subprocess.CompletedProcess[str],
 
 def _work_disk_clean(vm: dict[str, Any]) -> bool:
     """The guest's shutdown unmounted /root (or made it read-only): no journal to replay."""
-    out = subprocess.run(
-        ["dumpe2fs", "-h", str(Path(vm["dir"]) / "work.ext4")],
-        capture_output=True,
-        text=True,
+    vdir = Path(vm["dir"])
+    # A QEMU VM writes /root into work.qcow2 over work.ext4: read the disk the guest saw.
+    flat = vdir / "work-flat.ext4"
+    subprocess.run(
+        ["qemu-img", "convert", "-U", "-O", "raw", str(vdir / "work.qcow2"), str(flat)],
         check=True,
-    ).stdout
+    )
+    try:
+        out = subprocess.run(
+            ["dumpe2fs", "-h", str(flat)], capture_output=True, text=True, check=True
+        ).stdout
+    finally:
+        flat.unlink()
     features = next(ln for ln in out.splitlines() if ln.startswith("Filesystem features:"))
     return "needs_recovery" not in features
 

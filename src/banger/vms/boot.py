@@ -2,6 +2,15 @@
 
     resolve → network → seed → launch → wait_guest → wait_ssh → publish
 
+A wake (`BootPipeline.wake`) brings a saved machine back instead of booting one (resume of a
+suspend, roll back to a checkpoint, a fork's or warm create's first start):
+
+    resolve → network → restore → identity → wait_ssh → publish
+
+It keeps the seed disk that was saved with the machine (the guest has it mounted: a rebuilt one
+would differ under its page cache), and `identity` sets the guest's clock or, for a new VM made
+from another's memory, its whole identity (guest/identity.py).
+
 Each stage reports progress under its phase (the steps the CLI counts: boot, wait_guest,
 wait_ssh). A failure at any stage stops what was launched, releases the network and the runtime
 dir, and leaves the VM `error` with the reason; a cancel does the same and leaves it `stopped`.
@@ -20,10 +29,12 @@ from pathlib import Path
 
 from banger.errors import BangerError, InvalidInput, NotFound, OperationFailed
 from banger.guest import payload
+from banger.guest.identity import GuestIdentity, IdentityError, reidentify, set_clock
 from banger.request import RequestContext
-from banger.vmm.base import DiskSpec, Driver, NetworkSpec, VMHandle, VMSpec
+from banger.vmm.base import DiskSpec, Driver, NetworkSpec, SavedMachine, VMHandle, VMSpec
 from banger.vmm.plan import BootPlan
 from banger.vmm.registry import DriverRegistry
+from banger.vms import disks
 from banger.vms.operations import Operation
 from banger.vms.ports import GuestTools, Images, Kernel, Kernels, Network
 from banger.vms.repository import VMRepository, now
@@ -33,6 +44,7 @@ from banger.vms.states import Event, Lifecycle
 log = logging.getLogger("banger.vms")
 
 GUEST_READY_TIMEOUT = 180.0
+IDENTITY_TIMEOUT = 60.0
 SSH_READY_TIMEOUT = 60.0
 CONSOLE_TAIL_LINES = 8
 KERNEL_ARGS = (
@@ -77,12 +89,25 @@ class Progress:
             self.op.update(phase, detail, done=self.step - 1, total=self.total)
 
 
+@dataclass(frozen=True)
+class Wake:
+    """What a wake restores: `saved` (from `Driver.save`), and for a VM made from another's
+    memory (fork, warm create) the identity the guest takes; None: the same VM wakes (its clock
+    is set). A work disk saved as qcow2 needs the VM's overlay, which the resolve stage keeps."""
+
+    saved: SavedMachine
+    identity: GuestIdentity | None = None
+    # What the progress and the log call it ("resume", "restore", "fork", "warm").
+    kind: str = "restore"
+
+
 @dataclass
 class _Boot:
     """What the stages hand each other."""
 
     vm: VMRecord
     rundir: Path
+    wake: Wake | None = None
     kernel: Kernel | None = None
     plan: BootPlan | None = None
     net: NetworkSpec = field(default_factory=lambda: NetworkSpec(kind="user"))
@@ -139,24 +164,49 @@ class BootPipeline:
             Stage("wait_ssh", "wait_ssh", "SSH", self._wait_ssh),
             Stage("publish", "wait_ssh", "name and SSH alias", self._publish),
         )
+        self.wake_stages = (
+            Stage("resolve", "boot", "kernel and image", self._resolve),
+            Stage("network", "boot", "network", self._attach),
+            Stage("restore", "boot", "saved machine", self._restore),
+            Stage("identity", "wait_guest", "guest clock and identity", self._identity),
+            Stage("wait_ssh", "wait_ssh", "SSH", self._wait_ssh),
+            Stage("publish", "wait_ssh", "name and SSH alias", self._publish),
+        )
 
     async def run(self, vm: VMRecord, progress: Progress) -> VMRecord:
         """Boot `vm` (the caller holds its lock). Returns the running record."""
         self._lifecycle.check(vm, Event.LAUNCHED)
-        b = _Boot(vm, self._runtime_dir(vm.id))
-        current = self.stages[0]
+        return await self._run(_Boot(vm, self._runtime_dir(vm.id)), self.stages, progress)
+
+    async def wake(self, vm: VMRecord, progress: Progress, wake: Wake) -> VMRecord:
+        """Bring `vm` back from `wake.saved` (the caller holds its lock): a suspended VM goes
+        `running` by RESTORE, any not-running one by LAUNCHED. The VM's disks and seed are the
+        caller's to prepare; the driver lays the checkpoint's layers under them."""
+        self._lifecycle.check(vm, self._wake_event(vm))
+        b = _Boot(vm, self._runtime_dir(vm.id), wake=wake)
+        return await self._run(b, self.wake_stages, progress)
+
+    @staticmethod
+    def _wake_event(vm: VMRecord) -> Event:
+        return Event.RESTORE if vm.state == "suspended" else Event.LAUNCHED
+
+    async def _run(self, b: _Boot, stages: tuple[Stage, ...], progress: Progress) -> VMRecord:
+        vm = b.vm
+        current = stages[0]
         try:
-            for current in self.stages:
+            for current in stages:
                 progress.stage(current.phase, current.name, current.detail)
                 await current.run(b)
         except asyncio.CancelledError:
             await asyncio.shield(self._undo(b))
-            self._lifecycle.apply(vm.id, Event.BOOT_CANCELLED, f"cancelled at {current.name}")
+            if not self._still_suspended(vm):
+                self._lifecycle.apply(vm.id, Event.BOOT_CANCELLED, f"cancelled at {current.name}")
             raise
         except Exception as e:
             await self._undo(b)
             reason = getattr(e, "message", None) or str(e) or type(e).__name__
-            self._lifecycle.apply(vm.id, Event.BOOT_FAILED, reason)
+            if not self._still_suspended(vm):
+                self._lifecycle.apply(vm.id, Event.BOOT_FAILED, reason)
             log.warning("boot failed", extra={"vm": vm.name, "stage": current.name})
             if isinstance(e, BangerError) and not isinstance(e, OperationFailed):
                 raise  # not found / invalid input keep their kind
@@ -164,6 +214,11 @@ class BootPipeline:
             tail = console_tail(vm.console_log)
             raise OperationFailed(msg + ("\n" + tail if tail else "")) from None
         return self._repo.get(vm.id)
+
+    def _still_suspended(self, vm: VMRecord) -> bool:
+        """A wake that failed before its guest ran again: the suspend image is still good, so
+        the VM stays `suspended` (a later `vm start` tries again)."""
+        return self._repo.get(vm.id).state == "suspended"
 
     # --- stages ------------------------------------------------------------------------------
 
@@ -189,6 +244,9 @@ class BootPipeline:
         b.plan = self._registry.boot_plan(
             vm.name, vm.dir, kernel.name, kernel.boot_image, kernel.vmlinux, vm.network
         )
+        if b.plan.root.format == "qcow2" and b.wake is None:
+            # QEMU: /root joins the copy-on-write chain too (vms/disks.py).
+            await disks.ensure_work_overlay(vm.dir)
 
     async def _attach(self, b: _Boot) -> None:
         vm = b.vm
@@ -227,20 +285,21 @@ class BootPipeline:
             cfg = dataclasses.replace(cfg, vsockd=agent, vsock_port=channel.vsock_port)
         await asyncio.to_thread(self._tools.build_seed, vdir / "seed.ext4", cfg)
 
-    async def _launch(self, b: _Boot) -> None:
+    def _spec(self, b: _Boot, what: str) -> VMSpec:
+        """The machine the driver starts (a cold boot and a wake describe the same one)."""
         vm, plan, kernel = b.vm, b.plan, b.kernel
         assert plan is not None and kernel is not None
         with open(vm.console_log, "ab") as f:
-            f.write(f"\n--- banger: boot of {vm.name} at {now()} ---\n".encode())
+            f.write(f"\n--- banger: {what} of {vm.name} at {now()} ---\n".encode())
         shutil.rmtree(b.rundir, ignore_errors=True)
-        spec = VMSpec(
+        return VMSpec(
             vm_id=vm.id,
             name=vm.name,
             kernel=plan.kernel,
             initrd=kernel.initrd,
             cmdline=KERNEL_ARGS,
             root_disk=plan.root,
-            work_disk=DiskSpec(vm.dir / "work.ext4", "raw"),
+            work_disk=disks.work_disk(vm.dir),
             extra_disks=(DiskSpec(vm.dir / "seed.ext4", "raw", read_only=True),),
             vcpus=vm.vcpus,
             memory_mib=vm.memory_mib,
@@ -249,9 +308,38 @@ class BootPipeline:
             runtime_dir=b.rundir,
             extra={"kernel_name": kernel.name, **({"guest_ip": b.guest_ip} if b.guest_ip else {})},
         )
-        b.handle = await plan.driver.launch(spec)
+
+    async def _launch(self, b: _Boot) -> None:
+        spec = self._spec(b, "boot")
+        b.handle = await b.driver.launch(spec)
         await self._hold("boot")
-        self._lifecycle.apply(vm.id, Event.LAUNCHED, handle=b.handle)
+        self._lifecycle.apply(b.vm.id, Event.LAUNCHED, handle=b.handle)
+
+    async def _restore(self, b: _Boot) -> None:
+        assert b.wake is not None
+        spec = self._spec(b, b.wake.kind)
+        b.handle = await b.driver.restore(spec, b.wake.saved)
+        await self._hold("restore")
+        reason = f"{b.wake.kind} from {b.wake.saved.dir.name}"
+        self._lifecycle.apply(b.vm.id, self._wake_event(b.vm), reason, handle=b.handle)
+
+    async def _identity(self, b: _Boot) -> None:
+        """The guest's clock (it wakes at the moment it was saved) or its whole new identity."""
+        assert b.wake is not None and b.handle is not None
+        handle, driver = b.handle, b.driver
+
+        async def open_control(
+            timeout: float,
+        ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+            return await driver.open_control(handle, timeout)
+
+        try:
+            if b.wake.identity is None:
+                await set_clock(open_control, IDENTITY_TIMEOUT)
+            else:
+                await reidentify(open_control, b.wake.identity, IDENTITY_TIMEOUT)
+        except IdentityError as e:
+            raise OperationFailed(f"the restored guest did not take its identity: {e}") from None
 
     async def _wait_guest(self, b: _Boot) -> None:
         assert b.handle is not None

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from banger.errors import BangerError, NotRunning, OperationFailed
 from banger.guest import probes
 from banger.vmm.base import Capability, Driver, DriverError
-from banger.vms import rootdisk
+from banger.vms import disks, rootdisk
 
 if TYPE_CHECKING:
     from banger.guest.ssh import SSHTarget
@@ -124,7 +124,7 @@ class ObservationService:
             pid=handle.pid if handle else vm.pid,
             disks={
                 "root_disk": str(rootdisk.root_disk(vm.dir).path),
-                "work_disk": str(vm.dir / "work.ext4"),
+                "work_disk": str(disks.work_disk(vm.dir).path),
             },
         )
 

@@ -4,7 +4,8 @@ the way to a running guest, `vms/startup.py` what a daemon start finds. A VM's V
 daemon: a restart re-adopts running VMs from their persisted handles and never kills them.
 
 Per VM, under `<state>/vms/<id>/`: root.qcow2 (overlay over the image's raw ext4) or root.img,
-work.ext4 (sparse, /root in the guest), seed.ext4 (rebuilt at every start), console.log, host key.
+work.ext4 (sparse, /root in the guest) and for QEMU VMs work.qcow2 over it (vms/disks.py),
+seed.ext4 (rebuilt at every cold start), console.log, host key.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any, Literal
 
 from banger import fsutil
 from banger.config import Config
-from banger.errors import AlreadyExists, BangerError, InvalidInput, NotFound, NotRunning
+from banger.errors import AlreadyExists, BangerError, Conflict, InvalidInput, NotFound, NotRunning
 from banger.guest.ssh import SSHTarget, forget_host, generate_host_key, pin_host_key
 from banger.network.egress import Policy, updated
 from banger.paths import Paths
@@ -40,6 +41,7 @@ from banger.vms.names import InvalidName, generate_name, validate_name
 from banger.vms.operations import Operation, Operations
 from banger.vms.ports import GuestTools, Images, Kernels, Network
 from banger.vms.repository import VMRepository, now
+from banger.vms.saved import SnapshotRepository, TemplateRepository
 from banger.vms.spec import InitMode, VMRecord, resolve_sizing
 from banger.vms.startup import Startup
 from banger.vms.states import Event, Lifecycle
@@ -90,6 +92,9 @@ class VMService:
         self.paths, self.config, self.registry = paths, config, registry
         self.images, self.kernels, self.network = images, kernels, network
         self.repo = VMRepository(store, paths.vms_dir)
+        # Saved machines on record (vms/saved.py): checkpoints and suspend images, templates.
+        self.saved = SnapshotRepository(store)
+        self.templates = TemplateRepository(store)
         self.lifecycle = Lifecycle(self.repo)
         self.boot = BootPipeline(
             repo=self.repo,
@@ -403,7 +408,7 @@ class VMService:
                 await self.registry.make_root_disk(image.rootfs, staged, net_kind)
             except DriverError as e:
                 raise InvalidInput(str(e)) from None
-            await disks.create_work_disk(staged / "work.ext4", sizing.disk_size_bytes)
+            await disks.create_work_disk(staged / disks.WORK_RAW, sizing.disk_size_bytes)
             _, pub = await asyncio.to_thread(generate_host_key, staged)
             (staged / "console.log").touch()
             await self._hold_for_test("disks")
@@ -645,7 +650,14 @@ class VMService:
                         f"disk size can only grow: vm {vm.name} has "
                         f"{vm.disk_size_bytes >> 20} MiB, asked for {size >> 20} MiB"
                     )
-                await disks.grow_work_disk(vm.dir / "work.ext4", size)
+                saved = self.saved.list(vm.id)
+                if saved:
+                    tags = ", ".join(rec.tag for rec in saved)
+                    raise Conflict(
+                        f"vm {vm.name} has snapshots ({tags}) whose disks have its current size; "
+                        "delete them first, then grow the disk"
+                    )
+                await disks.grow_work_disk(vm.dir, size)
             self.repo.set_sizing(vm.id, vcpus=vcpus, memory_mib=memory_mib, disk_size_bytes=size)
             return self._record(vm.id)
 
