@@ -197,6 +197,16 @@ class Paths:
         return self.state_dir / "ssh"
 
     @property
+    def bases_dir(self) -> Path:
+        """Saved machines several VMs' disks are backed by: fork bases (vms/fork.py)."""
+        return self.state_dir / "bases"
+
+    @property
+    def templates_dir(self) -> Path:
+        """Warm-create templates, one per image + kernel + init + sizing combination."""
+        return self.state_dir / "templates"
+
+    @property
     def staging_dir(self) -> Path:
         """Scratch space on the state filesystem, so staged work can be renamed into place."""
         return self.state_dir / "staging"
@@ -227,7 +237,10 @@ class Paths:
             self.config_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         ensure_private_dir(self.state_dir, allow_own_symlink=True)
         ensure_private_dir(self.cache_dir, allow_own_symlink=True)
-        for d in (self.images_dir, self.kernels_dir, self.vms_dir, self.staging_dir, self.ssh_dir):
+        for d in (
+            self.images_dir, self.kernels_dir, self.vms_dir, self.staging_dir, self.ssh_dir,
+            self.bases_dir, self.templates_dir,
+        ):  # fmt: skip
             ensure_private_dir(d)
         ensure_private_dir(self.runtime_dir)
         for f in (self.db_file, self.daemon_log, self.boot_log):
