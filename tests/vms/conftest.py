@@ -10,6 +10,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import BangerEnv, BuiltImage, _stop_daemon, make_env
+from tests.vms.world import bridged, world
+
+__all__ = ["bridged", "world"]  # fixtures of the in-memory lifecycle world (tests/vms/world.py)
 
 
 def make_vm_env(cache_home: Path) -> BangerEnv:

@@ -10,13 +10,23 @@ unit tests: no process, no QEMU. Like httpx's MockTransport, a test scripts it:
 
 A "VM" is a pid in `alive`; what the real drivers create on launch (the runtime dir with its
 sockets) is created too, so a test can check that a failure or stop removes it.
+
+Saved machines (`save`/`restore`, capabilities SUSPEND, SNAPSHOT, FORK unless `snapshots=False`):
+a guest's "RAM" is `memory[pid]` (a dict a test writes, e.g. a tmpfs file or a process), saved as
+JSON in `dest/saved.json`; a checkpoint copies the writable disk files into `dest` and a restore
+copies them back to the spec's paths (the real drivers layer them: same observable result).
+`open_control` is a guest agent that opens with READY and answers `ok` to every line; each VM's
+lines are kept in `commands[pid]` (what re-identification and the clock fix sent).
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import json
+import shutil
 import signal
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +36,7 @@ from banger.vmm.base import (
     DriverError,
     GuestChannel,
     MissingCapability,
+    SavedMachine,
     VMHandle,
     VMSpec,
 )
@@ -36,8 +47,13 @@ FATAL = {signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.S
 class MemDriver:
     name = "mem"
 
-    def __init__(self, channel: GuestChannel | None = None) -> None:
+    def __init__(self, channel: GuestChannel | None = None, *, snapshots: bool = True) -> None:
         self.channel = channel or GuestChannel("virtio-serial")
+        self.snapshots = snapshots
+        self.memory: dict[int, dict[str, Any]] = {}
+        self.commands: dict[int, list[str]] = {}
+        self.restored: dict[int, SavedMachine] = {}
+        self._servers: set[asyncio.Task[None]] = set()
         self.alive: dict[int, bool] = {}
         self.paused: set[int] = set()
         self.specs: dict[int, VMSpec] = {}
@@ -74,6 +90,8 @@ class MemDriver:
     @property
     def capabilities(self) -> frozenset[Capability]:
         caps = {Capability.PAUSE}
+        if self.snapshots:
+            caps |= {Capability.SUSPEND, Capability.SNAPSHOT, Capability.FORK}
         if self.channel.kind == "vsock":
             caps.add(Capability.VSOCK)
         return frozenset(caps)
@@ -85,6 +103,10 @@ class MemDriver:
         (spec.runtime_dir / "control.sock").touch()
         self.alive[pid] = True
         self.specs[pid] = spec
+        self.memory[pid] = {}
+        return self._handle(pid, spec)
+
+    def _handle(self, pid: int, spec: VMSpec) -> VMHandle:
         return VMHandle(
             driver=self.name,
             pid=pid,
@@ -133,9 +155,29 @@ class MemDriver:
     async def open_control(
         self, handle: VMHandle, timeout: float
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        raise DriverError("the in-memory driver has no guest to talk to")
+        self._maybe_fail("open_control")
+        if not self.alive.get(handle.pid, False):
+            raise DriverError("the VMM is not running: no guest to talk to")
+        host, guest = socket.socketpair()
+        task = asyncio.create_task(self._agent(handle.pid, guest))
+        self._servers.add(task)
+        task.add_done_callback(self._servers.discard)
+        return await asyncio.open_connection(sock=host)
+
+    async def _agent(self, pid: int, sock: socket.socket) -> None:
+        reader, writer = await asyncio.open_connection(sock=sock)
+        try:
+            writer.write(b"READY mode=minimal\n")
+            while line := await reader.readline():
+                self.commands.setdefault(pid, []).append(line.decode().strip())
+                answer = self.fail.pop("agent", None)
+                writer.write(b"ok\n" if answer is None else f"error {answer}\n".encode())
+                await writer.drain()
+        finally:
+            writer.close()
 
     async def pause(self, handle: VMHandle) -> None:
+        self._maybe_fail("pause")
         self.paused.add(handle.pid)
 
     async def resume(self, handle: VMHandle) -> None:
@@ -147,11 +189,58 @@ class MemDriver:
     async def add_port_forward(self, handle: VMHandle, host_port: int, guest_port: int) -> None:
         raise MissingCapability(self.name, Capability.PORT_FORWARD)
 
-    async def save(self, handle: VMHandle, spec: VMSpec, dest: Path, keep_running: bool) -> Any:
-        raise MissingCapability(self.name, Capability.SNAPSHOT)
+    async def save(
+        self, handle: VMHandle, spec: VMSpec, dest: Path, keep_running: bool
+    ) -> SavedMachine:
+        if not self.snapshots:
+            raise MissingCapability(self.name, Capability.SNAPSHOT)
+        self._maybe_fail("save")
+        if not self.alive.get(handle.pid, False):
+            raise DriverError("the VMM is not running: no machine to save")
+        if dest.exists():
+            raise DriverError(f"{dest} already exists: a save needs a new directory")
+        dest.mkdir(mode=0o700, parents=True)
+        disks: dict[str, Path] = {}
+        if keep_running:
+            for role, disk in (("root", spec.root_disk), ("work", spec.work_disk)):
+                if disk is not None and disk.path.exists():
+                    disks[role] = dest / f"{role}{disk.path.suffix}"
+                    shutil.copyfile(disk.path, disks[role])
+        else:
+            self.alive[handle.pid] = False
+        kind = "checkpoint" if keep_running else "suspend"
+        saved = SavedMachine(
+            driver=self.name,
+            dir=dest,
+            disks=disks,
+            memory_mib=spec.memory_mib,
+            paused_seconds=0.001 if keep_running else 0.0,
+            details={"kind": kind, "vcpus": spec.vcpus, "vm_id": spec.vm_id},
+        )
+        record = {"saved": saved.to_json(), "memory": self.memory.get(handle.pid, {})}
+        (dest / "saved.json").write_text(json.dumps(record))
+        return saved
 
-    async def restore(self, spec: VMSpec, saved: Any) -> VMHandle:
-        raise MissingCapability(self.name, Capability.SUSPEND)
+    async def restore(self, spec: VMSpec, saved: SavedMachine) -> VMHandle:
+        if not self.snapshots:
+            raise MissingCapability(self.name, Capability.SUSPEND)
+        self._maybe_fail("restore")
+        if spec.memory_mib != saved.memory_mib or spec.vcpus != saved.details.get("vcpus"):
+            raise DriverError("the machine's shape changed since it was saved")
+        record = json.loads((saved.dir / "saved.json").read_text())
+        targets = {"root": spec.root_disk, "work": spec.work_disk}
+        for role, frozen in saved.disks.items():
+            target = targets.get(role)
+            if target is not None:
+                shutil.copyfile(frozen, target.path)
+        pid = next(self._pids)
+        spec.runtime_dir.mkdir(parents=True, exist_ok=True)
+        (spec.runtime_dir / "control.sock").touch()
+        self.alive[pid] = True
+        self.specs[pid] = spec
+        self.memory[pid] = dict(record["memory"])
+        self.restored[pid] = saved
+        return self._handle(pid, spec)
 
 
 def check_protocol(driver: MemDriver) -> None:
