@@ -4,15 +4,25 @@ other layer is backed by them (vmm/qemu_snapshot.py `delete_saved`, `rebase_depe
 Layers live under three trees of the state dir: each VM's own (`vms/<id>/`: active disks and
 its checkpoints), fork bases (`bases/<id>/`) and warm-create templates (`templates/<key>/`).
 A VM made by a fork or a warm create has active layers backed by a base's or template's frozen
-ones, and the VM it was forked from has too; so every tree is searched.
+ones, and the VM it was forked from has too; so every tree is searched. Those frozen layers are
+in turn backed by the first VM's own files (its `work.ext4`, older layers): deleting that VM
+keeps exactly those files as "remains" until no other layer reads through them.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
+import logging
 import os
 from pathlib import Path
 
+from banger import fsutil
 from banger.paths import Paths
+from banger.proc import run
+
+log = logging.getLogger("banger.vms")
 
 
 def all_layers(paths: Paths) -> list[Path]:
@@ -28,3 +38,82 @@ def outside(layers: list[Path], directory: Path) -> list[Path]:
     """The layers not inside `directory` (those that may keep a deleted machine's layers)."""
     base = directory.resolve()
     return [p for p in layers if not p.resolve().is_relative_to(base)]
+
+
+# --- remains: a deleted VM's (or base's) files that other VMs' disks are backed by --------------
+
+REMAINS_MARK = "REMAINS"
+
+
+async def backing_chain(layer: Path) -> list[Path]:
+    """The files `layer` reads through (its backing chain, nearest first; not itself)."""
+    res = await run(
+        ["qemu-img", "info", "-U", "--backing-chain", "--output=json", str(layer)],
+        what="qemu-img info (backing chain)",
+        timeout=60,
+        check=False,
+    )
+    if res.returncode != 0:
+        # A layer being written right now or a broken chain: it keeps nothing alive.
+        log.warning("cannot read the backing chain of %s: %s", layer, res.err.strip()[:200])
+        return []
+    try:
+        chain = json.loads(res.out)
+    except ValueError:
+        return []
+    return [Path(str(node["filename"])) for node in chain[1:] if isinstance(node, dict)]
+
+
+async def backers_in(directory: Path, paths: Paths) -> set[Path]:
+    """Files inside `directory` that some qcow2 layer outside it reads through."""
+    base = directory.resolve()
+    keep: set[Path] = set()
+    for layer in outside(all_layers(paths), directory):
+        for node in await backing_chain(layer):
+            if node.resolve().is_relative_to(base):
+                keep.add(node.resolve())
+    return keep
+
+
+async def remove_keeping_backers(directory: Path, paths: Paths) -> bool:
+    """Remove `directory`, except the files other VMs' disks are backed by (a fork's child, a
+    warm-created VM): those stay, with a REMAINS note, until `sweep` finds them unused. True
+    when the directory is gone."""
+    if not directory.is_dir() or directory.is_symlink():
+        return fsutil.remove_entry(directory)
+    keep = await backers_in(directory, paths)
+    if not keep:
+        return await asyncio.to_thread(fsutil.remove_entry, directory)
+
+    def prune() -> None:
+        for top, dirs, files in os.walk(directory, topdown=False, followlinks=False):
+            for name in files:
+                path = Path(top) / name
+                if path.resolve() not in keep and name != REMAINS_MARK:
+                    path.unlink(missing_ok=True)
+            for name in dirs:
+                with contextlib.suppress(OSError):  # not empty: it holds a kept file
+                    (Path(top) / name).rmdir()
+        note = "disk layers other VMs are backed by; banger removes them when none is left\n"
+        (directory / REMAINS_MARK).write_text(note)
+
+    await asyncio.to_thread(prune)
+    log.info("kept disk layers others depend on", extra={"path": str(directory), "n": len(keep)})
+    return False
+
+
+def is_remains(directory: Path) -> bool:
+    return (directory / REMAINS_MARK).is_file() and not directory.is_symlink()
+
+
+async def sweep(paths: Paths) -> None:
+    """Remove remains nothing reads through any more (deleted VMs' dirs, fork bases: both carry
+    the REMAINS note; a directory without it is someone's work in progress, never touched)."""
+    removed = True
+    while removed:  # removing a base can free the remains below it: until nothing changes
+        removed = False
+        for parent in (paths.vms_dir, paths.bases_dir):
+            if parent.is_dir() and not parent.is_symlink():
+                for d in sorted(parent.iterdir()):
+                    if is_remains(d) and await remove_keeping_backers(d, paths):
+                        removed = True

@@ -35,7 +35,7 @@ from banger.request import RequestContext
 from banger.store.db import Store
 from banger.vmm.base import DriverError, VMHandle
 from banger.vmm.registry import DriverRegistry
-from banger.vms import disks, recovery
+from banger.vms import disks, layers, recovery
 from banger.vms.boot import BootPipeline, Progress
 from banger.vms.names import InvalidName, generate_name, validate_name
 from banger.vms.operations import Operation, Operations
@@ -596,8 +596,10 @@ class VMService:
         if handle is not None:
             await self.registry.get(handle.driver).force_stop(handle)
         await self.boot.release(vm_id)
-        await asyncio.to_thread(shutil.rmtree, self.vm_dir(vm_id), True)
+        # Files a fork's or warm-created VM's disks read through stay until nothing does.
+        await layers.remove_keeping_backers(self.vm_dir(vm_id), self.paths)
         self.repo.delete(vm_id)
+        await layers.sweep(self.paths)
         if vm is not None:
             await asyncio.to_thread(forget_host, self.known_hosts, [f"{vm.name}.vm"])
         if self.network is not None:

@@ -21,7 +21,7 @@ from pathlib import Path
 from banger import fsutil
 from banger.paths import Paths
 from banger.vmm.registry import DriverRegistry
-from banger.vms import recovery
+from banger.vms import layers, recovery
 from banger.vms.boot import console_failure
 from banger.vms.repository import VMRepository
 from banger.vms.spec import VMRecord
@@ -118,6 +118,7 @@ class Startup:
         for m in masters:
             await asyncio.to_thread(_remove_own_dir, m.control_dir)
         await asyncio.to_thread(self._sweep_dirs, set(owned))
+        await layers.sweep(self._paths)
 
     def _sweep_dirs(self, running: set[str]) -> None:
         """Remove VM dirs without a record, runtime dirs of VMs not running, and every staging
@@ -134,8 +135,8 @@ class Startup:
                     log.error("not sweeping %s: it is not a directory (a symlink?)", parent)
                 continue
             for entry in parent.iterdir():
-                if entry.name in keep:
-                    continue
+                if entry.name in keep or layers.is_remains(entry):
+                    continue  # remains: `layers.sweep` decides (others' disks may need them)
                 log.info("removing leftover", extra={"path": str(entry)})
                 fsutil.remove_entry(entry)
 
