@@ -392,3 +392,32 @@ async def test_a_concurrent_create_and_restore_are_serialised(world: World) -> N
     )
     assert made["tag"] == "t2"
     assert svc.repo.get(vm.id).state == "running"
+
+
+@pytest.mark.parametrize("field", ["dir", "disk"])
+async def test_a_record_that_points_outside_its_checkpoint_is_refused_not_followed(
+    world: World, field: str
+) -> None:
+    """docs/security.md: a vm_snapshots row edited to name another file (its dir, or a disk
+    layer outside the dir) is never handed to a driver; delete forgets it and touches nothing."""
+    import json
+
+    svc, vm = await _running(world)
+    await svc.snapshot_create("box", "t1", CTX)
+    victim = world.root / "victim.qcow2"
+    victim.write_bytes(b"precious")
+    row = world.store.query_one("SELECT saved FROM vm_snapshots WHERE tag = 't1'", ())
+    assert row is not None
+    saved = json.loads(row["saved"])
+    if field == "dir":
+        saved["dir"] = str(world.root)
+    else:
+        saved["disks"]["root"] = str(victim)
+    world.store.execute("UPDATE vm_snapshots SET saved = ? WHERE tag = 't1'", (json.dumps(saved),))
+    pid = _pid(svc, vm)
+    with pytest.raises(OperationFailed, match="is damaged: its record names files outside"):
+        await svc.snapshot_restore("box", "t1", CTX)
+    assert svc.repo.get(vm.id).state == "running" and _pid(svc, vm) == pid
+    gone = await svc.snapshot_delete("box", "t1")
+    assert not gone.layers_kept and await svc.snapshot_list("box") == []
+    assert victim.read_bytes() == b"precious" and world.root.is_dir()

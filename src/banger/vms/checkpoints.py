@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from banger.errors import Conflict, InvalidInput, NotFound, NotRunning, OperationFailed
 from banger.request import RequestContext
 from banger.vmm.base import Capability, Driver, DriverError, SavedMachine
+from banger.vmm.rawdisk import clone_raw
 from banger.vms import layers
 from banger.vms.boot import Progress, Wake
 from banger.vms.saved import SnapshotRecord, size_on_disk, validate_tag
@@ -80,13 +80,25 @@ def new_dir(vm: VMRecord, tag: str) -> Path:
     return dest
 
 
-def _copy_file(src: Path, dest: Path) -> None:
-    """Staged copy, synced, then renamed into place."""
+async def _copy_file(src: Path, dest: Path) -> None:
+    """A sparse (or reflinked) copy, staged, synced, then renamed into place."""
     tmp = dest.with_name(f".{dest.name}.partial")
-    shutil.copyfile(src, tmp)
+    tmp.unlink(missing_ok=True)
+    await clone_raw(src, tmp)
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     os.replace(tmp, dest)
+
+
+def _outside(vm: VMRecord, rec: SnapshotRecord, saved: SavedMachine) -> bool:
+    """The record names files a driver would open or delete: they must be this VM's
+    checkpoint's own (a record edited to point elsewhere is refused, never followed)."""
+    home = snapshots_dir(vm).resolve()
+    where = rec.dir.resolve()
+    files = [saved.dir, *saved.disks.values()]
+    return not where.is_relative_to(home) or any(
+        not f.resolve().is_relative_to(where) for f in files
+    )
 
 
 class Checkpoints:
@@ -133,7 +145,7 @@ class Checkpoints:
                 # The driver may note what it saved in the handle (e.g. a diff base).
                 svc.repo.set_handle(vm.id, handle)
                 ctx.progress(stage="seed", detail="seed disk", current=2, total=2)
-                await asyncio.to_thread(_copy_file, vm.dir / SEED_FILE, dest / SEED_FILE)
+                await _copy_file(vm.dir / SEED_FILE, dest / SEED_FILE)
                 await svc._hold_for_test("snapshot_saved")
                 size = await asyncio.to_thread(size_on_disk, dest)
                 svc.saved.finish(vm.id, tag, saved, size)
@@ -173,6 +185,11 @@ class Checkpoints:
             raise NotFound(f"vm {vm.name} has no snapshot {tag!r}") from None
         if rec.kind != "checkpoint" or rec.saved is None:
             raise NotFound(f"vm {vm.name} has no snapshot {tag!r}")
+        if _outside(vm, rec, rec.saved):
+            raise OperationFailed(
+                f"snapshot {tag!r} of vm {vm.name} is damaged: its record names files outside "
+                f"{rec.dir}; refusing to use it"
+            )
         return rec, rec.saved
 
     async def restore(self, ref: str, tag: str, ctx: RequestContext) -> VMRecord:
@@ -206,7 +223,7 @@ class Checkpoints:
                 svc.lifecycle.apply(vm.id, Event.STOPPED, f"stopped to restore snapshot {tag}")
                 await svc.boot.release(vm.id)
             # The seed the saved guest has mounted (a cold boot's would differ under its cache).
-            await asyncio.to_thread(_copy_file, seed, vm.dir / SEED_FILE)
+            await _copy_file(seed, vm.dir / SEED_FILE)
             log.info("restoring", extra={"vm": vm.name, "tag": tag, "via": driver.name})
             progress = Progress(ctx, RESTORE_STEPS, step=1)
             woke = await svc.boot.wake(svc.repo.get(vm.id), progress, Wake(saved, kind="restore"))
@@ -220,7 +237,18 @@ class Checkpoints:
         vm = svc._find(ref)
         async with svc._lock(vm.id):
             vm = svc.repo.get(vm.id)
-            rec, saved = self._checkpoint(vm, tag)
+            try:
+                rec = svc.saved.get(vm.id, tag)
+            except NotFound:
+                raise NotFound(f"vm {vm.name} has no snapshot {tag!r}") from None
+            saved = rec.saved
+            if saved is None or rec.kind != "checkpoint":
+                raise NotFound(f"vm {vm.name} has no snapshot {tag!r}")
+            if _outside(vm, rec, saved):
+                # A damaged record: forget it, touch no file it names.
+                log.warning("dropping a damaged snapshot record", extra={"tag": tag})
+                svc.saved.delete(vm.id, tag)
+                return Deleted(vm.name, tag, layers_kept=False)
             driver = svc.registry.get(saved.driver)
             in_use = await asyncio.to_thread(layers.all_layers, svc.paths)
             try:
