@@ -3,14 +3,40 @@
 from __future__ import annotations
 
 import click
+from click.shell_completion import CompletionItem
 
-from banger.cli.complete import VM_REF
+from banger.cli.complete import TIMEOUT_SECONDS, VM_REF
 from banger.cli.connect import call
 from banger.cli.output import age, print_json, print_table
 from banger.cli.progress import Stages
 from banger.units import format_bytes
 
+
+def _tags(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
+    """The VM's checkpoint tags (nothing without a daemon, or over a remote host: see
+    cli/complete.py)."""
+    import os
+
+    ref = ctx.params.get("ref")
+    if not ref or os.environ.get("BANGER_HOST"):
+        return []
+    try:
+        from banger.cli.connect import resolve_paths
+        from banger.rpc.client import Client
+
+        with Client(resolve_paths().socket, connect_timeout=TIMEOUT_SECONDS) as c:
+            snaps = c.call("vm.snapshot.list", {"ref": ref}, timeout=TIMEOUT_SECONDS)
+    except Exception:
+        return []
+    return [
+        CompletionItem(str(s["tag"]), help=str(s.get("created_at") or ""))
+        for s in snaps
+        if isinstance(s, dict) and str(s.get("tag", "")).startswith(incomplete)
+    ]
+
+
 TAG = click.argument("tag", metavar="TAG")
+EXISTING_TAG = click.argument("tag", metavar="TAG", shell_complete=_tags)
 
 
 @click.group("snapshot")
@@ -59,7 +85,7 @@ def list_(ref: str, as_json: bool) -> None:
 
 @snapshot.command("restore")
 @VM_REF
-@TAG
+@EXISTING_TAG
 def restore(ref: str, tag: str) -> None:
     """Roll a VM back to checkpoint TAG (memory and disks).
 
@@ -71,7 +97,7 @@ def restore(ref: str, tag: str) -> None:
 
 @snapshot.command("delete")
 @VM_REF
-@TAG
+@EXISTING_TAG
 def delete(ref: str, tag: str) -> None:
     """Delete checkpoint TAG of a VM."""
     r = call("vm.snapshot.delete", {"ref": ref, "tag": tag})
