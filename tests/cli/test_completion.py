@@ -52,6 +52,9 @@ def test_names_complete_from_the_daemon(daemon: BangerEnv, tmp_path: Path) -> No
     assert _complete(daemon, "banger vm delete alpha ") == [("plain", "beta")]
     # the default kernel was imported for the VMs
     assert ("plain", "debian-6.1") in _complete(daemon, "banger kernel show ")
+    # Checkpoints: the VM, then its tags (none here: they never ran).
+    assert _complete(daemon, "banger vm snapshot list a") == [("plain", "alpha")]
+    assert _complete(daemon, "banger vm snapshot restore beta ") == []
     # Non-name arguments keep click's own completion.
     assert ("plain", "list") in _complete(daemon, "banger vm l")
 

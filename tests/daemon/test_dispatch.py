@@ -54,6 +54,10 @@ EXPECTED = [
 EXTENSIONS = [
     "vm.egress",  # issue 16: egress policy report
     "vm.workspace.record",  # issue 15, remote daemons: a client-shipped workspace (docs/remote.md)
+    "vm.snapshot.create",  # issue 14: checkpoints (docs/snapshots.md)
+    "vm.snapshot.list",  # issue 14: checkpoints
+    "vm.snapshot.restore",  # issue 14: checkpoints
+    "vm.snapshot.delete",  # issue 14: checkpoints
 ]
 
 # The seed's TestRPCHandlersMatchDocumentedMethods list: where the table must end up.

@@ -242,6 +242,11 @@ class MemDriver:
         self.restored[pid] = saved
         return self._handle(pid, spec)
 
+    async def delete_saved(self, saved: SavedMachine, layers_in_use: list[Path]) -> bool:
+        self._maybe_fail("delete_saved")
+        shutil.rmtree(saved.dir)
+        return True
+
 
 def check_protocol(driver: MemDriver) -> None:
     """The double must stay a `Driver` (runtime_checkable: the methods exist)."""

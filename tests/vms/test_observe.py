@@ -126,6 +126,9 @@ class MemDriver:
     async def restore(self, spec: Any, saved: Any) -> VMHandle:
         raise MissingCapability(self.name, Capability.SUSPEND)
 
+    async def delete_saved(self, saved: Any, layers_in_use: Any) -> bool:
+        raise MissingCapability(self.name, Capability.SNAPSHOT)
+
 
 def test_the_double_is_a_driver() -> None:
     assert isinstance(MemDriver(), Driver)

@@ -136,6 +136,12 @@ RULES: tuple[Rule, ...] = (
     Rule("vm.", "not_found", r"^vm " + _NAME + r" not found", "banger vm list"),
     Rule("vm.", "not_running", r"^vm " + _NAME + r" is ", "banger vm start {name}"),
     Rule(
+        "vm.snapshot.",
+        "not_found",
+        r"^vm " + _NAME + r" has no snapshot",
+        "banger vm snapshot list {name}",
+    ),
+    Rule(
         "vm.set",
         "conflict",
         r"^vm " + _NAME + r" is running",

@@ -42,6 +42,8 @@ class Stages:
         "wait_guest": "waiting for the guest",
         "wait_ssh": "waiting for SSH",
         "stop": "stopping",
+        "save": "saving RAM and disks",
+        "seed": "keeping the seed disk",
     }
 
     def __init__(self, name: str | None = None) -> None:

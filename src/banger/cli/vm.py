@@ -552,3 +552,8 @@ for _cmd in _OBSERVE_COMMANDS:
 from banger.cli.vm_egress import egress_cmd as _egress_cmd  # noqa: E402
 
 vm.add_command(_egress_cmd)
+
+# `vm snapshot …` (checkpoints) lives in cli/vm_snapshot.py.
+from banger.cli.vm_snapshot import snapshot as _snapshot_group  # noqa: E402
+
+vm.add_command(_snapshot_group)

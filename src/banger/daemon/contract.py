@@ -24,6 +24,7 @@ from banger.daemon import (
     handlers_kernels,
     handlers_network,
     handlers_remote,
+    handlers_snapshots,
     handlers_system,
     handlers_vms,
     handlers_workspace,
@@ -49,6 +50,7 @@ _images = handlers_images
 _kernels = handlers_kernels
 _net = handlers_network
 _ws = handlers_workspace
+_snap = handlers_snapshots
 
 CONTRACT: dict[str, Method] = {
     "ping": Method(handlers_system._NoParams, r.Ping),
@@ -89,6 +91,11 @@ CONTRACT: dict[str, Method] = {
     # Extensions beyond the seed's 35 (tests/daemon/test_dispatch.py EXTENSIONS).
     "vm.egress": Method(_vms.RefParams, r.Egress),
     "vm.workspace.record": Method(handlers_remote.RecordParams, r.WorkspaceRecorded),
+    # issue 14: checkpoints
+    "vm.snapshot.create": Method(_snap.SnapshotTagParams, r.Snapshot),
+    "vm.snapshot.list": Method(_snap.SnapshotRefParams, r.SnapshotList),
+    "vm.snapshot.restore": Method(_snap.SnapshotTagParams, r.VM),
+    "vm.snapshot.delete": Method(_snap.SnapshotTagParams, r.SnapshotDeleted),
 }
 
 

@@ -15,6 +15,7 @@ from banger.daemon import (
     handlers_images,
     handlers_kernels,
     handlers_network,
+    handlers_snapshots,
     handlers_system,
     handlers_vms,
 )
@@ -73,6 +74,11 @@ RPC_HANDLERS: dict[str, Handler] = {
     "vm.workspace.export": workspace_export,
     # Extensions beyond the seed's methods.
     "vm.workspace.record": workspace_record,
+    # issue 14: checkpoints (vms/checkpoints.py)
+    "vm.snapshot.create": handlers_snapshots.vm_snapshot_create,
+    "vm.snapshot.list": handlers_snapshots.vm_snapshot_list,
+    "vm.snapshot.restore": handlers_snapshots.vm_snapshot_restore,
+    "vm.snapshot.delete": handlers_snapshots.vm_snapshot_delete,
 }
 
 # Methods whose work must finish even when the client goes away: cancelling them half way would

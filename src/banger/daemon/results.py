@@ -322,6 +322,32 @@ class Ports(RootModel[list[Port | PortsFailed]]):
     pass
 
 
+# --- checkpoints (issue 14) -----------------------------------------------------------------------
+
+
+class Snapshot(Result):
+    """`vm.snapshot.create`, and each entry of `vm.snapshot.list`."""
+
+    vm: str
+    tag: str
+    kind: Literal["checkpoint", "suspend"]
+    created_at: str = Field(description="ISO 8601 UTC")
+    size_bytes: int = Field(description="bytes allocated on the host's disk")
+    paused_ms: int | None = Field(description="how long the guest stood still while it was taken")
+
+
+class SnapshotList(RootModel[list[Snapshot]]):
+    pass
+
+
+class SnapshotDeleted(Result):
+    vm: str
+    tag: str
+    layers_kept: bool = Field(
+        description="its frozen disk layers stay while later layers are backed by them"
+    )
+
+
 # --- workspaces ----------------------------------------------------------------------------------
 
 

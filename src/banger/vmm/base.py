@@ -250,3 +250,9 @@ class Driver(Protocol):
         `spec`'s disk paths over the checkpoint's frozen layers). The guest is running on return;
         identity (hostname, MAC, clock) is the caller's to fix through the control channel."""
         ...
+
+    async def delete_saved(self, saved: SavedMachine, layers_in_use: list[Path]) -> bool:
+        """Delete a saved machine's files (its directory). A driver whose disk layers others may
+        be backed by (qcow2 chains) keeps those layers while any of `layers_in_use` reads
+        through them, marking the directory layers-only; True when the directory is gone."""
+        ...

@@ -1068,6 +1068,11 @@ class FirecrackerDriver:
             ]
         return body
 
+    async def delete_saved(self, saved: SavedMachine, layers_in_use: list[Path]) -> bool:
+        """Firecracker's saved disks are whole copies nothing is backed by: the dir just goes."""
+        await asyncio.to_thread(shutil.rmtree, saved.dir, True)
+        return True
+
     # --- readiness, control channel, capabilities ------------------------------------------------
 
     @property

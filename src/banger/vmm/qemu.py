@@ -430,6 +430,10 @@ class QemuDriver:
         handle.details["restored_from"] = str(saved.dir)
         return handle
 
+    async def delete_saved(self, saved: SavedMachine, layers_in_use: list[Path]) -> bool:
+        """The RAM state goes; frozen layers stay while a layer in use is backed by them."""
+        return await snap.delete_saved(saved, layers_in_use)
+
     async def share_memory(self, spec: VMSpec, saved: SavedMachine) -> SavedMachine:
         """Move a saved machine's RAM out of its stream into `memory.ram`, so that every later
         `restore` maps it copy-on-write and forks share the pages none of them changed.

@@ -287,11 +287,32 @@ class BootPipeline:
 
     def _spec(self, b: _Boot, what: str) -> VMSpec:
         """The machine the driver starts (a cold boot and a wake describe the same one)."""
-        vm, plan, kernel = b.vm, b.plan, b.kernel
-        assert plan is not None and kernel is not None
+        vm = b.vm
         with open(vm.console_log, "ab") as f:
             f.write(f"\n--- banger: {what} of {vm.name} at {now()} ---\n".encode())
         shutil.rmtree(b.rundir, ignore_errors=True)
+        return self._describe(b)
+
+    async def running_spec(self, vm: VMRecord, handle: VMHandle) -> tuple[VMSpec, Driver]:
+        """The VMSpec `vm` runs with now (the one its boot or wake built) and its driver: what
+        `Driver.save` needs for a checkpoint or a suspend. Touches nothing (no console marker,
+        the runtime dir stays); the network is the VM's current one (its TAP, MAC, address)."""
+        b = _Boot(vm, self._runtime_dir(vm.id), handle=handle)
+        kernel = await self._kernels.get(vm.kernel)
+        b.kernel = kernel
+        b.plan = self._registry.boot_plan(
+            vm.name, vm.dir, kernel.name, kernel.boot_image, kernel.vmlinux, vm.network
+        )
+        if vm.network == "tap":
+            from banger.network.tap import guest_mac, tap_name
+
+            b.net = NetworkSpec(kind="tap", tap_device=tap_name(vm.id), mac=guest_mac(vm.id))
+            b.guest_ip = self._network.guest_ip(vm.id) if self._network is not None else None
+        return self._describe(b), self._registry.get(handle.driver)
+
+    def _describe(self, b: _Boot) -> VMSpec:
+        vm, plan, kernel = b.vm, b.plan, b.kernel
+        assert plan is not None and kernel is not None
         return VMSpec(
             vm_id=vm.id,
             name=vm.name,

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 from pathlib import Path
 
 from banger import fsutil
@@ -130,3 +131,38 @@ async def sweep(paths: Paths) -> None:
                 for d in sorted(parent.iterdir()):
                     if is_remains(d) and await remove_keeping_backers(d, paths):
                         removed = True
+
+
+async def remove_saved_dir(directory: Path, layers_in_use: list[Path]) -> bool:
+    """Remove a saved machine's directory that has no complete record (a checkpoint or suspend
+    cut short), except its qcow2 layers that a layer of `layers_in_use` reads through (a
+    checkpoint that failed after the disk swap: the VM's active layers are backed by them);
+    those stay, with the layers-only mark. True when the directory is gone."""
+    from banger.vmm.qemu_snapshot import LAYERS_ONLY_MARK, backing_of
+
+    if not os.path.lexists(directory):
+        return True
+    if directory.is_symlink() or not directory.is_dir():
+        directory.unlink()
+        return True
+    own = {p.resolve() for p in directory.glob("*.qcow2")}
+    keep: set[Path] = set()
+    if own:
+        for layer in layers_in_use:
+            if layer.resolve() in own or not layer.exists():
+                continue
+            below = await backing_of(layer)
+            if below is not None and below.resolve() in own:
+                keep.add(below.resolve())
+    if not keep:
+        shutil.rmtree(directory)
+        return True
+    for entry in directory.iterdir():
+        if entry.resolve() in keep:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    (directory / LAYERS_ONLY_MARK).write_text("frozen disk layers other layers are backed by\n")
+    return False

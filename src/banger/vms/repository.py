@@ -138,6 +138,13 @@ class VMRepository:
                 ),
             )
 
+    def set_handle(self, vm_id: str, handle: VMHandle) -> None:
+        """A running VM's handle as its driver updated it (the state does not change)."""
+        self._store.execute(
+            "UPDATE vms SET handle = ? WHERE id = ? AND handle IS NOT NULL",
+            (json.dumps(handle.to_json()), vm_id),
+        )
+
     def set_sizing(
         self,
         vm_id: str,

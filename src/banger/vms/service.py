@@ -37,6 +37,7 @@ from banger.vmm.base import DriverError, VMHandle
 from banger.vmm.registry import DriverRegistry
 from banger.vms import disks, layers, recovery
 from banger.vms.boot import BootPipeline, Progress
+from banger.vms.checkpoints import Checkpoints, Deleted
 from banger.vms.names import InvalidName, generate_name, validate_name
 from banger.vms.operations import Operation, Operations
 from banger.vms.ports import GuestTools, Images, Kernels, Network
@@ -117,7 +118,9 @@ class VMService:
             known_hosts=self.known_hosts,
             runtime_dir=self.runtime_dir,
             purge=self._purge,
+            saved=self.saved,
         )
+        self.checkpoints = Checkpoints(self)
         self.ops = Operations()
         self._locks: dict[str, asyncio.Lock] = {}
         self._reserved: set[str] = set()
@@ -662,6 +665,20 @@ class VMService:
                 await disks.grow_work_disk(vm.dir, size)
             self.repo.set_sizing(vm.id, vcpus=vcpus, memory_mib=memory_mib, disk_size_bytes=size)
             return self._record(vm.id)
+
+    # --- checkpoints (vms/checkpoints.py) ------------------------------------------------------
+
+    async def snapshot_create(self, ref: str, tag: str, ctx: RequestContext) -> dict[str, Any]:
+        return await self.checkpoints.create(ref, tag, ctx)
+
+    async def snapshot_list(self, ref: str) -> builtins.list[dict[str, Any]]:
+        return await self.checkpoints.list(ref)
+
+    async def snapshot_restore(self, ref: str, tag: str, ctx: RequestContext) -> VMRecord:
+        return await self.checkpoints.restore(ref, tag, ctx)
+
+    async def snapshot_delete(self, ref: str, tag: str) -> Deleted:
+        return await self.checkpoints.delete(ref, tag)
 
     async def prune(self) -> builtins.list[VMRecord]:
         """Delete every VM that is not running."""

@@ -24,6 +24,7 @@ from banger.vmm.registry import DriverRegistry
 from banger.vms import layers, recovery
 from banger.vms.boot import console_failure
 from banger.vms.repository import VMRepository
+from banger.vms.saved import SnapshotRepository
 from banger.vms.spec import VMRecord
 from banger.vms.states import Event, Lifecycle
 
@@ -43,10 +44,11 @@ class Startup:
         known_hosts: Path,
         runtime_dir: Callable[[str], Path],
         purge: Callable[[str], Awaitable[None]],
+        saved: SnapshotRepository | None = None,
     ) -> None:
         self._repo, self._lifecycle, self._registry = repo, lifecycle, registry
         self._paths, self._known_hosts, self._runtime_dir = paths, known_hosts, runtime_dir
-        self._purge = purge
+        self._purge, self._saved = purge, saved
 
     async def run(self) -> list[VMRecord]:
         """Recover, then re-adopt: returns the VMs that run on."""
@@ -117,6 +119,8 @@ class Startup:
         await kill_processes([(m.pid, "ControlMaster=yes") for m in masters])
         for m in masters:
             await asyncio.to_thread(_remove_own_dir, m.control_dir)
+        if self._saved is not None:
+            await cleanup_pending_saves(self._saved, self._paths)
         await asyncio.to_thread(self._sweep_dirs, set(owned))
         await layers.sweep(self._paths)
 
@@ -149,6 +153,31 @@ class Startup:
             except Exception as e:
                 log.warning("stopping the recorded VMM failed: %s", e, extra={"vm_id": vm_id})
         await kill_processes([(p.pid, p.vm_id) for p in procs])
+
+
+async def cleanup_pending_saves(saved: SnapshotRepository, paths: Paths) -> int:
+    """Saved machines a crash cut short (pending rows, any kind: checkpoint, suspend): their
+    directories go, but frozen layers some other layer already reads through (a checkpoint
+    killed after its disk swap: the VM's active layers are backed by them) stay, marked
+    layers-only; then the rows. Returns how many rows it removed."""
+    pending = saved.pending()
+    if not pending:
+        return 0
+    in_use = await asyncio.to_thread(layers.all_layers, paths)
+    done = 0
+    for rec in pending:
+        log.warning(
+            "removing an interrupted save",
+            extra={"vm_id": rec.vm_id, "tag": rec.tag, "kind": rec.kind},
+        )
+        try:
+            await layers.remove_saved_dir(rec.dir, layers.outside(in_use, rec.dir))
+        except Exception as e:
+            log.error("cannot remove %s: %s", rec.dir, e)
+            continue
+        saved.delete(rec.vm_id, rec.tag)
+        done += 1
+    return done
 
 
 async def kill_processes(victims: Sequence[tuple[int, str]]) -> None:
