@@ -29,7 +29,13 @@ from pathlib import Path
 
 from banger.errors import BangerError, InvalidInput, NotFound, OperationFailed
 from banger.guest import payload
-from banger.guest.identity import GuestIdentity, IdentityError, reidentify, set_clock
+from banger.guest.identity import (
+    GuestAddress,
+    GuestIdentity,
+    IdentityError,
+    reidentify,
+    set_clock,
+)
 from banger.request import RequestContext
 from banger.vmm.base import DiskSpec, Driver, NetworkSpec, SavedMachine, VMHandle, VMSpec
 from banger.vmm.plan import BootPlan
@@ -287,27 +293,26 @@ class BootPipeline:
 
     def _spec(self, b: _Boot, what: str) -> VMSpec:
         """The machine the driver starts (a cold boot and a wake describe the same one)."""
-        vm, plan, kernel = b.vm, b.plan, b.kernel
-        assert plan is not None and kernel is not None
+        vm = b.vm
         with open(vm.console_log, "ab") as f:
             f.write(f"\n--- banger: {what} of {vm.name} at {now()} ---\n".encode())
         shutil.rmtree(b.rundir, ignore_errors=True)
-        return VMSpec(
-            vm_id=vm.id,
-            name=vm.name,
-            kernel=plan.kernel,
-            initrd=kernel.initrd,
-            cmdline=KERNEL_ARGS,
-            root_disk=plan.root,
-            work_disk=disks.work_disk(vm.dir),
-            extra_disks=(DiskSpec(vm.dir / "seed.ext4", "raw", read_only=True),),
-            vcpus=vm.vcpus,
-            memory_mib=vm.memory_mib,
-            network=b.net,
-            console_log=vm.console_log,
-            runtime_dir=b.rundir,
-            extra={"kernel_name": kernel.name, **({"guest_ip": b.guest_ip} if b.guest_ip else {})},
+        return machine_spec(b)
+
+    async def running_spec(self, vm: VMRecord, handle: VMHandle) -> VMSpec:
+        """The `VMSpec` of the running (or paused) `vm`, as its boot built it: what
+        `Driver.save` needs to checkpoint it (fork, snapshot). Touches nothing."""
+        b = _Boot(vm, self._runtime_dir(vm.id))
+        kernel = await self._kernels.get(vm.kernel)
+        b.kernel = kernel
+        b.plan = self._registry.boot_plan(
+            vm.name, vm.dir, kernel.name, kernel.boot_image, kernel.vmlinux, vm.network
         )
+        if vm.network == "tap":
+            b.net = NetworkSpec(kind="tap")
+        else:
+            b.net = NetworkSpec(kind="user", ssh_host_port=handle.ssh_port)
+        return machine_spec(b)
 
     async def _launch(self, b: _Boot) -> None:
         spec = self._spec(b, "boot")
@@ -337,9 +342,19 @@ class BootPipeline:
             if b.wake.identity is None:
                 await set_clock(open_control, IDENTITY_TIMEOUT)
             else:
-                await reidentify(open_control, b.wake.identity, IDENTITY_TIMEOUT)
+                ident = self._with_address(b, b.wake.identity)
+                await reidentify(open_control, ident, IDENTITY_TIMEOUT)
         except IdentityError as e:
             raise OperationFailed(f"the restored guest did not take its identity: {e}") from None
+
+    @staticmethod
+    def _with_address(b: _Boot, ident: GuestIdentity) -> GuestIdentity:
+        """A bridged VM made from another's memory takes the address its network stage got."""
+        gn = b.guest_net
+        if ident.address is not None or gn.kind != "tap" or not gn.address:
+            return ident
+        addr = GuestAddress(gn.address, gn.prefix, gn.gateway or None, gn.mac or None)
+        return dataclasses.replace(ident, address=addr)
 
     async def _wait_guest(self, b: _Boot) -> None:
         assert b.handle is not None
@@ -411,3 +426,25 @@ def console_failure(path: Path) -> str | None:
             if marker in line:
                 return line.strip()
     return None
+
+
+def machine_spec(b: _Boot) -> VMSpec:
+    """The machine a boot, a wake or a save describes (the same one each time)."""
+    vm, plan, kernel = b.vm, b.plan, b.kernel
+    assert plan is not None and kernel is not None
+    return VMSpec(
+        vm_id=vm.id,
+        name=vm.name,
+        kernel=plan.kernel,
+        initrd=kernel.initrd,
+        cmdline=KERNEL_ARGS,
+        root_disk=plan.root,
+        work_disk=disks.work_disk(vm.dir),
+        extra_disks=(DiskSpec(vm.dir / "seed.ext4", "raw", read_only=True),),
+        vcpus=vm.vcpus,
+        memory_mib=vm.memory_mib,
+        network=b.net,
+        console_log=vm.console_log,
+        runtime_dir=b.rundir,
+        extra={"kernel_name": kernel.name, **({"guest_ip": b.guest_ip} if b.guest_ip else {})},
+    )
