@@ -54,6 +54,7 @@ EXPECTED = [
 EXTENSIONS = [
     "vm.egress",  # issue 16: egress policy report
     "vm.workspace.record",  # issue 15, remote daemons: a client-shipped workspace (docs/remote.md)
+    "vm.fork",  # issue 14: children of a running VM with their own identity (docs/snapshots.md)
 ]
 
 # The seed's TestRPCHandlersMatchDocumentedMethods list: where the table must end up.

@@ -24,22 +24,51 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from banger import fsutil
 from banger.errors import AlreadyExists, Conflict, InvalidInput, NotRunning
 from banger.guest.identity import GuestIdentity
 from banger.guest.ssh import generate_host_key, pin_host_key
+from banger.paths import Paths
 from banger.request import RequestContext
 from banger.vmm.base import Capability, SavedMachine, VMSpec
+from banger.vmm.registry import DriverRegistry
 from banger.vms import layers, recovery
-from banger.vms.boot import Progress, Wake
+from banger.vms.boot import BootPipeline, Progress, Wake
 from banger.vms.names import InvalidName, validate_name
-from banger.vms.repository import now
+from banger.vms.ports import Network
+from banger.vms.repository import VMRepository, now
 from banger.vms.spec import VMRecord
 
-if TYPE_CHECKING:
-    from banger.vms.service import VMService
+
+class ForkHost(Protocol):
+    """What a fork uses of the VM service (vms/service.py; not imported: it delegates here)."""
+
+    @property
+    def repo(self) -> VMRepository: ...
+    @property
+    def registry(self) -> DriverRegistry: ...
+    @property
+    def boot(self) -> BootPipeline: ...
+    @property
+    def paths(self) -> Paths: ...
+    @property
+    def network(self) -> Network | None: ...
+    @property
+    def known_hosts(self) -> Path: ...
+    @property
+    def _reserved(self) -> set[str]: ...
+    def vm_dir(self, vm_id: str) -> Path: ...
+    def _find(self, ref: str) -> VMRecord: ...
+    def _lock(self, vm_id: str) -> asyncio.Lock: ...
+    async def _refresh(self, vm: VMRecord) -> VMRecord: ...
+    def _record(self, vm_id: str) -> VMRecord: ...
+    def _enrich(self, vm: VMRecord) -> VMRecord: ...
+    async def _purge(self, vm_id: str) -> None: ...
+    async def _discard(self, vm_id: str, name: str, made: Path | None, inserted: bool) -> None: ...
+    async def _hold_for_test(self, point: str) -> None: ...
+
 
 log = logging.getLogger("banger.vms")
 
@@ -92,7 +121,7 @@ def child_names(name: str, count: int | None) -> list[str]:
     return out
 
 
-def reserve_names(svc: VMService, names: list[str]) -> None:
+def reserve_names(svc: ForkHost, names: list[str]) -> None:
     """All of them or none (so no work starts for a fork that would clash half way)."""
     taken = svc.repo.names() | svc._reserved
     for n in names:
@@ -102,7 +131,7 @@ def reserve_names(svc: VMService, names: list[str]) -> None:
 
 
 async def fork(
-    svc: VMService, ref: str, name: str, count: int | None, ctx: RequestContext
+    svc: ForkHost, ref: str, name: str, count: int | None, ctx: RequestContext
 ) -> ForkResult:
     names = child_names(name, count)
     parent = svc._find(ref)
@@ -129,7 +158,7 @@ async def fork(
 
 
 async def checkpoint(
-    svc: VMService, parent: VMRecord, base: Path, ctx: RequestContext, total: int, n: int
+    svc: ForkHost, parent: VMRecord, base: Path, ctx: RequestContext, total: int, n: int
 ) -> tuple[ForkResult, SavedMachine]:
     """The parent's live checkpoint into `base` (under the parent's lock: a paused parent stays
     paused, a running one pauses for the switchover only)."""
@@ -170,7 +199,7 @@ async def checkpoint(
 
 
 async def make_child(
-    svc: VMService,
+    svc: ForkHost,
     parent: VMRecord,
     name: str,
     saved: SavedMachine,
@@ -198,7 +227,7 @@ async def make_child(
         return ChildOutcome(name, None, time.monotonic() - started, reason)
 
 
-async def provision_clone(svc: VMService, source: VMRecord, name: str, seed: Path) -> VMRecord:
+async def provision_clone(svc: ForkHost, source: VMRecord, name: str, seed: Path) -> VMRecord:
     """A new VM shaped like `source` (image, kernel, sizing, init, network kind, NAT and egress
     policy), with its own id, name, host key (pinned as NAME.vm) and a copy of `seed`; no disks
     (the restore lays them over the saved layers). Marked `forking` until `wake_clone` is done.
@@ -236,7 +265,7 @@ async def provision_clone(svc: VMService, source: VMRecord, name: str, seed: Pat
     return svc.repo.get(vm_id)
 
 
-async def _copy_network_policy(svc: VMService, source_id: str, vm_id: str) -> None:
+async def _copy_network_policy(svc: ForkHost, source_id: str, vm_id: str) -> None:
     """A child may reach no more than its parent could (NAT, egress rules)."""
     if svc.network is None or svc.network.mode != "bridge":
         return
@@ -248,7 +277,7 @@ async def _copy_network_policy(svc: VMService, source_id: str, vm_id: str) -> No
 
 
 async def wake_clone(
-    svc: VMService, vm: VMRecord, saved: SavedMachine, progress: Progress, kind: str
+    svc: ForkHost, vm: VMRecord, saved: SavedMachine, progress: Progress, kind: str
 ) -> VMRecord:
     """Start `vm` (from `provision_clone`) from `saved` with its own identity; running on return.
     A failure leaves it `error` (the caller removes it)."""
