@@ -171,3 +171,17 @@ def test_a_dir_without_a_raw_work_disk_boots_its_qcow2(tmp_path: object) -> None
     assert disks.work_disk(vdir).path == vdir / disks.WORK_OVERLAY
     (vdir / disks.WORK_RAW).touch()
     assert disks.work_disk(vdir).format == "raw"
+
+
+async def test_growing_a_childs_work_disk_flattens_it_into_its_own(world: World) -> None:
+    svc, parent, _ = await _parent(world)
+    result = await svc.fork("parent", "kid", None, CTX)
+    child = result.children[0].vm
+    assert child is not None and not (child.dir / disks.WORK_RAW).exists()
+    await svc.stop_vm("kid")
+    grown = await svc.set_vm("kid", None, None, "160M")
+    assert grown.disk_size_bytes == 160 << 20
+    # Its own raw work disk now (the chain's content, grown), and a fresh overlay over it.
+    assert (child.dir / disks.WORK_RAW).stat().st_size == 160 << 20
+    assert disks.work_disk(child.dir).path == child.dir / disks.WORK_OVERLAY
+    assert (parent.dir / disks.WORK_RAW).stat().st_size == 80 << 20

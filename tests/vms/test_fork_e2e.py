@@ -94,6 +94,15 @@ def test_fork_children_have_their_own_identity_memory_copy_and_disks(vmenv: Bang
     assert _out(be, "fk-2", "hostname; cat /etc/before /root/before") == "fk-2\nroot\nwork"
     assert not _exists(be, "fk-2", "/dev/shm/before")  # a cold boot: memory starts afresh
 
+    # A child's /root grows: its chain is copied into its own work.ext4 (offline), then it boots.
+    assert be.banger("vm", "stop", "fk-1", timeout=180).returncode == 0
+    p = be.banger("vm", "set", "fk-1", "--disk-size", "3G", timeout=600)
+    assert p.returncode == 0, p.stderr
+    assert be.banger("vm", "start", "fk-1", timeout=900).returncode == 0
+    assert _out(be, "fk-1", "cat /root/after-child /root/before") == "c\nwork"
+    size = int(_out(be, "fk-1", "df -B1 --output=size /root | tail -1"))
+    assert size > 2_500_000_000
+
     for child in ("fk-1", "fk-2"):
         assert be.banger("vm", "delete", child, timeout=180).returncode == 0
     assert [vm["name"] for vm in list_vms(be)] == []
