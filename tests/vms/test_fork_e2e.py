@@ -86,6 +86,13 @@ def test_fork_children_have_their_own_identity_memory_copy_and_disks(vmenv: Bang
         assert _exists(be, "fk-1", path)
         assert not _exists(be, "fp", path) and not _exists(be, "fk-2", path)
 
+    # A second fork of the same parent (its layers were swapped by the first) carries its now.
+    p = be.banger("vm", "fork", "fp", "--name", "fz", timeout=900)
+    assert p.returncode == 0, p.stderr
+    assert _out(be, "fz", "hostname; cat /root/after-parent") == "fz\np"
+    assert not _exists(be, "fz", "/root/after-child")
+    assert be.banger("vm", "delete", "fz", timeout=180).returncode == 0
+
     # The parent goes; its children keep their disks (read through the fork base's layers).
     assert be.banger("vm", "delete", "fp", timeout=180).returncode == 0
     assert _out(be, "fk-1", "cat /root/after-child /etc/before") == "c\nroot"
