@@ -18,6 +18,7 @@ such a child whole); a base without REMAINS is finished by the next daemon start
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import shutil
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from banger import fsutil
-from banger.errors import AlreadyExists, Conflict, InvalidInput, NotRunning
+from banger.errors import AlreadyExists, Conflict, InvalidInput, NotFound, NotRunning
 from banger.guest.identity import GuestIdentity
 from banger.guest.ssh import generate_host_key, pin_host_key
 from banger.paths import Paths
@@ -153,7 +154,8 @@ async def fork(
                 await layers.remove_keeping_backers(base, svc.paths)
     finally:
         svc._reserved.difference_update(names)
-    result.parent = svc._record(result.parent.id)
+    with contextlib.suppress(NotFound):  # the parent may have been deleted meanwhile
+        result.parent = svc._record(result.parent.id)
     return result
 
 
