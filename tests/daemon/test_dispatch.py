@@ -58,6 +58,7 @@ EXTENSIONS = [
     "vm.snapshot.list",  # issue 14: checkpoints
     "vm.snapshot.restore",  # issue 14: checkpoints
     "vm.snapshot.delete",  # issue 14: checkpoints
+    "vm.fork",  # issue 14: children of a running VM with their own identity (docs/snapshots.md)
 ]
 
 # The seed's TestRPCHandlersMatchDocumentedMethods list: where the table must end up.

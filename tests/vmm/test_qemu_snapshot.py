@@ -419,6 +419,20 @@ def test_recover_disk_finishes_an_interrupted_swap(tmp_path: Path) -> None:
     assert not snap.recover_disk(disk)  # present: nothing to do
 
 
+def test_a_kept_node_name_is_a_symlink_recovery_ignores(tmp_path: Path) -> None:
+    # After a swap the new layer's staging name points at the VM's path (the next checkpoint
+    # reopens it read-only by that name); the one before it goes.
+    disk = tmp_path / "work.qcow2"
+    disk.write_bytes(b"active")
+    older = tmp_path / ".work.qcow2.1.next"
+    older.symlink_to(disk.name)
+    snap._keep_node_name(disk, tmp_path / ".work.qcow2.2.next")
+    assert not older.is_symlink()
+    assert (tmp_path / ".work.qcow2.2.next").read_bytes() == b"active"
+    disk.unlink()  # a crash between the renames: no staged layer, only the kept name
+    assert not snap.recover_disk(disk)
+
+
 def _qemu_io(path: Path, command: str) -> str:
     return subprocess.run(
         ["qemu-io", "-f", "qcow2", "-c", command, str(path)],

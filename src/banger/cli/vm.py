@@ -1,4 +1,4 @@
-"""`banger vm create|start|stop|restart|kill|delete|prune|set|list|show|logs|ssh`."""
+"""`banger vm create|start|stop|restart|kill|delete|prune|set|list|show|logs|ssh|fork`."""
 
 from __future__ import annotations
 
@@ -557,3 +557,8 @@ vm.add_command(_egress_cmd)
 from banger.cli.vm_snapshot import snapshot as _snapshot_group  # noqa: E402
 
 vm.add_command(_snapshot_group)
+
+# `vm fork` (issue 14: children of a running VM) lives in cli/vm_fork.py.
+from banger.cli.vm_fork import fork_cmd as _fork_cmd  # noqa: E402
+
+vm.add_command(_fork_cmd)

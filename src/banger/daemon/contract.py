@@ -20,6 +20,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from banger.daemon import (
+    handlers_fork,
     handlers_images,
     handlers_kernels,
     handlers_network,
@@ -75,6 +76,7 @@ CONTRACT: dict[str, Method] = {
     "vm.start": Method(_vms.RefsParams, r.VMChange),
     "vm.stop": Method(_vms.StopParams, r.VMChange),
     "vm.restart": Method(_vms.RefsParams, r.VMChange),
+    "vm.fork": Method(handlers_fork.ForkParams, r.Fork),
     "vm.kill": Method(_vms.KillParams, r.VMChange),
     "vm.delete": Method(_vms.RefsParams, r.VMChange),
     "vm.set": Method(_vms.SetParams, r.VMChange),

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from banger.daemon import (
+    handlers_fork,
     handlers_images,
     handlers_kernels,
     handlers_network,
@@ -58,6 +59,7 @@ RPC_HANDLERS: dict[str, Handler] = {
     "vm.start": handlers_vms.vm_start,
     "vm.stop": handlers_vms.vm_stop,
     "vm.restart": handlers_vms.vm_restart,
+    "vm.fork": handlers_fork.vm_fork,
     "vm.kill": handlers_vms.vm_kill,
     "vm.delete": handlers_vms.vm_delete,
     "vm.set": handlers_vms.vm_set,

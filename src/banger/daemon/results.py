@@ -122,6 +122,25 @@ class VM(_VMRecord):
     model_config = _CLOSED
 
 
+class ForkChild(Result):
+    name: str
+    ok: bool
+    seconds: float = Field(description="from the checkpoint to this child answering SSH")
+    vm: VM | None
+    error: str | None = Field(description="why this child was not made (nothing of it is left)")
+
+
+class Fork(Result):
+    """`vm.fork`: the parent (running or paused as before) and each child, made or not."""
+
+    parent: str
+    parent_state: str
+    paused_seconds: float = Field(description="the parent's vCPUs stood still this long")
+    checkpoint_seconds: float
+    shared_memory: bool = Field(description="the children map one RAM file copy-on-write")
+    children: list[ForkChild]
+
+
 class WorkspaceRef(Result):
     host_path: str
     guest_path: str

@@ -364,7 +364,8 @@ class QemuDriver:
             raise
         finally:
             for path in staged:  # the ones not swapped in (a swapped one was renamed away)
-                path.unlink(missing_ok=True)
+                if not path.is_symlink():  # a swapped one's kept node name (qemu_snapshot)
+                    path.unlink(missing_ok=True)
         if not keep_running:
             if not await self.wait_exit(handle, 10.0):
                 self.send_signal(handle, signal.SIGKILL)

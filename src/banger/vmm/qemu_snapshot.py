@@ -476,7 +476,21 @@ async def freeze_disks(
         os.rename(disk.path, layer)
         os.rename(new, disk.path)
         frozen[disk.role] = layer
+        _keep_node_name(disk.path, new)
     return frozen
+
+
+def _keep_node_name(path: Path, stale: Path) -> None:
+    """QEMU knows the new active layer by its staging name; the next checkpoint reopens it
+    read-only BY THAT NAME. Without a file there the reopen fails (ignored by QEMU) and the
+    running VM keeps its write lock on what becomes a frozen layer: a fork's child, which opens
+    that layer as its backing, then fails with "Failed to get shared 'write' lock". A symlink
+    at the staging name to the VM's path makes the reopen find the same file; the previous
+    one (of the layer just frozen) is no longer needed."""
+    for old in path.parent.glob(f".{path.name}.*.next"):
+        if old.is_symlink():
+            old.unlink(missing_ok=True)
+    os.symlink(path.name, stale)
 
 
 def recover_disk(path: Path) -> bool:
@@ -484,7 +498,8 @@ def recover_disk(path: Path) -> bool:
     lies beside it, move it into place (its frozen layer was renamed first). True if it did."""
     if path.exists():
         return False
-    staged = sorted(path.parent.glob(f".{path.name}.*.next"))
+    # (symlinks there are kept node names, `_keep_node_name`: not a staged layer)
+    staged = sorted(p for p in path.parent.glob(f".{path.name}.*.next") if not p.is_symlink())
     if len(staged) != 1:
         return False
     os.rename(staged[0], path)

@@ -29,7 +29,13 @@ from pathlib import Path
 
 from banger.errors import BangerError, InvalidInput, NotFound, OperationFailed
 from banger.guest import payload
-from banger.guest.identity import GuestIdentity, IdentityError, reidentify, set_clock
+from banger.guest.identity import (
+    GuestAddress,
+    GuestIdentity,
+    IdentityError,
+    reidentify,
+    set_clock,
+)
 from banger.request import RequestContext
 from banger.vmm.base import DiskSpec, Driver, NetworkSpec, SavedMachine, VMHandle, VMSpec
 from banger.vmm.plan import BootPlan
@@ -291,12 +297,12 @@ class BootPipeline:
         with open(vm.console_log, "ab") as f:
             f.write(f"\n--- banger: {what} of {vm.name} at {now()} ---\n".encode())
         shutil.rmtree(b.rundir, ignore_errors=True)
-        return self._describe(b)
+        return machine_spec(b)
 
     async def running_spec(self, vm: VMRecord, handle: VMHandle) -> tuple[VMSpec, Driver]:
-        """The VMSpec `vm` runs with now (the one its boot or wake built) and its driver: what
-        `Driver.save` needs for a checkpoint or a suspend. Touches nothing (no console marker,
-        the runtime dir stays); the network is the VM's current one (its TAP, MAC, address)."""
+        """The VMSpec the running (or paused) `vm` runs with now (the one its boot or wake built)
+        and its driver: what `Driver.save` needs for a checkpoint, a fork or a suspend. Touches
+        nothing (no console marker, the runtime dir stays); the network is the VM's current one."""
         b = _Boot(vm, self._runtime_dir(vm.id), handle=handle)
         kernel = await self._kernels.get(vm.kernel)
         b.kernel = kernel
@@ -308,27 +314,9 @@ class BootPipeline:
 
             b.net = NetworkSpec(kind="tap", tap_device=tap_name(vm.id), mac=guest_mac(vm.id))
             b.guest_ip = self._network.guest_ip(vm.id) if self._network is not None else None
-        return self._describe(b), self._registry.get(handle.driver)
-
-    def _describe(self, b: _Boot) -> VMSpec:
-        vm, plan, kernel = b.vm, b.plan, b.kernel
-        assert plan is not None and kernel is not None
-        return VMSpec(
-            vm_id=vm.id,
-            name=vm.name,
-            kernel=plan.kernel,
-            initrd=kernel.initrd,
-            cmdline=KERNEL_ARGS,
-            root_disk=plan.root,
-            work_disk=disks.work_disk(vm.dir),
-            extra_disks=(DiskSpec(vm.dir / "seed.ext4", "raw", read_only=True),),
-            vcpus=vm.vcpus,
-            memory_mib=vm.memory_mib,
-            network=b.net,
-            console_log=vm.console_log,
-            runtime_dir=b.rundir,
-            extra={"kernel_name": kernel.name, **({"guest_ip": b.guest_ip} if b.guest_ip else {})},
-        )
+        else:
+            b.net = NetworkSpec(kind="user", ssh_host_port=handle.ssh_port)
+        return machine_spec(b), self._registry.get(handle.driver)
 
     async def _launch(self, b: _Boot) -> None:
         spec = self._spec(b, "boot")
@@ -358,9 +346,19 @@ class BootPipeline:
             if b.wake.identity is None:
                 await set_clock(open_control, IDENTITY_TIMEOUT)
             else:
-                await reidentify(open_control, b.wake.identity, IDENTITY_TIMEOUT)
+                ident = self._with_address(b, b.wake.identity)
+                await reidentify(open_control, ident, IDENTITY_TIMEOUT)
         except IdentityError as e:
             raise OperationFailed(f"the restored guest did not take its identity: {e}") from None
+
+    @staticmethod
+    def _with_address(b: _Boot, ident: GuestIdentity) -> GuestIdentity:
+        """A bridged VM made from another's memory takes the address its network stage got."""
+        gn = b.guest_net
+        if ident.address is not None or gn.kind != "tap" or not gn.address:
+            return ident
+        addr = GuestAddress(gn.address, gn.prefix, gn.gateway or None, gn.mac or None)
+        return dataclasses.replace(ident, address=addr)
 
     async def _wait_guest(self, b: _Boot) -> None:
         assert b.handle is not None
@@ -432,3 +430,25 @@ def console_failure(path: Path) -> str | None:
             if marker in line:
                 return line.strip()
     return None
+
+
+def machine_spec(b: _Boot) -> VMSpec:
+    """The machine a boot, a wake or a save describes (the same one each time)."""
+    vm, plan, kernel = b.vm, b.plan, b.kernel
+    assert plan is not None and kernel is not None
+    return VMSpec(
+        vm_id=vm.id,
+        name=vm.name,
+        kernel=plan.kernel,
+        initrd=kernel.initrd,
+        cmdline=KERNEL_ARGS,
+        root_disk=plan.root,
+        work_disk=disks.work_disk(vm.dir),
+        extra_disks=(DiskSpec(vm.dir / "seed.ext4", "raw", read_only=True),),
+        vcpus=vm.vcpus,
+        memory_mib=vm.memory_mib,
+        network=b.net,
+        console_log=vm.console_log,
+        runtime_dir=b.rundir,
+        extra={"kernel_name": kernel.name, **({"guest_ip": b.guest_ip} if b.guest_ip else {})},
+    )

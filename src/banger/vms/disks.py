@@ -47,9 +47,11 @@ async def create_work_disk(out: Path, size_bytes: int) -> None:
 
 
 def work_disk(vdir: Path) -> DiskSpec:
-    """The work disk a boot attaches: the qcow2 overlay when the VM has one, else the raw file."""
+    """The work disk a boot attaches: the qcow2 overlay when the VM has one, else the raw file.
+    A fork's child has no raw file of its own: its work disk is always the qcow2 layer over the
+    fork base's frozen one (the restore creates it)."""
     overlay = vdir / WORK_OVERLAY
-    if overlay.exists():
+    if overlay.exists() or not (vdir / WORK_RAW).exists():
         return DiskSpec(overlay, "qcow2")
     return DiskSpec(vdir / WORK_RAW, "raw")
 
@@ -71,6 +73,8 @@ async def grow_work_disk(vdir: Path, size_bytes: int) -> None:
     overlay of the new size takes the old one's place."""
     path = vdir / WORK_RAW
     overlay = vdir / WORK_OVERLAY
+    if not path.exists() and overlay.exists():
+        await flatten_work_disk(vdir)
     current = path.stat().st_size
     if size_bytes <= current:
         return
@@ -89,6 +93,23 @@ async def grow_work_disk(vdir: Path, size_bytes: int) -> None:
     await run(["resize2fs", str(path)], what="resize2fs (work disk)", timeout=300)
     if had_overlay:
         await ensure_work_overlay(vdir)
+
+
+async def flatten_work_disk(vdir: Path) -> None:
+    """A fork's child (no `work.ext4` of its own: its overlay reads through the fork base) gets
+    the whole chain copied into its own raw `work.ext4`, then a new empty overlay over it: the
+    child no longer depends on the base for /root (offline only)."""
+    tmp = vdir / f".{WORK_RAW}.tmp"
+    tmp.unlink(missing_ok=True)
+    layer = str(vdir / WORK_OVERLAY)
+    await run(
+        ["qemu-img", "convert", "-q", "-f", "qcow2", "-O", "raw", layer, str(tmp)],
+        what="qemu-img convert (a fork child's work disk into its own work.ext4)",
+        timeout=600,
+    )
+    os.replace(tmp, vdir / WORK_RAW)
+    (vdir / WORK_OVERLAY).unlink()
+    await ensure_work_overlay(vdir)
 
 
 def allocated_bytes(path: Path) -> int:

@@ -3,7 +3,8 @@
 - Intent markers in a VM's directory: `creating` (holds the create's current stage) from the
   moment the directory exists until the create ends, `deleting` from the start of a delete. The
   directory is renamed into place with its marker, so a crash can never leave a VM dir that looks
-  finished when it is not.
+  finished when it is not. A fork's child carries `forking` instead, until it runs with its own
+  identity: a crash removes such a child whole (record, dir, host key pin).
 - VMM processes of *this* state dir (`vmm_processes`): QEMU by `process=banger-<id>` in its `-name`
   plus a path under `<state>/vms/<id>/` in its argv; Firecracker by `--id <id>` plus its API socket
   under `<runtime>/vms/<id>/` or its stdout (the console) open on `<state>/vms/<id>/console.log`.
@@ -25,6 +26,8 @@ from banger.paths import Paths
 
 CREATING = "creating"
 DELETING = "deleting"
+# A fork's child until it runs with its own identity: a crash removes it entirely (vms/fork.py).
+FORKING = "forking"
 # Ids are `secrets.token_hex(6)`.
 VM_ID_RE = re.compile(r"^[0-9a-f]{12}$")
 # Workspace SSH masters put their control socket here (workspace/transport.py).

@@ -36,6 +36,7 @@ from banger.store.db import Store
 from banger.vmm.base import DriverError, VMHandle
 from banger.vmm.registry import DriverRegistry
 from banger.vms import disks, layers, recovery
+from banger.vms import fork as fork_mod
 from banger.vms.boot import BootPipeline, Progress
 from banger.vms.checkpoints import Checkpoints, Deleted
 from banger.vms.names import InvalidName, generate_name, validate_name
@@ -679,6 +680,14 @@ class VMService:
 
     async def snapshot_delete(self, ref: str, tag: str) -> Deleted:
         return await self.checkpoints.delete(ref, tag)
+
+    # --- fork (vms/fork.py) ------------------------------------------------------------------
+
+    async def fork(
+        self, ref: str, name: str, count: int | None, ctx: RequestContext
+    ) -> fork_mod.ForkResult:
+        """`count` children (NAME, or NAME-1 … NAME-K) of the running or paused VM `ref`."""
+        return await fork_mod.fork(self, ref, name, count, ctx)
 
     async def prune(self) -> builtins.list[VMRecord]:
         """Delete every VM that is not running."""

@@ -90,6 +90,12 @@ class Startup:
                 await self._stop_vmms(vm.id, mine)
                 await self._purge(vm.id)
                 continue
+            if recovery.marked(vm.dir, recovery.FORKING) is not None:
+                # A fork's child that never ran as itself: nothing of it is kept.
+                log.warning("removing an interrupted fork's child", extra={"vm": vm.name})
+                await self._stop_vmms(vm.id, mine)
+                await self._purge(vm.id)
+                continue
             stage = recovery.marked(vm.dir, recovery.CREATING)
             if stage is None:
                 continue
@@ -122,7 +128,20 @@ class Startup:
         if self._saved is not None:
             await cleanup_pending_saves(self._saved, self._paths)
         await asyncio.to_thread(self._sweep_dirs, set(owned))
+        await self._finish_bases()
         await layers.sweep(self._paths)
+
+    async def _finish_bases(self) -> None:
+        """Fork bases without the REMAINS note were being made when the daemon died: keep only
+        the layers some VM reads through (the parent's active layers already do, right after
+        its checkpoint), as remains; the rest goes."""
+        bases = self._paths.bases_dir
+        if not _real_dir(bases):
+            return
+        for entry in sorted(bases.iterdir()):
+            if not layers.is_remains(entry):
+                log.info("finishing an interrupted fork base", extra={"path": str(entry)})
+                await layers.remove_keeping_backers(entry, self._paths)
 
     def _sweep_dirs(self, running: set[str]) -> None:
         """Remove VM dirs without a record, runtime dirs of VMs not running, and every staging
