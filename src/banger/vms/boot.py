@@ -29,7 +29,13 @@ from pathlib import Path
 
 from banger.errors import BangerError, InvalidInput, NotFound, OperationFailed
 from banger.guest import payload
-from banger.guest.identity import GuestIdentity, IdentityError, reidentify, set_clock
+from banger.guest.identity import (
+    GuestAddress,
+    GuestIdentity,
+    IdentityError,
+    reidentify,
+    set_clock,
+)
 from banger.request import RequestContext
 from banger.vmm.base import DiskSpec, Driver, NetworkSpec, SavedMachine, VMHandle, VMSpec
 from banger.vmm.plan import BootPlan
@@ -172,6 +178,12 @@ class BootPipeline:
             Stage("wait_ssh", "wait_ssh", "SSH", self._wait_ssh),
             Stage("publish", "wait_ssh", "name and SSH alias", self._publish),
         )
+        # The machine each running VM was started as (what a checkpoint of it must describe).
+        self._specs: dict[str, VMSpec] = {}
+
+    def spec_of(self, vm_id: str) -> VMSpec | None:
+        """The VMSpec the VM's current VMM was started with (None: not started by this daemon)."""
+        return self._specs.get(vm_id)
 
     async def run(self, vm: VMRecord, progress: Progress) -> VMRecord:
         """Boot `vm` (the caller holds its lock). Returns the running record."""
@@ -292,7 +304,7 @@ class BootPipeline:
         with open(vm.console_log, "ab") as f:
             f.write(f"\n--- banger: {what} of {vm.name} at {now()} ---\n".encode())
         shutil.rmtree(b.rundir, ignore_errors=True)
-        return VMSpec(
+        spec = self._specs[vm.id] = VMSpec(
             vm_id=vm.id,
             name=vm.name,
             kernel=plan.kernel,
@@ -308,6 +320,7 @@ class BootPipeline:
             runtime_dir=b.rundir,
             extra={"kernel_name": kernel.name, **({"guest_ip": b.guest_ip} if b.guest_ip else {})},
         )
+        return spec
 
     async def _launch(self, b: _Boot) -> None:
         spec = self._spec(b, "boot")
@@ -334,10 +347,16 @@ class BootPipeline:
             return await driver.open_control(handle, timeout)
 
         try:
-            if b.wake.identity is None:
+            ident = b.wake.identity
+            if ident is None:
                 await set_clock(open_control, IDENTITY_TIMEOUT)
-            else:
-                await reidentify(open_control, b.wake.identity, IDENTITY_TIMEOUT)
+                return
+            gn = b.guest_net
+            if ident.address is None and gn.kind == "tap" and gn.address:
+                # A bridged VM's own address: known once the network stage attached it.
+                addr = GuestAddress(gn.address, gn.prefix, gn.gateway, gn.mac or None)
+                ident = dataclasses.replace(ident, address=addr)
+            await reidentify(open_control, ident, IDENTITY_TIMEOUT)
         except IdentityError as e:
             raise OperationFailed(f"the restored guest did not take its identity: {e}") from None
 
@@ -374,6 +393,7 @@ class BootPipeline:
 
     async def release(self, vm_id: str) -> None:
         """After the VMM is gone: its runtime dir and its network attachment."""
+        self._specs.pop(vm_id, None)
         shutil.rmtree(self._runtime_dir(vm_id), ignore_errors=True)
         if self._network is None:
             return
