@@ -491,8 +491,7 @@ class VMService:
         driver = self.registry.get(handle.driver)
         try:
             await self.warm.invalidate_stale(combo)
-            await self._hold_for_test("template")
-            rec = await self.warm.make(driver, handle, spec, vm.dir, combo)
+            rec = await self.warm.make(driver, handle, spec, vm.dir, combo, self._hold_for_test)
         except asyncio.CancelledError:
             raise
         except Exception as e:
@@ -505,6 +504,7 @@ class VMService:
         if rec is None:
             return
         # Mapping the RAM copy-on-write needs a helper VMM for seconds: not on the user's clock.
+        self.warm.sharing[rec.key] = asyncio.Event()  # creates of it wait until it is done
         task = asyncio.create_task(self._share_template_memory(driver, spec, rec, ctx.op_id))
         self._background.add(task)
         task.add_done_callback(self._background.discard)

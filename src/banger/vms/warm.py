@@ -24,6 +24,7 @@ import logging
 import os
 import secrets
 import shutil
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from banger.guest.identity import GuestIdentity
@@ -38,6 +39,8 @@ from banger.vms.spec import InitMode, Sizing
 log = logging.getLogger("banger.vms")
 
 SEED = "seed.ext4"
+# How long a create waits for a template's RAM to be moved into its shared file.
+SHARE_WAIT = 120.0
 ROOT_RAW = "root.img"
 WORK_RAW = "work.ext4"
 WORK_OVERLAY = "work.qcow2"
@@ -93,12 +96,21 @@ class Templates:
 
     def __init__(self, repo: TemplateRepository, paths: Paths) -> None:
         self.repo, self.paths = repo, paths
+        # Templates whose RAM is being moved into a shared file: their state file is replaced
+        # under a restore's feet, so a create waits for that (seconds) before using one.
+        self.sharing: dict[str, asyncio.Event] = {}
 
     def dir_of(self, key: str) -> Path:
         return self.paths.templates_dir / key
 
     async def find(self, combo: Combination) -> TemplateRecord | None:
         """The ready template of `combo`, None when there is none (or its files are gone)."""
+        busy = self.sharing.get(combo.key())
+        if busy is not None:
+            try:
+                await asyncio.wait_for(busy.wait(), SHARE_WAIT)
+            except TimeoutError:
+                return None  # boot cold rather than wait longer
         rec = self.repo.ready(combo)
         if rec is None or rec.saved is None:
             return None
@@ -124,7 +136,13 @@ class Templates:
                 await self.delete(rec)
 
     async def make(
-        self, driver: Driver, handle: VMHandle, spec: VMSpec, vdir: Path, combo: Combination
+        self,
+        driver: Driver,
+        handle: VMHandle,
+        spec: VMSpec,
+        vdir: Path,
+        combo: Combination,
+        hold: Callable[[str], Awaitable[None]] | None = None,
     ) -> TemplateRecord | None:
         """Checkpoint the running VM as `combo`'s template (the caller holds the VM's lock).
         None when another create claimed it first. On failure the pending row and the files
@@ -142,6 +160,8 @@ class Templates:
             # The guest has this seed mounted: a restore needs the very same disk.
             await asyncio.to_thread(shutil.copyfile, vdir / SEED, dest / f".{SEED}.tmp")
             os.replace(dest / f".{SEED}.tmp", dest / SEED)
+            if hold is not None:
+                await hold("template")  # test-only: a crash with the files there, row pending
             size = await asyncio.to_thread(size_on_disk, dest)
             self.repo.finish(rec.key, saved, size)
         except BaseException:
@@ -156,11 +176,16 @@ class Templates:
     async def share_memory(self, driver: Driver, spec: VMSpec, rec: TemplateRecord) -> None:
         """Move the template's RAM into a file later restores map copy-on-write (drivers that
         can; the others restore from the stream, just slower)."""
-        share = getattr(driver, "share_memory", None)
-        if share is None or rec.saved is None:
-            return
-        saved: SavedMachine = await share(spec, rec.saved)
-        self.repo.finish(rec.key, saved, await asyncio.to_thread(size_on_disk, rec.dir))
+        done = self.sharing.setdefault(rec.key, asyncio.Event())
+        try:
+            share = getattr(driver, "share_memory", None)
+            if share is None or rec.saved is None:
+                return
+            saved: SavedMachine = await share(spec, rec.saved)
+            self.repo.finish(rec.key, saved, await asyncio.to_thread(size_on_disk, rec.dir))
+        finally:
+            self.sharing.pop(rec.key, None)
+            done.set()
 
     async def delete(self, rec: TemplateRecord) -> None:
         """Row first (no create finds it any more), then the files nothing reads through."""
