@@ -14,8 +14,10 @@ from tests.vms.world import CTX, FakeImage, World, req
 
 
 @pytest.fixture(autouse=True)
-def _warm_on(world: World) -> None:
-    world.warm = True
+def _warm_on(request: pytest.FixtureRequest) -> None:
+    for name in ("world", "bridged"):
+        if name in request.fixturenames:
+            request.getfixturevalue(name).warm = True
 
 
 def _ready_templates(svc: VMService) -> list[str]:
@@ -189,3 +191,20 @@ async def test_a_pending_template_is_removed_at_the_next_start(world: World) -> 
     svc2 = await world.service()
     assert list(svc2.templates.all()) == []
     assert not dest.exists() and not stray.exists()
+
+
+async def test_a_bridged_warm_vm_gets_its_own_address(bridged: World) -> None:
+    svc = await bridged.service()
+    await svc.create(req("first"), CTX)
+    vm = await svc.create(req("second"), CTX)
+    assert vm.boot == "warm"
+    handle = svc.repo.handle(vm.id)
+    assert handle is not None
+    sent = bridged.driver.commands[handle.pid]
+    assert bridged.network is not None
+    ip = bridged.network.guest_ip(vm.id)
+    assert (
+        [line for line in sent if line.startswith("addr ")]
+        == [line for line in sent if line.startswith(f"addr {ip}/")]
+        != []
+    )
