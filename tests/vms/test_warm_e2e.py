@@ -77,6 +77,21 @@ def test_warm_creates_end_to_end(vmenv: BangerEnv, tmp_path: Path) -> None:
     assert _guest(be, "w1", "test -e /root/w2.txt && echo yes || echo no") == "no"
     assert _image(be, "mine")["templates"][0]["uses"] == 1
 
+    # `vm run` creates warm too, then ships the checkout in and runs the command there.
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "hello.txt").write_text("hi from the checkout\n")
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
+    for cmd in (["init", "-q"], ["add", "hello.txt"], ["commit", "-q", "-m", "one"]):
+        subprocess.run([*git, *cmd], check=True)
+    ran = be.banger(
+        "vm", "run", "--image", "mine", "--name", "wr", "--rm", str(repo), "--",
+        "cat", "hello.txt", timeout=600,
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+    assert "wr ready in" in ran.stderr and "(warm)" in ran.stderr, ran.stderr
+    assert "hi from the checkout" in ran.stdout
+
     # `--cold` boots cold.
     assert "(warm)" not in _create(be, "w3", "--cold")
 
