@@ -6,16 +6,32 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import BangerEnv
+from tests.conftest import BangerEnv, BuiltImage, _stop_daemon
+from tests.vms.conftest import list_vms, make_vm_env
 from tests.vms.test_vm_e2e import _ssh
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def vmenv(debian_image: BuiltImage) -> Iterator[BangerEnv]:
+    """tests/vms/conftest.py's vmenv with warm creates on (there they are off)."""
+    be = make_vm_env(debian_image.cache_home, warm=True)
+    be.banger("daemon", "start", check=True, timeout=30)
+    yield be
+    be.banger("vm", "prune", "-f", timeout=120)
+    for vm in list_vms(be):
+        be.banger("vm", "delete", str(vm["name"]), timeout=120)
+    _stop_daemon(be)
+    shutil.rmtree(be.root, ignore_errors=True)
 
 
 def _image(be: BangerEnv, ref: str) -> dict[str, Any]:
