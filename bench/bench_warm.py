@@ -46,7 +46,9 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--cache-home", type=Path)
     args = ap.parse_args()
-    be = make_env("bgw-", cache_home=args.cache_home)
+    given = args.cache_home
+    cache = given if given and str(given) not in ("", ".") and given.is_dir() else None
+    be = make_env("bgw-", cache_home=cache)
     be.write_config('[vm_defaults]\nmemory_mib = 512\nvcpu = 1\ndisk_size = "2G"\n')
     try:
         run(be, "daemon", "start")

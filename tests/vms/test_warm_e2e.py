@@ -165,3 +165,33 @@ def test_a_crash_while_making_a_template_keeps_the_vm_and_no_template(vmenv: Ban
     assert _guest(be, "t1", "hostname") == "t1"
     be.banger("vm", "delete", "t1", check=True, timeout=120)
     assert list(templates.iterdir()) == []
+
+
+def test_a_crash_during_a_warm_create_leaves_a_whole_vm_or_none(vmenv: BangerEnv) -> None:
+    from tests.vms.test_crash_recovery import (
+        assert_caught,
+        assert_recovered,
+        begin_create,
+        kill_daemon,
+        restart,
+        restart_with_hold,
+        wait_for,
+    )
+
+    be = vmenv
+    # The template's first VM stays (a deleted one would leave remains its template reads).
+    be.banger("vm", "create", "--name", "t0", check=True, timeout=600)
+    restart_with_hold(be, "restore")
+    begin_create(be, "t2")
+    wait_for((be.paths.runtime_dir / "test-hold-restore").exists, "the restore hold point")
+    kill_daemon(be)
+    restart(be)
+    assert_recovered(be)  # the restored VMM no record owned is stopped
+    assert_caught(be, "t2", "boot")  # kept as error with the reason, as any interrupted create
+    be.banger("vm", "delete", "t2", check=True, timeout=120)
+    # The template is intact: the next create is warm.
+    res = be.banger("vm", "create", "--name", "t3", timeout=600)
+    assert res.returncode == 0 and "(warm)" in res.stdout, res.stderr
+    assert_recovered(be)
+    for name in ("t3", "t0"):
+        be.banger("vm", "delete", name, check=True, timeout=120)
