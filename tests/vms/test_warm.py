@@ -35,8 +35,9 @@ async def test_the_first_create_saves_a_template_and_the_second_wakes_from_it(
     world: World,
 ) -> None:
     svc = await _first(world)
-    [key] = _ready_templates(svc)
-    tdir = world.paths.templates_dir / key
+    [rec] = [r for r in svc.templates.all() if r.state == "ready"]
+    tdir = rec.dir
+    assert tdir.parent == world.paths.templates_dir and tdir.name.startswith(rec.key)
     assert (tdir / "seed.ext4").is_file() and (tdir / "saved.json").is_file()
     first = svc.repo.handle(svc._find("first").id)
     assert first is not None and world.driver.alive[first.pid]  # the first VM runs on
@@ -102,7 +103,7 @@ async def test_a_changed_image_never_uses_the_old_template(world: World) -> None
     assert vm.boot == "cold"
     keys = _ready_templates(svc)
     assert old not in keys and len(keys) == 1  # the outdated one was removed
-    assert not (world.paths.templates_dir / old / "saved.json").exists()
+    assert not list(world.paths.templates_dir.glob(f"{old}-*/saved.json"))
 
 
 async def test_a_changed_kernel_boots_cold(world: World) -> None:

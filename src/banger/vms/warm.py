@@ -3,10 +3,10 @@ template (a live checkpoint of that VM taken right after it answered SSH); later
 same combination restore it under their own identity instead of booting (docs/snapshots.md,
 "Warm creates").
 
-A template lives under `<state>/templates/<key>/`: the driver's saved machine (RAM and device
-state, frozen disk layers) plus the seed disk the guest had mounted. The first VM's active disks
-are layers over those frozen ones, and so are every warm-created VM's: deleting a template keeps
-the files some VM still reads through (vms/layers.py remains), swept once none does.
+A template lives under `<state>/templates/<key>-<random>/`: the driver's saved machine (RAM and
+device state, frozen disk layers) plus the seed disk the guest had mounted. The first VM's active
+disks are layers over those frozen ones, and so are every warm-created VM's: deleting a template
+keeps the files some VM still reads through (vms/layers.py remains), swept once none does.
 
 Which combination a create has is `combination()`: the image's and kernel's *versions* are the
 identity of their files on disk (size, mtime, inode), so a re-pulled image or a re-imported
@@ -100,9 +100,6 @@ class Templates:
         # under a restore's feet, so a create waits for that (seconds) before using one.
         self.sharing: dict[str, asyncio.Event] = {}
 
-    def dir_of(self, key: str) -> Path:
-        return self.paths.templates_dir / key
-
     async def find(self, combo: Combination) -> TemplateRecord | None:
         """The ready template of `combo`, None when there is none (or its files are gone)."""
         busy = self.sharing.get(combo.key())
@@ -148,13 +145,11 @@ class Templates:
         None when another create claimed it first. On failure the pending row and the files
         go (except layers the VM's own disks now read through: kept as remains) and the error
         is raised; the VM runs on untouched."""
-        dest = self.dir_of(combo.key())
-        if dest.exists() and self.repo.ready(combo) is None:
-            # Left by a crash before the row existed (row before files makes this rare).
-            await layers.remove_keeping_backers(dest, self.paths)
+        # A new dir each time: a removed template of the same key may still have remains there.
+        dest = self.paths.templates_dir / f"{combo.key()}-{secrets.token_hex(4)}"
         rec = self.repo.begin(combo, dest)
         if rec is None:
-            return None
+            return None  # made already, or being made by a concurrent create
         try:
             saved = await driver.save(handle, spec, dest, keep_running=True)
             # The guest has this seed mounted: a restore needs the very same disk.
