@@ -53,7 +53,8 @@ class Env:
         (self.root / "run").mkdir(mode=0o700)
         (self.root / "cfg/banger").mkdir(parents=True)
         (self.root / "cfg/banger/config.toml").write_text(
-            '[vm_defaults]\nmemory_mib = 512\nvcpu = 1\ndisk_size = "2G"\n'
+            # Cold boots measured: no warm-create templates (bench/bench_warm.py has those).
+            'warm_creates = false\n[vm_defaults]\nmemory_mib = 512\nvcpu = 1\ndisk_size = "2G"\n'
         )
 
     def banger(self, *args: str, timeout: float = 1800) -> str:

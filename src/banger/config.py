@@ -59,6 +59,9 @@ class Config(_Strict):
     jailer_parent_cgroup: str | None = None
     jailer_netns: str | None = None
     default_image: str = "debian-bookworm"
+    # Warm creates (docs/snapshots.md): the first boot of an image + kernel + sizing saves a
+    # template that later creates of the same wake from. False: every create boots cold.
+    warm_creates: bool = True
     default_kernel: str = "debian-6.1"
     debian_mirror: str = "http://deb.debian.org/debian"
     insecure_registries: list[str] = Field(default_factory=list)

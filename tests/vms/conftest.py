@@ -15,10 +15,14 @@ from tests.vms.world import bridged, world
 __all__ = ["bridged", "world"]  # fixtures of the in-memory lifecycle world (tests/vms/world.py)
 
 
-def make_vm_env(cache_home: Path) -> BangerEnv:
+def make_vm_env(cache_home: Path, *, warm: bool = False) -> BangerEnv:
     be = make_env("bgvm-", cache_home=cache_home)
-    # Lean guests: the host-aware default (RAM/8) is more than these tests need.
-    be.write_config('[vm_defaults]\nmemory_mib = 512\ndisk_size = "2G"\n')
+    # Lean guests: the host-aware default (RAM/8) is more than these tests need. Warm creates
+    # off unless asked for: these tests hold and kill creates at cold-boot stages.
+    be.write_config(
+        f"warm_creates = {'true' if warm else 'false'}\n"
+        '[vm_defaults]\nmemory_mib = 512\ndisk_size = "2G"\n'
+    )
     return be
 
 

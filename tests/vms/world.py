@@ -186,14 +186,17 @@ class World:
     guest: FakeGuest
     network: FakeNetwork | None
     services: list[VMService] = field(default_factory=list)
+    # Warm creates (templates) on: tests/vms/test_warm.py; off elsewhere, so every create boots.
+    warm: bool = False
 
     async def service(self) -> VMService:
         """A VMService over this store and these dirs, started (a daemon start)."""
-        registry = DriverRegistry(Config(vmm="qemu"), factory=lambda _c, _n: self.driver)
+        config = Config(vmm="qemu", warm_creates=self.warm)
+        registry = DriverRegistry(config, factory=lambda _c, _n: self.driver)
         svc = VMService(
             store=self.store,
             paths=self.paths,
-            config=Config(vmm="qemu"),
+            config=config,
             registry=registry,
             images=self.images,
             kernels=self.kernels,

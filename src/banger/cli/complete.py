@@ -79,6 +79,11 @@ IMAGE_OPTION = click.option(
     shell_complete=image_names,
     help="image name or id (default: config default_image)",
 )
+COLD_OPTION = click.option(
+    "--cold",
+    is_flag=True,
+    help="boot cold even when a warm-create template of this image and sizing exists",
+)
 NAT_OPTION = click.option("--nat", is_flag=True, help="outbound NAT for a bridged VM (masquerade)")
 ALLOW_OPTION = click.option(
     "--allow",

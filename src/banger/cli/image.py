@@ -218,6 +218,21 @@ def show_cmd(ref: str, as_json: bool) -> None:
         ["env", "; ".join(cfg.get("env") or []) or "-"],
     ]
     print_fields(rows)
+    templates = i.get("templates") or []
+    if templates:
+        # Warm-create templates (docs/snapshots.md): creates of this sizing wake from these.
+        print()
+        print_table(
+            ["TEMPLATE", "KERNEL", "INIT", "VCPU", "MEMORY", "DISK", "SIZE", "CREATED", "USES"],
+            [
+                [
+                    t["key"][:12], t["kernel"], t["init_mode"], t["vcpus"],
+                    f"{t['memory_mib']} MiB", format_bytes(t["disk_size_bytes"]),
+                    format_bytes(t["size_bytes"]), t["created_at"], t["uses"],
+                ]
+                for t in templates
+            ],
+        )  # fmt: skip
 
 
 @image.command("delete")
@@ -266,7 +281,11 @@ def cache_group() -> None:
 @cache_group.command("prune")
 @click.option("--dry-run", is_flag=True, help="only report what would be freed")
 def prune_cmd(dry_run: bool) -> None:
-    """Delete every cached blob (images already pulled are not affected)."""
+    """Delete every cached blob and every warm-create template (images already pulled are
+    not affected; VMs made from a template keep working)."""
     r = call("image.cache.prune", {"dry_run": dry_run})
     verb = "would free" if r["dry_run"] else "freed"
     click.echo(f"{verb} {format_bytes(r['bytes'])} across {r['blobs']} blob(s) in {r['dir']}")
+    if r.get("templates"):
+        what = "would remove" if r["dry_run"] else "removed"
+        click.echo(f"{what} {r['templates']} warm-create template(s)")

@@ -184,3 +184,8 @@ def home_relative(path: str) -> str:
     if home not in ("", "/") and (path == home or path.startswith(home + "/")):
         return "~" + path[len(home) :]
     return path
+
+
+def boot_note(vm: Any) -> str:
+    """` (warm)` after a create's `ready in` when it woke from a template (docs/snapshots.md)."""
+    return " (warm)" if isinstance(vm, dict) and vm.get("boot") == "warm" else ""

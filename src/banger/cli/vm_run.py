@@ -13,8 +13,15 @@ from typing import Any
 
 import click
 
-from banger.cli.complete import ALLOW_OPTION, IMAGE_OPTION, NAT_OPTION, NEW_VM_NAME, vm_names
-from banger.cli.output import dim, print_error
+from banger.cli.complete import (
+    ALLOW_OPTION,
+    COLD_OPTION,
+    IMAGE_OPTION,
+    NAT_OPTION,
+    NEW_VM_NAME,
+    vm_names,
+)
+from banger.cli.output import boot_note, dim, print_error
 from banger.cli.workspace import (
     call,
     local_plan,
@@ -106,7 +113,11 @@ def _kept(vm: str) -> dict[str, Any] | None:
 
 
 def _create_vm(
-    name: str | None, image: str | None, nat: bool, allow: tuple[str, ...] = ()
+    name: str | None,
+    image: str | None,
+    nat: bool,
+    allow: tuple[str, ...] = (),
+    cold: bool = False,
 ) -> dict[str, Any]:
     """`vm.create` with live stages on stderr; the VM's name comes from its spec line."""
     from banger.cli import connect
@@ -119,6 +130,7 @@ def _create_vm(
         "image": image,
         "nat": nat or None,
         "allow": list(allow) or None,
+        "cold": cold or None,
     }
     stages = Stages(name)
     try:
@@ -146,7 +158,7 @@ def _create_vm(
     if not isinstance(vm, dict) or "name" not in vm:
         raise click.ClickException(f"vm.create returned no VM name: {result!r}")
     # The stage spinner vanishes on a terminal: say the boot is done, as `vm create` does.
-    click.echo(f"{vm['name']} ready in {stages.elapsed():.1f}s", err=True)
+    click.echo(f"{vm['name']} ready in {stages.elapsed():.1f}s{boot_note(vm)}", err=True)
     return vm
 
 
@@ -157,6 +169,7 @@ def _create_vm(
 @NEW_VM_NAME
 @IMAGE_OPTION
 @click.option("--rm", "remove", is_flag=True, help="delete the VM when the session or command ends")
+@COLD_OPTION
 @NAT_OPTION
 @ALLOW_OPTION
 @prepare_options
@@ -168,6 +181,7 @@ def run_cmd(
     name: str | None,
     image: str | None,
     remove: bool,
+    cold: bool,
     nat: bool,
     allow: tuple[str, ...],
     dry_run: bool,
@@ -191,7 +205,7 @@ def run_cmd(
         assert plan is not None
         print_plan(plan, as_json=False)
         return
-    vm = _create_vm(name, image, nat, allow)
+    vm = _create_vm(name, image, nat, allow, cold)
     vm_name = str(vm["name"])
     status = 0
     try:

@@ -87,12 +87,16 @@ async def image_list(d: Daemon, ctx: RequestContext, params: dict[str, Any]) -> 
 
 async def image_show(d: Daemon, ctx: RequestContext, params: dict[str, Any]) -> ImageRecord:
     p = parse_params(RefParams, params)
-    return await d.images.get(p.ref)
+    rec = await d.images.get(p.ref)
+    return rec.model_copy(update={"templates": d.vms.templates_of(rec.id)})
 
 
 async def image_delete(d: Daemon, ctx: RequestContext, params: dict[str, Any]) -> ImageRecord:
     p = parse_params(RefParams, params)
-    return await d.images.delete(p.ref)
+    rec = await d.images.delete(p.ref)
+    # Its warm-create templates go with it (VMs made from them keep the layers they read).
+    await d.vms.remove_templates(rec.id)
+    return rec
 
 
 async def image_register(d: Daemon, ctx: RequestContext, params: dict[str, Any]) -> ImageRecord:
@@ -116,4 +120,9 @@ async def image_cache_prune(
     d: Daemon, ctx: RequestContext, params: dict[str, Any]
 ) -> dict[str, Any]:
     p = parse_params(PruneParams, params)
-    return await d.images.prune(p.dry_run)
+    out = await d.images.prune(p.dry_run)
+    if p.dry_run:
+        out["templates"] = len(d.vms.templates_of(None))
+    else:
+        out["templates"] = await d.vms.remove_templates(None)
+    return out

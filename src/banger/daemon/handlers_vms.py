@@ -46,6 +46,8 @@ class CreateParams(Params):
     # egress allow rules (egress issue): any rule makes egress restricted (and implies NAT)
     allow: EgressRules = Field(default_factory=list)
     egress: Literal["open", "restricted"] | None = None
+    # boot cold even when a warm-create template of this combination exists (issue 14)
+    cold: bool = False
 
     def request(self) -> CreateRequest:
         return CreateRequest(
@@ -60,6 +62,7 @@ class CreateParams(Params):
             nat=self.nat,
             allow=tuple(self.allow),
             egress=self.egress,
+            cold=self.cold,
         )
 
 

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, RootModel
 
 from banger.images.model import ImageConfig as _ImageConfig
 from banger.images.model import ImageRecord as _ImageRecord
+from banger.images.model import TemplateInfo as _TemplateInfo
 from banger.kernels.model import CatalogItem as _CatalogItem
 from banger.kernels.model import KernelRecord as _KernelRecord
 from banger.vms.spec import VMRecord as _VMRecord
@@ -98,10 +99,16 @@ class ImageConfig(_ImageConfig):
     model_config = _CLOSED
 
 
+class TemplateInfo(_TemplateInfo):
+    model_config = _CLOSED
+
+
 class Image(_ImageRecord):
     model_config = _CLOSED
 
     config: ImageConfig
+    # Warm-create templates of the image (issue 14): `image show` fills it, others send [].
+    templates: list[TemplateInfo] = Field(default_factory=list)  # type: ignore[assignment]
 
 
 class ImageList(RootModel[list[Image]]):
@@ -113,6 +120,7 @@ class CachePrune(Result):
     bytes: int = Field(description="bytes freed (or that would be, with dry_run)")
     blobs: int
     dir: str
+    templates: int = Field(default=0, description="warm-create templates removed (issue 14)")
 
 
 # --- vms -----------------------------------------------------------------------------------------

@@ -17,6 +17,21 @@ class ImageConfig(BaseModel):
     user: str = ""
 
 
+class TemplateInfo(BaseModel):
+    """A warm-create template made from the image (`image show`; docs/snapshots.md)."""
+
+    key: str
+    kernel: str
+    init_mode: str
+    vcpus: int
+    memory_mib: int
+    disk_size_bytes: int
+    driver: str
+    size_bytes: int
+    created_at: str
+    uses: int
+
+
 class ImageRecord(BaseModel):
     id: str
     name: str
@@ -34,3 +49,5 @@ class ImageRecord(BaseModel):
     kernel: Path | None = None
     initrd: Path | None = None
     modules_dir: Path | None = None
+    # Warm-create templates of this image (filled by `image show` only).
+    templates: list[TemplateInfo] = Field(default_factory=list)

@@ -200,6 +200,9 @@ def build_server(
                 max_length=256,
             ),
         ] = None,
+        cold: Annotated[
+            bool, Field(description="boot cold even when a warm-create template exists")
+        ] = False,
     ) -> SandboxView:
         """Create and boot a sandbox VM; returns when it accepts commands."""
         try:
@@ -212,6 +215,7 @@ def build_server(
                 disk_size=disk_size,
                 nat=nat,
                 allow=allow or (),
+                cold=cold,
                 keep=True,
                 daemon=sandboxes.daemon,
             )

@@ -127,6 +127,7 @@ class AsyncSandbox:
         nat: bool = False,
         allow: Sequence[str] = (),
         init: Literal["auto", "systemd", "minimal"] = "auto",
+        cold: bool = False,
         keep: bool = False,
         daemon: DaemonConnection | None = None,
         host: str | None = None,
@@ -145,6 +146,8 @@ class AsyncSandbox:
         """
         d = _resolve_daemon(daemon, host)
         params: dict[str, Any] = {"init": init, "nat": nat}
+        if cold:
+            params["cold"] = True  # no warm-create template (docs/snapshots.md)
         if isinstance(allow, str):
             raise TypeError("allow must be a list of rules, e.g. allow=['pypi.org']")
         if allow:

@@ -126,7 +126,7 @@ async def sweep(paths: Paths) -> None:
     removed = True
     while removed:  # removing a base can free the remains below it: until nothing changes
         removed = False
-        for parent in (paths.vms_dir, paths.bases_dir):
+        for parent in (paths.vms_dir, paths.bases_dir, paths.templates_dir):
             if parent.is_dir() and not parent.is_symlink():
                 for d in sorted(parent.iterdir()):
                     if is_remains(d) and await remove_keeping_backers(d, paths):

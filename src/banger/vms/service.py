@@ -29,24 +29,28 @@ from banger import fsutil
 from banger.config import Config
 from banger.errors import AlreadyExists, BangerError, Conflict, InvalidInput, NotFound, NotRunning
 from banger.guest.ssh import SSHTarget, forget_host, generate_host_key, pin_host_key
+from banger.images.model import TemplateInfo
 from banger.network.egress import Policy, updated
 from banger.paths import Paths
 from banger.request import RequestContext
 from banger.store.db import Store
-from banger.vmm.base import DriverError, VMHandle
+from banger.vmm.base import Driver, DriverError, VMHandle, VMSpec
 from banger.vmm.registry import DriverRegistry
+from banger.vms import boot as boot_mod
 from banger.vms import disks, layers, recovery
 from banger.vms import fork as fork_mod
-from banger.vms.boot import BootPipeline, Progress
+from banger.vms import warm as warm_mod
+from banger.vms.boot import BootPipeline, Progress, Wake
 from banger.vms.checkpoints import Checkpoints, Deleted
 from banger.vms.names import InvalidName, generate_name, validate_name
 from banger.vms.operations import Operation, Operations
-from banger.vms.ports import GuestTools, Images, Kernels, Network
+from banger.vms.ports import GuestTools, Image, Images, Kernel, Kernels, Network
 from banger.vms.repository import VMRepository, now
-from banger.vms.saved import SnapshotRepository, TemplateRepository
-from banger.vms.spec import InitMode, VMRecord, resolve_sizing
+from banger.vms.saved import Combination, SnapshotRepository, TemplateRecord, TemplateRepository
+from banger.vms.spec import InitMode, Sizing, VMRecord, resolve_sizing
 from banger.vms.startup import Startup
 from banger.vms.states import Event, Lifecycle
+from banger.vms.warm import Templates
 
 log = logging.getLogger("banger.vms")
 
@@ -75,6 +79,17 @@ class CreateRequest:
     nat: bool = False
     allow: tuple[str, ...] = ()  # egress allow rules: any one makes the VM's egress restricted
     egress: Literal["open", "restricted"] | None = None
+    # Boot cold even when a warm-create template of this combination exists.
+    cold: bool = False
+
+
+@dataclass(frozen=True)
+class _Provisioned:
+    """What `_provision` decided: the combination (None: this driver cannot warm-create) and
+    the template the VM wakes from (None: a cold boot)."""
+
+    combo: Combination | None = None
+    template: TemplateRecord | None = None
 
 
 class VMService:
@@ -97,6 +112,9 @@ class VMService:
         # Saved machines on record (vms/saved.py): checkpoints and suspend images, templates.
         self.saved = SnapshotRepository(store)
         self.templates = TemplateRepository(store)
+        self.warm = Templates(self.templates, paths)
+        # Background work of finished creates (a template's RAM moved into a shared file).
+        self._background: set[asyncio.Task[None]] = set()
         self.lifecycle = Lifecycle(self.repo)
         self.boot = BootPipeline(
             repo=self.repo,
@@ -151,6 +169,10 @@ class VMService:
         """Recover from a crash, re-adopt VMs whose VMM still runs (the others are marked
         stopped), hand the survivors to the network, then watch them."""
         running = await self.startup.run()
+        try:
+            await self.warm.recover()
+        except Exception as e:
+            log.warning("cleaning up interrupted templates failed: %s", e)
         if self.network is not None:
             from banger.network.service import RunningVM
 
@@ -173,6 +195,10 @@ class VMService:
 
     async def stop(self) -> None:
         """Daemon shutdown: stop watching; running VMs keep running (a restart re-adopts them)."""
+        for task in list(self._background):
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
         for op in self.ops.running():
             if op.task is not None:
                 op.task.cancel()
@@ -224,6 +250,51 @@ class VMService:
     def references(self, kind: str, ident: str) -> builtins.list[str]:
         """Who uses image/kernel `ident` (deleting it is refused while any VM does)."""
         return [f"vm {name}" for name in self.repo.users_of(kind, ident)]
+
+    # --- warm-create templates (vms/warm.py) ---------------------------------------------------
+
+    def templates_of(self, image_id: str | None) -> builtins.list[TemplateInfo]:
+        """The ready templates of an image (None: of every image), for `image show`."""
+        out = []
+        for rec in self.templates.all():
+            if rec.state != "ready" or image_id not in (None, rec.image_id):
+                continue
+            combo = warm_mod.parse_combination(rec.combination)
+            out.append(
+                TemplateInfo(
+                    key=rec.key, kernel=rec.kernel, init_mode=str(combo.get("init_mode", "")),
+                    vcpus=int(str(combo.get("vcpus", 0))),
+                    memory_mib=int(str(combo.get("memory_mib", 0))),
+                    disk_size_bytes=int(str(combo.get("disk_size_bytes", 0))),
+                    driver=rec.driver, size_bytes=rec.size_bytes, created_at=rec.created_at,
+                    uses=rec.uses,
+                )
+            )  # fmt: skip
+        return out
+
+    async def _drop_orphan_templates(self) -> None:
+        """Templates of images that are gone (a re-pull under the same name gives a new id)."""
+        for rec in builtins.list(self.templates.all()):
+            if rec.state != "ready":
+                continue
+            try:
+                await self.images.get(rec.image_id)
+            except Exception as e:
+                if boot_mod.is_not_found(e):
+                    log.info("removing the template of a deleted image", extra={"key": rec.key})
+                    await self.warm.delete(rec)
+
+    async def remove_templates(self, image_id: str | None) -> int:
+        """Delete the image's templates (None: all). VMs created from them keep working: the
+        layers they read through stay as remains until they are gone."""
+        doomed = [
+            rec
+            for rec in self.templates.all()
+            if rec.state == "ready" and image_id in (None, rec.image_id)
+        ]
+        for rec in doomed:
+            await self.warm.delete(rec)
+        return len(doomed)
 
     def _lock(self, vm_id: str) -> asyncio.Lock:
         return self._locks.setdefault(vm_id, asyncio.Lock())
@@ -341,7 +412,7 @@ class VMService:
         name = self._reserve_name(req.name)
         vm_id = secrets.token_hex(6)
         try:
-            await self._provision(vm_id, name, req, ctx, progress, op)
+            plan = await self._provision(vm_id, name, req, ctx, progress, op)
         finally:
             self._reserved.discard(name)
         marker_dir = self.vm_dir(vm_id)
@@ -350,9 +421,20 @@ class VMService:
             if op is not None:
                 op.update("done", "created", done=total, total=total)
             return self._record(vm_id)
+        warm = False
         try:
             async with self._lock(vm_id):
-                vm = await self.boot.run(self.repo.get(vm_id), progress)
+                if plan.template is not None:
+                    warm = await self._wake_warm(vm_id, plan.template, progress, op)
+                if warm:
+                    vm = self.repo.get(vm_id)
+                else:
+                    vm = await self.boot.run(self.repo.get(vm_id), progress)
+                # Whole now: a crash from here on finds a running VM, not an interrupted create.
+                marker_dir = None
+                await asyncio.to_thread(recovery.clear, self.vm_dir(vm_id), recovery.CREATING)
+                if not warm and plan.combo is not None:
+                    await self._make_template(vm, plan.combo, ctx)
         except asyncio.CancelledError:
             # A cancelled create leaves nothing behind: no process, no disks, no record.
             await asyncio.shield(self._purge(vm_id))
@@ -362,8 +444,89 @@ class VMService:
             marker_dir = None
             await asyncio.to_thread(recovery.clear, self.vm_dir(vm_id), recovery.CREATING)
         if op is not None:
-            op.update("ready", "", done=total, total=total)
+            op.update("ready", "warm" if warm else "", done=total, total=total)
+        vm = self.repo.get(vm_id).model_copy(update={"boot": "warm" if warm else "cold"})
         return self._enrich(vm)
+
+    async def _wake_warm(
+        self, vm_id: str, template: TemplateRecord, progress: Progress, op: Operation | None
+    ) -> bool:
+        """Wake the provisioned VM from `template` under its own identity. False when that
+        failed: the VM is then made ready for a cold boot (its own disks and seed), the reason
+        logged; the caller boots it cold."""
+        assert template.saved is not None
+        vm = self.repo.get(vm_id)
+        ident = warm_mod.identity_for(vm.name, vm.dir)
+        try:
+            await self.boot.wake(vm, progress, Wake(template.saved, identity=ident, kind="warm"))
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            log.warning(
+                "warm create failed; booting cold: %s",
+                getattr(e, "message", None) or e,
+                extra={"vm": vm.name, "template": template.key, "op_id": op.id if op else None},
+            )
+            await self._cold_disks(vm)
+            return False
+        self.templates.used(template.key)
+        return True
+
+    async def _cold_disks(self, vm: VMRecord) -> None:
+        """A VM whose warm wake failed gets the disks a cold create gives it."""
+        image = await self.images.get(vm.image_id)
+        for name in ("root.qcow2", "root.img", "root.json", disks.WORK_OVERLAY, disks.WORK_RAW):
+            (vm.dir / name).unlink(missing_ok=True)
+        try:
+            await self.registry.make_root_disk(image.rootfs, vm.dir, vm.network)
+        except DriverError as e:
+            raise InvalidInput(str(e)) from None
+        await disks.create_work_disk(vm.dir / disks.WORK_RAW, vm.disk_size_bytes)
+
+    async def _make_template(self, vm: VMRecord, combo: Combination, ctx: RequestContext) -> None:
+        """Right after the first cold boot of `combo` (the caller holds the VM's lock, nothing
+        of the user's is in the guest yet): checkpoint it as the template. Never fails the
+        create: a failure is logged and leaves no template and an untouched VM."""
+        if self.warm.repo.ready(combo) is not None:
+            return
+        handle = self.repo.handle(vm.id)
+        if handle is None:
+            return
+        try:
+            spec, driver = await self.boot.running_spec(vm, handle)
+            await self.warm.invalidate_stale(combo)
+            rec = await self.warm.make(driver, handle, spec, vm.dir, combo, self._hold_for_test)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            log.warning(
+                "saving a warm-create template failed: %s",
+                getattr(e, "message", None) or e,
+                extra={"vm": vm.name, "op_id": ctx.op_id},
+            )
+            return
+        if rec is None:
+            return
+        # Mapping the RAM copy-on-write needs a helper VMM for seconds: not on the user's clock.
+        self.warm.sharing[rec.key] = asyncio.Event()  # creates of it wait until it is done
+        task = asyncio.create_task(self._share_template_memory(driver, spec, rec, ctx.op_id))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _share_template_memory(
+        self, driver: Driver, spec: VMSpec, rec: TemplateRecord, op_id: str
+    ) -> None:
+        try:
+            await self.warm.share_memory(driver, spec, rec)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            # The template still works: restores read RAM from its stream.
+            log.warning(
+                "sharing a template's memory failed: %s",
+                e,
+                extra={"template": rec.key, "op_id": op_id},
+            )
 
     async def _provision(
         self,
@@ -373,9 +536,11 @@ class VMService:
         ctx: RequestContext,
         progress: Progress,
         op: Operation | None,
-    ) -> None:
-        """Stages resolve and disks: the VM's record and directory, or nothing at all."""
+    ) -> _Provisioned:
+        """Stages resolve and disks: the VM's record and directory, or nothing at all. A VM
+        that will wake from a warm-create template gets its dir shaped for that wake."""
         made_dir: Path | None = None
+        plan = _Provisioned()
         inserted = False
         try:
             try:
@@ -400,21 +565,27 @@ class VMService:
             )
             if op is not None:
                 op.spec = spec_line
+            net_kind = self._network_kind()
+            if req.start:
+                plan = await self._warm_plan(image, kernel, req, sizing, net_kind)
             progress.stage("disks", "disks", "root disk and work disk")
             staged = self.paths.staging_dir / f"vm-{vm_id}"
             made_dir = staged
             staged.mkdir(parents=True)
             # The VM dir is renamed into place with this marker: a crash finds it (recovery).
             recovery.mark(staged, recovery.CREATING, "disks")
-            net_kind = self._network_kind()
-            try:
-                # qcow2 overlay for QEMU; a raw reflink/sparse copy when Firecracker runs VMs.
-                await self.registry.make_root_disk(image.rootfs, staged, net_kind)
-            except DriverError as e:
-                raise InvalidInput(str(e)) from None
-            await disks.create_work_disk(staged / disks.WORK_RAW, sizing.disk_size_bytes)
-            _, pub = await asyncio.to_thread(generate_host_key, staged)
-            (staged / "console.log").touch()
+            if plan.template is not None:
+                # The restore lays this VM's own layers over the template's frozen ones.
+                _, pub = await asyncio.to_thread(warm_mod.provision_child, staged, plan.template)
+            else:
+                try:
+                    # qcow2 overlay for QEMU; a raw reflink/sparse copy when Firecracker runs.
+                    await self.registry.make_root_disk(image.rootfs, staged, net_kind)
+                except DriverError as e:
+                    raise InvalidInput(str(e)) from None
+                await disks.create_work_disk(staged / disks.WORK_RAW, sizing.disk_size_bytes)
+                _, pub = await asyncio.to_thread(generate_host_key, staged)
+                (staged / "console.log").touch()
             await self._hold_for_test("disks")
             final = self.vm_dir(vm_id)
             # Disks and marker on disk before the rename, the rename before the record.
@@ -442,6 +613,29 @@ class VMService:
             # Failed or cancelled before the VM exists: leave nothing behind.
             await self._discard(vm_id, name, made_dir, inserted)
             raise
+        return plan
+
+    async def _warm_plan(
+        self, image: Image, kernel: Kernel, req: CreateRequest, sizing: Sizing, net_kind: str
+    ) -> _Provisioned:
+        """The create's combination and, unless `cold`, its ready template (an outdated one of
+        the same image is deleted on the way). Any failure here only means a cold boot."""
+        try:
+            plan = self.registry.boot_plan(
+                "new", self.paths.staging_dir, kernel.name, kernel.boot_image, kernel.vmlinux,
+                net_kind,
+            )  # fmt: skip
+            if not self.config.warm_creates or not warm_mod.can_warm(plan.driver):
+                return _Provisioned()
+            combo = warm_mod.combination(image, kernel, req.init, sizing, plan.driver, net_kind)
+            if req.cold:
+                return _Provisioned()  # `--cold`: neither uses nor makes a template
+            await self.warm.invalidate_stale(combo)
+            await self._drop_orphan_templates()
+            return _Provisioned(combo, await self.warm.find(combo))
+        except Exception as e:
+            log.warning("looking up a warm-create template failed: %s", e)
+            return _Provisioned()
 
     def _reserve_name(self, requested: str | None) -> str:
         taken = self.repo.names() | self._reserved

@@ -53,6 +53,8 @@ class VMRecord(BaseModel):
     root_disk: str | None = None  # "qcow2 overlay" | "raw copy (reflink)" | "raw copy (sparse)"
     dir: Path
     console_log: Path
+    # In a create's answer only: "warm" when it woke from a template, "cold" when it booted.
+    boot: Literal["cold", "warm"] | None = None
 
 
 @dataclass(frozen=True)
