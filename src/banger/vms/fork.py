@@ -283,17 +283,24 @@ async def wake_clone(
 ) -> VMRecord:
     """Start `vm` (from `provision_clone`) from `saved` with its own identity; running on return.
     A failure leaves it `error` (the caller removes it)."""
-    identity = GuestIdentity(
-        hostname=vm.name,
-        machine_id=secrets.token_hex(16),
-        host_key_private=(vm.dir / "ssh_host_ed25519_key").read_text(),
-        host_key_public=(vm.dir / "ssh_host_ed25519_key.pub").read_text().strip(),
-    )
+    identity = child_identity(vm.name, vm.dir)
     async with svc._lock(vm.id):
         woke = await svc.boot.wake(svc.repo.get(vm.id), progress, Wake(saved, identity, kind))
     # Runs as itself: no longer a crash's to remove.
     await asyncio.to_thread(recovery.clear, vm.dir, recovery.FORKING)
     return woke
+
+
+def child_identity(name: str, vdir: Path) -> GuestIdentity:
+    """The identity a VM made from another's memory takes (a fork child, a warm create): its
+    name, a new machine-id, the host key made in its dir. A bridged VM's address is filled in by
+    the wake once the network attached it."""
+    return GuestIdentity(
+        hostname=name,
+        machine_id=secrets.token_hex(16),
+        host_key_private=(vdir / "ssh_host_ed25519_key").read_text(),
+        host_key_public=(vdir / "ssh_host_ed25519_key.pub").read_text().strip(),
+    )
 
 
 def _prefixed(ctx: RequestContext, name: str) -> RequestContext:

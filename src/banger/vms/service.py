@@ -456,7 +456,7 @@ class VMService:
         logged; the caller boots it cold."""
         assert template.saved is not None
         vm = self.repo.get(vm_id)
-        ident = warm_mod.identity_for(vm.name, vm.dir)
+        ident = fork_mod.child_identity(vm.name, vm.dir)
         try:
             await self.boot.wake(vm, progress, Wake(template.saved, identity=ident, kind="warm"))
         except asyncio.CancelledError:

@@ -12,8 +12,8 @@ Which combination a create has is `combination()`: the image's and kernel's *ver
 identity of their files on disk (size, mtime, inode), so a re-pulled image or a re-imported
 kernel never matches an older template; such a template is deleted when a lookup meets it.
 
-The child side (`provision_child`, `identity_for`) mirrors what a fork child needs (vms/fork.py
-on the fork branch): the lead may unify them.
+A VM made from a template is shaped like a fork's child: `provision_child` fills its dir, and
+it takes `fork.child_identity` at the wake.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ import shutil
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from banger.guest.identity import GuestIdentity
 from banger.guest.ssh import generate_host_key
 from banger.paths import Paths
 from banger.vmm.base import Capability, Driver, SavedMachine, VMHandle, VMSpec
@@ -239,14 +238,3 @@ def provision_child(staged: Path, template: TemplateRecord) -> tuple[str, str]:
         elif role == "work":
             (staged / (WORK_OVERLAY if qcow2 else WORK_RAW)).touch()
     return priv, pub
-
-
-def identity_for(name: str, vdir: Path) -> GuestIdentity:
-    """The identity a child takes: its name, a new machine-id, its own host key. A bridged VM's
-    address is filled in by the wake once the network attached it."""
-    return GuestIdentity(
-        hostname=name,
-        machine_id=secrets.token_hex(16),
-        host_key_private=(vdir / "ssh_host_ed25519_key").read_text(),
-        host_key_public=(vdir / "ssh_host_ed25519_key.pub").read_text().strip(),
-    )
