@@ -4,6 +4,7 @@ a template, later ones wake from it under their own identity, anything that chan
 
 from __future__ import annotations
 
+import base64
 import os
 
 import pytest
@@ -125,6 +126,45 @@ async def test_a_failed_warm_wake_falls_back_to_a_cold_boot(world: World) -> Non
     assert (vm.dir / "work.ext4").is_file()  # its own disks, as a cold create gives
     assert len(world.guest.seeds) == seeds + 1  # a seed built for it
     assert world.guest.seeds[-1].hostname == "fallback"
+
+
+def _pinned(world: World, host: str) -> str:
+    known = (world.paths.ssh_dir / "known_hosts").read_text().splitlines()
+    [line] = [ln for ln in known if ln.split(" ", 1)[0] == host]
+    return line.split()[2]
+
+
+async def test_the_first_vm_takes_a_new_host_key_once_its_template_holds_the_old_one(
+    world: World,
+) -> None:
+    svc = await _first(world)
+    vm = svc._find("first")
+    [rec] = svc.templates.all()
+    handle = svc.repo.handle(vm.id)
+    assert handle is not None
+    # The first VM was sent a new identity after the checkpoint: its new key is the one kept
+    # in its dir and pinned; the key every warm VM can read (the template's) is served by none.
+    [hostkey] = [ln for ln in world.driver.commands[handle.pid] if ln.startswith("hostkey ")]
+    served = base64.b64decode(hostkey.split()[2]).decode().split()[1]
+    own = (vm.dir / "ssh_host_ed25519_key.pub").read_text().split()[1]
+    assert served == own == _pinned(world, "first.vm")
+    template_seed_key = world.guest.seeds[0].host_key_public.split()[1]
+    assert template_seed_key != own
+    assert rec.state == "ready" and not (vm.dir / ".rekey").exists()
+
+
+async def test_a_failed_rekey_drops_the_template_and_the_vm_keeps_its_pinned_key(
+    world: World,
+) -> None:
+    svc = await world.service()
+    world.driver.fail["agent"] = OperationFailed("no space for the key")
+    vm = await svc.create(req("first"), CTX)
+    assert vm.state == "running" and vm.boot == "cold"
+    assert [r for r in svc.templates.all() if r.state == "ready"] == []
+    own = (vm.dir / "ssh_host_ed25519_key.pub").read_text().split()[1]
+    assert own == _pinned(world, "first.vm") == world.guest.seeds[0].host_key_public.split()[1]
+    # The next create boots cold (no template) and makes one.
+    assert (await svc.create(req("second"), CTX)).boot == "cold"
 
 
 async def test_a_failed_template_save_leaves_the_vm_running_and_no_template(

@@ -391,6 +391,21 @@ class BootPipeline:
                 log.warning("stopping a failed boot's VMM failed: %s", e, extra={"vm": b.vm.name})
         await self.release(b.vm.id)
 
+    async def reidentify_running(self, handle: VMHandle, ident: GuestIdentity) -> None:
+        """Give the running guest behind `handle` a new identity (hostname, machine-id, host
+        key: sshd restarts) through its control channel."""
+        driver = self._registry.get(handle.driver)
+
+        async def open_control(
+            timeout: float,
+        ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+            return await driver.open_control(handle, timeout)
+
+        try:
+            await reidentify(open_control, ident, IDENTITY_TIMEOUT)
+        except IdentityError as e:
+            raise OperationFailed(f"the guest did not take its new identity: {e}") from None
+
     async def release(self, vm_id: str) -> None:
         """After the VMM is gone: its runtime dir and its network attachment."""
         shutil.rmtree(self._runtime_dir(vm_id), ignore_errors=True)

@@ -28,6 +28,7 @@ from typing import Any, Literal
 from banger import fsutil
 from banger.config import Config
 from banger.errors import AlreadyExists, BangerError, Conflict, InvalidInput, NotFound, NotRunning
+from banger.guest.identity import GuestIdentity
 from banger.guest.ssh import SSHTarget, forget_host, generate_host_key, pin_host_key
 from banger.images.model import TemplateInfo
 from banger.network.egress import Policy, updated
@@ -507,11 +508,56 @@ class VMService:
             return
         if rec is None:
             return
+        if not await self._rekey_template_source(vm, handle, rec, ctx):
+            return
         # Mapping the RAM copy-on-write needs a helper VMM for seconds: not on the user's clock.
         self.warm.sharing[rec.key] = asyncio.Event()  # creates of it wait until it is done
         task = asyncio.create_task(self._share_template_memory(driver, spec, rec, ctx.op_id))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    async def _rekey_template_source(
+        self, vm: VMRecord, handle: VMHandle, rec: TemplateRecord, ctx: RequestContext
+    ) -> bool:
+        """The template holds this VM's SSH host key (in sshd's memory and on the seed copy every
+        warm VM has mounted): this VM takes a new one, so the key warm VMs can read is served by
+        no VM. On failure the template goes (False) and the VM keeps its key, still pinned."""
+        rekey = vm.dir / ".rekey"
+        try:
+            priv, pub = await asyncio.to_thread(generate_host_key, rekey)
+            ident = GuestIdentity(
+                hostname=vm.name,
+                machine_id=secrets.token_hex(16),
+                host_key_private=priv,
+                host_key_public=pub,
+            )
+            await self.boot.reidentify_running(handle, ident)
+            for name in ("ssh_host_ed25519_key", "ssh_host_ed25519_key.pub"):
+                os.replace(rekey / name, vm.dir / name)
+            await asyncio.to_thread(pin_host_key, self.known_hosts, f"{vm.name}.vm", pub)
+            return True
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            log.warning(
+                "the first VM of a template did not take a new host key; template dropped: %s",
+                getattr(e, "message", None) or e,
+                extra={"vm": vm.name, "template": rec.key, "op_id": ctx.op_id},
+            )
+            await self.warm.delete(rec)
+            # Idempotent: whatever the guest took, it serves the key pinned for it again.
+            old = fork_mod.child_identity(vm.name, vm.dir)
+            try:
+                await self.boot.reidentify_running(handle, old)
+            except BangerError as again:
+                log.error(
+                    "the VM may now serve a host key that is not pinned: %s",
+                    again.message,
+                    extra={"vm": vm.name, "op_id": ctx.op_id},
+                )
+            return False
+        finally:
+            shutil.rmtree(rekey, ignore_errors=True)
 
     async def _share_template_memory(
         self, driver: Driver, spec: VMSpec, rec: TemplateRecord, op_id: str
