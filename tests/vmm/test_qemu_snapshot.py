@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import pickle
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -31,6 +33,7 @@ from banger.vmm.base import (
 )
 from banger.vmm.qemu import QemuDriver, wait_control_ready
 from tests.guest import bootkit
+from tests.waiting import async_wait_until
 
 # PID 1 of the test guest: tmpfs on /tmp, the work disk on /work, a sleeper whose pid must
 # survive, a fake SSH banner on port 22, and `sh CMD` lines evaluated from the control port.
@@ -321,6 +324,58 @@ async def test_template_ram_file_is_shared_copy_on_write_by_forks(
 
 
 # --- fast: layout, record, errors ----------------------------------------------------------------
+
+
+# A daemon that dies at a checkpoint's switchover point: it saves through the real driver in a
+# process of its own, stops right after QEMU paused the guest for the switchover, and is killed.
+SAVE_UNTIL_SWITCHOVER = """
+import asyncio, pickle, sys
+from pathlib import Path
+from banger.vmm import qemu_snapshot as snap
+from banger.vmm.qemu import QemuDriver
+
+handle, spec, dest, flag = pickle.loads(Path(sys.argv[1]).read_bytes())
+
+async def hang(*args, **kwargs):
+    Path(flag).touch()
+    await asyncio.Event().wait()
+
+snap.freeze_disks = hang
+asyncio.run(QemuDriver(accel="tcg").save(handle, spec, dest, keep_running=True))
+"""
+
+
+@pytest.mark.slow
+async def test_a_save_cut_by_a_daemon_crash_is_undone_when_the_vm_is_reattached(
+    guest_files: tuple[Path, Path, Path], tmp_path: Path, fleet: Fleet
+) -> None:
+    initrd, root, work = guest_files
+    vdir = tmp_path / "vm"
+    await make_disks(vdir, root, work)
+    spec = make_spec(vdir, initrd, "cut00001")
+    handle = await fleet.boot(spec)
+    pid = await guest(handle, "echo before > /tmp/note; cat /tmp/sleeper.pid")
+    args, flag = tmp_path / "save.pickle", tmp_path / "at-switchover"
+    args.write_bytes(pickle.dumps((handle, spec, tmp_path / "cut", flag)))
+    daemon = subprocess.Popen([sys.executable, "-c", SAVE_UNTIL_SWITCHOVER, str(args)])
+    try:
+        await async_wait_until(flag.exists, 120, "the save to reach the switchover point")
+    finally:
+        daemon.kill()
+        daemon.wait()
+    assert (spec.runtime_dir / snap.SAVE_MARK).read_text() == "running\n"
+    async with snap.QmpSession(handle.api_socket) as qmp:
+        assert not (await qmp.execute("query-status"))["running"]  # frozen, owner gone
+        assert (await qmp.execute("query-migrate"))["status"] == "pre-switchover"
+
+    assert await fleet.driver.attach(handle)  # what the next daemon start does
+
+    assert not (spec.runtime_dir / snap.SAVE_MARK).exists()
+    assert await guest(handle, f"cat /tmp/note; kill -0 {pid} && echo alive") == "before alive"
+    # Nothing of the cut save is in the way of the next one.
+    saved = await fleet.driver.save(handle, spec, tmp_path / "next", keep_running=True)
+    assert saved.details["kind"] == "checkpoint"
+    assert await guest(handle, "cat /tmp/note") == "before"
 
 
 def _spec(tmp: Path, **kw: object) -> VMSpec:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import os
 import re
 import shutil
@@ -34,6 +35,8 @@ from banger.vmm.base import (
     VMHandle,
     VMSpec,
 )
+
+log = logging.getLogger("banger.vmm.qemu")
 
 CONTROL_PORT_NAME = "banger.ctl"
 QMP_TIMEOUT_SECONDS = 5.0
@@ -197,7 +200,21 @@ class QemuDriver:
         return port
 
     async def attach(self, handle: VMHandle) -> bool:
-        return self.is_alive(handle)
+        """Re-adopt a VMM an earlier daemon started. If that daemon died in the middle of a
+        save of it (its mark is still there), the save is undone: the migration nobody owns is
+        cancelled and the guest runs again if it ran before (the VM is as it was)."""
+        if not self.is_alive(handle):
+            return False
+        mark = Path(handle.api_socket).parent / snap.SAVE_MARK
+        if mark.is_file():
+            was_running = mark.read_text().strip() != "paused"
+            found = await snap.abandon_save(handle.api_socket, was_running)
+            log.warning(
+                "undid a save cut short by a daemon crash",
+                extra={"vm_id": handle.details.get("vm_id"), "migration": found},
+            )
+            mark.unlink(missing_ok=True)
+        return True
 
     def is_alive(self, handle: VMHandle) -> bool:
         return _pid_is_our_qemu(handle.pid, str(handle.details.get("vm_id", "")))
@@ -323,11 +340,13 @@ class QemuDriver:
         frozen: dict[str, Path] = {}
         staged: list[Path] = []
         resumed_at: float | None = None
+        mark: Path | None = None
         try:
             staged = await snap.stage_layers(disks, dest)
             async with snap.QmpSession(handle.api_socket) as qmp:
                 # A VM the caller paused stays paused after a checkpoint.
                 was_running = (await qmp.execute("query-status")).get("running", True)
+                mark = snap.mark_save(Path(handle.api_socket).parent, bool(was_running))
                 try:
                     if keep_running:
                         # Live pre-copy; QEMU stops the guest at the switchover point, where
@@ -363,6 +382,8 @@ class QemuDriver:
             self._discard_failed_save(dest, frozen)
             raise
         finally:
+            if mark is not None:
+                mark.unlink(missing_ok=True)
             for path in staged:  # the ones not swapped in (a swapped one was renamed away)
                 if not path.is_symlink():  # a swapped one's kept node name (qemu_snapshot)
                     path.unlink(missing_ok=True)

@@ -506,6 +506,37 @@ def recover_disk(path: Path) -> bool:
     return True
 
 
+# A save in progress: written in the VM's runtime dir before a save touches the VM, removed
+# when it is done either way. A daemon killed mid-save leaves it; the next one's `attach` then
+# knows to cancel the migration nobody owns and to put the guest back as it was.
+SAVE_MARK = "save-in-progress"
+_MIGRATION_IN_FLIGHT = {"setup", "active", "pre-switchover", "device", "cancelling", "wait-unplug"}
+
+
+def mark_save(runtime_dir: Path, was_running: bool) -> Path:
+    mark = runtime_dir / SAVE_MARK
+    mark.write_text("running\n" if was_running else "paused\n")
+    return mark
+
+
+async def abandon_save(socket: str, was_running: bool) -> str:
+    """After a crash mid-save: cancel the migration (to a file nobody will finish), wait until
+    it is over, and run the guest again if it ran before the save. Returns what it found."""
+    async with QmpSession(socket) as qmp:
+        status = (await qmp.execute("query-migrate")).get("status", "none")
+        found = str(status)
+        if status in _MIGRATION_IN_FLIGHT:
+            await qmp.execute("migrate_cancel")
+            deadline = time.monotonic() + 30.0
+            while status in _MIGRATION_IN_FLIGHT and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+                status = (await qmp.execute("query-migrate")).get("status", "none")
+        running = bool((await qmp.execute("query-status")).get("running"))
+        if was_running and not running:
+            await qmp.execute("cont")
+        return found
+
+
 async def start_migration(qmp: QmpSession, state: Path, ignore_shared: bool, live: bool) -> None:
     """Start the migration stream into `state` (created, never overwritten). `live`: pre-copy
     while the guest runs, stopping at the switchover point for the caller (`pre-switchover`)."""
