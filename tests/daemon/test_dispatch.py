@@ -58,6 +58,9 @@ EXTENSIONS = [
     "vm.snapshot.list",  # issue 14: checkpoints
     "vm.snapshot.restore",  # issue 14: checkpoints
     "vm.snapshot.delete",  # issue 14: checkpoints
+    "vm.pause",  # issue 14: pause/resume, suspend (docs/snapshots.md)
+    "vm.resume",  # issue 14: pause/resume
+    "vm.suspend",  # issue 14: suspend to disk
 ]
 
 # The seed's TestRPCHandlersMatchDocumentedMethods list: where the table must end up.
