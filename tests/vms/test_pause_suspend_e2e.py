@@ -8,10 +8,12 @@ running, or stopped with no file, never half suspended.
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -139,8 +141,10 @@ def test_pause_resume_suspend_start_stop_delete(vmenv: BangerEnv) -> None:
     assert not vdir.exists() and _rows(be, vm["id"]) == []
 
 
-def _held_suspend(be: BangerEnv, name: str, point: str) -> None:
-    """`vm suspend` held at `point`; kill -9 the daemon there, start it again."""
+def _held_suspend(
+    be: BangerEnv, name: str, point: str, meanwhile: Callable[[], None] | None = None
+) -> None:
+    """`vm suspend` held at `point`; (`meanwhile`, then) kill -9 the daemon, start it again."""
     be.banger("daemon", "stop", check=True, timeout=120)  # the VM runs on (re-adopted)
     restart(be, point)
     cli = subprocess.Popen(
@@ -152,6 +156,8 @@ def _held_suspend(be: BangerEnv, name: str, point: str) -> None:
     try:
         flag = be.paths.runtime_dir / f"test-hold-{point}"
         wait_for(flag.exists, f"the suspend to reach {point}", 300)
+        if meanwhile is not None:
+            meanwhile()
         kill_daemon(be)
     finally:
         cli.wait(timeout=60)
@@ -167,6 +173,34 @@ def test_kill_9_during_a_suspend_then_restart(vmenv: BangerEnv) -> None:
 
     # Held after the pending row, before the save: the VM runs on, same VMM; the row is gone.
     _held_suspend(be, "psc", "suspend")
+    again = _show(be, "psc")
+    assert again["state"] == "running" and again["pid"] == vm["pid"] and alive(vm["pid"])
+    assert _rows(be, vm["id"]) == [] and not (vdir / "suspend").exists()
+    assert _out(be, "psc", CHECK) == f"in-ram\nalive-{pid}\nserved"
+
+    # Killed in the middle of the save: what the driver does first (vCPUs stopped, the
+    # migration stream going to the suspend dir) is done by hand at the hold point. The
+    # restart cancels the migration and thaws the guest: it runs on, same VMM, nothing left.
+    def save_half_way() -> None:
+        qmp = be.paths.runtime_dir / "vms" / vm["id"] / "qmp.sock"
+        (vdir / "suspend").mkdir()
+        stream = vdir / "suspend" / "state.mig"
+        cmds = [
+            {"execute": "qmp_capabilities"},
+            {"execute": "stop"},
+            {"execute": "migrate", "arguments": {"uri": f"exec:cat > {stream}"}},
+        ]
+        subprocess.run(
+            ["socat", "-t", "2", "-", f"UNIX-CONNECT:{qmp}"],
+            input="".join(json.dumps(c) + "\n" for c in cmds),
+            capture_output=True,
+            timeout=30,
+            check=True,
+            text=True,
+        )
+        wait_for(stream.exists, "the migration stream to start", 30)
+
+    _held_suspend(be, "psc", "suspend", save_half_way)
     again = _show(be, "psc")
     assert again["state"] == "running" and again["pid"] == vm["pid"] and alive(vm["pid"])
     assert _rows(be, vm["id"]) == [] and not (vdir / "suspend").exists()
