@@ -193,10 +193,11 @@ class Suspends:
     async def _delete_image(self, vm: VMRecord, rec: SnapshotRecord, saved: SavedMachine) -> None:
         svc = self._svc
         try:
-            in_use = await asyncio.to_thread(layers.all_layers, svc.paths)
-            await svc.registry.get(saved.driver).delete_saved(
-                saved, layers.outside(in_use, rec.dir)
-            )
+            in_use: list[Path] = []
+            if saved.disks:  # a suspend's disks are the VM's own: nothing reads through it
+                found = await asyncio.to_thread(layers.all_layers, svc.paths)
+                in_use = layers.outside(found, rec.dir)
+            await svc.registry.get(saved.driver).delete_saved(saved, in_use)
         except (DriverError, OSError) as e:
             # The VM runs; the next daemon start removes a ready image of a running VM.
             log.warning("deleting the suspend image failed: %s", e, extra={"vm": vm.name})
