@@ -83,6 +83,20 @@ async def test_pause_refusals(world: World) -> None:
     await svc.pause_vm("on")
     with pytest.raises(Conflict, match="vm on is already paused"):
         await svc.pause_vm("on")
+    with pytest.raises(Conflict, match="vm on is paused: resume it instead"):
+        await svc.start_vm("on", CTX)
+
+
+def test_the_cli_hints_point_at_resume_and_start() -> None:
+    from banger.cli.hints import hint_for
+
+    assert hint_for("vm.ssh", "conflict", "vm on is paused: resume it") == "banger vm resume on"
+    assert hint_for("vm.start", "conflict", "vm on is paused: resume it") == "banger vm resume on"
+    # `vm set` of a paused VM: not a resume hint (it says to stop first).
+    assert hint_for("vm.set", "conflict", "vm on is paused; stop it first") is None
+    msg = "vm on is suspended (saved to disk), not paused: start it to resume"
+    assert hint_for("vm.resume", "conflict", msg) == "banger vm start on"
+    assert hint_for("vm.ssh", "not_running", "vm on is suspended") == "banger vm start on"
 
 
 async def test_a_driver_without_pause_is_refused_clearly(world: World) -> None:

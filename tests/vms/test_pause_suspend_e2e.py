@@ -85,6 +85,9 @@ def test_pause_resume_suspend_start_stop_delete(vmenv: BangerEnv) -> None:
     assert "banger vm resume ps" in r.stderr
     r = be.banger("vm", "pause", "ps")
     assert r.returncode != 0 and "vm ps is already paused" in r.stderr
+    r = be.banger("vm", "health", "ps")  # a guest probe: the same conflict, not a hang
+    assert r.returncode != 0 and "vm ps is paused" in r.stderr, r.stderr
+    assert re.search(r"ps\s+paused", _ok(be, "list").stdout)
     # A daemon restart keeps it paused, its VMM alive.
     be.banger("daemon", "stop", check=True, timeout=120)
     restart(be)

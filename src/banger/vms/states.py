@@ -92,6 +92,8 @@ def refusal(vm: VMRecord, event: Event) -> Conflict | NotRunning:
         return Conflict(f"vm {name} is already suspended")
     if event in _NEEDS_RUNNING and state not in ("running", "paused"):
         return NotRunning(f"vm {name} is not running (state {state})")
+    if event is Event.LAUNCHED and state == "paused":
+        return Conflict(f"vm {name} is paused: resume it instead (its VMM is running)")
     if event is Event.LAUNCHED and state == "running":
         return Conflict(f"vm {name} is already running")
     if event is Event.RECONFIGURED and state in ("running", "paused"):
