@@ -369,3 +369,25 @@ def test_the_table_has_the_discard() -> None:
 
     assert TRANSITIONS[("suspended", Event.DISCARDED)] == "stopped"
     assert ("running", Event.DISCARDED) not in TRANSITIONS
+
+
+async def test_a_suspend_cancelled_before_its_save_leaves_the_vm_running(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client that goes away mid-suspend: the VM runs on, no row, no file."""
+    import asyncio
+
+    from banger.vms.service import TEST_HOLD_ENV
+    from tests.waiting import async_wait_until
+
+    svc, vm = await _running(world)
+    monkeypatch.setenv(TEST_HOLD_ENV, "suspend")
+    task = asyncio.create_task(svc.suspend_vm("box", CTX))
+    flag = world.paths.runtime_dir / "test-hold-suspend"
+    await async_wait_until(flag.exists, 10, "the suspend to reach its hold point")
+    assert _rows(world, vm.id) == [(SUSPEND_TAG, "suspend", "pending")]
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert svc.repo.get(vm.id).state == "running" and world.driver.alive[_pid(svc, vm)]
+    assert _rows(world, vm.id) == [] and not (vm.dir / SUSPEND_DIR).exists()

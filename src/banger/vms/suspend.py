@@ -141,7 +141,9 @@ class Suspends:
                 except DriverError as e:
                     raise OperationFailed(f"suspending vm {vm.name} failed: {e}") from e
                 await svc._hold_for_test("suspend_saved")
-                size = await asyncio.to_thread(size_on_disk, dest)
+                # From here no await: the VMM has exited, a cancel must not drop a whole image
+                # (sizing is a few stat calls).
+                size = size_on_disk(dest)
                 svc.saved.finish(vm.id, SUSPEND_TAG, saved, size)
             except BaseException:
                 await asyncio.shield(self._drop(vm.id, dest))
@@ -187,7 +189,8 @@ class Suspends:
         _capable(vm, svc.registry.get(saved.driver), Capability.SUSPEND)
         progress = Progress(ctx, WAKE_STEPS)
         woke = await svc.boot.wake(vm, progress, Wake(saved, identity=None, kind="resume"))
-        await self._delete_image(vm, rec, saved)
+        # The VM runs again: its image goes even if the client goes away now.
+        await asyncio.shield(self._delete_image(vm, rec, saved))
         return woke
 
     async def _delete_image(self, vm: VMRecord, rec: SnapshotRecord, saved: SavedMachine) -> None:
