@@ -1,9 +1,10 @@
 """Pause/resume and suspend end to end (`banger vm pause|resume|suspend`, `vm start` of a
 suspended VM): the real CLI and daemon, real QEMU TCG guests of the offline debian-bookworm
 image, real OpenSSH. A tmpfs file, a live process (same pid) and a listening socket survive
-both; the guest clock is right after a wake; stop discards the saved state (the next start is a
-cold boot); delete leaves no file; a kill -9 of bangerd in the middle of a suspend leaves the VM
-running, or stopped with no file, never half suspended.
+both; the guest clock is right after a wake; a start that cannot load the image leaves it
+suspended; stop discards the saved state (the next start is a cold boot); delete leaves no file;
+a kill -9 of bangerd in the middle of a suspend leaves the VM running, or stopped with no file,
+never half suspended.
 """
 
 from __future__ import annotations
@@ -129,8 +130,15 @@ def test_pause_resume_suspend_start_stop_delete(vmenv: BangerEnv) -> None:
     # The image went with the start.
     assert _rows(be, vm["id"]) == [] and not (vdir / "suspend").exists()
 
-    # Stop of a suspended VM discards its state; the next start is a cold boot.
+    # A start that cannot load the image (cut in half here) fails with the reason and leaves
+    # the VM suspended. Stop then discards its state; the next start is a cold boot.
     _ok(be, "suspend", "ps")
+    stream = vdir / "suspend" / "state.mig"
+    with open(stream, "r+b") as f:
+        f.truncate(stream.stat().st_size // 2)
+    r = be.banger("vm", "start", "ps", timeout=300)
+    assert r.returncode != 0 and "vm ps failed to boot" in r.stderr, r.stderr
+    assert _show(be, "ps")["state"] == "suspended"
     p = _ok(be, "stop", "ps")
     assert p.stdout == "ps: stopped (discarded the saved state (suspend image) of ps)\n"
     assert _show(be, "ps")["state"] == "stopped"
