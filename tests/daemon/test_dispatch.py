@@ -59,6 +59,9 @@ EXTENSIONS = [
     "vm.snapshot.restore",  # issue 14: checkpoints
     "vm.snapshot.delete",  # issue 14: checkpoints
     "vm.fork",  # issue 14: children of a running VM with their own identity (docs/snapshots.md)
+    "vm.pause",  # issue 14: pause/resume, suspend (docs/snapshots.md)
+    "vm.resume",  # issue 14: pause/resume
+    "vm.suspend",  # issue 14: suspend to disk
 ]
 
 # The seed's TestRPCHandlersMatchDocumentedMethods list: where the table must end up.

@@ -135,6 +135,8 @@ RULES: tuple[Rule, ...] = (
     # --- VMs ---
     Rule("vm.", "not_found", r"^vm " + _NAME + r" not found", "banger vm list"),
     Rule("vm.", "not_running", r"^vm " + _NAME + r" is ", "banger vm start {name}"),
+    Rule(None, "conflict", r"^vm " + _NAME + r" is paused:", "banger vm resume {name}"),
+    Rule(None, "conflict", r"^vm " + _NAME + r" is suspended[: (]", "banger vm start {name}"),
     Rule(
         "vm.snapshot.",
         "not_found",

@@ -44,6 +44,7 @@ class Stages:
         "stop": "stopping",
         "save": "saving RAM and disks",
         "seed": "keeping the seed disk",
+        "suspend": "saving RAM and device state",
     }
 
     def __init__(self, name: str | None = None) -> None:

@@ -141,9 +141,16 @@ def create(
 
 
 def _each(
-    method: str, refs: tuple[str, ...], extra: dict[str, Any], verb: str, stages: bool = False
+    method: str,
+    refs: tuple[str, ...],
+    extra: dict[str, Any],
+    verb: str,
+    stages: bool = False,
+    notes: dict[str, str] | None = None,
 ) -> None:
-    """Act on several VMs at once; print one line per VM; exit 1 if any failed."""
+    """Act on several VMs at once; print one line per VM (`notes[name]` instead of `verb` when
+    given); exit 1 if any failed."""
+    notes = notes or {}
     display = Stages() if stages and len(refs) == 1 else None
     try:
         result = call(method, {"refs": list(refs), **extra}, on_progress=display)
@@ -154,7 +161,7 @@ def _each(
         failed = False
         for r in result["results"]:
             if r["ok"]:
-                print(f"{r['vm']}: {verb}")
+                print(f"{r['vm']}: {notes.get(r['vm'], verb)}")
             else:
                 failed = True
                 _err(f"{r['vm']}: {r['error']['message']}")
@@ -163,7 +170,7 @@ def _each(
 
             raise ExitCode(1)
         return
-    print(f"{result['name']}: {verb}")
+    print(f"{result['name']}: {notes.get(result['name'], verb)}")
 
 
 @vm.command()
@@ -184,8 +191,14 @@ def start(refs: tuple[str, ...]) -> None:
     help="seconds to wait for a clean shutdown",
 )
 def stop(refs: tuple[str, ...], timeout: float) -> None:
-    """Stop running VMs gracefully (forced after --timeout)."""
-    _each("vm.stop", refs, {"timeout": timeout}, "stopped")
+    """Stop running VMs gracefully (forced after --timeout).
+
+    A suspended VM's saved state is discarded (its next start is a cold boot)."""
+    suspended = {v["name"] for v in call("vm.list", {}) if v["state"] == "suspended"}
+    notes = {
+        name: f"stopped (discarded the saved state (suspend image) of {name})" for name in suspended
+    }
+    _each("vm.stop", refs, {"timeout": timeout}, "stopped", notes=notes)
 
 
 @vm.command()
@@ -222,7 +235,8 @@ def delete(refs: tuple[str, ...]) -> None:
 @click.option("-f", "--force", is_flag=True, help="do not ask for confirmation")
 def prune(force: bool) -> None:
     """Delete every VM that is not running."""
-    vms = [v for v in call("vm.list", {}) if v["state"] != "running"]
+    # Paused and suspended VMs keep their state: not pruned.
+    vms = [v for v in call("vm.list", {}) if v["state"] not in ("running", "paused", "suspended")]
     if not vms:
         print("nothing to prune")
         return
@@ -384,6 +398,11 @@ def show(ref: str, as_json: bool) -> None:
         ("console log", v["console_log"]),
     ]
     fields += [("workspace", _workspace(w)) for w in v.get("workspaces") or []]
+    if v["state"] == "suspended":
+        from banger.cli.vm_pause import suspend_image_size
+
+        size = suspend_image_size(v["id"])
+        fields.append(("suspend image", format_bytes(size) if size is not None else "missing"))
     if v.get("error"):
         fields.append(("error", v["error"]))
     print_fields(fields)
@@ -571,3 +590,9 @@ vm.add_command(_snapshot_group)
 from banger.cli.vm_fork import fork_cmd as _fork_cmd  # noqa: E402
 
 vm.add_command(_fork_cmd)
+
+# `vm pause|resume|suspend` live in cli/vm_pause.py.
+from banger.cli.vm_pause import COMMANDS as _PAUSE_COMMANDS  # noqa: E402
+
+for _cmd in _PAUSE_COMMANDS:
+    vm.add_command(_cmd)

@@ -31,7 +31,9 @@ def _tags(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[C
     return [
         CompletionItem(str(s["tag"]), help=str(s.get("created_at") or ""))
         for s in snaps
-        if isinstance(s, dict) and str(s.get("tag", "")).startswith(incomplete)
+        if isinstance(s, dict)
+        and s.get("kind") != "suspend"  # the suspend image: no snapshot verb takes its tag
+        and str(s.get("tag", "")).startswith(incomplete)
     ]
 
 

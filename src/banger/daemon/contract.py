@@ -24,6 +24,7 @@ from banger.daemon import (
     handlers_images,
     handlers_kernels,
     handlers_network,
+    handlers_pause,
     handlers_remote,
     handlers_snapshots,
     handlers_system,
@@ -98,6 +99,10 @@ CONTRACT: dict[str, Method] = {
     "vm.snapshot.list": Method(_snap.SnapshotRefParams, r.SnapshotList),
     "vm.snapshot.restore": Method(_snap.SnapshotTagParams, r.VM),
     "vm.snapshot.delete": Method(_snap.SnapshotTagParams, r.SnapshotDeleted),
+    # issue 14: pause/resume, suspend
+    "vm.pause": Method(handlers_pause.PauseParams, r.VM),
+    "vm.resume": Method(handlers_pause.PauseParams, r.VM),
+    "vm.suspend": Method(handlers_pause.PauseParams, r.VM),
 }
 
 

@@ -16,6 +16,7 @@ from banger.daemon import (
     handlers_images,
     handlers_kernels,
     handlers_network,
+    handlers_pause,
     handlers_snapshots,
     handlers_system,
     handlers_vms,
@@ -81,6 +82,10 @@ RPC_HANDLERS: dict[str, Handler] = {
     "vm.snapshot.list": handlers_snapshots.vm_snapshot_list,
     "vm.snapshot.restore": handlers_snapshots.vm_snapshot_restore,
     "vm.snapshot.delete": handlers_snapshots.vm_snapshot_delete,
+    # issue 14: pause/resume, suspend (vms/suspend.py)
+    "vm.pause": handlers_pause.vm_pause,
+    "vm.resume": handlers_pause.vm_resume,
+    "vm.suspend": handlers_pause.vm_suspend,
 }
 
 # Methods whose work must finish even when the client goes away: cancelling them half way would

@@ -21,7 +21,7 @@ class SandboxInfo:
 
     name: str
     id: str
-    state: str  # "created" | "running" | "stopped" | "error"
+    state: str  # "created" | "running" | "paused" | "suspended" | "stopped" | "error"
     image: str
     kernel: str
     vcpus: int

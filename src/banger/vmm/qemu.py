@@ -297,6 +297,10 @@ class QemuDriver:
         await self.qmp(handle, "stop")
 
     async def resume(self, handle: VMHandle) -> None:
+        # A suspend cut short (bangerd killed during its save) leaves a migration running or
+        # done with the guest stopped: cancel it first (a no-op otherwise), then `cont`, which
+        # also takes the disks back after a completed migration.
+        await self.qmp(handle, "migrate_cancel")
         await self.qmp(handle, "cont")
 
     async def port_forwards(self, handle: VMHandle) -> list[tuple[int, int]]:

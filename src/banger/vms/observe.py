@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from banger.errors import BangerError, NotRunning, OperationFailed
+from banger.errors import BangerError, Conflict, NotRunning, OperationFailed
 from banger.guest import probes
 from banger.vmm.base import Capability, Driver, DriverError
 from banger.vms import disks, rootdisk
@@ -130,7 +130,10 @@ class ObservationService:
 
     async def _running(self, ref: str) -> VMView:
         # get() refreshes liveness: a VM whose VMM died reads as stopped here.
-        view = self._to_view(await self._vms.get(ref))
+        vm = await self._vms.get(ref)
+        if vm.state == "paused":
+            raise Conflict(f"vm {vm.name} is paused: resume it to reach the guest")
+        view = self._to_view(vm)
         if not view.running:
             raise NotRunning(f"vm {view.name!r} is not running")
         return view

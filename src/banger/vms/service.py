@@ -51,6 +51,7 @@ from banger.vms.saved import Combination, SnapshotRepository, TemplateRecord, Te
 from banger.vms.spec import InitMode, Sizing, VMRecord, resolve_sizing
 from banger.vms.startup import Startup
 from banger.vms.states import Event, Lifecycle
+from banger.vms.suspend import Suspends
 from banger.vms.warm import Templates
 
 log = logging.getLogger("banger.vms")
@@ -141,6 +142,7 @@ class VMService:
             saved=self.saved,
         )
         self.checkpoints = Checkpoints(self)
+        self.suspends = Suspends(self)
         self.ops = Operations()
         self._locks: dict[str, asyncio.Lock] = {}
         self._reserved: set[str] = set()
@@ -346,6 +348,8 @@ class VMService:
 
     async def ssh_target(self, ref: str) -> SSHTarget:
         vm = await self.get(ref)
+        if vm.state == "paused":
+            raise Conflict(f"vm {vm.name} is paused: resume it to reach the guest")
         if vm.state != "running" or not vm.ssh_host:
             raise NotRunning(f"vm {vm.name} is {vm.state}")
         return SSHTarget(
@@ -759,12 +763,17 @@ class VMService:
         vm = self._find(ref)
         async with self._lock(vm.id):
             vm = await self._refresh(self.repo.get(vm.id))
+            if vm.state == "suspended":
+                return self._enrich(await self.suspends.wake(vm, ctx))
             return self._enrich(await self.boot.run(vm, Progress(ctx, len(START_STAGES))))
 
     async def stop_vm(self, ref: str, timeout: float = STOP_TIMEOUT) -> VMRecord:
         vm = self._find(ref)
         async with self._lock(vm.id):
             vm = await self._refresh(self.repo.get(vm.id))
+            if vm.state == "suspended":
+                await self.suspends.discard(vm)
+                return self._record(vm.id)
             self.lifecycle.check(vm, Event.STOPPED)
             await self._stop_locked(vm, timeout)
             return self._record(vm.id)
@@ -775,6 +784,12 @@ class VMService:
         graceful = True
         if handle is not None:
             driver = self.registry.get(handle.driver)
+            if vm.state == "paused" and driver.is_alive(handle):
+                # A frozen guest cannot power itself off: thaw it first.
+                try:
+                    await driver.resume(handle)
+                except Exception as e:
+                    log.warning("thawing the paused vm failed: %s", e, extra={"vm": vm.name})
             if driver.is_alive(handle):
                 await driver.request_shutdown(handle)
                 if not await driver.wait_exit(handle, timeout):
@@ -816,6 +831,9 @@ class VMService:
             if vm.state in ("running", "paused"):
                 ctx.progress(stage="stop", detail="", current=0, total=total)
                 await self._stop_locked(vm, STOP_TIMEOUT)
+            elif vm.state == "suspended":  # a restart is a cold boot: the saved state goes
+                ctx.progress(stage="stop", detail="discard the saved state", current=0, total=total)
+                await self.suspends.discard(vm)
             progress = Progress(ctx, total, step=1)
             return self._enrich(await self.boot.run(self.repo.get(vm.id), progress))
 
@@ -929,9 +947,21 @@ class VMService:
         """`count` children (NAME, or NAME-1 … NAME-K) of the running or paused VM `ref`."""
         return await fork_mod.fork(self, ref, name, count, ctx)
 
+    # --- pause, resume, suspend (vms/suspend.py) ------------------------------------------------
+
+    async def pause_vm(self, ref: str) -> VMRecord:
+        return await self.suspends.pause(ref)
+
+    async def resume_vm(self, ref: str) -> VMRecord:
+        return await self.suspends.resume(ref)
+
+    async def suspend_vm(self, ref: str, ctx: RequestContext) -> VMRecord:
+        return await self.suspends.suspend(ref, ctx)
+
     async def prune(self) -> builtins.list[VMRecord]:
-        """Delete every VM that is not running."""
-        doomed = [vm for vm in await self.list() if vm.state not in ("running", "paused")]
+        """Delete every VM that is not running (a suspended one keeps its saved state)."""
+        keep = ("running", "paused", "suspended")
+        doomed = [vm for vm in await self.list() if vm.state not in keep]
         out = []
         for vm in doomed:
             with contextlib.suppress(NotFound):  # deleted meanwhile: nothing to do

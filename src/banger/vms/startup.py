@@ -19,12 +19,14 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from banger import fsutil
+from banger.errors import NotFound
 from banger.paths import Paths
+from banger.vmm.base import VMHandle
 from banger.vmm.registry import DriverRegistry
 from banger.vms import layers, recovery
 from banger.vms.boot import console_failure
 from banger.vms.repository import VMRepository
-from banger.vms.saved import SnapshotRepository
+from banger.vms.saved import SUSPEND_TAG, SnapshotRecord, SnapshotRepository
 from banger.vms.spec import VMRecord
 from banger.vms.states import Event, Lifecycle
 
@@ -51,11 +53,19 @@ class Startup:
         self._purge, self._saved = purge, saved
 
     async def run(self) -> list[VMRecord]:
-        """Recover, then re-adopt: returns the VMs that run on."""
+        """Recover, then re-adopt: returns the VMs that run on (running or paused: a paused
+        VM's VMM stays, frozen)."""
+        # Suspends a crash cut short: their VMs may have been stopped by the save (thawed below).
+        pending = self._saved.pending() if self._saved is not None else []
+        cut = {r.vm_id for r in pending if r.kind == "suspend"}
         await self.recover()
         running = []
         for vm in self._repo.all():
-            if vm.state != "running":
+            if vm.state == "suspended":
+                self._check_suspended(vm)
+                continue
+            if vm.state not in ("running", "paused"):
+                self._drop_stale_image(vm)
                 continue
             handle = self._repo.handle(vm.id)
             alive = False
@@ -64,12 +74,52 @@ class Startup:
                     alive = await self._registry.get(handle.driver).attach(handle)
                 except Exception as e:
                     log.warning("re-attaching the vm failed: %s", e, extra={"vm": vm.name})
-            if alive:
-                log.info("re-adopted running vm", extra={"vm": vm.name, "pid": vm.pid})
+            if alive and handle is not None:
+                log.info(f"re-adopted {vm.state} vm", extra={"vm": vm.name, "pid": vm.pid})
+                if vm.id in cut and vm.state == "running":
+                    await self._thaw(vm, handle)
+                self._drop_stale_image(vm)
                 running.append(vm)
+            elif self._suspend_image(vm) is not None:
+                # The suspend finished its image and the VMM exited; only the state was left.
+                self._lifecycle.apply(vm.id, Event.SUSPEND, "suspended (finished at restart)")
+                shutil.rmtree(self._runtime_dir(vm.id), ignore_errors=True)
             else:
                 self.mark_dead(vm)
         return running
+
+    def _suspend_image(self, vm: VMRecord) -> SnapshotRecord | None:
+        if self._saved is None:
+            return None
+        try:
+            return self._saved.get(vm.id, SUSPEND_TAG)
+        except NotFound:
+            return None
+
+    def _check_suspended(self, vm: VMRecord) -> None:
+        """A suspended VM whose image a crash took away (a stop cut short) is stopped."""
+        if self._saved is not None and self._suspend_image(vm) is None:
+            log.warning("a suspended vm has no saved state", extra={"vm": vm.name})
+            self._lifecycle.apply(vm.id, Event.DISCARDED, "the saved state was lost")
+
+    def _drop_stale_image(self, vm: VMRecord) -> None:
+        """A ready suspend image of a VM that is not suspended (a start cut short after its
+        wake, a stop after its state change) is stale: it goes."""
+        rec = self._suspend_image(vm)
+        if rec is None or self._saved is None:
+            return
+        log.warning("removing a stale suspend image", extra={"vm": vm.name})
+        if rec.dir.resolve().is_relative_to(vm.dir.resolve()):
+            fsutil.remove_entry(rec.dir)
+        self._saved.delete(vm.id, SUSPEND_TAG)
+
+    async def _thaw(self, vm: VMRecord, handle: VMHandle) -> None:
+        """The save of a suspend cut short may have stopped the vCPUs (and for QEMU left a
+        migration behind, which `resume` cancels): the VM was running, so it runs on."""
+        try:
+            await self._registry.get(handle.driver).resume(handle)
+        except Exception as e:
+            log.warning("thawing a vm after a cut suspend failed: %s", e, extra={"vm": vm.name})
 
     def mark_dead(self, vm: VMRecord) -> None:
         """A `running` VM whose VMM is gone: stopped, or error when the console says why."""
@@ -113,7 +163,7 @@ class Startup:
         # launched by a boot the crash cut off before it recorded the handle.
         owned: dict[str, int] = {}
         for vm in self._repo.all():
-            handle = self._repo.handle(vm.id) if vm.state == "running" else None
+            handle = self._repo.handle(vm.id) if vm.state in ("running", "paused") else None
             if handle is not None:
                 owned[vm.id] = handle.pid
         stray = [p for p in procs if owned.get(p.vm_id) != p.pid]

@@ -45,6 +45,8 @@ class Event(enum.Enum):
     # Capability.SUSPEND: machine saved to disk, the VMM exits; RESTORE brings it back running.
     SUSPEND = "suspend"
     RESTORE = "restore"
+    # `vm stop` / `vm delete` of a suspended VM: its saved state (the suspend image) is dropped.
+    DISCARDED = "discarded"
 
 
 _NOT_RUNNING: tuple[VMState, ...] = ("created", "stopped", "error")
@@ -71,6 +73,7 @@ def _table() -> dict[tuple[VMState, Event], VMState]:
     add(("paused",), Event.RESUME, "running")
     add(("running", "paused"), Event.SUSPEND, "suspended")
     add(("suspended",), Event.RESTORE, "running")
+    add(("suspended",), Event.DISCARDED, "stopped")
     return t
 
 
@@ -83,12 +86,20 @@ _NEEDS_RUNNING = {Event.STOPPED, Event.PAUSE, Event.SUSPEND}
 def refusal(vm: VMRecord, event: Event) -> Conflict | NotRunning:
     """The error for an event the table does not allow in the VM's state (says which state)."""
     name, state = vm.name, vm.state
+    if event is Event.PAUSE and state == "paused":
+        return Conflict(f"vm {name} is already paused")
+    if event is Event.SUSPEND and state == "suspended":
+        return Conflict(f"vm {name} is already suspended")
     if event in _NEEDS_RUNNING and state not in ("running", "paused"):
         return NotRunning(f"vm {name} is not running (state {state})")
+    if event is Event.LAUNCHED and state == "paused":
+        return Conflict(f"vm {name} is paused: resume it instead (its VMM is running)")
     if event is Event.LAUNCHED and state == "running":
         return Conflict(f"vm {name} is already running")
     if event is Event.RECONFIGURED and state in ("running", "paused"):
         return Conflict(f"vm {name} is {state}; stop it first, change it, then start it again")
+    if event is Event.RESUME and state == "suspended":
+        return Conflict(f"vm {name} is suspended (saved to disk), not paused: start it to resume")
     if event is Event.RESUME:
         return Conflict(f"vm {name} is {state}, not paused")
     if event is Event.RESTORE:
