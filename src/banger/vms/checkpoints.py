@@ -19,7 +19,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from banger.errors import Conflict, InvalidInput, NotFound, NotRunning, OperationFailed
 from banger.request import RequestContext
@@ -27,12 +27,10 @@ from banger.vmm.base import Capability, Driver, DriverError, SavedMachine
 from banger.vmm.rawdisk import clone_raw
 from banger.vms import layers
 from banger.vms.boot import Progress, Wake
+from banger.vms.host import ServiceHost
 from banger.vms.saved import SnapshotRecord, size_on_disk, validate_tag
 from banger.vms.spec import VMRecord
 from banger.vms.states import Event
-
-if TYPE_CHECKING:
-    from banger.vms.service import VMService
 
 log = logging.getLogger("banger.vms")
 
@@ -102,9 +100,9 @@ def _outside(vm: VMRecord, rec: SnapshotRecord, saved: SavedMachine) -> bool:
 
 
 class Checkpoints:
-    """The `vm snapshot` verbs over a VMService (its locks, records, boot pipeline, drivers)."""
+    """The `vm snapshot` verbs over the VM service (its locks, records, boot pipeline, drivers)."""
 
-    def __init__(self, svc: VMService) -> None:
+    def __init__(self, svc: ServiceHost) -> None:
         self._svc = svc
 
     def _driver_for(self, vm: VMRecord, driver: Driver) -> Driver:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from banger import fsutil
 from banger.errors import InvalidInput, NotFound, NotRunning, OperationFailed
@@ -28,12 +27,10 @@ from banger.request import RequestContext
 from banger.vmm.base import Capability, Driver, DriverError, MissingCapability, SavedMachine
 from banger.vms import layers
 from banger.vms.boot import Progress, Wake
+from banger.vms.host import ServiceHost
 from banger.vms.saved import SUSPEND_TAG, SnapshotRecord, size_on_disk
 from banger.vms.spec import VMRecord
 from banger.vms.states import Event
-
-if TYPE_CHECKING:
-    from banger.vms.service import VMService
 
 log = logging.getLogger("banger.vms")
 
@@ -60,9 +57,9 @@ def _outside(vm: VMRecord, rec: SnapshotRecord, saved: SavedMachine) -> bool:
 
 
 class Suspends:
-    """The pause/resume/suspend verbs over a VMService (its locks, records, boot pipeline)."""
+    """The pause/resume/suspend verbs over the VM service (its locks, records, boot pipeline)."""
 
-    def __init__(self, svc: VMService) -> None:
+    def __init__(self, svc: ServiceHost) -> None:
         self._svc = svc
 
     # --- pause / resume --------------------------------------------------------------------------
