@@ -185,3 +185,18 @@ async def test_growing_a_childs_work_disk_flattens_it_into_its_own(world: World)
     assert (child.dir / disks.WORK_RAW).stat().st_size == 160 << 20
     assert disks.work_disk(child.dir).path == child.dir / disks.WORK_OVERLAY
     assert (parent.dir / disks.WORK_RAW).stat().st_size == 80 << 20
+
+
+async def test_a_parent_whose_disk_children_read_through_cannot_grow_until_they_go(
+    world: World,
+) -> None:
+    svc, parent, _ = await _parent(world)
+    await svc.fork("parent", "kid", None, CTX)
+    await svc.stop_vm("parent")
+    before = (parent.dir / disks.WORK_RAW).read_bytes()
+    with pytest.raises(Conflict, match="read through by 1 other disk"):
+        await svc.set_vm("parent", None, None, "160M")
+    assert (parent.dir / disks.WORK_RAW).read_bytes() == before  # the child's base is intact
+    await svc.delete("kid")
+    grown = await svc.set_vm("parent", None, None, "160M")
+    assert grown.disk_size_bytes == 160 << 20

@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from banger.errors import OperationFailed
+from banger.errors import Conflict, OperationFailed
 from banger.vms.service import CreateRequest, VMService
 from tests.vms.world import CTX, FakeImage, World, req
 
@@ -249,3 +249,18 @@ async def test_a_bridged_warm_vm_gets_its_own_address(bridged: World) -> None:
         == [line for line in sent if line.startswith(f"addr {ip}/")]
         != []
     )
+
+
+async def test_growing_the_first_vms_disk_is_refused_while_warm_vms_read_through_it(
+    world: World,
+) -> None:
+    svc = await _first(world)
+    await svc.create(req("second"), CTX)
+    await svc.stop_vm("first")
+    with pytest.raises(Conflict, match="created warm from its template"):
+        await svc.set_vm("first", None, None, "160M")
+    await svc.delete("second")
+    # Only the template (a cache) reads through it now: dropped, then the disk grows.
+    grown = await svc.set_vm("first", None, None, "160M")
+    assert grown.disk_size_bytes == 160 << 20
+    assert _ready_templates(svc) == []

@@ -89,6 +89,16 @@ def backers_in(directory: Path, paths: Paths) -> set[Path]:
     return keep
 
 
+def layers_reading(target: Path, paths: Paths) -> list[Path]:
+    """Every qcow2 layer banger keeps whose backing chain goes through `target`."""
+    wanted = target.resolve()
+    return [
+        layer
+        for layer in all_layers(paths)
+        if any(node.resolve() == wanted for node in backing_chain(layer))
+    ]
+
+
 async def remove_keeping_backers(directory: Path, paths: Paths) -> bool:
     """Remove `directory`, except the files other VMs' disks are backed by (a fork's child, a
     warm-created VM): those stay, with a REMAINS note, until `sweep` finds them unused. True

@@ -921,9 +921,39 @@ class VMService:
                         f"vm {vm.name} has snapshots ({tags}) whose disks have its current size; "
                         "delete them first, then grow the disk"
                     )
+                await self._free_work_disk_for_growth(vm)
                 await disks.grow_work_disk(vm.dir, size)
             self.repo.set_sizing(vm.id, vcpus=vcpus, memory_mib=memory_mib, disk_size_bytes=size)
             return self._record(vm.id)
+
+    async def _free_work_disk_for_growth(self, vm: VMRecord) -> None:
+        """Growing commits the VM's /root chain into its `work.ext4`. Other disks that read
+        through that file (fork children, warm-created VMs: qcow2 names its backing file by
+        path) would see the VM's later writes: refused. A warm-create template in the VM's own
+        chain is a cache: dropped, so no later create starts from a changed disk."""
+        raw = vm.dir / disks.WORK_RAW
+        if not raw.exists():
+            return  # a fork's child: growing flattens its chain into a new file of its own
+        overlay = vm.dir / disks.WORK_OVERLAY
+        own = {p.resolve() for p in (overlay, *layers.backing_chain(overlay))}
+        readers = await asyncio.to_thread(layers.layers_reading, raw, self.paths)
+        foreign = [r for r in layers.outside(readers, vm.dir) if r.resolve() not in own]
+        templates = {rec.dir.resolve(): rec for rec in self.templates.all()}
+
+        def template_of(layer: Path) -> TemplateRecord | None:
+            return next((t for d, t in templates.items() if layer.is_relative_to(d)), None)
+
+        blocking = [r for r in foreign if template_of(r.resolve()) is None]
+        if blocking:
+            raise Conflict(
+                f"vm {vm.name}'s /root disk is read through by {len(blocking)} other disk(s) "
+                "(VMs forked from it or created warm from its template); delete those VMs "
+                "first, then grow the disk"
+            )
+        drop = {t.key: t for p in (*own, *(r.resolve() for r in foreign)) if (t := template_of(p))}
+        for rec in drop.values():
+            log.info("dropping a template to grow its source's disk", extra={"vm": vm.name})
+            await self.warm.delete(rec)
 
     # --- checkpoints (vms/checkpoints.py) ------------------------------------------------------
 
