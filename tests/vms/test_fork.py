@@ -4,11 +4,15 @@ removes what a crash left of a fork."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from banger.errors import AlreadyExists, Conflict, InvalidInput, NotRunning
+from banger.vmm.base import SavedMachine
+from banger.vmm.plan import root_disk
 from banger.vms import disks, recovery
-from banger.vms.fork import MAX_CHILDREN, child_names
+from banger.vms.fork import MAX_CHILDREN, child_names, disk_placeholders
 from banger.vms.service import VMService
 from banger.vms.spec import VMRecord
 from banger.vms.states import Event
@@ -200,3 +204,23 @@ async def test_a_parent_whose_disk_children_read_through_cannot_grow_until_they_
     await svc.delete("kid")
     grown = await svc.set_vm("parent", None, None, "160M")
     assert grown.disk_size_bytes == 160 << 20
+
+
+def test_a_child_of_a_raw_disk_machine_is_planned_with_raw_disks(tmp_path: Path) -> None:
+    """Firecracker saves raw disks: the child's dir must say so, or its wake is planned for
+    QEMU's qcow2 layers (and a Firecracker save cannot load there)."""
+    base = tmp_path / "base"
+    saved = SavedMachine(
+        "firecracker", base, {"root": base / "root.img", "work": base / "work.ext4"}
+    )
+    child = tmp_path / "child"
+    child.mkdir()
+    disk_placeholders(child, saved)
+    assert root_disk(child).format == "raw"
+    assert disks.work_disk(child).path == child / disks.WORK_RAW
+    qemu_child = tmp_path / "qemu-child"
+    qemu_child.mkdir()
+    layers = {"root": base / "root.qcow2", "work": base / "work.qcow2"}
+    disk_placeholders(qemu_child, SavedMachine("qemu", base, layers))
+    assert root_disk(qemu_child).format == "qcow2"
+    assert disks.work_disk(qemu_child).path == qemu_child / disks.WORK_OVERLAY

@@ -34,8 +34,9 @@ from banger.guest.ssh import generate_host_key, pin_host_key
 from banger.paths import Paths
 from banger.request import RequestContext
 from banger.vmm.base import Capability, SavedMachine, VMSpec
+from banger.vmm.plan import ROOT_RAW
 from banger.vmm.registry import DriverRegistry
-from banger.vms import layers, recovery
+from banger.vms import disks, layers, recovery
 from banger.vms.boot import BootPipeline, Progress, Wake
 from banger.vms.names import InvalidName, validate_name
 from banger.vms.ports import Network
@@ -213,7 +214,7 @@ async def make_child(
     started = time.monotonic()
     child: VMRecord | None = None
     try:
-        child = await provision_clone(svc, parent, name, saved.dir / SEED)
+        child = await provision_clone(svc, parent, name, saved)
         progress = Progress(_prefixed(ctx, name), total, step=step)
         vm = await wake_clone(svc, child, saved, progress, "fork")
         return ChildOutcome(name, svc._enrich(vm), time.monotonic() - started)
@@ -229,7 +230,9 @@ async def make_child(
         return ChildOutcome(name, None, time.monotonic() - started, reason)
 
 
-async def provision_clone(svc: ForkHost, source: VMRecord, name: str, seed: Path) -> VMRecord:
+async def provision_clone(
+    svc: ForkHost, source: VMRecord, name: str, saved: SavedMachine
+) -> VMRecord:
     """A new VM shaped like `source` (image, kernel, sizing, init, network kind, NAT and egress
     policy), with its own id, name, host key (pinned as NAME.vm) and a copy of `seed`; no disks
     (the restore lays them over the saved layers). Marked `forking` until `wake_clone` is done.
@@ -244,7 +247,8 @@ async def provision_clone(svc: ForkHost, source: VMRecord, name: str, seed: Path
         recovery.mark(staged, recovery.FORKING, source.name)
         _, pub = await asyncio.to_thread(generate_host_key, staged)
         (staged / "console.log").touch()
-        await asyncio.to_thread(shutil.copyfile, seed, staged / SEED)
+        await asyncio.to_thread(shutil.copyfile, saved.dir / SEED, staged / SEED)
+        disk_placeholders(staged, saved)
         final = svc.vm_dir(vm_id)
         await asyncio.to_thread(fsutil.publish, staged, final)
         made = final
@@ -289,6 +293,18 @@ async def wake_clone(
     # Runs as itself: no longer a crash's to remove.
     await asyncio.to_thread(recovery.clear, vm.dir, recovery.FORKING)
     return woke
+
+
+def disk_placeholders(vdir: Path, saved: SavedMachine) -> None:
+    """Empty files naming the disk formats a VM made from `saved` will have (the boot plan
+    picks the driver and disk kinds from them: a raw root means Firecracker); the restore puts
+    the VM's own disks at those paths, over or copied from the saved ones."""
+    for role, frozen in saved.disks.items():
+        qcow2 = frozen.suffix == ".qcow2"
+        if role == "root" and not qcow2:
+            (vdir / ROOT_RAW).touch()
+        elif role == "work":
+            (vdir / (disks.WORK_OVERLAY if qcow2 else disks.WORK_RAW)).touch()
 
 
 def child_identity(name: str, vdir: Path) -> GuestIdentity:

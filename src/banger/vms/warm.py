@@ -31,6 +31,7 @@ from banger.guest.ssh import generate_host_key
 from banger.paths import Paths
 from banger.vmm.base import Capability, Driver, SavedMachine, VMHandle, VMSpec
 from banger.vms import layers
+from banger.vms.fork import disk_placeholders
 from banger.vms.ports import Image, Kernel
 from banger.vms.saved import Combination, TemplateRecord, TemplateRepository, size_on_disk
 from banger.vms.spec import InitMode, Sizing
@@ -40,9 +41,6 @@ log = logging.getLogger("banger.vms")
 SEED = "seed.ext4"
 # How long a create waits for a template's RAM to be moved into its shared file.
 SHARE_WAIT = 120.0
-ROOT_RAW = "root.img"
-WORK_RAW = "work.ext4"
-WORK_OVERLAY = "work.qcow2"
 
 
 def file_version(*files: Path | None) -> str:
@@ -231,10 +229,5 @@ def provision_child(staged: Path, template: TemplateRecord) -> tuple[str, str]:
     priv, pub = generate_host_key(staged)
     (staged / "console.log").touch()
     shutil.copyfile(template.dir / SEED, staged / SEED)
-    for role, frozen in template.saved.disks.items():
-        qcow2 = frozen.suffix == ".qcow2"
-        if role == "root" and not qcow2:
-            (staged / ROOT_RAW).touch()  # a raw root: the driver copies the frozen one here
-        elif role == "work":
-            (staged / (WORK_OVERLAY if qcow2 else WORK_RAW)).touch()
+    disk_placeholders(staged, template.saved)
     return priv, pub
