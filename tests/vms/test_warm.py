@@ -150,7 +150,7 @@ async def test_the_first_vm_takes_a_new_host_key_once_its_template_holds_the_old
     assert served == own == _pinned(world, "first.vm")
     template_seed_key = world.guest.seeds[0].host_key_public.split()[1]
     assert template_seed_key != own
-    assert rec.state == "ready" and not (vm.dir / ".rekey").exists()
+    assert rec.state == "ready" and not list(world.paths.staging_dir.glob("rekey-*"))
 
 
 async def test_a_failed_rekey_drops_the_template_and_the_vm_keeps_its_pinned_key(

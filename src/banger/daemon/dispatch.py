@@ -90,7 +90,9 @@ RPC_HANDLERS: dict[str, Handler] = {
 
 # Methods whose work must finish even when the client goes away: cancelling them half way would
 # leave state a user has to clean up by hand. Every other method is cancelled on disconnect.
-UNCANCELLABLE: frozenset[str] = frozenset({"shutdown"})
+# `vm.suspend`: once QEMU has quit after writing the image, a cancel would discard the only copy
+# of the guest's memory.
+UNCANCELLABLE: frozenset[str] = frozenset({"shutdown", "vm.suspend"})
 
 ProgressSink = Callable[[dict[str, Any]], None]
 

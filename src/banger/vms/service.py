@@ -500,7 +500,15 @@ class VMService:
         try:
             spec, driver = await self.boot.running_spec(vm, handle)
             await self.warm.invalidate_stale(combo)
-            rec = await self.warm.make(driver, handle, spec, vm.dir, combo, self._hold_for_test)
+            rec = await self.warm.make(
+                driver,
+                handle,
+                spec,
+                vm.dir,
+                combo,
+                self._hold_for_test,
+                before_ready=lambda: self._rekey_template_source(vm, handle, ctx),
+            )
         except asyncio.CancelledError:
             raise
         except Exception as e:
@@ -512,8 +520,6 @@ class VMService:
             return
         if rec is None:
             return
-        if not await self._rekey_template_source(vm, handle, rec, ctx):
-            return
         # Mapping the RAM copy-on-write needs a helper VMM for seconds: not on the user's clock.
         self.warm.sharing[rec.key] = asyncio.Event()  # creates of it wait until it is done
         task = asyncio.create_task(self._share_template_memory(driver, spec, rec, ctx.op_id))
@@ -521,12 +527,13 @@ class VMService:
         task.add_done_callback(self._background.discard)
 
     async def _rekey_template_source(
-        self, vm: VMRecord, handle: VMHandle, rec: TemplateRecord, ctx: RequestContext
-    ) -> bool:
-        """The template holds this VM's SSH host key (in sshd's memory and on the seed copy every
-        warm VM has mounted): this VM takes a new one, so the key warm VMs can read is served by
-        no VM. On failure the template goes (False) and the VM keeps its key, still pinned."""
-        rekey = vm.dir / ".rekey"
+        self, vm: VMRecord, handle: VMHandle, ctx: RequestContext
+    ) -> None:
+        """The template being made holds this VM's SSH host key (in sshd's memory and on the
+        seed copy every warm VM mounts): this VM takes a new one before the template is ready,
+        so the key warm VMs can read is served by no VM. Raises if it could not (the template
+        is then dropped), after sending the guest its old, pinned key again."""
+        rekey = self.paths.staging_dir / f"rekey-{vm.id}"  # swept at daemon start
         try:
             priv, pub = await asyncio.to_thread(generate_host_key, rekey)
             ident = GuestIdentity(
@@ -535,31 +542,23 @@ class VMService:
                 host_key_private=priv,
                 host_key_public=pub,
             )
-            await self.boot.reidentify_running(handle, ident)
+            try:
+                await self.boot.reidentify_running(handle, ident)
+            except BangerError:
+                # Idempotent: whatever the guest took, it serves the key pinned for it again.
+                old = fork_mod.child_identity(vm.name, vm.dir)
+                try:
+                    await self.boot.reidentify_running(handle, old)
+                except BangerError as again:
+                    log.error(
+                        "the VM may now serve a host key that is not pinned: %s",
+                        again.message,
+                        extra={"vm": vm.name, "op_id": ctx.op_id},
+                    )
+                raise
             for name in ("ssh_host_ed25519_key", "ssh_host_ed25519_key.pub"):
                 os.replace(rekey / name, vm.dir / name)
             await asyncio.to_thread(pin_host_key, self.known_hosts, f"{vm.name}.vm", pub)
-            return True
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:
-            log.warning(
-                "the first VM of a template did not take a new host key; template dropped: %s",
-                getattr(e, "message", None) or e,
-                extra={"vm": vm.name, "template": rec.key, "op_id": ctx.op_id},
-            )
-            await self.warm.delete(rec)
-            # Idempotent: whatever the guest took, it serves the key pinned for it again.
-            old = fork_mod.child_identity(vm.name, vm.dir)
-            try:
-                await self.boot.reidentify_running(handle, old)
-            except BangerError as again:
-                log.error(
-                    "the VM may now serve a host key that is not pinned: %s",
-                    again.message,
-                    extra={"vm": vm.name, "op_id": ctx.op_id},
-                )
-            return False
         finally:
             shutil.rmtree(rekey, ignore_errors=True)
 

@@ -137,8 +137,10 @@ class Templates:
         vdir: Path,
         combo: Combination,
         hold: Callable[[str], Awaitable[None]] | None = None,
+        before_ready: Callable[[], Awaitable[None]] | None = None,
     ) -> TemplateRecord | None:
-        """Checkpoint the running VM as `combo`'s template (the caller holds the VM's lock).
+        """Checkpoint the running VM as `combo`'s template (the caller holds the VM's lock);
+        `before_ready` runs once the files are there, before the row is ready.
         None when another create claimed it first. On failure the pending row and the files
         go (except layers the VM's own disks now read through: kept as remains) and the error
         is raised; the VM runs on untouched."""
@@ -155,6 +157,8 @@ class Templates:
             if hold is not None:
                 await hold("template")  # test-only: a crash with the files there, row pending
             size = await asyncio.to_thread(size_on_disk, dest)
+            if before_ready is not None:
+                await before_ready()  # fails: the template goes, as any failed save's
             self.repo.finish(rec.key, saved, size)
         except BaseException:
             await asyncio.shield(self._discard(rec))
