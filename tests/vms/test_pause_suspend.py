@@ -4,6 +4,8 @@ of a suspend (or a start, or a stop) that a crash cut at each point."""
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
 from banger.errors import Conflict, InvalidInput, NotRunning, OperationFailed
@@ -361,6 +363,20 @@ async def test_restart_after_a_stop_cut_after_the_image_went(world: World) -> No
     again = await world.service()
     vm2 = await again.get("box")
     assert vm2.state == "stopped"
+    assert (await again.start_vm("box", CTX)).state == "running"
+
+
+async def test_restart_after_a_stop_cut_after_the_files_went_but_not_the_row(
+    world: World,
+) -> None:
+    """A stop deletes the image's files, then its row: cut between the two, the VM is stopped
+    (a start would otherwise try to load files that are gone) and the row goes."""
+    svc, vm, _ = await _suspended(world)
+    shutil.rmtree(vm.dir / "suspend")
+    await svc.stop()
+    again = await world.service()
+    assert (await again.get("box")).state == "stopped"
+    assert again.saved.list(vm.id) == []
     assert (await again.start_vm("box", CTX)).state == "running"
 
 

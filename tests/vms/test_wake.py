@@ -4,7 +4,11 @@ guest runs again leaves a suspended VM suspended."""
 
 from __future__ import annotations
 
-from banger.errors import OperationFailed
+import dataclasses
+
+import pytest
+
+from banger.errors import Conflict, OperationFailed
 from banger.guest.identity import GuestIdentity
 from banger.vms.boot import Progress, Wake
 from banger.vms.service import VMService
@@ -82,3 +86,15 @@ async def test_an_identity_the_guest_refuses_fails_the_wake_with_its_words(world
     # The guest ran again (its disks moved on): the suspend image is no longer the VM's state.
     assert svc.repo.get(vm.id).state == "error"
     assert world.driver.running() == []
+
+
+async def test_a_machine_saved_by_another_vmm_is_refused_and_stays_suspended(
+    world: World,
+) -> None:
+    svc, wake = await _suspended(world, "moved")
+    vm = svc.repo.get(svc._find("moved").id)
+    elsewhere = dataclasses.replace(wake.saved, driver="firecracker")
+    with pytest.raises(Conflict, match="made by the firecracker VMM"):
+        await svc.boot.wake(vm, Progress(CTX, 3), Wake(elsewhere, kind="resume"))
+    assert svc.repo.get(vm.id).state == "suspended"
+    assert not world.driver.restored

@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from banger.errors import BangerError, InvalidInput, NotFound, OperationFailed
+from banger.errors import BangerError, Conflict, InvalidInput, NotFound, OperationFailed
 from banger.guest import payload
 from banger.guest.identity import (
     GuestAddress,
@@ -326,6 +326,11 @@ class BootPipeline:
 
     async def _restore(self, b: _Boot) -> None:
         assert b.wake is not None
+        if b.driver.name != b.wake.saved.driver:
+            raise Conflict(
+                f"vm {b.vm.name}'s saved state was made by the {b.wake.saved.driver} VMM, but "
+                f"the VM would now start on {b.driver.name}: set the VMM back to restore it"
+            )
         spec = self._spec(b, b.wake.kind)
         b.handle = await b.driver.restore(spec, b.wake.saved)
         await self._hold("restore")

@@ -98,7 +98,13 @@ class Startup:
 
     def _check_suspended(self, vm: VMRecord) -> None:
         """A suspended VM whose image a crash took away (a stop cut short) is stopped."""
-        if self._saved is not None and self._suspend_image(vm) is None:
+        if self._saved is None:
+            return
+        rec = self._suspend_image(vm)
+        # The files go before the row (a stop deletes them first): either missing means lost.
+        if rec is None or rec.saved is None or not (rec.saved.dir / "saved.json").is_file():
+            if rec is not None:
+                self._saved.delete(vm.id, SUSPEND_TAG)
             log.warning("a suspended vm has no saved state", extra={"vm": vm.name})
             self._lifecycle.apply(vm.id, Event.DISCARDED, "the saved state was lost")
 
