@@ -343,12 +343,13 @@ async def test_restart_after_a_cut_after_the_image_was_ready(world: World) -> No
 
 
 async def test_restart_after_a_start_cut_after_its_wake(world: World) -> None:
-    """Running again but the image not yet deleted: the stale image goes."""
+    """Running again, the image's files not deleted (a failure): its row goes at once (it can
+    never make the VM `suspended` again), the files at the next daemon start."""
     svc, vm, _ = await _suspended(world)
     rec = svc.saved.get(vm.id, SUSPEND_TAG)
     world.driver.fail["delete_saved"] = OSError("cut")
     await svc.start_vm("box", CTX)
-    assert _rows(world, vm.id) == [(SUSPEND_TAG, "suspend", "ready")]
+    assert _rows(world, vm.id) == [] and rec.dir.exists()
     await svc.stop()
     again = await world.service()
     assert (await again.get("box")).state == "running"

@@ -113,6 +113,11 @@ class Startup:
         wake, a stop after its state change) is stale: it goes."""
         rec = self._suspend_image(vm)
         if rec is None or self._saved is None:
+            # Files of an image whose row went (their deletion failed after a wake): leftovers.
+            leftover = vm.dir / "suspend"
+            if self._saved is not None and leftover.is_dir() and not leftover.is_symlink():
+                log.warning("removing a suspend image's leftover files", extra={"vm": vm.name})
+                fsutil.remove_entry(leftover)
             return
         log.warning("removing a stale suspend image", extra={"vm": vm.name})
         if rec.dir.resolve().is_relative_to(vm.dir.resolve()):

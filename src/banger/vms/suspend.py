@@ -199,9 +199,10 @@ class Suspends:
                 in_use = layers.outside(found, rec.dir)
             await svc.registry.get(saved.driver).delete_saved(saved, in_use)
         except (DriverError, OSError) as e:
-            # The VM runs; the next daemon start removes a ready image of a running VM.
+            # Its files stay until the next suspend clears them; the row goes regardless: a
+            # ready image of a VM whose VMM died would otherwise make it `suspended` again at
+            # the next daemon start, over disks that moved on.
             log.warning("deleting the suspend image failed: %s", e, extra={"vm": vm.name})
-            return
         svc.saved.delete(vm.id, SUSPEND_TAG)
 
     async def discard(self, vm: VMRecord) -> None:
