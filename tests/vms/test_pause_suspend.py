@@ -10,7 +10,7 @@ import pytest
 
 from banger.errors import Conflict, InvalidInput, NotRunning, OperationFailed
 from banger.vmm.base import Capability, DriverError
-from banger.vms.saved import SUSPEND_TAG
+from banger.vms.saved import SUSPEND_TAG, WAKING_MARK
 from banger.vms.service import VMService
 from banger.vms.spec import VMRecord
 from banger.vms.states import Event
@@ -379,6 +379,34 @@ async def test_restart_after_a_stop_cut_after_the_files_went_but_not_the_row(
     assert (await again.get("box")).state == "stopped"
     assert again.saved.list(vm.id) == []
     assert (await again.start_vm("box", CTX)).state == "running"
+
+
+async def test_restart_after_a_start_cut_while_the_guest_ran_discards_the_image(
+    world: World,
+) -> None:
+    """Cut between the restore (the guest runs and writes its disks) and the state change: the
+    image is older than the disks, so it is discarded, never loaded again."""
+    svc, vm, _ = await _suspended(world)
+    rec = svc.saved.get(vm.id, SUSPEND_TAG)
+    (rec.dir / WAKING_MARK).write_text("cut\n")  # what the start leaves when the daemon dies
+    await svc.stop()
+    again = await world.service()
+    out = await again.get("box")
+    assert out.state == "stopped"
+    assert _rows(world, vm.id) == [] and not rec.dir.exists()
+    assert (await again.start_vm("box", CTX)).state == "running"  # a cold boot
+
+
+async def test_a_failed_start_leaves_no_waking_mark(world: World) -> None:
+    svc, vm, _ = await _suspended(world)
+    rec = svc.saved.get(vm.id, SUSPEND_TAG)
+    world.driver.fail["restore"] = OperationFailed("cannot load")
+    with pytest.raises(OperationFailed):
+        await svc.start_vm("box", CTX)
+    assert not (rec.dir / WAKING_MARK).exists()
+    await svc.stop()
+    again = await world.service()
+    assert (await again.get("box")).state == "suspended"
 
 
 def test_the_table_has_the_discard() -> None:

@@ -27,6 +27,9 @@ from banger.vmm.base import SavedMachine
 
 # `vm suspend` keeps its image under this tag; user tags cannot start with '@'.
 SUSPEND_TAG = "@suspend"
+# In a suspend image's dir while a start of it runs (vms/suspend.py): found by a daemon start,
+# the start was cut after the guest ran again.
+WAKING_MARK = "WAKING"
 MAX_TAG_LEN = 63
 _TAG_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 

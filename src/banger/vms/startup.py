@@ -26,7 +26,7 @@ from banger.vmm.registry import DriverRegistry
 from banger.vms import layers, recovery
 from banger.vms.boot import console_failure
 from banger.vms.repository import VMRepository
-from banger.vms.saved import SUSPEND_TAG, SnapshotRecord, SnapshotRepository
+from banger.vms.saved import SUSPEND_TAG, WAKING_MARK, SnapshotRecord, SnapshotRepository
 from banger.vms.spec import VMRecord
 from banger.vms.states import Event, Lifecycle
 
@@ -101,6 +101,20 @@ class Startup:
         if self._saved is None:
             return
         rec = self._suspend_image(vm)
+        if rec is not None and rec.saved is not None and (rec.dir / WAKING_MARK).is_file():
+            # A start was cut after the guest ran again (its VMM, unowned, was stopped): the
+            # image is older than the disks now, so loading it would corrupt them.
+            log.warning("discarding a suspend image a cut start had resumed", extra={"vm": vm.name})
+            if rec.dir.resolve().is_relative_to(vm.dir.resolve()):
+                fsutil.remove_entry(rec.dir)
+            self._saved.delete(vm.id, SUSPEND_TAG)
+            self._lifecycle.apply(
+                vm.id,
+                Event.DISCARDED,
+                "a start of it was cut while the guest ran again: its saved state no longer "
+                "matched its disks and was discarded",
+            )
+            return
         # The files go before the row (a stop deletes them first): either missing means lost.
         if rec is None or rec.saved is None or not (rec.saved.dir / "saved.json").is_file():
             if rec is not None:

@@ -28,7 +28,7 @@ from banger.vmm.base import Capability, Driver, DriverError, MissingCapability, 
 from banger.vms import layers
 from banger.vms.boot import Progress, Wake
 from banger.vms.host import ServiceHost
-from banger.vms.saved import SUSPEND_TAG, SnapshotRecord, size_on_disk
+from banger.vms.saved import SUSPEND_TAG, WAKING_MARK, SnapshotRecord, size_on_disk
 from banger.vms.spec import VMRecord
 from banger.vms.states import Event
 
@@ -185,7 +185,15 @@ class Suspends:
         rec, saved = self.image(vm)
         _capable(vm, svc.registry.get(saved.driver), Capability.SUSPEND)
         progress = Progress(ctx, WAKE_STEPS)
-        woke = await svc.boot.wake(vm, progress, Wake(saved, identity=None, kind="resume"))
+        # From the restore on the guest runs and writes its disks: if the daemon dies before
+        # the state change, this image no longer matches them (the next start discards it).
+        waking = rec.dir / WAKING_MARK
+        await asyncio.to_thread(waking.write_text, "a start of this image is under way\n")
+        try:
+            woke = await svc.boot.wake(vm, progress, Wake(saved, identity=None, kind="resume"))
+        except BaseException:
+            waking.unlink(missing_ok=True)  # still suspended: the image is still good
+            raise
         # The VM runs again: its image goes even if the client goes away now.
         await asyncio.shield(self._delete_image(vm, rec, saved))
         return woke
