@@ -5,6 +5,7 @@ of a suspend (or a start, or a stop) that a crash cut at each point."""
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -436,3 +437,18 @@ async def test_a_suspend_cancelled_before_its_save_leaves_the_vm_running(
         await task
     assert svc.repo.get(vm.id).state == "running" and world.driver.alive[_pid(svc, vm)]
     assert _rows(world, vm.id) == [] and not (vm.dir / SUSPEND_DIR).exists()
+
+
+async def test_a_pending_row_naming_a_dir_elsewhere_is_dropped_never_followed(
+    world: World, tmp_path: Path
+) -> None:
+    svc, vm = await _running(world)
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep").write_text("mine")
+    svc.saved.begin(vm.id, SUSPEND_TAG, "suspend", victim)
+    await svc.stop()
+    again = await world.service()
+    assert (victim / "keep").read_text() == "mine"
+    assert _rows(world, vm.id) == []
+    assert (await again.get("box")).state == "running"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import os
+from pathlib import Path
 
 import pytest
 
@@ -264,3 +265,18 @@ async def test_growing_the_first_vms_disk_is_refused_while_warm_vms_read_through
     grown = await svc.set_vm("first", None, None, "160M")
     assert grown.disk_size_bytes == 160 << 20
     assert _ready_templates(svc) == []
+
+
+async def test_a_template_row_naming_files_elsewhere_is_dropped_never_followed(
+    world: World, tmp_path: Path
+) -> None:
+    svc = await _first(world)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "seed.ext4").write_text("not banger's")
+    world.store.execute("UPDATE vm_templates SET dir = ?", (str(outside),))
+    vm = await svc.create(req("second"), CTX)
+    assert vm.boot == "cold"  # the edited template was not used
+    assert (outside / "seed.ext4").read_text() == "not banger's"
+    assert (vm.dir / "seed.ext4").read_bytes() != b"not banger's"
+    assert all(rec.dir.resolve() != outside.resolve() for rec in svc.templates.all())

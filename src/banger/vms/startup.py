@@ -264,6 +264,13 @@ async def cleanup_pending_saves(saved: SnapshotRepository, paths: Paths) -> int:
             "removing an interrupted save",
             extra={"vm_id": rec.vm_id, "tag": rec.tag, "kind": rec.kind},
         )
+        home = (paths.vms_dir / rec.vm_id).resolve()
+        if not rec.dir.resolve().is_relative_to(home):
+            # A row naming a dir outside its VM's: dropped, the named files never touched.
+            log.warning("dropping a pending save naming files elsewhere", extra={"vm": rec.vm_id})
+            saved.delete(rec.vm_id, rec.tag)
+            done += 1
+            continue
         try:
             await layers.remove_saved_dir(rec.dir, layers.outside(in_use, rec.dir))
         except Exception as e:

@@ -108,6 +108,10 @@ class Templates:
         rec = self.repo.ready(combo)
         if rec is None or rec.saved is None:
             return None
+        if not self.contained(rec):
+            log.warning("template names files elsewhere: dropped", extra={"template": rec.key})
+            self.repo.delete(rec.key)  # its files are not followed
+            return None
         if not (rec.dir / SEED).is_file():
             log.warning("template lost its files; removing it", extra={"template": rec.key})
             await self.delete(rec)
@@ -183,14 +187,29 @@ class Templates:
             self.sharing.pop(rec.key, None)
             done.set()
 
+    def contained(self, rec: TemplateRecord) -> bool:
+        """A record names only files in its own dir under templates/ (never followed else)."""
+        home = self.paths.templates_dir.resolve()
+        own = rec.dir.resolve()
+        if own.parent != home:
+            return False
+        if rec.saved is None:
+            return True
+        named = [rec.saved.dir, *rec.saved.disks.values()]
+        return all(p.resolve().is_relative_to(own) for p in named)
+
     async def delete(self, rec: TemplateRecord) -> None:
         """Row first (no create finds it any more), then the files nothing reads through."""
         self.repo.delete(rec.key)
+        if not self.contained(rec):
+            return  # a record naming files elsewhere: only the row goes
         await layers.remove_keeping_backers(rec.dir, self.paths)
         await layers.sweep(self.paths)
 
     async def _discard(self, rec: TemplateRecord) -> None:
         self.repo.delete(rec.key)
+        if not self.contained(rec):
+            return
         try:
             await layers.remove_keeping_backers(rec.dir, self.paths)
         except Exception as e:
