@@ -452,3 +452,17 @@ async def test_a_pending_row_naming_a_dir_elsewhere_is_dropped_never_followed(
     assert (victim / "keep").read_text() == "mine"
     assert _rows(world, vm.id) == []
     assert (await again.get("box")).state == "running"
+
+
+async def test_a_running_vm_left_frozen_by_a_cut_save_runs_after_a_daemon_start(
+    world: World,
+) -> None:
+    """A checkpoint, fork or template save cut by a crash can leave the vCPUs stopped with the
+    record still `running` (Firecracker pauses for the whole save): the next start thaws it."""
+    svc, vm = await _running(world)
+    pid = _pid(svc, vm)
+    world.driver.paused.add(pid)
+    await svc.stop()
+    again = await world.service()
+    assert (await again.get("box")).state == "running"
+    assert pid not in world.driver.paused and _pid(again, vm) == pid

@@ -21,7 +21,7 @@ from pathlib import Path
 from banger import fsutil
 from banger.errors import NotFound
 from banger.paths import Paths
-from banger.vmm.base import VMHandle
+from banger.vmm.base import Capability, VMHandle
 from banger.vmm.registry import DriverRegistry
 from banger.vms import layers, recovery
 from banger.vms.boot import console_failure
@@ -76,7 +76,10 @@ class Startup:
                     log.warning("re-attaching the vm failed: %s", e, extra={"vm": vm.name})
             if alive and handle is not None:
                 log.info(f"re-adopted {vm.state} vm", extra={"vm": vm.name, "pid": vm.pid})
-                if vm.id in cut and vm.state == "running":
+                caps = self._registry.get(handle.driver).capabilities
+                if vm.state == "running" and (vm.id in cut or Capability.PAUSE in caps):
+                    # Any save a crash cut (suspend, checkpoint, fork, template) may have left
+                    # the vCPUs stopped; a `running` VM runs (a no-op when it does).
                     await self._thaw(vm, handle)
                 self._drop_stale_image(vm)
                 running.append(vm)
@@ -139,8 +142,9 @@ class Startup:
         self._saved.delete(vm.id, SUSPEND_TAG)
 
     async def _thaw(self, vm: VMRecord, handle: VMHandle) -> None:
-        """The save of a suspend cut short may have stopped the vCPUs (and for QEMU left a
-        migration behind, which `resume` cancels): the VM was running, so it runs on."""
+        """A save cut short may have stopped the vCPUs (and for QEMU left a migration behind,
+        which `resume` cancels; Firecracker answers a resume of running vCPUs with Resumed):
+        the VM was running, so it runs on."""
         try:
             await self._registry.get(handle.driver).resume(handle)
         except Exception as e:
