@@ -15,10 +15,8 @@ from tests.conftest import BangerEnv, BuiltImage, _stop_daemon, make_env
 
 def make_sdk_env(debian_image: BuiltImage, prefix: str) -> BangerEnv:
     be = make_env(prefix, cache_home=debian_image.cache_home)
-    # Lean guests: the host-aware default (RAM/8) is more than these tests need. Cold boots,
-    # like the VM e2e envs: a VM checkpointed as a warm-create template loses an exit status
-    # in 12 concurrent sessions under host load (docs/snapshots.md, "Warm creates", limits).
-    be.write_config('warm_creates = false\n[vm_defaults]\nmemory_mib = 512\ndisk_size = "2G"\n')
+    # Lean guests: the host-aware default (RAM/8) is more than these tests need.
+    be.write_config('[vm_defaults]\nmemory_mib = 512\ndisk_size = "2G"\n')
     be.banger("daemon", "start", check=True, timeout=30)
     be.banger("image", "pull", "debian-bookworm", check=True, timeout=600)
     return be

@@ -24,6 +24,10 @@ if TYPE_CHECKING:
 
 # OpenSSH's sshd allows 10 sessions per connection (MaxSessions); keep one free for SFTP.
 MAX_CONCURRENT_COMMANDS = 8
+# sshd refused a session ("no more sessions": slots of sessions still closing): retry for this
+# long before giving up, every so often.
+SESSION_SLOT_WAIT_SECONDS = 30.0
+SESSION_SLOT_RETRY_SECONDS = 0.05
 # After a timeout: how long the killed command may take to report its end.
 KILL_GRACE_SECONDS = 5.0
 
@@ -186,14 +190,35 @@ class GuestSession:
         err: OutputSink,
     ) -> int:
         session = _RunSession(out, err)
-        for attempt in (1, 2):
+        loop = asyncio.get_running_loop()
+        full_until = loop.time() + SESSION_SLOT_WAIT_SECONDS
+        attempt = 0
+        while True:
             conn = await self.connection()
             try:
                 chan, _ = await conn.create_session(
                     lambda: session, PGID_PRELUDE + line, encoding=None
                 )
                 break
+            except asyncssh.ChannelOpenError as e:
+                if conn.is_closed():  # not an answer from sshd: the connection went
+                    attempt += 1
+                    await self._forget(conn)
+                    if attempt == 2:
+                        raise GuestConnectionError(
+                            f"sandbox {self.name}: cannot start a command: {e.reason}"
+                        ) from None
+                    continue
+                # sshd refused the session ("no more sessions", code CONNECT_FAILED): the
+                # connection is alive (dropping it would end the other commands on it), its
+                # slots are held by sessions still closing. One frees within moments.
+                if loop.time() >= full_until:
+                    raise GuestConnectionError(
+                        f"sandbox {self.name}: cannot start a command: {e.reason}"
+                    ) from None
+                await asyncio.sleep(SESSION_SLOT_RETRY_SECONDS)
             except (asyncssh.Error, OSError) as e:
+                attempt += 1
                 # A cached connection may have died unnoticed (VM restarted): reconnect once.
                 await self._forget(conn)
                 if attempt == 2:
@@ -223,6 +248,9 @@ class GuestSession:
             raise GuestConnectionError(
                 f"sandbox {self.name}: the connection was lost during a command: {e}"
             ) from None
+        # Hold the slot until sshd has closed the session too (it frees its count then).
+        with contextlib.suppress(TimeoutError, asyncssh.Error, OSError):
+            await asyncio.wait_for(chan.wait_closed(), KILL_GRACE_SECONDS)
         session.flush_head()
         out.finish()
         err.finish()
