@@ -40,7 +40,8 @@ case "$state" in
     exec "${banger[@]}" vm run --name "$name" "$sample" -- "$@"
     ;;
   running) echo "vm $name is already running" ;;
-  *) "${banger[@]}" vm start "$name" ;;
+  paused) "${banger[@]}" vm resume "$name" ;;
+  *) "${banger[@]}" vm start "$name" ;; # stopped, or suspended: start wakes it
 esac
 "${banger[@]}" vm workspace prepare "$name" "$sample"
 echo "\$ banger vm exec $name -- $*"
