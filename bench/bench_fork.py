@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
 import sys
 import time
@@ -116,10 +115,7 @@ def main() -> None:
         }
         print(json.dumps(out, indent=2))
     finally:
-        for vm in json.loads(env.banger("vm", "list", "--json")):
-            env.banger("vm", "delete", str(vm["name"]), timeout=600)
-        env.banger("daemon", "stop")
-        shutil.rmtree(env.root, ignore_errors=True)
+        env.close()
 
 
 if __name__ == "__main__":

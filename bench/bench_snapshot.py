@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
 import sys
 import time
@@ -167,10 +166,7 @@ def main() -> None:
         for what, value, goal in rows:
             print(f"{what:45} {value!s:>8}   goal {goal}")
     finally:
-        for vm in json.loads(env.banger("vm", "list", "--json")):
-            env.banger("vm", "delete", str(vm["name"]), timeout=600)
-        env.banger("daemon", "stop")
-        shutil.rmtree(env.root, ignore_errors=True)
+        env.close()
 
 
 if __name__ == "__main__":

@@ -57,6 +57,13 @@ class Env:
             'warm_creates = false\n[vm_defaults]\nmemory_mib = 512\nvcpu = 1\ndisk_size = "2G"\n'
         )
 
+    def close(self) -> None:
+        """Delete every VM of this private environment, stop its daemon, remove its dirs."""
+        for vm in json.loads(self.banger("vm", "list", "--json")):
+            self.banger("vm", "delete", str(vm["name"]), timeout=600)
+        self.banger("daemon", "stop")
+        shutil.rmtree(self.root, ignore_errors=True)
+
     def banger(self, *args: str, timeout: float = 1800) -> str:
         p = subprocess.run(
             [sys.executable, "-m", "banger.cli.main", *args],

@@ -31,30 +31,21 @@ from banger import fsutil
 from banger.errors import AlreadyExists, Conflict, InvalidInput, NotFound, NotRunning
 from banger.guest.identity import GuestIdentity
 from banger.guest.ssh import generate_host_key, pin_host_key
-from banger.paths import Paths
 from banger.request import RequestContext
 from banger.vmm.base import Capability, SavedMachine, VMSpec
 from banger.vmm.plan import ROOT_RAW
-from banger.vmm.registry import DriverRegistry
 from banger.vms import disks, layers, recovery
-from banger.vms.boot import BootPipeline, Progress, Wake
+from banger.vms.boot import Progress, Wake
+from banger.vms.host import ServiceHost
 from banger.vms.names import InvalidName, validate_name
 from banger.vms.ports import Network
-from banger.vms.repository import VMRepository, now
+from banger.vms.repository import now
 from banger.vms.spec import VMRecord
 
 
-class ForkHost(Protocol):
-    """What a fork uses of the VM service (vms/service.py; not imported: it delegates here)."""
+class ForkHost(ServiceHost, Protocol):
+    """What a fork uses of the VM service beyond the verbs' common `ServiceHost`."""
 
-    @property
-    def repo(self) -> VMRepository: ...
-    @property
-    def registry(self) -> DriverRegistry: ...
-    @property
-    def boot(self) -> BootPipeline: ...
-    @property
-    def paths(self) -> Paths: ...
     @property
     def network(self) -> Network | None: ...
     @property
@@ -62,14 +53,8 @@ class ForkHost(Protocol):
     @property
     def _reserved(self) -> set[str]: ...
     def vm_dir(self, vm_id: str) -> Path: ...
-    def _find(self, ref: str) -> VMRecord: ...
-    def _lock(self, vm_id: str) -> asyncio.Lock: ...
-    async def _refresh(self, vm: VMRecord) -> VMRecord: ...
-    def _record(self, vm_id: str) -> VMRecord: ...
-    def _enrich(self, vm: VMRecord) -> VMRecord: ...
     async def _purge(self, vm_id: str) -> None: ...
     async def _discard(self, vm_id: str, name: str, made: Path | None, inserted: bool) -> None: ...
-    async def _hold_for_test(self, point: str) -> None: ...
 
 
 log = logging.getLogger("banger.vms")

@@ -1,4 +1,4 @@
-"""What the verbs split out of VMService (checkpoints, suspend) use of it: a Protocol, so they
+"""What the verbs split out of VMService (checkpoints, suspend, fork) use of it: a Protocol, so they
 need not import vms/service.py (which builds them: that would be an import cycle)."""
 
 from __future__ import annotations

@@ -24,7 +24,14 @@ from pathlib import Path
 from banger import fsutil
 from banger.errors import InvalidInput, NotFound, NotRunning, OperationFailed
 from banger.request import RequestContext
-from banger.vmm.base import Capability, Driver, DriverError, MissingCapability, SavedMachine
+from banger.vmm.base import (
+    Capability,
+    Driver,
+    DriverError,
+    MissingCapability,
+    SavedMachine,
+    VMHandle,
+)
 from banger.vms import layers
 from banger.vms.boot import Progress, Wake
 from banger.vms.host import ServiceHost
@@ -64,17 +71,24 @@ class Suspends:
 
     # --- pause / resume --------------------------------------------------------------------------
 
+    async def _pausable(self, vm: VMRecord, event: Event) -> tuple[VMRecord, VMHandle, Driver]:
+        """The fresh record of `vm` (its lock held), allowed `event`, its VMM and a driver that
+        can pause it."""
+        svc = self._svc
+        vm = await svc._refresh(svc.repo.get(vm.id))
+        svc.lifecycle.check(vm, event)
+        handle = svc.repo.handle(vm.id)
+        if handle is None:
+            raise NotRunning(f"vm {vm.name} is not running (state {vm.state})")
+        driver = svc.registry.get(handle.driver)
+        _capable(vm, driver, Capability.PAUSE)
+        return vm, handle, driver
+
     async def pause(self, ref: str) -> VMRecord:
         svc = self._svc
         vm = svc._find(ref)
         async with svc._lock(vm.id):
-            vm = await svc._refresh(svc.repo.get(vm.id))
-            svc.lifecycle.check(vm, Event.PAUSE)
-            handle = svc.repo.handle(vm.id)
-            if handle is None:
-                raise NotRunning(f"vm {vm.name} is not running (state {vm.state})")
-            driver = svc.registry.get(handle.driver)
-            _capable(vm, driver, Capability.PAUSE)
+            vm, handle, driver = await self._pausable(vm, Event.PAUSE)
             # State first: a crash between the two leaves `paused` over a running guest, which
             # `vm resume` settles (a thaw of a running guest is harmless); never the reverse.
             svc.lifecycle.apply(vm.id, Event.PAUSE, "paused")
@@ -93,13 +107,7 @@ class Suspends:
         svc = self._svc
         vm = svc._find(ref)
         async with svc._lock(vm.id):
-            vm = await svc._refresh(svc.repo.get(vm.id))
-            svc.lifecycle.check(vm, Event.RESUME)
-            handle = svc.repo.handle(vm.id)
-            if handle is None:
-                raise NotRunning(f"vm {vm.name} is not running (state {vm.state})")
-            driver = svc.registry.get(handle.driver)
-            _capable(vm, driver, Capability.PAUSE)
+            vm, handle, driver = await self._pausable(vm, Event.RESUME)
             try:
                 await driver.resume(handle)
             except MissingCapability as e:
