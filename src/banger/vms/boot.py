@@ -329,7 +329,8 @@ class BootPipeline:
         if b.driver.name != b.wake.saved.driver:
             raise Conflict(
                 f"vm {b.vm.name}'s saved state was made by the {b.wake.saved.driver} VMM, but "
-                f"the VM would now start on {b.driver.name}: set the VMM back to restore it"
+                f"the VM would now start on {b.driver.name}: set vmm = "
+                f'"{b.wake.saved.driver}" in the config to restore it'
             )
         spec = self._spec(b, b.wake.kind)
         b.handle = await b.driver.restore(spec, b.wake.saved)
